@@ -1,0 +1,129 @@
+//! `dfdaemon run` flags. Each flag overrides the same setting of `--config`.
+
+use bytesize::ByteSize;
+use clap::Args;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use crate::config::{ConfigError, DaemonConfig};
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct RunArgs {
+    /// YAML file with the same settings as the flags.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Scheduler addresses (`host:port`, comma separated or repeated), or a
+    /// DNS name resolving to every replica.
+    #[arg(long, value_delimiter = ',')]
+    pub scheduler: Vec<String>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Content store quota, e.g. 20GiB.
+    #[arg(long)]
+    pub cache_size: Option<ByteSize>,
+    #[arg(long)]
+    pub proxy_listen: Option<SocketAddr>,
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    #[arg(long, env = "DFDAEMON_ADVERTISE_IP")]
+    pub advertise_ip: Option<IpAddr>,
+    /// Run as a seed peer.
+    #[arg(long)]
+    pub seed: bool,
+    #[arg(long, env = "DFDAEMON_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Location label `key=value` (repeatable), e.g. zone=eu-1a.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Concurrent piece uploads.
+    #[arg(long)]
+    pub upload_limit: Option<u32>,
+    /// Upload bandwidth cap per second, e.g. 100MiB.
+    #[arg(long)]
+    pub upload_rate: Option<ByteSize>,
+    #[arg(long)]
+    pub heartbeat_interval: Option<humantime::Duration>,
+    #[arg(long)]
+    pub stall_timeout: Option<humantime::Duration>,
+    #[arg(long)]
+    pub piece_wait: Option<humantime::Duration>,
+    #[arg(long)]
+    pub piece_timeout: Option<humantime::Duration>,
+}
+
+impl RunArgs {
+    /// The file's settings (or defaults) with every given flag applied.
+    pub fn into_config(self) -> Result<DaemonConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => DaemonConfig::load(path)?,
+            None => DaemonConfig::default(),
+        };
+        if !self.scheduler.is_empty() {
+            config.scheduler = self.scheduler;
+        }
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v.into(); } )* };
+        }
+        set!(
+            data_dir,
+            cache_size,
+            proxy_listen,
+            peer_listen,
+            admin_listen,
+            upload_limit
+        );
+        set!(heartbeat_interval, stall_timeout, piece_wait, piece_timeout);
+        if self.advertise_ip.is_some() {
+            config.advertise_ip = self.advertise_ip;
+        }
+        if self.upload_rate.is_some() {
+            config.upload_rate = self.upload_rate;
+        }
+        if self.hostname.is_some() {
+            config.hostname = self.hostname;
+        }
+        config.seed |= self.seed;
+        for label in self.labels {
+            let (k, v) = label
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Invalid(format!("label {label:?} is not key=value")))?;
+            config.labels.insert(k.to_string(), v.to_string());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "cache_size: 1GiB\nupload_limit: 3\nscheduler: [a:1]\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(path),
+            upload_limit: Some(9),
+            labels: vec!["zone=z1".into()],
+            ..Default::default()
+        };
+        let config = args.into_config().unwrap();
+        assert_eq!(config.cache_size, ByteSize::gib(1));
+        assert_eq!(config.upload_limit, 9);
+        assert_eq!(config.scheduler, vec!["a:1".to_string()]);
+        assert_eq!(config.labels["zone"], "z1");
+        let bad = RunArgs {
+            labels: vec!["novalue".into()],
+            ..Default::default()
+        };
+        assert!(bad.into_config().is_err());
+    }
+}

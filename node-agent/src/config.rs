@@ -1,0 +1,191 @@
+//! dfdaemon settings: a YAML file (`--config`) with documented defaults, and
+//! flags that override it.
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct DaemonConfig {
+    /// Scheduler addresses (`host:port`); a name resolving to many addresses
+    /// reaches every replica. Empty: download straight from the origin.
+    pub scheduler: Vec<String>,
+    pub data_dir: PathBuf,
+    /// Content store quota.
+    pub cache_size: ByteSize,
+    /// Garbage collection starts above this share of the quota...
+    pub gc_high_watermark: f64,
+    /// ...and stops at this share.
+    pub gc_low_watermark: f64,
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
+    pub proxy_listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Address other peers reach this one at (default: the peer-listen
+    /// address when it is specific, else the host's address).
+    pub advertise_ip: Option<IpAddr>,
+    /// Run as a seed peer: preferred back-to-source downloader.
+    pub seed: bool,
+    pub hostname: Option<String>,
+    /// Location labels (zone, region, rack) used to prefer nearby parents.
+    pub labels: BTreeMap<String, String>,
+    /// Concurrent piece uploads to other peers.
+    pub upload_limit: u32,
+    /// Upload bandwidth cap in bytes per second (none: unlimited).
+    pub upload_rate: Option<ByteSize>,
+    /// How long the piece server waits for a piece that is still arriving.
+    #[serde(with = "humantime_serde")]
+    pub piece_wait: Duration,
+    /// Whole-piece fetch timeout from a parent (includes `piece_wait`).
+    #[serde(with = "humantime_serde")]
+    pub piece_timeout: Duration,
+    /// Pieces fetched in parallel per task.
+    pub concurrent_pieces: usize,
+    /// Pieces fetched in parallel from one parent.
+    pub concurrent_pieces_per_parent: usize,
+    /// Without any progress from peers for this long, go to the origin.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub parent_refresh: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Query parameters ignored when deriving a URL's task id.
+    pub filtered_query_params: Vec<String>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            scheduler: Vec::new(),
+            data_dir: PathBuf::from("/var/lib/dragonfly"),
+            cache_size: ByteSize::gib(20),
+            gc_high_watermark: 0.9,
+            gc_low_watermark: 0.7,
+            gc_interval: Duration::from_secs(60),
+            proxy_listen: SocketAddr::from(([0, 0, 0, 0], 65001)),
+            peer_listen: SocketAddr::from(([0, 0, 0, 0], 65002)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 40901)),
+            advertise_ip: None,
+            seed: false,
+            hostname: None,
+            labels: BTreeMap::new(),
+            upload_limit: 32,
+            upload_rate: None,
+            piece_wait: Duration::from_secs(30),
+            piece_timeout: Duration::from_secs(60),
+            concurrent_pieces: 8,
+            concurrent_pieces_per_parent: 4,
+            stall_timeout: Duration::from_secs(30),
+            parent_refresh: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_secs(5),
+            filtered_query_params: crate::task_id::default_filtered(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl DaemonConfig {
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let marks_ok = 0.0 < self.gc_low_watermark
+            && self.gc_low_watermark < self.gc_high_watermark
+            && self.gc_high_watermark <= 1.0;
+        if !marks_ok {
+            return Err(ConfigError::Invalid(format!(
+                "need 0 < gc_low_watermark ({}) < gc_high_watermark ({}) <= 1",
+                self.gc_low_watermark, self.gc_high_watermark
+            )));
+        }
+        if self.upload_limit == 0 {
+            return Err(ConfigError::Invalid(
+                "upload_limit must be at least 1".into(),
+            ));
+        }
+        if self.concurrent_pieces == 0 || self.concurrent_pieces_per_parent == 0 {
+            return Err(ConfigError::Invalid(
+                "concurrent_pieces settings must be at least 1".into(),
+            ));
+        }
+        if self.piece_timeout <= self.piece_wait {
+            return Err(ConfigError::Invalid(
+                "piece_timeout must exceed piece_wait".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The IP other peers should use for this host.
+    pub fn advertised_ip(&self) -> IpAddr {
+        if let Some(ip) = self.advertise_ip {
+            return ip;
+        }
+        if !self.peer_listen.ip().is_unspecified() {
+            return self.peer_listen.ip();
+        }
+        // The first non-loopback address the host name resolves to.
+        use std::net::ToSocketAddrs;
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        (hostname.trim(), 0)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.find(|a| !a.ip().is_loopback()))
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_with_human_units() {
+        let yaml = "scheduler: [\"sched:8002\"]\ncache_size: 20GiB\npiece_wait: 10s\npiece_timeout: 20s\nlabels: {zone: a}\n";
+        let config: DaemonConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(config.cache_size, ByteSize::gib(20));
+        assert_eq!(config.piece_wait, Duration::from_secs(10));
+        assert_eq!(config.labels["zone"], "a");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        assert!(serde_yaml::from_str::<DaemonConfig>("cache_sise: 1GiB").is_err());
+        let config = DaemonConfig {
+            gc_low_watermark: 0.95,
+            ..Default::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

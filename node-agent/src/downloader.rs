@@ -1,0 +1,522 @@
+//! One task's download: ask the scheduler how, then either fetch from the
+//! origin (we are the task's one back-to-source peer), ask a seed to fetch it,
+//! or pull pieces concurrently from parents — verifying each, moving away
+//! from parents that fail, and going to the origin when the swarm cannot help.
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::daemon::Daemon;
+use crate::peer_client::PeerError;
+use crate::piece::{piece_digest, piece_range, Bitmap};
+use crate::store::{StoredTask, TaskFailure};
+use crate::task_request::TaskRequest;
+
+/// How long a parent that said "not now" is left alone.
+const COOLDOWN: Duration = Duration::from_millis(300);
+
+enum Plan {
+    Source,
+    Peers(Vec<proto::Parent>),
+    TriggerSeed(proto::Parent),
+}
+
+enum PeerOutcome {
+    Done,
+    BackToSource(&'static str),
+}
+
+fn plan_from(resp: proto::ScheduleResponse) -> Plan {
+    match proto::Decision::try_from(resp.decision) {
+        Ok(proto::Decision::BackToSource) => Plan::Source,
+        Ok(proto::Decision::TriggerSeed) => match resp.parents.into_iter().next() {
+            Some(seed) => Plan::TriggerSeed(seed),
+            None => Plan::Source,
+        },
+        _ => Plan::Peers(resp.parents),
+    }
+}
+
+fn parent_base(parent: &proto::Parent) -> Option<(String, String)> {
+    let host = parent.host.as_ref()?;
+    let ip: std::net::IpAddr = host.ip.parse().ok()?;
+    let addr = std::net::SocketAddr::new(ip, host.peer_port as u16);
+    Some((host.id.clone(), format!("http://{addr}")))
+}
+
+fn shape_of(task: &StoredTask) -> proto::TaskShape {
+    task.with_meta(|m| proto::TaskShape {
+        content_length: m.content_length.unwrap_or(0),
+        piece_length: m.piece_length,
+        piece_count: m.piece_count().unwrap_or(0),
+        known: m.shape_known(),
+    })
+}
+
+/// Downloads every missing piece of `task`; returns the content length.
+pub async fn download(
+    daemon: &Arc<Daemon>,
+    task: &Arc<StoredTask>,
+    request: &TaskRequest,
+) -> Result<u64, TaskFailure> {
+    let reporter = PieceReporter::start(daemon.clone(), task.clone(), request.url.clone());
+    let mut plan = match register(daemon, task, request).await {
+        Some(resp) => {
+            adopt_shape(task, resp.shape.as_ref());
+            plan_from(resp)
+        }
+        None => {
+            if daemon.schedulers.is_configured() {
+                tracing::warn!("no scheduler reachable; downloading straight from the origin");
+                daemon.metrics.failure("scheduler_unreachable");
+            }
+            Plan::Source
+        }
+    };
+    loop {
+        match plan {
+            Plan::Source => {
+                tracing::info!("downloading from the origin (back-to-source)");
+                return back_to_source(daemon, task, request, &reporter).await;
+            }
+            Plan::TriggerSeed(seed) => {
+                let Some((seed_id, base)) = parent_base(&seed) else {
+                    plan = Plan::Source;
+                    continue;
+                };
+                let mut seed_request = request.clone();
+                seed_request.task_id = Some(task.id.clone());
+                seed_request.seed_request = true;
+                seed_request.output = None;
+                match daemon.peers.trigger_seed(&base, &seed_request).await {
+                    Ok(()) => {
+                        tracing::info!(seed = %seed_id, "seed peer asked to fetch the task");
+                        plan = Plan::Peers(vec![seed]);
+                    }
+                    Err(e) => {
+                        tracing::warn!(seed = %seed_id, error = %e, "seed peer unavailable");
+                        daemon.metrics.failure("seed_trigger");
+                        plan = report_parent_failure(daemon, task, &seed_id, &e)
+                            .await
+                            .unwrap_or(Plan::Source);
+                    }
+                }
+            }
+            Plan::Peers(parents) => match from_peers(daemon, task, parents, &reporter).await? {
+                PeerOutcome::Done => {
+                    return task.with_meta(|m| m.content_length).ok_or_else(|| {
+                        TaskFailure::Internal {
+                            message: "length unknown after download".into(),
+                        }
+                    })
+                }
+                PeerOutcome::BackToSource(why) => {
+                    tracing::warn!(
+                        reason = why,
+                        "peers cannot finish the task; going to the origin"
+                    );
+                    plan = Plan::Source;
+                }
+            },
+        }
+    }
+}
+
+async fn register(
+    daemon: &Daemon,
+    task: &StoredTask,
+    request: &TaskRequest,
+) -> Option<proto::ScheduleResponse> {
+    let req = proto::RegisterPeerRequest {
+        task_id: task.id.clone(),
+        host_id: daemon.host_id.clone(),
+        url: request.url.clone(),
+        shape: Some(shape_of(task)),
+        bitmap: task.with_meta(|m| m.bitmap()).as_bytes().to_vec(),
+        seed_request: request.seed_request,
+    };
+    daemon
+        .schedulers
+        .call(&task.id, |mut c| {
+            let req = req.clone();
+            async move { c.register_peer(req).await }
+        })
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "register failed"))
+        .ok()
+}
+
+async fn get_parents(daemon: &Daemon, task: &StoredTask) -> Option<Plan> {
+    let req = proto::GetParentsRequest {
+        task_id: task.id.clone(),
+        host_id: daemon.host_id.clone(),
+    };
+    daemon
+        .schedulers
+        .call(&task.id, |mut c| {
+            let req = req.clone();
+            async move { c.get_parents(req).await }
+        })
+        .await
+        .ok()
+        .map(plan_from)
+}
+
+async fn report_parent_failure(
+    daemon: &Daemon,
+    task: &StoredTask,
+    parent_id: &str,
+    error: &PeerError,
+) -> Option<Plan> {
+    let req = proto::ReportParentFailureRequest {
+        task_id: task.id.clone(),
+        host_id: daemon.host_id.clone(),
+        parent_host_id: parent_id.to_string(),
+        reason: error.reason() as i32,
+        message: error.to_string(),
+    };
+    daemon
+        .schedulers
+        .call(&task.id, |mut c| {
+            let req = req.clone();
+            async move { c.report_parent_failure(req).await }
+        })
+        .await
+        .ok()
+        .map(plan_from)
+}
+
+fn adopt_shape(task: &StoredTask, shape: Option<&proto::TaskShape>) {
+    let Some(shape) = shape else { return };
+    if shape.known && shape.piece_length > 0 && !task.with_meta(|m| m.shape_known()) {
+        if let Err(e) = task.set_shape(Some(shape.content_length), shape.piece_length) {
+            tracing::warn!(error = %e, "scheduler's task shape conflicts with ours");
+        }
+    }
+}
+
+async fn back_to_source(
+    daemon: &Arc<Daemon>,
+    task: &Arc<StoredTask>,
+    request: &TaskRequest,
+    reporter: &PieceReporter,
+) -> Result<u64, TaskFailure> {
+    let progress = daemon.progress(&task.id);
+    let on_piece = |index: u32, bytes: u64| {
+        daemon.metrics.obtained("origin", bytes);
+        progress.from_origin.fetch_add(bytes, Ordering::Relaxed);
+        reporter.report(index);
+    };
+    daemon
+        .source
+        .fetch_missing(task, &request.url, &request.headers, &on_piece)
+        .await
+}
+
+struct ParentSlot {
+    id: String,
+    base: String,
+    bitmap: Bitmap,
+    complete: bool,
+    is_source: bool,
+    inflight: usize,
+    cooldown_until: Option<Instant>,
+}
+
+impl ParentSlot {
+    fn from_proto(parent: &proto::Parent) -> Option<ParentSlot> {
+        let (id, base) = parent_base(parent)?;
+        Some(ParentSlot {
+            id,
+            base,
+            bitmap: Bitmap::from_bytes(parent.bitmap.clone()),
+            complete: parent.complete,
+            is_source: parent.is_source,
+            inflight: 0,
+            cooldown_until: None,
+        })
+    }
+
+    fn available(&self, now: Instant, per_parent: usize) -> bool {
+        self.inflight < per_parent && self.cooldown_until.is_none_or(|t| t <= now)
+    }
+}
+
+/// Merges a fresh parent list into the current one, keeping the in-flight
+/// counts of parents we are still fetching from.
+fn merge_parents(slots: &mut Vec<ParentSlot>, fresh: &[proto::Parent], blocked: &HashSet<String>) {
+    let mut next: Vec<ParentSlot> = Vec::new();
+    for parent in fresh {
+        let Some(mut slot) = ParentSlot::from_proto(parent) else {
+            continue;
+        };
+        if blocked.contains(&slot.id) {
+            continue;
+        }
+        if let Some(old) = slots.iter().find(|s| s.id == slot.id) {
+            slot.inflight = old.inflight;
+            slot.cooldown_until = old.cooldown_until;
+        }
+        next.push(slot);
+    }
+    for old in slots.drain(..) {
+        if old.inflight > 0 && !next.iter().any(|s| s.id == old.id) {
+            next.push(old);
+        }
+    }
+    *slots = next;
+}
+
+/// The parent to ask for `index`: one that has it (least busy, seeds and
+/// sources last so they are not everyone's first choice), else the source,
+/// which will have it soon.
+fn pick_parent(slots: &[ParentSlot], index: u32, per_parent: usize, now: Instant) -> Option<usize> {
+    let holders = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.available(now, per_parent) && (s.complete || s.bitmap.contains(index)))
+        .min_by_key(|(_, s)| (s.inflight, s.is_source));
+    if let Some((i, _)) = holders {
+        return Some(i);
+    }
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.available(now, per_parent) && s.is_source)
+        .min_by_key(|(_, s)| s.inflight)
+        .map(|(i, _)| i)
+}
+
+/// Learns the content length from the scheduler's answer or a parent.
+async fn ensure_shape(daemon: &Daemon, task: &StoredTask, slots: &[ParentSlot]) -> bool {
+    if task.with_meta(|m| m.shape_known()) {
+        return true;
+    }
+    let mut order: Vec<&ParentSlot> = slots.iter().collect();
+    order.sort_by_key(|s| !s.is_source);
+    for slot in order {
+        match daemon
+            .peers
+            .shape(&slot.base, &task.id, daemon.config.piece_wait)
+            .await
+        {
+            Ok(shape) => {
+                return task
+                    .set_shape(Some(shape.content_length), shape.piece_length)
+                    .map_err(|e| tracing::warn!(error = %e, "parent's task shape conflicts"))
+                    .is_ok()
+            }
+            Err(e) => {
+                tracing::debug!(parent = %slot.id, error = %e, "parent cannot tell the task shape")
+            }
+        }
+    }
+    false
+}
+
+type PieceResult = (u32, String, Result<(bytes::Bytes, String), PeerError>);
+
+async fn fetch_verified(
+    daemon: Arc<Daemon>,
+    task: Arc<StoredTask>,
+    base: String,
+    parent: String,
+    index: u32,
+) -> PieceResult {
+    let result = async {
+        let (data, digest) = daemon.peers.piece(&base, &task.id, index).await?;
+        let expected_len = task.with_meta(|m| {
+            let (s, e) = piece_range(index, m.piece_length, m.content_length.unwrap_or(0));
+            e.saturating_sub(s)
+        });
+        if data.len() as u64 != expected_len {
+            return Err(PeerError::Malformed(format!(
+                "piece {index} has {} bytes, expected {expected_len}",
+                data.len()
+            )));
+        }
+        let (data, actual) = tokio::task::spawn_blocking(move || {
+            let actual = piece_digest(&data);
+            (data, actual)
+        })
+        .await
+        .map_err(|e| PeerError::Malformed(e.to_string()))?;
+        if actual != digest {
+            return Err(PeerError::DigestMismatch);
+        }
+        Ok((data, digest))
+    }
+    .await;
+    (index, parent, result)
+}
+
+async fn from_peers(
+    daemon: &Arc<Daemon>,
+    task: &Arc<StoredTask>,
+    parents: Vec<proto::Parent>,
+    reporter: &PieceReporter,
+) -> Result<PeerOutcome, TaskFailure> {
+    let config = &daemon.config;
+    let progress = daemon.progress(&task.id);
+    let mut blocked: HashSet<String> = HashSet::new();
+    let mut slots: Vec<ParentSlot> = Vec::new();
+    merge_parents(&mut slots, &parents, &blocked);
+
+    let mut last_progress = Instant::now();
+    while !ensure_shape(daemon, task, &slots).await {
+        if last_progress.elapsed() > config.stall_timeout {
+            return Ok(PeerOutcome::BackToSource(
+                "no parent knows the task's length",
+            ));
+        }
+        tokio::time::sleep(config.parent_refresh).await;
+        match get_parents(daemon, task).await {
+            Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
+            Some(_) => return Ok(PeerOutcome::BackToSource("elected back-to-source")),
+            None if slots.is_empty() => {
+                return Ok(PeerOutcome::BackToSource("no scheduler and no parents"))
+            }
+            None => {}
+        }
+    }
+
+    let mut inflight = FuturesUnordered::new();
+    let mut inflight_pieces: HashSet<u32> = HashSet::new();
+    let mut refresh_at = Instant::now() + config.parent_refresh;
+    last_progress = Instant::now();
+    loop {
+        let missing = task.with_meta(|m| m.missing_pieces());
+        if missing.is_empty() && inflight.is_empty() {
+            return Ok(PeerOutcome::Done);
+        }
+        let now = Instant::now();
+        for &index in &missing {
+            if inflight_pieces.contains(&index) {
+                continue;
+            }
+            if inflight.len() >= config.concurrent_pieces {
+                break;
+            }
+            let Some(i) = pick_parent(&slots, index, config.concurrent_pieces_per_parent, now)
+            else {
+                continue;
+            };
+            slots[i].inflight += 1;
+            inflight_pieces.insert(index);
+            inflight.push(fetch_verified(
+                daemon.clone(),
+                task.clone(),
+                slots[i].base.clone(),
+                slots[i].id.clone(),
+                index,
+            ));
+        }
+        if last_progress.elapsed() > config.stall_timeout {
+            return Ok(PeerOutcome::BackToSource("no progress from peers"));
+        }
+        tokio::select! {
+            Some((index, parent_id, result)) = inflight.next(), if !inflight.is_empty() => {
+                inflight_pieces.remove(&index);
+                if let Some(slot) = slots.iter_mut().find(|s| s.id == parent_id) {
+                    slot.inflight = slot.inflight.saturating_sub(1);
+                    if result.as_ref().is_err_and(PeerError::is_soft) {
+                        slot.cooldown_until = Some(Instant::now() + COOLDOWN);
+                    }
+                }
+                match result {
+                    Ok((data, digest)) => {
+                        let len = data.len() as u64;
+                        task.write_piece(index, data, digest)
+                            .await
+                            .map_err(|e| TaskFailure::Internal { message: e.to_string() })?;
+                        daemon.metrics.obtained("peer", len);
+                        progress.from_peers.fetch_add(len, Ordering::Relaxed);
+                        reporter.report(index);
+                        last_progress = Instant::now();
+                    }
+                    Err(e) if e.is_soft() => {}
+                    Err(e) => {
+                        tracing::warn!(parent = %parent_id, piece = index, error = %e, "parent failed; avoiding it");
+                        daemon.metrics.failure(e.metric_label());
+                        blocked.insert(parent_id.clone());
+                        // Blocked parents stay listed only while pieces from
+                        // them are still in flight, and are never picked again.
+                        for slot in slots.iter_mut().filter(|s| s.id == parent_id) {
+                            slot.cooldown_until = Some(Instant::now() + Duration::from_secs(3600));
+                        }
+                        slots.retain(|s| !blocked.contains(&s.id) || s.inflight > 0);
+                        match report_parent_failure(daemon, task, &parent_id, &e).await {
+                            Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
+                            Some(_) => return Ok(PeerOutcome::BackToSource("elected back-to-source after a parent failed")),
+                            None if slots.iter().all(|s| blocked.contains(&s.id)) => {
+                                return Ok(PeerOutcome::BackToSource("every parent failed and no scheduler answers"))
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(refresh_at) => {
+                refresh_at = Instant::now() + config.parent_refresh;
+                match get_parents(daemon, task).await {
+                    Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
+                    Some(_) => return Ok(PeerOutcome::BackToSource("elected back-to-source")),
+                    None if slots.iter().all(|s| blocked.contains(&s.id)) => {
+                        return Ok(PeerOutcome::BackToSource("no parents and no scheduler"))
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Sends finished pieces to the scheduler in batches, off the download path.
+struct PieceReporter {
+    tx: mpsc::UnboundedSender<u32>,
+}
+
+impl PieceReporter {
+    fn start(daemon: Arc<Daemon>, task: Arc<StoredTask>, url: String) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut pieces = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    pieces.push(more);
+                }
+                let req = proto::ReportPiecesRequest {
+                    task_id: task.id.clone(),
+                    host_id: daemon.host_id.clone(),
+                    shape: Some(shape_of(&task)),
+                    pieces,
+                    replace: false,
+                    bitmap: Vec::new(),
+                    complete: false,
+                    url: url.clone(),
+                };
+                let result = daemon
+                    .schedulers
+                    .call(&task.id, |mut c| {
+                        let req = req.clone();
+                        async move { c.report_pieces(req).await }
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "piece report not delivered");
+                }
+            }
+        });
+        PieceReporter { tx }
+    }
+
+    fn report(&self, index: u32) {
+        let _ = self.tx.send(index);
+    }
+}

@@ -1,0 +1,172 @@
+//! dfdaemon: the node agent of the P2P distribution system — content store,
+//! piece server, downloader (peers or origin), scheduler client — and the
+//! dfget CLI's client side.
+
+pub mod admin;
+pub mod announcer;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod downloader;
+pub mod hashring;
+pub mod metrics;
+pub mod peer_client;
+pub mod piece;
+pub mod piece_server;
+pub mod ratelimit;
+pub mod reader;
+pub mod scheduler_client;
+pub mod source;
+pub mod store;
+pub mod task_id;
+pub mod task_request;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use config::DaemonConfig;
+use daemon::Daemon;
+use scheduler_client::SchedulerPool;
+use store::{Store, Watermarks};
+
+/// Addresses a running daemon actually bound (ports may be 0 in tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub peer: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A stable id for this host, kept in the data dir so a restarted daemon is
+/// recognised as the same peer.
+fn host_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("host_id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let id = hex::encode(rand::random::<[u8; 16]>());
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// Runs dfdaemon until `shutdown` resolves. `on_bound` is told the bound
+/// addresses once the servers listen.
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let host_id = host_id(&config.data_dir)?;
+    let store = Arc::new(
+        Store::open(
+            &config.data_dir,
+            config.cache_size.as_u64(),
+            Watermarks {
+                high: config.gc_high_watermark,
+                low: config.gc_low_watermark,
+            },
+        )
+        .with_context(|| format!("opening content store in {}", config.data_dir.display()))?,
+    );
+
+    let peer_listener = tokio::net::TcpListener::bind(config.peer_listen)
+        .await
+        .with_context(|| format!("binding piece server on {}", config.peer_listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding admin server on {}", config.admin_listen))?;
+    let bound = Bound {
+        peer: peer_listener.local_addr()?,
+        admin: admin_listener.local_addr()?,
+    };
+
+    let schedulers = SchedulerPool::new(config.scheduler.clone());
+    let hostname = config.hostname.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
+    schedulers.set_host(proto::Host {
+        id: host_id.clone(),
+        hostname,
+        ip: config.advertised_ip().to_string(),
+        peer_port: bound.peer.port() as u32,
+        proxy_port: config.proxy_listen.port() as u32,
+        admin_port: bound.admin.port() as u32,
+        r#type: if config.seed {
+            proto::HostType::Seed as i32
+        } else {
+            proto::HostType::Normal as i32
+        },
+        upload_capacity: config.upload_limit,
+        free_upload_slots: config.upload_limit,
+        labels: config.labels.clone().into_iter().collect(),
+    });
+    let daemon = Daemon::new(config.clone(), host_id.clone(), store, schedulers.clone())?;
+    tracing::info!(
+        host_id = %host_id,
+        peer = %bound.peer,
+        admin = %bound.admin,
+        seed = config.seed,
+        schedulers = ?config.scheduler,
+        "dfdaemon starting"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        })
+    };
+    let peer_server = serve(peer_listener, piece_server::router(daemon.clone()));
+    let admin_server = serve(admin_listener, admin::router(daemon.clone(), ready.clone()));
+
+    if schedulers.is_configured() {
+        schedulers.refresh().await;
+        announcer::announce_once(&daemon).await;
+        tokio::spawn(announcer::run(daemon.clone(), stop_rx.clone()));
+    } else {
+        tracing::warn!("no scheduler configured: every download goes straight to the origin");
+    }
+    let gc_daemon = daemon.clone();
+    let mut gc_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            gc_daemon.collect_garbage().await;
+            tokio::select! {
+                _ = tokio::time::sleep(gc_daemon.config.gc_interval) => {}
+                _ = gc_stop.changed() => break,
+            }
+        }
+    });
+
+    ready.store(true, Ordering::SeqCst);
+    on_bound(bound);
+    shutdown.await;
+    tracing::info!("dfdaemon shutting down");
+    ready.store(false, Ordering::SeqCst);
+    schedulers.leave().await;
+    let _ = stop_tx.send(true);
+    for task in daemon.store.list() {
+        let _ = task.flush().await;
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = peer_server.await;
+        let _ = admin_server.await;
+    })
+    .await;
+    Ok(())
+}

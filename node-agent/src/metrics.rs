@@ -1,0 +1,131 @@
+//! Prometheus metrics of one dfdaemon.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// origin, peer or cache
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Bytes obtained, by where they came from.
+    pub bytes: Family<SourceLabel, Counter>,
+    pub pieces: Family<SourceLabel, Counter>,
+    pub upload_bytes: Counter,
+    pub upload_pieces: Counter,
+    pub upload_rejected: Counter,
+    pub tasks: Family<ResultLabel, Counter>,
+    pub failures: Family<ReasonLabel, Counter>,
+    pub cache_bytes: Gauge<u64, AtomicU64>,
+    pub evictions: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dfdaemon");
+        let bytes = Family::<SourceLabel, Counter>::default();
+        let pieces = Family::<SourceLabel, Counter>::default();
+        let upload_bytes = Counter::default();
+        let upload_pieces = Counter::default();
+        let upload_rejected = Counter::default();
+        let tasks = Family::<ResultLabel, Counter>::default();
+        let failures = Family::<ReasonLabel, Counter>::default();
+        let cache_bytes = Gauge::<u64, AtomicU64>::default();
+        let evictions = Counter::default();
+        registry.register(
+            "download_bytes",
+            "Bytes obtained, by source (origin, peer, cache)",
+            bytes.clone(),
+        );
+        registry.register(
+            "download_pieces",
+            "Pieces obtained, by source",
+            pieces.clone(),
+        );
+        registry.register(
+            "upload_bytes",
+            "Piece bytes served to other peers",
+            upload_bytes.clone(),
+        );
+        registry.register(
+            "upload_pieces",
+            "Pieces served to other peers",
+            upload_pieces.clone(),
+        );
+        registry.register(
+            "upload_rejected",
+            "Piece requests refused because every upload slot was busy",
+            upload_rejected.clone(),
+        );
+        registry.register("tasks", "Finished downloads, by result", tasks.clone());
+        registry.register("failures", "Failures, by reason", failures.clone());
+        registry.register(
+            "cache_bytes",
+            "Bytes held in the content store",
+            cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Tasks evicted by garbage collection",
+            evictions.clone(),
+        );
+        Metrics {
+            registry,
+            bytes,
+            pieces,
+            upload_bytes,
+            upload_pieces,
+            upload_rejected,
+            tasks,
+            failures,
+            cache_bytes,
+            evictions,
+        }
+    }
+
+    pub fn obtained(&self, source: &'static str, bytes: u64) {
+        self.bytes
+            .get_or_create(&SourceLabel { source })
+            .inc_by(bytes);
+        self.pieces.get_or_create(&SourceLabel { source }).inc();
+    }
+
+    pub fn failure(&self, reason: &'static str) {
+        self.failures.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn task_done(&self, result: &'static str) {
+        self.tasks.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

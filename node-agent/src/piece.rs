@@ -1,0 +1,135 @@
+//! Piece geometry and piece digests: every peer must cut a task at the same
+//! boundaries and agree on what each piece hashes to.
+
+use sha2::{Digest, Sha256};
+
+pub const MIN_PIECE_LENGTH: u32 = 4 * 1024 * 1024;
+pub const MAX_PIECE_LENGTH: u32 = 64 * 1024 * 1024;
+/// Aim for at most this many pieces per task.
+const TARGET_PIECES: u64 = 500;
+
+/// Piece length for a task of `content_length` bytes: the next power of two of
+/// length/500, clamped to 4–64 MiB. Unknown lengths use the minimum.
+pub fn piece_length_for(content_length: Option<u64>) -> u32 {
+    let Some(len) = content_length else {
+        return MIN_PIECE_LENGTH;
+    };
+    let wanted = len.div_ceil(TARGET_PIECES).max(1).next_power_of_two();
+    wanted.clamp(MIN_PIECE_LENGTH as u64, MAX_PIECE_LENGTH as u64) as u32
+}
+
+/// Number of pieces of a task, given its length.
+pub fn piece_count(content_length: u64, piece_length: u32) -> u32 {
+    content_length.div_ceil(piece_length as u64) as u32
+}
+
+/// Byte range `[start, end)` of piece `index`.
+pub fn piece_range(index: u32, piece_length: u32, content_length: u64) -> (u64, u64) {
+    let start = index as u64 * piece_length as u64;
+    let end = (start + piece_length as u64).min(content_length);
+    (start, end)
+}
+
+/// Pieces touched by the byte range `[start, end)`.
+pub fn pieces_for_range(start: u64, end: u64, piece_length: u32) -> std::ops::Range<u32> {
+    if end <= start {
+        return 0..0;
+    }
+    let first = (start / piece_length as u64) as u32;
+    let last = ((end - 1) / piece_length as u64) as u32;
+    first..last + 1
+}
+
+/// `sha256:<hex>` of a piece's bytes.
+pub fn piece_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A set of piece indices packed as bits (piece i is bit i % 8 of byte i / 8),
+/// the encoding the scheduler contract uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bitmap(Vec<u8>);
+
+impl Bitmap {
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Bitmap(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn set(&mut self, index: u32) {
+        let byte = index as usize / 8;
+        if self.0.len() <= byte {
+            self.0.resize(byte + 1, 0);
+        }
+        self.0[byte] |= 1 << (index % 8);
+    }
+
+    pub fn contains(&self, index: u32) -> bool {
+        self.0
+            .get(index as usize / 8)
+            .is_some_and(|b| b & (1 << (index % 8)) != 0)
+    }
+
+    pub fn count(&self) -> u32 {
+        self.0.iter().map(|b| b.count_ones()).sum()
+    }
+}
+
+impl FromIterator<u32> for Bitmap {
+    fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Self {
+        let mut bitmap = Bitmap::default();
+        for index in iter {
+            bitmap.set(index);
+        }
+        bitmap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn piece_length_follows_the_rule() {
+        assert_eq!(piece_length_for(None), MIN_PIECE_LENGTH);
+        assert_eq!(piece_length_for(Some(0)), MIN_PIECE_LENGTH);
+        assert_eq!(piece_length_for(Some(64 * MIB)), MIN_PIECE_LENGTH);
+        // 4 GiB / 500 = 8.2 MiB -> 16 MiB
+        assert_eq!(piece_length_for(Some(4096 * MIB)), 16 * MIB as u32);
+        assert_eq!(piece_length_for(Some(1 << 50)), MAX_PIECE_LENGTH);
+    }
+
+    #[test]
+    fn ranges_and_counts() {
+        assert_eq!(piece_count(10, 4), 3);
+        assert_eq!(piece_count(8, 4), 2);
+        assert_eq!(piece_count(0, 4), 0);
+        assert_eq!(piece_range(2, 4, 10), (8, 10));
+        assert_eq!(pieces_for_range(0, 1, 4), 0..1);
+        assert_eq!(pieces_for_range(3, 9, 4), 0..3);
+        assert_eq!(pieces_for_range(4, 8, 4), 1..2);
+        assert_eq!(pieces_for_range(5, 5, 4), 0..0);
+    }
+
+    #[test]
+    fn bitmap_roundtrip() {
+        let bitmap: Bitmap = [0, 3, 9].into_iter().collect();
+        assert!(bitmap.contains(0) && bitmap.contains(3) && bitmap.contains(9));
+        assert!(!bitmap.contains(1) && !bitmap.contains(100));
+        assert_eq!(bitmap.count(), 3);
+        assert_eq!(bitmap.as_bytes(), &[0b0000_1001, 0b0000_0010]);
+    }
+
+    #[test]
+    fn digest_format() {
+        assert_eq!(
+            piece_digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! Streams a task's bytes in order to a local reader while later pieces are
+//! still arriving: each piece is read as soon as it is stored.
+
+use bytes::Bytes;
+use futures::Stream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::piece::{piece_range, pieces_for_range};
+use crate::store::{PinGuard, StoredTask};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("download failed: {0}")]
+    Failed(crate::store::TaskFailure),
+    #[error("no progress for {0:?} while waiting for piece {1}")]
+    Stalled(Duration, u32),
+    #[error("reading stored piece: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl From<ReadError> for std::io::Error {
+    fn from(e: ReadError) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}
+
+struct Cursor {
+    task: Arc<StoredTask>,
+    _pin: PinGuard,
+    offset: u64,
+    end: u64,
+    piece_length: u32,
+    content_length: u64,
+    stall: Duration,
+    on_bytes: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+/// Bytes `[start, end)` of a task whose shape is known. `on_bytes` sees every
+/// chunk's size (for metrics). The task stays pinned while streaming.
+pub fn stream_range(
+    task: Arc<StoredTask>,
+    start: u64,
+    end: u64,
+    stall: Duration,
+    on_bytes: Box<dyn Fn(u64) + Send + Sync>,
+) -> impl Stream<Item = Result<Bytes, ReadError>> + Send {
+    let (content_length, piece_length) =
+        task.with_meta(|m| (m.content_length.unwrap_or(0), m.piece_length));
+    let cursor = Cursor {
+        _pin: task.pin(),
+        task,
+        offset: start,
+        end: end.min(content_length),
+        piece_length,
+        content_length,
+        stall,
+        on_bytes,
+    };
+    futures::stream::try_unfold(cursor, |mut c| async move {
+        if c.offset >= c.end {
+            return Ok(None);
+        }
+        let index = pieces_for_range(c.offset, c.offset + 1, c.piece_length).start;
+        if !c
+            .task
+            .wait_piece(index, c.stall)
+            .await
+            .map_err(ReadError::Failed)?
+        {
+            return Err(ReadError::Stalled(c.stall, index));
+        }
+        let (piece_start, piece_end) = piece_range(index, c.piece_length, c.content_length);
+        let chunk_end = piece_end.min(c.end);
+        // Whole pieces are read so their digest is checked on every read.
+        let (piece, _) = c.task.read_piece(index).await?;
+        let bytes =
+            piece.slice((c.offset - piece_start) as usize..(chunk_end - piece_start) as usize);
+        (c.on_bytes)(bytes.len() as u64);
+        c.offset = chunk_end;
+        Ok(Some((bytes, c)))
+    })
+}

@@ -1,0 +1,176 @@
+//! Talking to the schedulers: resolve the configured list (addresses, or a
+//! DNS name that resolves to every replica), route each task to its owner by
+//! rendezvous hashing, fall back along the ranking when the owner is down,
+//! and keep this host announced with a heartbeat.
+
+use proto::scheduler_client::SchedulerClient;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::hashring;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("no scheduler configured")]
+    NoneConfigured,
+    #[error("no scheduler reachable (last error: {0})")]
+    Unreachable(String),
+    #[error("scheduler refused: {0}")]
+    Refused(Status),
+}
+
+pub struct SchedulerPool {
+    targets: Vec<String>,
+    resolved: RwLock<Vec<String>>,
+    clients: Mutex<HashMap<String, SchedulerClient<Channel>>>,
+    host: RwLock<Option<proto::Host>>,
+}
+
+impl SchedulerPool {
+    /// `targets` are `host:port` entries; names are resolved to every address.
+    pub fn new(targets: Vec<String>) -> Arc<Self> {
+        Arc::new(SchedulerPool {
+            targets,
+            resolved: RwLock::new(Vec::new()),
+            clients: Mutex::new(HashMap::new()),
+            host: RwLock::new(None),
+        })
+    }
+
+    pub fn is_configured(&self) -> bool {
+        !self.targets.is_empty()
+    }
+
+    pub fn set_host(&self, host: proto::Host) {
+        *self.host.write().unwrap_or_else(|e| e.into_inner()) = Some(host);
+    }
+
+    pub fn host(&self) -> Option<proto::Host> {
+        self.host.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-resolves every target. Keeps the previous list if resolution fails
+    /// entirely (a DNS hiccup must not forget every scheduler).
+    pub async fn refresh(&self) {
+        let mut addrs = Vec::new();
+        for target in &self.targets {
+            match tokio::net::lookup_host(target.as_str()).await {
+                Ok(found) => addrs.extend(found.map(|a| a.to_string())),
+                Err(e) => tracing::warn!(target = %target, error = %e, "cannot resolve scheduler"),
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        if !addrs.is_empty() {
+            *self.resolved.write().unwrap_or_else(|e| e.into_inner()) = addrs;
+        }
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.resolved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn client(&self, addr: &str) -> Result<SchedulerClient<Channel>, SchedulerError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| SchedulerError::Unreachable(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(RPC_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = SchedulerClient::new(endpoint.connect_lazy());
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Runs `rpc` against the scheduler that owns `task_id`, trying the next
+    /// ones in ranking order when it is unreachable. An unknown-host answer
+    /// (scheduler restarted) triggers an announce and one retry.
+    pub async fn call<T, F, Fut>(&self, task_id: &str, rpc: F) -> Result<T, SchedulerError>
+    where
+        F: Fn(SchedulerClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        if !self.is_configured() {
+            return Err(SchedulerError::NoneConfigured);
+        }
+        if self.addresses().is_empty() {
+            self.refresh().await;
+        }
+        let addrs = self.addresses();
+        let mut last_error = String::from("no address resolved");
+        for addr in hashring::rank(task_id, &addrs) {
+            let client = self.client(addr)?;
+            match rpc(client.clone()).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    self.announce_to(addr).await.ok();
+                    return rpc(client)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(SchedulerError::Refused);
+                }
+                Err(status) if is_transport_failure(&status) => {
+                    tracing::debug!(scheduler = %addr, error = %status, "scheduler unreachable, trying next");
+                    last_error = format!("{addr}: {}", status.message());
+                }
+                Err(status) => return Err(SchedulerError::Refused(status)),
+            }
+        }
+        Err(SchedulerError::Unreachable(last_error))
+    }
+
+    /// Announces this host to one scheduler; returns whether it knew us.
+    pub async fn announce_to(
+        &self,
+        addr: &str,
+    ) -> Result<proto::AnnounceHostResponse, SchedulerError> {
+        let host = self.host().ok_or(SchedulerError::NoneConfigured)?;
+        let mut client = self.client(addr)?;
+        client
+            .announce_host(proto::AnnounceHostRequest { host: Some(host) })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| SchedulerError::Unreachable(s.to_string()))
+    }
+
+    /// Says goodbye to every scheduler so nobody picks this host as a parent.
+    pub async fn leave(&self) {
+        let Some(host) = self.host() else { return };
+        for addr in self.addresses() {
+            if let Ok(mut client) = self.client(&addr) {
+                let req = proto::LeaveHostRequest {
+                    host_id: host.id.clone(),
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.leave_host(req)).await;
+            }
+        }
+    }
+
+    /// The scheduler that owns `task_id` now.
+    pub fn owner(&self, task_id: &str) -> Option<String> {
+        let addrs = self.addresses();
+        hashring::rank(task_id, &addrs)
+            .first()
+            .map(|s| s.to_string())
+    }
+}
+
+fn is_transport_failure(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}

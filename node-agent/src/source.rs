@@ -1,0 +1,378 @@
+//! Back-to-source: fetch a task's missing pieces from the origin with ranged
+//! GETs, cutting the byte stream into pieces, hashing and storing each one
+//! as it completes so peers can pipeline from us while we download.
+//!
+//! Redirects are followed (registries send blob GETs to object storage);
+//! reqwest drops `Authorization` when a redirect leaves the original host.
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+use reqwest::StatusCode;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::piece::{piece_count, piece_digest, piece_length_for};
+use crate::store::{StoredTask, TaskFailure};
+
+const MAX_ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Headers never forwarded to the origin: hop-by-hop ones, and the ones this
+/// client sets itself.
+const DROPPED_HEADERS: &[&str] = &[
+    "host",
+    "range",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "content-length",
+    "accept-encoding",
+];
+
+#[derive(Clone)]
+pub struct SourceClient {
+    http: reqwest::Client,
+}
+
+/// What happened to one ranged GET.
+enum Attempt {
+    Done,
+    /// Transient failure; retry from the first missing piece.
+    Retry(String),
+}
+
+impl SourceClient {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .no_gzip()
+            .build()?;
+        Ok(SourceClient { http })
+    }
+
+    fn headers(caller: &BTreeMap<String, String>) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in caller {
+            if DROPPED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        map
+    }
+
+    /// Downloads every piece `task` is missing. `on_piece(index, bytes)` is
+    /// called after each piece is stored.
+    pub async fn fetch_missing(
+        &self,
+        task: &Arc<StoredTask>,
+        url: &str,
+        caller_headers: &BTreeMap<String, String>,
+        on_piece: &(dyn Fn(u32, u64) + Send + Sync),
+    ) -> Result<u64, TaskFailure> {
+        let headers = Self::headers(caller_headers);
+        let mut attempt = 0;
+        loop {
+            let outcome = if task.with_meta(|m| m.shape_known()) {
+                self.fetch_known_shape(task, url, &headers, on_piece)
+                    .await?
+            } else {
+                self.fetch_unknown_shape(task, url, &headers, on_piece)
+                    .await?
+            };
+            match outcome {
+                Attempt::Done => break,
+                Attempt::Retry(reason) => {
+                    attempt += 1;
+                    if attempt >= MAX_ATTEMPTS {
+                        return Err(TaskFailure::Internal {
+                            message: format!("origin failed {attempt} times, last: {reason}"),
+                        });
+                    }
+                    let backoff = FIRST_BACKOFF * 2u32.pow(attempt - 1);
+                    tracing::warn!(url, attempt, ?backoff, %reason, "origin request failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+        task.with_meta(|m| m.content_length)
+            .ok_or_else(|| TaskFailure::Internal {
+                message: "origin finished without a length".into(),
+            })
+    }
+
+    /// First contact: a plain GET tells the length, from which the piece
+    /// length follows; the body is stored as it arrives.
+    async fn fetch_unknown_shape(
+        &self,
+        task: &Arc<StoredTask>,
+        url: &str,
+        headers: &HeaderMap,
+        on_piece: &(dyn Fn(u32, u64) + Send + Sync),
+    ) -> Result<Attempt, TaskFailure> {
+        let resp = match self.http.get(url).headers(headers.clone()).send().await {
+            Ok(resp) => resp,
+            Err(e) => return Ok(Attempt::Retry(e.to_string())),
+        };
+        let status = resp.status();
+        if let Some(verdict) = judge_status(status, &resp) {
+            return verdict;
+        }
+        let content_length = resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let piece_length = piece_length_for(content_length);
+        task.set_shape(content_length, piece_length)
+            .map_err(internal)?;
+        self.store_body(task, resp, 0, content_length, on_piece)
+            .await
+    }
+
+    /// Ranged GETs for each run of consecutive missing pieces.
+    async fn fetch_known_shape(
+        &self,
+        task: &Arc<StoredTask>,
+        url: &str,
+        headers: &HeaderMap,
+        on_piece: &(dyn Fn(u32, u64) + Send + Sync),
+    ) -> Result<Attempt, TaskFailure> {
+        let (content_length, piece_length, missing) = task.with_meta(|m| {
+            (
+                m.content_length.unwrap_or(0),
+                m.piece_length,
+                m.missing_pieces(),
+            )
+        });
+        for (first, last) in runs(&missing) {
+            let start = first as u64 * piece_length as u64;
+            let end = ((last as u64 + 1) * piece_length as u64).min(content_length);
+            if start >= end {
+                continue;
+            }
+            let resp = match self
+                .http
+                .get(url)
+                .headers(headers.clone())
+                .header(RANGE, format!("bytes={}-{}", start, end - 1))
+                .send()
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) => return Ok(Attempt::Retry(e.to_string())),
+            };
+            let status = resp.status();
+            if let Some(verdict) = judge_status(status, &resp) {
+                return verdict;
+            }
+            // A 200 means the origin ignored the range: skip to `start`.
+            let body_start = if status == StatusCode::PARTIAL_CONTENT {
+                check_content_range(&resp, start, content_length)?;
+                start
+            } else {
+                0
+            };
+            let outcome = self
+                .store_body_from(task, resp, body_start, start, end, on_piece)
+                .await?;
+            if let Attempt::Retry(reason) = outcome {
+                return Ok(Attempt::Retry(reason));
+            }
+        }
+        if task.with_meta(|m| m.missing_pieces().is_empty()) {
+            Ok(Attempt::Done)
+        } else {
+            Ok(Attempt::Retry("pieces still missing after a pass".into()))
+        }
+    }
+
+    async fn store_body(
+        &self,
+        task: &Arc<StoredTask>,
+        resp: reqwest::Response,
+        start: u64,
+        content_length: Option<u64>,
+        on_piece: &(dyn Fn(u32, u64) + Send + Sync),
+    ) -> Result<Attempt, TaskFailure> {
+        let end = content_length.unwrap_or(u64::MAX);
+        self.store_body_from(task, resp, start, start, end, on_piece)
+            .await
+    }
+
+    /// Streams `resp` (whose first byte is at `body_start`) into the pieces
+    /// covering `[start, end)`; bytes before `start` are skipped.
+    async fn store_body_from(
+        &self,
+        task: &Arc<StoredTask>,
+        resp: reqwest::Response,
+        body_start: u64,
+        start: u64,
+        end: u64,
+        on_piece: &(dyn Fn(u32, u64) + Send + Sync),
+    ) -> Result<Attempt, TaskFailure> {
+        let piece_length = task.with_meta(|m| m.piece_length) as u64;
+        let mut offset = body_start;
+        let mut index = (start / piece_length) as u32;
+        let mut buf = BytesMut::with_capacity(piece_length as usize);
+        let mut body = resp.bytes_stream();
+        while offset < end {
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => return Ok(Attempt::Retry(format!("body interrupted: {e}"))),
+                None => break,
+            };
+            let mut chunk: Bytes = chunk;
+            if offset < start {
+                let skip = ((start - offset) as usize).min(chunk.len());
+                let _ = chunk.split_to(skip);
+                offset += skip as u64;
+            }
+            while !chunk.is_empty() && offset < end {
+                let room = piece_length as usize - buf.len();
+                let take = room.min(chunk.len()).min((end - offset) as usize);
+                buf.extend_from_slice(&chunk.split_to(take));
+                offset += take as u64;
+                if buf.len() == piece_length as usize {
+                    let data = buf.split().freeze();
+                    store_piece(task, index, data, on_piece).await?;
+                    index += 1;
+                }
+            }
+        }
+        if end == u64::MAX {
+            // Length unknown up front: the end of the body is the end.
+            task.set_shape(Some(offset), piece_length as u32)
+                .map_err(internal)?;
+        } else if offset < end {
+            return Ok(Attempt::Retry(format!(
+                "body ended at {offset}, expected {end}"
+            )));
+        }
+        if !buf.is_empty() {
+            store_piece(task, index, buf.freeze(), on_piece).await?;
+        }
+        let total = task.with_meta(|m| m.content_length.unwrap_or(offset));
+        let pieces = piece_count(total, piece_length as u32);
+        tracing::debug!(task = %task.id, total, pieces, "origin body stored");
+        Ok(Attempt::Done)
+    }
+}
+
+async fn store_piece(
+    task: &Arc<StoredTask>,
+    index: u32,
+    data: Bytes,
+    on_piece: &(dyn Fn(u32, u64) + Send + Sync),
+) -> Result<(), TaskFailure> {
+    if task.with_meta(|m| m.has_piece(index)) {
+        return Ok(());
+    }
+    let len = data.len() as u64;
+    let (data, digest) = tokio::task::spawn_blocking(move || {
+        let digest = piece_digest(&data);
+        (data, digest)
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?;
+    task.write_piece(index, data, digest)
+        .await
+        .map_err(internal)?;
+    on_piece(index, len);
+    Ok(())
+}
+
+/// `None`: the status allows reading the body. Otherwise the verdict:
+/// 5xx and 429 retry, any other error status is final.
+fn judge_status(
+    status: StatusCode,
+    resp: &reqwest::Response,
+) -> Option<Result<Attempt, TaskFailure>> {
+    if status.is_success() {
+        return None;
+    }
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Some(Ok(Attempt::Retry(format!("origin answered {status}"))));
+    }
+    Some(Err(TaskFailure::Origin {
+        status: status.as_u16(),
+        message: format!("{} {}", status, resp.url()),
+    }))
+}
+
+fn check_content_range(
+    resp: &reqwest::Response,
+    start: u64,
+    content_length: u64,
+) -> Result<(), TaskFailure> {
+    let Some(value) = resp
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    // bytes START-END/TOTAL
+    let parsed = value
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(range, total)| Some((range.split_once('-')?.0.parse::<u64>().ok()?, total)));
+    match parsed {
+        Some((got_start, total)) if got_start == start && (total == "*" || total.parse() == Ok(content_length)) => Ok(()),
+        _ => Err(TaskFailure::Internal {
+            message: format!("origin answered Content-Range {value:?} for a range starting at {start}; the object changed?"),
+        }),
+    }
+}
+
+/// Consecutive runs in a sorted list: [1,2,3,7,8] -> [(1,3),(7,8)].
+fn runs(sorted: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &i in sorted {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == i => *last = i,
+            _ => out.push((i, i)),
+        }
+    }
+    out
+}
+
+fn internal(e: impl ToString) -> TaskFailure {
+    TaskFailure::Internal {
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_missing_pieces() {
+        assert_eq!(runs(&[1, 2, 3, 7, 8, 10]), vec![(1, 3), (7, 8), (10, 10)]);
+        assert!(runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut caller = BTreeMap::new();
+        caller.insert("Authorization".to_string(), "Bearer x".to_string());
+        caller.insert("Range".to_string(), "bytes=0-1".to_string());
+        caller.insert("Connection".to_string(), "close".to_string());
+        let headers = SourceClient::headers(&caller);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["authorization"], "Bearer x");
+    }
+}

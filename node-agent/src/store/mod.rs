@@ -1,0 +1,283 @@
+//! The content store under `--data-dir`: one directory per task holding the
+//! data file and its metadata. Survives restarts: completed tasks are served
+//! again and partial ones resume from their recorded pieces.
+
+mod gc;
+mod meta;
+mod task;
+
+pub use gc::{plan_eviction, GcCandidate, Watermarks};
+pub use meta::TaskMeta;
+pub use task::{PinGuard, RunState, StoreError, StoredTask, TaskFailure};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::task_id::is_valid_task_id;
+
+pub struct Store {
+    root: PathBuf,
+    tasks: Mutex<HashMap<String, Arc<StoredTask>>>,
+    quota: u64,
+    watermarks: Watermarks,
+}
+
+impl Store {
+    /// Opens (or creates) the store and loads every task found on disk.
+    /// Unreadable tasks are removed: they would only be fetched again.
+    pub fn open(data_dir: &Path, quota: u64, watermarks: Watermarks) -> std::io::Result<Store> {
+        let root = data_dir.join("tasks");
+        std::fs::create_dir_all(&root)?;
+        let mut tasks = HashMap::new();
+        for entry in std::fs::read_dir(&root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let dir = entry.path();
+            if !is_valid_task_id(&name) {
+                continue;
+            }
+            match Self::load_task(&dir) {
+                Ok(task) if task.id == name => {
+                    tasks.insert(name, Arc::new(task));
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(dir = %dir.display(), "dropping unreadable task directory");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        tracing::info!(root = %root.display(), tasks = tasks.len(), "content store opened");
+        Ok(Store {
+            root,
+            tasks: Mutex::new(tasks),
+            quota,
+            watermarks,
+        })
+    }
+
+    fn load_task(dir: &Path) -> std::io::Result<StoredTask> {
+        let meta = TaskMeta::load(&dir.join("meta.json"))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("data"))?;
+        Ok(StoredTask::new(dir.to_path_buf(), file, meta))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<StoredTask>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, task_id: &str) -> Option<Arc<StoredTask>> {
+        self.lock().get(task_id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<StoredTask>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Returns the task, creating an empty one if needed.
+    pub fn get_or_create(
+        &self,
+        task_id: &str,
+        url: &str,
+        expected_digest: Option<String>,
+    ) -> std::io::Result<Arc<StoredTask>> {
+        if !is_valid_task_id(task_id) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("invalid task id {task_id:?}"),
+            ));
+        }
+        let mut tasks = self.lock();
+        if let Some(task) = tasks.get(task_id) {
+            return Ok(task.clone());
+        }
+        let dir = self.root.join(task_id);
+        std::fs::create_dir_all(&dir)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("data"))?;
+        let meta = TaskMeta::new(task_id, url, expected_digest);
+        meta.save(&dir.join("meta.json"))?;
+        let task = Arc::new(StoredTask::new(dir, file, meta));
+        tasks.insert(task_id.to_string(), task.clone());
+        Ok(task)
+    }
+
+    /// Removes a task and its files. Refuses pinned tasks unless `force`
+    /// (the owner of a failed download removes what it wrote).
+    pub fn remove(&self, task_id: &str, force: bool) -> bool {
+        let task = {
+            let mut tasks = self.lock();
+            match tasks.get(task_id) {
+                Some(t) if force || !t.is_pinned() => tasks.remove(task_id),
+                _ => None,
+            }
+        };
+        let Some(task) = task else { return false };
+        let dir = task.mark_removed();
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing task directory failed");
+        }
+        true
+    }
+
+    /// Bytes held by all tasks.
+    pub fn used_bytes(&self) -> u64 {
+        self.list()
+            .iter()
+            .map(|t| t.with_meta(|m| m.stored_bytes()))
+            .sum()
+    }
+
+    /// Evicts least recently used tasks once usage passes the high watermark,
+    /// down to the low one; pinned tasks (being read or written) stay.
+    /// Returns the removed task ids.
+    pub fn collect_garbage(&self) -> Vec<String> {
+        let candidates: Vec<GcCandidate> = self
+            .list()
+            .iter()
+            .map(|t| {
+                t.with_meta(|m| GcCandidate {
+                    task_id: m.task_id.clone(),
+                    bytes: m.stored_bytes(),
+                    last_access_unix: m.last_access_unix,
+                    pinned: t.is_pinned(),
+                })
+            })
+            .collect();
+        let victims = plan_eviction(&candidates, self.quota, self.watermarks);
+        victims
+            .into_iter()
+            .filter(|id| self.remove(id, false))
+            .inspect(|id| tracing::info!(task = %id, "evicted from cache"))
+            .collect()
+    }
+
+    pub fn quota(&self) -> u64 {
+        self.quota
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::piece::piece_digest;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn id(n: u8) -> String {
+        format!("{:064x}", n)
+    }
+
+    #[tokio::test]
+    async fn pieces_survive_reopen_and_corruption_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+            let task = store.get_or_create(&id(1), "http://o/x", None).unwrap();
+            task.set_shape(Some(10), 4).unwrap();
+            for (i, chunk) in [&b"abcd"[..], b"efgh", b"ij"].iter().enumerate() {
+                let data = Bytes::copy_from_slice(chunk);
+                task.write_piece(i as u32, data.clone(), piece_digest(&data))
+                    .await
+                    .unwrap();
+            }
+            task.mark_complete(10).await.unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+        let task = store.get(&id(1)).expect("task reloaded");
+        assert!(task.is_complete());
+        let (data, _) = task.read_piece(2).await.unwrap();
+        assert_eq!(&data[..], b"ij");
+        assert_eq!(
+            task.content_digest().await.unwrap(),
+            piece_digest(b"abcdefghij")
+        );
+
+        // Damage piece 1 on disk: reading it must fail and forget the piece.
+        let data_path = dir.path().join("tasks").join(id(1)).join("data");
+        let mut bytes = std::fs::read(&data_path).unwrap();
+        bytes[5] ^= 0xff;
+        std::fs::write(&data_path, bytes).unwrap();
+        assert!(matches!(
+            task.read_piece(1).await,
+            Err(StoreError::CorruptPiece { .. })
+        ));
+        assert!(!task.is_complete());
+        assert_eq!(task.meta().missing_pieces(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn partial_task_resumes_with_its_missing_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+            let task = store.get_or_create(&id(2), "http://o/y", None).unwrap();
+            task.set_shape(Some(12), 4).unwrap();
+            let data = Bytes::from_static(b"wxyz");
+            task.write_piece(1, data.clone(), piece_digest(&data))
+                .await
+                .unwrap();
+            task.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+        let task = store.get(&id(2)).unwrap();
+        assert_eq!(task.meta().missing_pieces(), vec![0, 2]);
+    }
+
+    #[tokio::test]
+    async fn waiting_reader_wakes_when_piece_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+        let task = store.get_or_create(&id(3), "http://o/z", None).unwrap();
+        task.set_shape(Some(4), 4).unwrap();
+        let waiter = {
+            let task = task.clone();
+            tokio::spawn(async move { task.wait_piece(0, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let data = Bytes::from_static(b"1234");
+        task.write_piece(0, data.clone(), piece_digest(&data))
+            .await
+            .unwrap();
+        assert_eq!(waiter.await.unwrap(), Ok(true));
+        assert_eq!(task.wait_piece(0, Duration::from_millis(1)).await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn gc_keeps_pinned_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            10,
+            Watermarks {
+                high: 0.8,
+                low: 0.5,
+            },
+        )
+        .unwrap();
+        let mut pins = Vec::new();
+        for n in 1..=3u8 {
+            let task = store.get_or_create(&id(n), "http://o", None).unwrap();
+            task.set_shape(Some(4), 4).unwrap();
+            let data = Bytes::from_static(b"abcd");
+            task.write_piece(0, data.clone(), piece_digest(&data))
+                .await
+                .unwrap();
+            if n == 1 {
+                pins.push(task.pin());
+            }
+        }
+        // 12 bytes > 8: evict unpinned tasks until <= 5 bytes.
+        let removed = store.collect_garbage();
+        assert_eq!(removed.len(), 2);
+        assert!(store.get(&id(1)).is_some());
+        drop(pins);
+    }
+}

@@ -1,0 +1,444 @@
+//! One task in the content store: its data file, its metadata, and a change
+//! signal that wakes whoever waits for a piece (local readers and the piece
+//! server serving pieces still arriving).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use super::meta::{now_unix, TaskMeta};
+use crate::piece::{piece_digest, piece_range};
+
+/// Metadata is persisted at most this often while pieces stream in; a crash
+/// loses at most this much progress (those pieces are fetched again).
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("io error on task {task}: {source}")]
+    Io {
+        task: String,
+        source: std::io::Error,
+    },
+    #[error("task {0} has no piece {1}")]
+    MissingPiece(String, u32),
+    #[error("task {task}: piece {index} on disk does not match its digest; discarded")]
+    CorruptPiece { task: String, index: u32 },
+    #[error("task {task}: shape conflict (have {have}, got {got})")]
+    ShapeConflict {
+        task: String,
+        have: String,
+        got: String,
+    },
+    #[error("task {0}: length not known yet")]
+    ShapeUnknown(String),
+    #[error("task {0} was removed")]
+    Removed(String),
+}
+
+/// Why a download failed, kept so every waiting reader gets the same answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskFailure {
+    #[error("origin answered {status}: {message}")]
+    Origin { status: u16, message: String },
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("{message}")]
+    Internal { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    Idle,
+    Running,
+    Failed(TaskFailure),
+}
+
+pub struct StoredTask {
+    pub id: String,
+    dir: PathBuf,
+    file: File,
+    meta: Mutex<TaskMeta>,
+    run: Mutex<RunState>,
+    changed: watch::Sender<u64>,
+    pins: AtomicUsize,
+    removed: AtomicBool,
+    last_flush: Mutex<Instant>,
+}
+
+/// Keeps a task from garbage collection while alive.
+pub struct PinGuard(Arc<StoredTask>);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.0.pins.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl StoredTask {
+    pub(super) fn new(dir: PathBuf, file: File, meta: TaskMeta) -> Self {
+        let (changed, _) = watch::channel(0);
+        StoredTask {
+            id: meta.task_id.clone(),
+            dir,
+            file,
+            meta: Mutex::new(meta),
+            run: Mutex::new(RunState::Idle),
+            changed,
+            pins: AtomicUsize::new(0),
+            removed: AtomicBool::new(false),
+            last_flush: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            task: self.id.clone(),
+            source,
+        }
+    }
+
+    fn lock_meta(&self) -> MutexGuard<'_, TaskMeta> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn meta(&self) -> TaskMeta {
+        self.lock_meta().clone()
+    }
+
+    /// Runs `f` on the metadata under the lock (for cheap reads).
+    pub fn with_meta<R>(&self, f: impl FnOnce(&TaskMeta) -> R) -> R {
+        f(&self.lock_meta())
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.lock_meta().complete
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
+    }
+
+    pub fn pin(self: &Arc<Self>) -> PinGuard {
+        self.pins.fetch_add(1, Ordering::SeqCst);
+        PinGuard(self.clone())
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pins.load(Ordering::SeqCst) > 0
+    }
+
+    pub fn touch(&self) {
+        self.lock_meta().last_access_unix = now_unix();
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub fn run_state(&self) -> RunState {
+        self.run.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Moves the task to Running unless it already is; true when this
+    /// caller claimed the run.
+    pub fn try_claim_run(&self) -> bool {
+        let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
+        if *run == RunState::Running {
+            return false;
+        }
+        *run = RunState::Running;
+        drop(run);
+        self.notify();
+        true
+    }
+
+    pub fn set_run_state(&self, state: RunState) {
+        *self.run.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        self.notify();
+    }
+
+    /// Records the content length and piece length. A second call must agree.
+    pub fn set_shape(
+        &self,
+        content_length: Option<u64>,
+        piece_length: u32,
+    ) -> Result<(), StoreError> {
+        let mut meta = self.lock_meta();
+        let conflict = |meta: &TaskMeta| StoreError::ShapeConflict {
+            task: self.id.clone(),
+            have: format!("{:?}/{}", meta.content_length, meta.piece_length),
+            got: format!("{content_length:?}/{piece_length}"),
+        };
+        if meta.piece_length != 0 && meta.piece_length != piece_length {
+            return Err(conflict(&meta));
+        }
+        if let (Some(have), Some(got)) = (meta.content_length, content_length) {
+            if have != got {
+                return Err(conflict(&meta));
+            }
+        }
+        meta.piece_length = piece_length;
+        if content_length.is_some() {
+            meta.content_length = content_length;
+        }
+        if let Some(len) = meta.content_length {
+            let count = crate::piece::piece_count(len, piece_length) as usize;
+            let slots = count.max(meta.digests.len());
+            meta.digests.resize(slots, None);
+            self.file.set_len(len).map_err(|e| self.io(e))?;
+        }
+        drop(meta);
+        self.notify();
+        Ok(())
+    }
+
+    /// Stores a verified piece. `digest` is the piece's recorded digest.
+    pub async fn write_piece(
+        self: &Arc<Self>,
+        index: u32,
+        data: Bytes,
+        digest: String,
+    ) -> Result<(), StoreError> {
+        if self.is_removed() {
+            return Err(StoreError::Removed(self.id.clone()));
+        }
+        let offset = {
+            let meta = self.lock_meta();
+            if meta.piece_length == 0 {
+                return Err(StoreError::ShapeUnknown(self.id.clone()));
+            }
+            index as u64 * meta.piece_length as u64
+        };
+        let task = self.clone();
+        let len = data.len();
+        tokio::task::spawn_blocking(move || task.file.write_all_at(&data, offset))
+            .await
+            .map_err(|e| self.io(std::io::Error::other(e)))?
+            .map_err(|e| self.io(e))?;
+        {
+            let mut meta = self.lock_meta();
+            let slot = index as usize;
+            if meta.digests.len() <= slot {
+                meta.digests.resize(slot + 1, None);
+            }
+            meta.digests[slot] = Some(digest);
+            tracing::trace!(task = %self.id, index, len, "piece stored");
+        }
+        self.notify();
+        self.flush_if_due().await
+    }
+
+    /// Reads piece `index` and checks it against its recorded digest, so a
+    /// piece damaged on disk is never served: it is discarded instead.
+    pub async fn read_piece(self: &Arc<Self>, index: u32) -> Result<(Bytes, String), StoreError> {
+        let (offset, len, digest) = {
+            let meta = self.lock_meta();
+            let Some(Some(digest)) = meta.digests.get(index as usize).cloned() else {
+                return Err(StoreError::MissingPiece(self.id.clone(), index));
+            };
+            let content_length = meta.content_length.unwrap_or(u64::MAX);
+            let (start, end) = piece_range(index, meta.piece_length, content_length);
+            // Length unknown yet (origin without Content-Length): a stored
+            // piece is full-sized except the last, whose size is learnt at the end.
+            (start, (end - start) as usize, digest)
+        };
+        let task = self.clone();
+        let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut buf = vec![0u8; len];
+            task.file.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| self.io(std::io::Error::other(e)))?
+        .map_err(|e| self.io(e))?;
+        let data = Bytes::from(data);
+        let task = self.clone();
+        let (data, actual) = tokio::task::spawn_blocking(move || {
+            let actual = piece_digest(&data);
+            (data, actual)
+        })
+        .await
+        .map_err(|e| task.io(std::io::Error::other(e)))?;
+        if actual != digest {
+            tracing::warn!(task = %self.id, index, "piece on disk is corrupt, discarding it");
+            self.discard_piece(index).await;
+            return Err(StoreError::CorruptPiece {
+                task: self.id.clone(),
+                index,
+            });
+        }
+        Ok((data, digest))
+    }
+
+    /// Forgets a piece so it is fetched again.
+    pub async fn discard_piece(self: &Arc<Self>, index: u32) {
+        {
+            let mut meta = self.lock_meta();
+            if let Some(slot) = meta.digests.get_mut(index as usize) {
+                *slot = None;
+            }
+            meta.complete = false;
+        }
+        if let Err(e) = self.flush().await {
+            tracing::warn!(task = %self.id, error = %e, "persisting discarded piece failed");
+        }
+        self.notify();
+    }
+
+    /// Waits until piece `index` is stored, the task fails, or `timeout`.
+    /// Returns true when the piece is there.
+    pub async fn wait_piece(&self, index: u32, timeout: Duration) -> Result<bool, TaskFailure> {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.lock_meta().has_piece(index) {
+                return Ok(true);
+            }
+            if let RunState::Failed(failure) = self.run_state() {
+                return Err(failure);
+            }
+            if self.is_removed() {
+                return Err(TaskFailure::Internal {
+                    message: "task removed".into(),
+                });
+            }
+            if self.beyond_end(index) {
+                return Ok(false);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(self.lock_meta().has_piece(index)),
+            }
+        }
+    }
+
+    /// Waits until the content length is known (or the task fails).
+    pub async fn wait_shape(&self, timeout: Duration) -> Result<Option<(u64, u32)>, TaskFailure> {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let meta = self.lock_meta();
+                if let (Some(len), true) = (meta.content_length, meta.piece_length > 0) {
+                    return Ok(Some((len, meta.piece_length)));
+                }
+            }
+            if let RunState::Failed(failure) = self.run_state() {
+                return Err(failure);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn beyond_end(&self, index: u32) -> bool {
+        let meta = self.lock_meta();
+        meta.piece_count().is_some_and(|n| index >= n)
+    }
+
+    /// Marks the task complete (all pieces stored) and persists it.
+    pub async fn mark_complete(self: &Arc<Self>, content_length: u64) -> Result<(), StoreError> {
+        {
+            let mut meta = self.lock_meta();
+            meta.content_length = Some(content_length);
+            let count = crate::piece::piece_count(content_length, meta.piece_length) as usize;
+            meta.digests.truncate(count);
+            meta.complete = meta.digests.len() == count && meta.digests.iter().all(Option::is_some);
+        }
+        let file_len = content_length;
+        self.file.set_len(file_len).map_err(|e| self.io(e))?;
+        self.flush().await?;
+        self.notify();
+        Ok(())
+    }
+
+    /// Syncs data then metadata, so recorded pieces are always on disk.
+    pub async fn flush(self: &Arc<Self>) -> Result<(), StoreError> {
+        if self.is_removed() {
+            return Ok(());
+        }
+        let task = self.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            task.file.sync_data()?;
+            let meta = task.lock_meta().clone();
+            meta.save(&task.dir.join("meta.json"))
+        })
+        .await
+        .map_err(|e| self.io(std::io::Error::other(e)))?
+        .map_err(|e| self.io(e))?;
+        *self.last_flush.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        Ok(())
+    }
+
+    async fn flush_if_due(self: &Arc<Self>) -> Result<(), StoreError> {
+        let due = self
+            .last_flush
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            >= FLUSH_INTERVAL;
+        if due {
+            self.flush().await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads the whole data file in order and returns its sha256 digest.
+    pub async fn content_digest(self: &Arc<Self>) -> Result<String, StoreError> {
+        let task = self.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            use sha2::{Digest, Sha256};
+            let len = task.lock_meta().content_length.unwrap_or(0);
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut offset = 0u64;
+            while offset < len {
+                let n = ((len - offset) as usize).min(buf.len());
+                task.file.read_exact_at(&mut buf[..n], offset)?;
+                hasher.update(&buf[..n]);
+                offset += n as u64;
+            }
+            Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+        })
+        .await
+        .map_err(|e| self.io(std::io::Error::other(e)))?
+        .map_err(|e| self.io(e))
+    }
+
+    /// Reads `len` bytes at `offset` of the data file (stored pieces only).
+    pub async fn read_at(self: &Arc<Self>, offset: u64, len: usize) -> Result<Bytes, StoreError> {
+        let task = self.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut buf = vec![0u8; len];
+            task.file.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| self.io(std::io::Error::other(e)))?
+        .map(Bytes::from)
+        .map_err(|e| self.io(e))
+    }
+
+    pub(super) fn mark_removed(&self) -> PathBuf {
+        self.removed.store(true, Ordering::SeqCst);
+        self.notify();
+        self.dir.clone()
+    }
+}
