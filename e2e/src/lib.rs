@@ -1,0 +1,6 @@
+//! Loopback harness shared by the all-in-one local cluster and the
+//! integration tests: an origin HTTP server that counts what it serves, and
+//! supervision of the real scheduler and dfdaemon processes.
+
+pub mod origin;
+pub mod procs;

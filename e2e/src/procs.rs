@@ -1,0 +1,294 @@
+//! Starting, watching and stopping the real binaries (scheduler, dfdaemon,
+//! dfget) on loopback addresses. Every process is killed by its PID when its
+//! handle drops, so a failing test leaves nothing behind.
+
+use anyhow::{bail, Context};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's binaries: next to this executable
+/// (or its parent, for test executables under `deps/`).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build the workspace binaries first (cargo build --workspace --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A port free on `ip` right now.
+pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind((ip, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log_dir: &Path,
+    ) -> anyhow::Result<Proc> {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(program)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: a crash, as far as the process can tell.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then SIGKILL if it does not exit within `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `url` until it answers 200, for at most `timeout`.
+pub async fn wait_ready(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(resp) = client.get(url).timeout(Duration::from_secs(1)).send().await {
+            if resp.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{url} not ready after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct SchedulerProc {
+    pub proc: Proc,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl SchedulerProc {
+    pub async fn start(ip: IpAddr, log_dir: &Path) -> anyhow::Result<SchedulerProc> {
+        let grpc = SocketAddr::new(ip, free_port(ip)?);
+        let admin = SocketAddr::new(ip, free_port(ip)?);
+        Self::start_at(grpc, admin, log_dir).await
+    }
+
+    pub async fn start_at(
+        grpc: SocketAddr,
+        admin: SocketAddr,
+        log_dir: &Path,
+    ) -> anyhow::Result<SchedulerProc> {
+        let args = vec![
+            "--listen".to_string(),
+            grpc.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--heartbeat-interval".into(),
+            "1s".into(),
+            "--host-ttl".into(),
+            "4s".into(),
+        ];
+        let proc = Proc::spawn("scheduler", &binary("dragonfly-scheduler")?, &args, log_dir)?;
+        wait_ready(&format!("http://{admin}/readyz"), Duration::from_secs(20)).await?;
+        Ok(SchedulerProc { proc, grpc, admin })
+    }
+}
+
+/// How to start one dfdaemon.
+#[derive(Clone)]
+pub struct DaemonSpec {
+    pub name: String,
+    pub ip: IpAddr,
+    pub scheduler: Option<SocketAddr>,
+    pub seed: bool,
+    pub data_dir: PathBuf,
+    pub extra_args: Vec<String>,
+    /// Fixed ports (so a restarted daemon keeps its address); 0 picks free ones.
+    pub peer_port: u16,
+    pub admin_port: u16,
+}
+
+pub struct DaemonProc {
+    pub spec: DaemonSpec,
+    pub proc: Proc,
+    pub peer: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl DaemonProc {
+    pub async fn start(mut spec: DaemonSpec, log_dir: &Path) -> anyhow::Result<DaemonProc> {
+        if spec.peer_port == 0 {
+            spec.peer_port = free_port(spec.ip)?;
+        }
+        if spec.admin_port == 0 {
+            spec.admin_port = free_port(spec.ip)?;
+        }
+        let peer = SocketAddr::new(spec.ip, spec.peer_port);
+        let admin = SocketAddr::new(spec.ip, spec.admin_port);
+        let mut args = vec![
+            "run".to_string(),
+            "--data-dir".into(),
+            spec.data_dir.display().to_string(),
+            "--peer-listen".into(),
+            peer.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--proxy-listen".into(),
+            SocketAddr::new(spec.ip, 0).to_string(),
+            "--advertise-ip".into(),
+            spec.ip.to_string(),
+            "--hostname".into(),
+            spec.name.clone(),
+            "--cache-size".into(),
+            "4GiB".into(),
+            "--heartbeat-interval".into(),
+            "1s".into(),
+            "--stall-timeout".into(),
+            "10s".into(),
+        ];
+        if let Some(scheduler) = spec.scheduler {
+            args.push("--scheduler".into());
+            args.push(scheduler.to_string());
+        }
+        if spec.seed {
+            args.push("--seed".into());
+        }
+        args.extend(spec.extra_args.iter().cloned());
+        let proc = Proc::spawn(&spec.name, &binary("dfdaemon")?, &args, log_dir)?;
+        wait_ready(&format!("http://{admin}/readyz"), Duration::from_secs(20))
+            .await
+            .with_context(|| format!("{} did not start: {}", spec.name, proc.log_tail(20)))?;
+        Ok(DaemonProc {
+            spec,
+            proc,
+            peer,
+            admin,
+        })
+    }
+
+    /// Starts the same daemon again (same data dir, address and ports).
+    pub async fn restart(self, log_dir: &Path) -> anyhow::Result<DaemonProc> {
+        let spec = self.spec.clone();
+        drop(self);
+        DaemonProc::start(spec, log_dir).await
+    }
+
+    pub fn task_api(&self) -> String {
+        format!("http://{}", self.peer)
+    }
+}
+
+/// Runs dfget against `daemon` and returns its exit code and stderr.
+pub async fn dfget(
+    url: &str,
+    output: &Path,
+    daemon: SocketAddr,
+    extra: &[&str],
+) -> anyhow::Result<(i32, String)> {
+    let bin = binary("dfget")?;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg(url)
+        .arg("-O")
+        .arg(output)
+        .arg("--daemon")
+        .arg(daemon.to_string())
+        .arg("--quiet")
+        .args(extra)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .context("dfget took longer than 300 s")??;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A task's status from a daemon's task API.
+pub async fn task_status(daemon: &DaemonProc, task_id: &str) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}/api/v1/tasks/{task_id}", daemon.task_api());
+    Ok(reqwest::Client::new().get(url).send().await?.json().await?)
+}
+
+/// Every task a daemon holds.
+pub async fn tasks(daemon: &DaemonProc) -> anyhow::Result<Vec<serde_json::Value>> {
+    let url = format!("{}/api/v1/tasks", daemon.task_api());
+    Ok(reqwest::Client::new().get(url).send().await?.json().await?)
+}

@@ -1,0 +1,1214 @@
+//! The scheduler's soft state and every decision taken on it: which peer
+//! goes back to source, which parents a peer gets, what is forgotten when.
+//!
+//! Every method takes `now` so tests drive the clock; the service passes
+//! `Instant::now()`. Methods are synchronous and short: the service holds
+//! one mutex around the whole state for the duration of one call.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::{
+    Decision, FailureReason, Host, Parent, PeerStat, RegisterPeerRequest,
+    ReportParentFailureRequest, ReportPeerResultRequest, ReportPiecesRequest, ScheduleResponse,
+    StatResponse, TaskStat,
+};
+use thiserror::Error;
+use tracing::{debug, info};
+
+use crate::bitmap::{Bitmap, BitmapError, MAX_PIECES};
+use crate::hosts::Hosts;
+use crate::metrics::{Gauges, Metrics};
+use crate::ranking::{self, Candidate, Requester};
+use crate::tasks::Task;
+
+/// Ids longer than this are rejected: real ids are digests or short names,
+/// and the state keeps them in memory.
+const MAX_ID_LEN: usize = 1024;
+/// A source elected but never seen registering (a triggered seed nobody
+/// reached) stops blocking the task after this long.
+pub const SOURCE_REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Distinct peers that must report the source failing (for reasons other
+/// than a refused connection) before another source is elected: one slow
+/// link should not cost a second origin download.
+const SOURCE_FAILURE_REPORTERS: usize = 2;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ScheduleError {
+    #[error("host not announced")]
+    HostNotAnnounced,
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl From<BitmapError> for ScheduleError {
+    fn from(e: BitmapError) -> Self {
+        ScheduleError::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<ScheduleError> for tonic::Status {
+    fn from(e: ScheduleError) -> Self {
+        match e {
+            ScheduleError::HostNotAnnounced => tonic::Status::failed_precondition(e.to_string()),
+            ScheduleError::InvalidArgument(_) => tonic::Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = ScheduleError> = std::result::Result<T, E>;
+
+/// The knobs the state needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub max_parents: usize,
+    pub host_ttl: Duration,
+    pub task_idle_ttl: Duration,
+}
+
+/// What one sweep forgot.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub hosts: Vec<String>,
+    pub peers: usize,
+    pub tasks: usize,
+}
+
+#[derive(Debug)]
+pub struct State {
+    hosts: Hosts,
+    tasks: HashMap<String, Task>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+}
+
+fn check_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(ScheduleError::InvalidArgument(format!("{what} is empty")));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(ScheduleError::InvalidArgument(format!(
+            "{what} is longer than {MAX_ID_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_ids(task_id: &str, host_id: &str) -> Result<()> {
+    check_id("task_id", task_id)?;
+    check_id("host_id", host_id)
+}
+
+impl State {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
+        State {
+            hosts: Hosts::new(settings.host_ttl),
+            tasks: HashMap::new(),
+            settings,
+            metrics,
+        }
+    }
+
+    // ---- hosts -------------------------------------------------------------
+
+    /// Returns whether the host was already known.
+    pub fn announce_host(&mut self, host: Option<Host>, now: Instant) -> Result<bool> {
+        let host = host.ok_or_else(|| ScheduleError::InvalidArgument("host is missing".into()))?;
+        check_id("host.id", &host.id)?;
+        let known = self.hosts.announce(host, now);
+        Ok(known)
+    }
+
+    pub fn leave_host(&mut self, host_id: &str, now: Instant) -> Result<()> {
+        check_id("host_id", host_id)?;
+        if self.hosts.remove(host_id).is_some() {
+            info!(host_id, "host left");
+        }
+        self.forget_peers_of(&HashSet::from([host_id]), now);
+        Ok(())
+    }
+
+    /// Removes every peer of the given hosts, clearing sources they held.
+    fn forget_peers_of(&mut self, host_ids: &HashSet<&str>, now: Instant) -> usize {
+        let mut removed = 0;
+        for task in self.tasks.values_mut() {
+            for id in host_ids {
+                if task.peers.contains_key(*id) || task.is_source(id) {
+                    removed += usize::from(task.peers.contains_key(*id));
+                    if task.remove_peer(id) {
+                        info!(task_id = %task.id, host_id = %id, "source host gone");
+                    }
+                    task.last_active = now;
+                }
+            }
+        }
+        removed
+    }
+
+    // ---- scheduling ----------------------------------------------------------
+
+    pub fn register_peer(
+        &mut self,
+        req: &RegisterPeerRequest,
+        now: Instant,
+    ) -> Result<ScheduleResponse> {
+        check_ids(&req.task_id, &req.host_id)?;
+        let bitmap = Bitmap::from_bytes(&req.bitmap)?;
+        let requester = self
+            .hosts
+            .alive(&req.host_id, now)
+            .ok_or(ScheduleError::HostNotAnnounced)?;
+        let labels = requester.host.labels.clone();
+
+        let task = self
+            .tasks
+            .entry(req.task_id.clone())
+            .or_insert_with(|| Task::new(&req.task_id, now));
+        task.last_active = now;
+        task.set_url(&req.url);
+        task.update_shape(req.shape.as_ref());
+        let peer = task.peer_or_insert(&req.host_id, now);
+        // A registration starts a download: what the peer holds now is what
+        // it says, whatever was reported before.
+        peer.bitmap = bitmap;
+        peer.complete = false;
+
+        let source = live_source(&self.hosts, task, now);
+        let parents = rank_parents(
+            &self.hosts,
+            task,
+            &req.host_id,
+            &labels,
+            now,
+            self.settings.max_parents,
+        );
+
+        let response = if source.as_deref() == Some(req.host_id.as_str()) {
+            // The source itself registering again (a retry): it stays source.
+            back_to_source(task)
+        } else if req.seed_request && source.is_none() && !parents.iter().any(|p| p.complete) {
+            elect(task, &req.host_id, now, &self.metrics);
+            back_to_source(task)
+        } else if source.is_some() || !parents.is_empty() {
+            from_peers(task, parents)
+        } else if let Some(seed) = pick_seed(&self.hosts, task, &req.host_id, now) {
+            elect(task, &seed.id, now, &self.metrics);
+            ScheduleResponse {
+                decision: Decision::TriggerSeed as i32,
+                parents: vec![Parent {
+                    host: Some(seed),
+                    is_source: true,
+                    ..Default::default()
+                }],
+                shape: Some(task.shape),
+            }
+        } else {
+            elect(task, &req.host_id, now, &self.metrics);
+            back_to_source(task)
+        };
+        self.metrics.registration(response.decision());
+        debug!(decision = ?response.decision(), parents = response.parents.len(), "registered");
+        Ok(response)
+    }
+
+    pub fn get_parents(
+        &mut self,
+        task_id: &str,
+        host_id: &str,
+        now: Instant,
+    ) -> Result<ScheduleResponse> {
+        check_ids(task_id, host_id)?;
+        let labels = self
+            .hosts
+            .alive(host_id, now)
+            .ok_or(ScheduleError::HostNotAnnounced)?
+            .host
+            .labels
+            .clone();
+        let task = self
+            .tasks
+            .entry(task_id.to_string())
+            .or_insert_with(|| Task::new(task_id, now));
+        task.last_active = now;
+        task.peer_or_insert(host_id, now);
+
+        let source = live_source(&self.hosts, task, now);
+        if source.as_deref() == Some(host_id) {
+            return Ok(back_to_source(task));
+        }
+        let parents = rank_parents(
+            &self.hosts,
+            task,
+            host_id,
+            &labels,
+            now,
+            self.settings.max_parents,
+        );
+        if parents.is_empty() && source.is_none() {
+            // Nobody has what this peer lacks and nobody is fetching it:
+            // this peer becomes the source (heals a dead source).
+            elect(task, host_id, now, &self.metrics);
+            return Ok(back_to_source(task));
+        }
+        Ok(from_peers(task, parents))
+    }
+
+    pub fn report_parent_failure(
+        &mut self,
+        req: &ReportParentFailureRequest,
+        now: Instant,
+    ) -> Result<ScheduleResponse> {
+        check_ids(&req.task_id, &req.host_id)?;
+        check_id("parent_host_id", &req.parent_host_id)?;
+        self.metrics.parent_failure(req.reason);
+        self.hosts.record_failure(&req.parent_host_id, now);
+
+        let parent_alive = self.hosts.is_alive(&req.parent_host_id, now);
+        let task = self
+            .tasks
+            .entry(req.task_id.clone())
+            .or_insert_with(|| Task::new(&req.task_id, now));
+        task.last_active = now;
+        task.peer_or_insert(&req.host_id, now)
+            .block(&req.parent_host_id, now);
+
+        if task.is_source(&req.parent_host_id) {
+            let reporters = task.report_source_failure(&req.host_id);
+            let refused = req.reason == FailureReason::Connect as i32;
+            // With fewer children than the quorum, every child complaining
+            // is enough; otherwise a lone child would wait out its block.
+            let children = task.peers.keys().filter(|id| !task.is_source(id)).count();
+            let quorum = SOURCE_FAILURE_REPORTERS.min(children.max(1));
+            if refused || !parent_alive || reporters >= quorum {
+                task.clear_source();
+                task.remember_failed_source(&req.parent_host_id, now);
+                info!(
+                    parent = %req.parent_host_id,
+                    reason = req.reason,
+                    reporters,
+                    "source deposed after failure reports"
+                );
+            }
+        }
+        self.get_parents(&req.task_id, &req.host_id, now)
+    }
+
+    // ---- reports -------------------------------------------------------------
+
+    pub fn report_pieces(&mut self, req: &ReportPiecesRequest, now: Instant) -> Result<()> {
+        check_ids(&req.task_id, &req.host_id)?;
+        // Validate everything before touching the state.
+        let replacement = if req.replace {
+            Some(Bitmap::from_bytes(&req.bitmap)?)
+        } else {
+            if let Some(&bad) = req.pieces.iter().find(|&&p| p >= MAX_PIECES) {
+                return Err(BitmapError::PieceOutOfRange(bad).into());
+            }
+            None
+        };
+
+        let task = self
+            .tasks
+            .entry(req.task_id.clone())
+            .or_insert_with(|| Task::new(&req.task_id, now));
+        task.last_active = now;
+        task.set_url(&req.url);
+        task.update_shape(req.shape.as_ref());
+        let peer = task.peer_or_insert(&req.host_id, now);
+        match replacement {
+            Some(bitmap) => peer.bitmap = bitmap,
+            None => {
+                for &piece in &req.pieces {
+                    peer.bitmap.set(piece)?;
+                }
+            }
+        }
+        if req.complete {
+            peer.complete = true;
+        }
+        Ok(())
+    }
+
+    pub fn report_peer_result(
+        &mut self,
+        req: &ReportPeerResultRequest,
+        now: Instant,
+    ) -> Result<()> {
+        check_ids(&req.task_id, &req.host_id)?;
+        if req.success {
+            let task = self
+                .tasks
+                .entry(req.task_id.clone())
+                .or_insert_with(|| Task::new(&req.task_id, now));
+            task.last_active = now;
+            task.learn_content_length(req.content_length);
+            task.peer_or_insert(&req.host_id, now).complete = true;
+            return Ok(());
+        }
+        let Some(task) = self.tasks.get_mut(&req.task_id) else {
+            return Ok(());
+        };
+        task.last_active = now;
+        if task.remove_peer(&req.host_id) || req.was_source {
+            // Whatever made it fail (origin unreachable from there, disk
+            // full) may well happen again: try someone else first.
+            task.remember_failed_source(&req.host_id, now);
+            info!(error = %req.error, "source failed; another will be elected");
+        }
+        Ok(())
+    }
+
+    pub fn leave_task(&mut self, task_id: &str, host_id: &str, now: Instant) -> Result<()> {
+        check_ids(task_id, host_id)?;
+        if let Some(task) = self.tasks.get_mut(task_id) {
+            task.last_active = now;
+            if task.remove_peer(host_id) {
+                info!("source left the task");
+            }
+        }
+        Ok(())
+    }
+
+    // ---- housekeeping --------------------------------------------------------
+
+    /// Forgets hosts whose heartbeat stopped (with their peers), peers whose
+    /// host never announced, and tasks idle with no peers.
+    pub fn sweep(&mut self, now: Instant) -> Swept {
+        let expired = self.hosts.expire(now);
+        self.metrics.hosts_expired(expired.len());
+        for id in &expired {
+            info!(host_id = %id, "host expired");
+        }
+        let expired_set: HashSet<&str> = expired.iter().map(String::as_str).collect();
+        let mut peers = self.forget_peers_of(&expired_set, now);
+
+        // Peers reported by a host that never announced (e.g. re-reports
+        // racing the announce after a scheduler restart) get one TTL of grace.
+        let ttl = self.settings.host_ttl;
+        for task in self.tasks.values_mut() {
+            let orphans: Vec<String> = task
+                .peers
+                .iter()
+                .filter(|(id, p)| {
+                    !self.hosts.is_known(id) && now.saturating_duration_since(p.updated) > ttl
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in orphans {
+                task.remove_peer(&id);
+                task.last_active = now;
+                peers += 1;
+            }
+        }
+
+        let before = self.tasks.len();
+        let idle_ttl = self.settings.task_idle_ttl;
+        self.tasks.retain(|_, t| !t.is_idle(now, idle_ttl));
+        Swept {
+            hosts: expired,
+            peers,
+            tasks: before - self.tasks.len(),
+        }
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        let seed_hosts = self.hosts.iter().filter(|e| e.is_seed()).count();
+        Gauges {
+            normal_hosts: self.hosts.len() - seed_hosts,
+            seed_hosts,
+            tasks: self.tasks.len(),
+            peers: self.tasks.values().map(|t| t.peers.len()).sum(),
+        }
+    }
+
+    /// Every host and every task (or just `task_id`), sorted by id.
+    pub fn stat(&self, task_id: &str) -> StatResponse {
+        let mut hosts: Vec<Host> = self.hosts.iter().map(|e| e.host.clone()).collect();
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut tasks: Vec<TaskStat> = self
+            .tasks
+            .values()
+            .filter(|t| task_id.is_empty() || t.id == task_id)
+            .map(|t| {
+                let pc = t.piece_count();
+                let mut peers: Vec<PeerStat> = t
+                    .peers
+                    .iter()
+                    .map(|(id, p)| PeerStat {
+                        host_id: id.clone(),
+                        finished_pieces: p.finished(pc),
+                        complete: p.is_complete(pc),
+                    })
+                    .collect();
+                peers.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+                TaskStat {
+                    task_id: t.id.clone(),
+                    url: t.url.clone(),
+                    shape: Some(t.shape),
+                    source_host_id: t.source_id().unwrap_or_default().to_string(),
+                    peers,
+                    source_elections: t.source_elections,
+                }
+            })
+            .collect();
+        tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        StatResponse { hosts, tasks }
+    }
+}
+
+/// The task's source if it can still deliver; a source whose host stopped
+/// heart-beating, or that was elected but never registered, is cleared here
+/// so the next decision elects another.
+fn live_source(hosts: &Hosts, task: &mut Task, now: Instant) -> Option<String> {
+    let source = task.source()?;
+    let id = source.host_id.clone();
+    let host_alive = hosts.is_alive(&id, now);
+    let never_came = !task.peers.contains_key(&id)
+        && now.saturating_duration_since(source.elected_at) > SOURCE_REGISTER_TIMEOUT;
+    if host_alive && !never_came {
+        return Some(id);
+    }
+    info!(task_id = %task.id, source = %id, host_alive, "source lost");
+    task.clear_source();
+    task.remember_failed_source(&id, now);
+    None
+}
+
+/// A live seed to fetch the task for the requester, chosen by rendezvous
+/// hash so tasks spread over seeds. Seeds that failed as this task's source
+/// lately are passed over.
+fn pick_seed(hosts: &Hosts, task: &Task, requester: &str, now: Instant) -> Option<Host> {
+    let eligible: Vec<&str> = hosts
+        .live_seeds(now)
+        .map(|e| e.host.id.as_str())
+        .filter(|id| *id != requester && !task.failed_as_source_recently(id, now))
+        .collect();
+    let chosen = ranking::pick_seed(&task.id, eligible)?;
+    hosts.alive(chosen, now).map(|e| e.host.clone())
+}
+
+/// Ranked parents for `requester`, as sent on the wire.
+fn rank_parents(
+    hosts: &Hosts,
+    task: &Task,
+    requester: &str,
+    labels: &HashMap<String, String>,
+    now: Instant,
+    max_parents: usize,
+) -> Vec<Parent> {
+    let empty = Bitmap::default();
+    let piece_count = task.piece_count();
+    let me = task.peers.get(requester);
+    let req = Requester {
+        host_id: requester,
+        labels,
+        bitmap: me.map_or(&empty, |p| &p.bitmap),
+    };
+    let blocked = |id: &str| me.is_some_and(|p| p.is_blocked(id, now));
+
+    let mut candidates: Vec<Candidate> = task
+        .peers
+        .iter()
+        .filter_map(|(id, peer)| {
+            // Peers of hosts we have not heard from yet are not offered: we
+            // would not know where to send the child.
+            let entry = hosts.get(id)?;
+            Some(Candidate {
+                host: &entry.host,
+                bitmap: &peer.bitmap,
+                complete: peer.is_complete(piece_count),
+                is_source: task.is_source(id),
+                alive: hosts.is_alive(id, now),
+                blocked: blocked(id),
+                recent_failures: hosts.recent_failures(id, now),
+            })
+        })
+        .collect();
+    // A triggered seed is the source before it registers as a peer.
+    if let Some(source) = task.source_id().filter(|s| !task.peers.contains_key(*s)) {
+        if let Some(entry) = hosts.get(source) {
+            candidates.push(Candidate {
+                host: &entry.host,
+                bitmap: &empty,
+                complete: false,
+                is_source: true,
+                alive: hosts.is_alive(source, now),
+                blocked: blocked(source),
+                recent_failures: hosts.recent_failures(source, now),
+            });
+        }
+    }
+
+    ranking::rank(&req, candidates, piece_count, max_parents)
+        .into_iter()
+        .map(|c| Parent {
+            host: Some(c.host.clone()),
+            bitmap: c.bitmap.as_bytes().to_vec(),
+            finished_pieces: if c.complete && piece_count > 0 {
+                piece_count
+            } else {
+                c.bitmap.count(piece_count)
+            },
+            complete: c.complete,
+            is_source: c.is_source,
+        })
+        .collect()
+}
+
+fn elect(task: &mut Task, host_id: &str, now: Instant, metrics: &Metrics) {
+    if task.elect_source(host_id, now) {
+        metrics.source_elected();
+        info!(
+            task_id = %task.id,
+            source = host_id,
+            elections = task.source_elections,
+            "back-to-source peer elected"
+        );
+    }
+}
+
+fn back_to_source(task: &Task) -> ScheduleResponse {
+    ScheduleResponse {
+        decision: Decision::BackToSource as i32,
+        parents: Vec::new(),
+        shape: Some(task.shape),
+    }
+}
+
+fn from_peers(task: &Task, parents: Vec<Parent>) -> ScheduleResponse {
+    ScheduleResponse {
+        decision: Decision::FromPeers as i32,
+        parents,
+        shape: Some(task.shape),
+    }
+}
+
+/// The state behind one mutex, shared by the gRPC service, the admin server
+/// and the sweeper.
+#[derive(Debug)]
+pub struct SharedState {
+    inner: Mutex<State>,
+}
+
+impl SharedState {
+    pub fn new(state: State) -> Arc<Self> {
+        Arc::new(SharedState {
+            inner: Mutex::new(state),
+        })
+    }
+
+    /// Runs `f` under the lock. A panic in an earlier holder leaves soft
+    /// state that is at worst stale, so a poisoned lock is simply reused.
+    pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{HostType, TaskShape};
+
+    const TTL: Duration = Duration::from_secs(15);
+
+    fn state() -> State {
+        State::new(
+            Settings {
+                max_parents: 4,
+                host_ttl: TTL,
+                task_idle_ttl: Duration::from_secs(600),
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn host(id: &str, ty: HostType) -> Host {
+        Host {
+            id: id.into(),
+            ip: "127.0.0.1".into(),
+            r#type: ty as i32,
+            upload_capacity: 4,
+            free_upload_slots: 4,
+            ..Default::default()
+        }
+    }
+
+    fn announce(s: &mut State, id: &str, ty: HostType, now: Instant) {
+        s.announce_host(Some(host(id, ty)), now).unwrap();
+    }
+
+    fn register(s: &mut State, task: &str, id: &str, now: Instant) -> ScheduleResponse {
+        s.register_peer(
+            &RegisterPeerRequest {
+                task_id: task.into(),
+                host_id: id.into(),
+                url: "http://origin/blob".into(),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap()
+    }
+
+    fn seed_register(s: &mut State, task: &str, id: &str, now: Instant) -> ScheduleResponse {
+        s.register_peer(
+            &RegisterPeerRequest {
+                task_id: task.into(),
+                host_id: id.into(),
+                seed_request: true,
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap()
+    }
+
+    fn fail_parent(
+        s: &mut State,
+        task: &str,
+        id: &str,
+        parent: &str,
+        reason: FailureReason,
+        now: Instant,
+    ) -> ScheduleResponse {
+        s.report_parent_failure(
+            &ReportParentFailureRequest {
+                task_id: task.into(),
+                host_id: id.into(),
+                parent_host_id: parent.into(),
+                reason: reason as i32,
+                message: String::new(),
+            },
+            now,
+        )
+        .unwrap()
+    }
+
+    fn pieces(s: &mut State, task: &str, id: &str, pieces: &[u32], now: Instant) {
+        s.report_pieces(
+            &ReportPiecesRequest {
+                task_id: task.into(),
+                host_id: id.into(),
+                shape: Some(TaskShape {
+                    content_length: 40,
+                    piece_length: 10,
+                    piece_count: 4,
+                    known: true,
+                }),
+                pieces: pieces.to_vec(),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
+    }
+
+    fn source_of(s: &State, task: &str) -> String {
+        s.stat(task).tasks[0].source_host_id.clone()
+    }
+
+    fn elections(s: &State, task: &str) -> u32 {
+        s.stat(task).tasks[0].source_elections
+    }
+
+    fn parent_ids(r: &ScheduleResponse) -> Vec<String> {
+        r.parents
+            .iter()
+            .map(|p| p.host.as_ref().map(|h| h.id.clone()).unwrap_or_default())
+            .collect()
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn first_peer_goes_to_source_the_rest_fetch_from_it() {
+        let t0 = Instant::now();
+        let mut s = state();
+        for id in ["a", "b", "c"] {
+            announce(&mut s, id, HostType::Normal, t0);
+        }
+        assert_eq!(
+            register(&mut s, "t", "a", t0).decision(),
+            Decision::BackToSource
+        );
+        let b = register(&mut s, "t", "b", t0);
+        assert_eq!(b.decision(), Decision::FromPeers);
+        assert_eq!(parent_ids(&b), vec!["a"]);
+        assert!(b.parents[0].is_source);
+
+        pieces(&mut s, "t", "b", &[0], t0);
+        let c = register(&mut s, "t", "c", t0);
+        assert_eq!(c.decision(), Decision::FromPeers);
+        assert_eq!(parent_ids(&c).len(), 2);
+        assert_eq!(source_of(&s, "t"), "a");
+        assert_eq!(elections(&s, "t"), 1);
+    }
+
+    #[test]
+    fn one_source_across_concurrent_registrations() {
+        let t0 = Instant::now();
+        let shared = SharedState::new(state());
+        let n = 32;
+        shared.with(|s| {
+            for i in 0..n {
+                announce(s, &format!("h{i}"), HostType::Normal, t0);
+            }
+        });
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    shared.with(|s| register(s, "t", &format!("h{i}"), Instant::now()).decision())
+                })
+            })
+            .collect();
+        let decisions: Vec<Decision> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let sources = decisions
+            .iter()
+            .filter(|d| **d == Decision::BackToSource)
+            .count();
+        assert_eq!(sources, 1, "{decisions:?}");
+        assert!(decisions
+            .iter()
+            .all(|d| matches!(d, Decision::BackToSource | Decision::FromPeers)));
+        shared.with(|s| assert_eq!(elections(s, "t"), 1));
+    }
+
+    #[test]
+    fn a_seed_is_preferred_and_then_goes_to_source() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "seed", HostType::Seed, t0);
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+
+        let a = register(&mut s, "t", "a", t0);
+        assert_eq!(a.decision(), Decision::TriggerSeed);
+        assert_eq!(parent_ids(&a), vec!["seed"]);
+        assert!(a.parents[0].is_source);
+        assert_eq!(source_of(&s, "t"), "seed");
+
+        // Before the seed registers, others already get it as their source.
+        let b = register(&mut s, "t", "b", t0);
+        assert_eq!(b.decision(), Decision::FromPeers);
+        assert_eq!(parent_ids(&b), vec!["seed"]);
+        assert!(b.parents[0].is_source);
+
+        assert_eq!(
+            seed_register(&mut s, "t", "seed", t0).decision(),
+            Decision::BackToSource
+        );
+        assert_eq!(elections(&s, "t"), 1);
+    }
+
+    #[test]
+    fn a_seed_request_joins_an_existing_source() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "a", HostType::Normal, t0);
+        assert_eq!(
+            register(&mut s, "t", "a", t0).decision(),
+            Decision::BackToSource
+        );
+        announce(&mut s, "seed", HostType::Seed, t0);
+        let r = seed_register(&mut s, "t", "seed", t0);
+        assert_eq!(r.decision(), Decision::FromPeers);
+        assert_eq!(parent_ids(&r), vec!["a"]);
+        assert_eq!(source_of(&s, "t"), "a");
+    }
+
+    #[test]
+    fn seeds_share_tasks() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "seed-1", HostType::Seed, t0);
+        announce(&mut s, "seed-2", HostType::Seed, t0);
+        announce(&mut s, "a", HostType::Normal, t0);
+        let chosen: HashSet<String> = (0..20)
+            .map(|i| parent_ids(&register(&mut s, &format!("task-{i}"), "a", t0))[0].clone())
+            .collect();
+        assert_eq!(chosen.len(), 2);
+    }
+
+    #[test]
+    fn a_dead_source_is_replaced() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+        register(&mut s, "t", "a", t0);
+        assert_eq!(
+            register(&mut s, "t", "b", t0).decision(),
+            Decision::FromPeers
+        );
+
+        // a stops heart-beating; b keeps going and asks again before any sweep.
+        let later = t0 + TTL + secs(1);
+        announce(&mut s, "b", HostType::Normal, later);
+        let r = s.get_parents("t", "b", later).unwrap();
+        assert_eq!(r.decision(), Decision::BackToSource);
+        assert_eq!(source_of(&s, "t"), "b");
+        assert_eq!(elections(&s, "t"), 2);
+
+        let swept = s.sweep(later);
+        assert_eq!(swept.hosts, vec!["a".to_string()]);
+        assert_eq!(s.stat("t").tasks[0].peers.len(), 1);
+    }
+
+    #[test]
+    fn expiry_removes_peers_and_clears_the_source() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+        register(&mut s, "t", "a", t0);
+        register(&mut s, "t", "b", t0);
+        announce(&mut s, "b", HostType::Normal, t0 + secs(10));
+
+        assert_eq!(s.sweep(t0 + secs(10)), Swept::default());
+        let swept = s.sweep(t0 + TTL + secs(1));
+        assert_eq!(swept.hosts, vec!["a".to_string()]);
+        assert_eq!(swept.peers, 1);
+        assert_eq!(source_of(&s, "t"), "");
+        assert_eq!(s.gauges().normal_hosts, 1);
+        assert_eq!(s.gauges().peers, 1);
+    }
+
+    #[test]
+    fn a_seed_that_failed_is_not_elected_again() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "seed", HostType::Seed, t0);
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+        assert_eq!(
+            register(&mut s, "t", "a", t0).decision(),
+            Decision::TriggerSeed
+        );
+
+        // a cannot reach the seed: the source is deposed at once and a,
+        // with nobody else to fetch from, goes to the origin itself.
+        let r = fail_parent(&mut s, "t", "a", "seed", FailureReason::Connect, t0);
+        assert_eq!(r.decision(), Decision::BackToSource);
+        assert_eq!(source_of(&s, "t"), "a");
+
+        // a gives up; b must not be sent to the failed seed again.
+        s.report_peer_result(
+            &ReportPeerResultRequest {
+                task_id: "t".into(),
+                host_id: "a".into(),
+                success: false,
+                was_source: true,
+                ..Default::default()
+            },
+            t0,
+        )
+        .unwrap();
+        assert_eq!(
+            register(&mut s, "t", "b", t0).decision(),
+            Decision::BackToSource
+        );
+        assert_eq!(elections(&s, "t"), 3);
+
+        // Long after, the seed is trusted again for a fresh task state.
+        let later = t0 + crate::tasks::SOURCE_FAILURE_MEMORY + secs(1);
+        announce(&mut s, "seed", HostType::Seed, later);
+        announce(&mut s, "a", HostType::Normal, later);
+        s.leave_task("t", "b", later).unwrap();
+        assert_eq!(
+            register(&mut s, "t", "a", later).decision(),
+            Decision::TriggerSeed
+        );
+    }
+
+    #[test]
+    fn another_seed_is_used_when_one_failed() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "seed-1", HostType::Seed, t0);
+        announce(&mut s, "seed-2", HostType::Seed, t0);
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+        let first = parent_ids(&register(&mut s, "t", "a", t0))[0].clone();
+        fail_parent(&mut s, "t", "a", &first, FailureReason::Connect, t0);
+        s.leave_task("t", "a", t0).unwrap();
+
+        let r = register(&mut s, "t", "b", t0);
+        assert_eq!(r.decision(), Decision::TriggerSeed);
+        assert_ne!(parent_ids(&r)[0], first);
+    }
+
+    #[test]
+    fn a_slow_source_needs_two_reporters() {
+        let t0 = Instant::now();
+        let mut s = state();
+        for id in ["a", "b", "c"] {
+            announce(&mut s, id, HostType::Normal, t0);
+            register(&mut s, "t", id, t0);
+        }
+        assert_eq!(source_of(&s, "t"), "a");
+
+        let b = fail_parent(&mut s, "t", "b", "a", FailureReason::Timeout, t0);
+        assert_eq!(
+            b.decision(),
+            Decision::FromPeers,
+            "one report is not enough"
+        );
+        assert!(b.parents.is_empty(), "a is blocked for b");
+        assert_eq!(source_of(&s, "t"), "a");
+        // The same reporter again does not count twice.
+        fail_parent(&mut s, "t", "b", "a", FailureReason::Timeout, t0);
+        assert_eq!(source_of(&s, "t"), "a");
+
+        let c = fail_parent(&mut s, "t", "c", "a", FailureReason::Timeout, t0);
+        assert_eq!(c.decision(), Decision::BackToSource);
+        assert_eq!(source_of(&s, "t"), "c");
+    }
+
+    #[test]
+    fn a_lone_child_can_depose_a_failing_source() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+        register(&mut s, "t", "a", t0);
+        register(&mut s, "t", "b", t0);
+        let r = fail_parent(&mut s, "t", "b", "a", FailureReason::Timeout, t0);
+        assert_eq!(r.decision(), Decision::BackToSource);
+        assert_eq!(source_of(&s, "t"), "b");
+    }
+
+    #[test]
+    fn a_blocked_parent_returns_after_the_block_expires() {
+        let t0 = Instant::now();
+        let mut s = state();
+        for id in ["a", "b", "c"] {
+            announce(&mut s, id, HostType::Normal, t0);
+        }
+        register(&mut s, "t", "a", t0);
+        pieces(&mut s, "t", "b", &[0, 1], t0);
+        register(&mut s, "t", "c", t0);
+
+        let r = fail_parent(&mut s, "t", "c", "b", FailureReason::DigestMismatch, t0);
+        assert_eq!(parent_ids(&r), vec!["a"]);
+
+        let later = t0 + crate::tasks::BLOCK_TTL + secs(1);
+        for id in ["a", "b", "c"] {
+            announce(&mut s, id, HostType::Normal, later);
+        }
+        let r = s.get_parents("t", "c", later).unwrap();
+        let mut ids = parent_ids(&r);
+        ids.sort();
+        assert_eq!(ids, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_hosts_must_announce_first() {
+        let t0 = Instant::now();
+        let mut s = state();
+        let err = s
+            .register_peer(
+                &RegisterPeerRequest {
+                    task_id: "t".into(),
+                    host_id: "nobody".into(),
+                    ..Default::default()
+                },
+                t0,
+            )
+            .unwrap_err();
+        assert_eq!(err, ScheduleError::HostNotAnnounced);
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            s.get_parents("t", "nobody", t0).unwrap_err(),
+            ScheduleError::HostNotAnnounced
+        );
+        assert!(matches!(
+            s.get_parents("", "x", t0),
+            Err(ScheduleError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            s.announce_host(None, t0),
+            Err(ScheduleError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn re_reported_pieces_serve_once_the_host_announces() {
+        let t0 = Instant::now();
+        let mut s = state();
+        // After a scheduler restart, "old" re-reports a complete task
+        // before its announce lands.
+        s.report_pieces(
+            &ReportPiecesRequest {
+                task_id: "t".into(),
+                host_id: "old".into(),
+                replace: true,
+                bitmap: vec![0b1111],
+                complete: true,
+                url: "http://origin/blob".into(),
+                ..Default::default()
+            },
+            t0,
+        )
+        .unwrap();
+        announce(&mut s, "new", HostType::Normal, t0);
+        announce(&mut s, "old", HostType::Normal, t0);
+        let r = register(&mut s, "t", "new", t0);
+        assert_eq!(r.decision(), Decision::FromPeers);
+        assert_eq!(parent_ids(&r), vec!["old"]);
+        assert!(r.parents[0].complete);
+        assert_eq!(source_of(&s, "t"), "", "no election needed");
+    }
+
+    #[test]
+    fn peers_of_hosts_that_never_announce_are_dropped() {
+        let t0 = Instant::now();
+        let mut s = state();
+        pieces(&mut s, "t", "ghost", &[0], t0);
+        assert_eq!(s.sweep(t0 + secs(1)).peers, 0);
+        assert_eq!(s.sweep(t0 + TTL + secs(1)).peers, 1);
+        assert_eq!(s.gauges().peers, 0);
+    }
+
+    #[test]
+    fn idle_tasks_are_forgotten() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "a", HostType::Normal, t0);
+        register(&mut s, "t", "a", t0);
+        s.leave_task("t", "a", t0).unwrap();
+        assert_eq!(s.sweep(t0 + secs(1)).tasks, 0);
+        announce(&mut s, "a", HostType::Normal, t0 + secs(601));
+        assert_eq!(s.sweep(t0 + secs(601)).tasks, 1);
+        assert!(s.stat("").tasks.is_empty());
+    }
+
+    #[test]
+    fn a_triggered_seed_that_never_registers_is_replaced() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "seed", HostType::Seed, t0);
+        announce(&mut s, "a", HostType::Normal, t0);
+        assert_eq!(
+            register(&mut s, "t", "a", t0).decision(),
+            Decision::TriggerSeed
+        );
+
+        let later = t0 + SOURCE_REGISTER_TIMEOUT + secs(1);
+        announce(&mut s, "seed", HostType::Seed, later);
+        announce(&mut s, "a", HostType::Normal, later);
+        assert_eq!(
+            s.get_parents("t", "a", later).unwrap().decision(),
+            Decision::BackToSource
+        );
+        assert_eq!(source_of(&s, "t"), "a");
+    }
+
+    #[test]
+    fn the_source_registering_again_stays_source() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "a", HostType::Normal, t0);
+        register(&mut s, "t", "a", t0);
+        assert_eq!(
+            register(&mut s, "t", "a", t0).decision(),
+            Decision::BackToSource
+        );
+        assert_eq!(
+            s.get_parents("t", "a", t0).unwrap().decision(),
+            Decision::BackToSource
+        );
+        assert_eq!(elections(&s, "t"), 1);
+    }
+
+    #[test]
+    fn leaving_host_clears_its_source_role() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+        register(&mut s, "t", "a", t0);
+        register(&mut s, "t", "b", t0);
+        s.leave_host("a", t0).unwrap();
+        assert_eq!(source_of(&s, "t"), "");
+        assert_eq!(
+            s.get_parents("t", "b", t0).unwrap().decision(),
+            Decision::BackToSource
+        );
+    }
+
+    #[test]
+    fn success_marks_complete_and_learns_the_length() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+        register(&mut s, "t", "a", t0);
+        s.report_peer_result(
+            &ReportPeerResultRequest {
+                task_id: "t".into(),
+                host_id: "a".into(),
+                success: true,
+                was_source: true,
+                content_length: 1234,
+                ..Default::default()
+            },
+            t0,
+        )
+        .unwrap();
+        let stat = &s.stat("t").tasks[0];
+        assert!(stat.peers[0].complete);
+        assert_eq!(stat.shape.unwrap().content_length, 1234);
+        let r = register(&mut s, "t", "b", t0);
+        assert!(r.parents[0].complete);
+    }
+
+    #[test]
+    fn piece_reports_update_the_bitmap() {
+        let t0 = Instant::now();
+        let mut s = state();
+        pieces(&mut s, "t", "a", &[0, 2], t0);
+        pieces(&mut s, "t", "a", &[2, 3], t0);
+        let peer = &s.stat("t").tasks[0].peers[0];
+        assert_eq!(peer.finished_pieces, 3);
+        assert!(!peer.complete);
+
+        pieces(&mut s, "t", "a", &[1], t0);
+        let peer = &s.stat("t").tasks[0].peers[0];
+        assert!(peer.complete, "every piece of the known shape");
+
+        // Out-of-range pieces are refused without touching the state.
+        let err = s.report_pieces(
+            &ReportPiecesRequest {
+                task_id: "t".into(),
+                host_id: "a".into(),
+                pieces: vec![5, MAX_PIECES],
+                ..Default::default()
+            },
+            t0,
+        );
+        assert!(matches!(err, Err(ScheduleError::InvalidArgument(_))));
+
+        // A replacing report wins over everything before.
+        s.report_pieces(
+            &ReportPiecesRequest {
+                task_id: "t".into(),
+                host_id: "a".into(),
+                replace: true,
+                bitmap: vec![0b0001],
+                pieces: vec![3],
+                ..Default::default()
+            },
+            t0,
+        )
+        .unwrap();
+        assert_eq!(s.stat("t").tasks[0].peers[0].finished_pieces, 1);
+    }
+}
