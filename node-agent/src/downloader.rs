@@ -276,11 +276,18 @@ fn merge_parents(slots: &mut Vec<ParentSlot>, fresh: &[proto::Parent], blocked: 
 /// The parent to ask for `index`: one that has it (least busy, seeds and
 /// sources last so they are not everyone's first choice), else the source,
 /// which will have it soon.
-fn pick_parent(slots: &[ParentSlot], index: u32, per_parent: usize, now: Instant) -> Option<usize> {
+fn pick_parent(
+    slots: &[ParentSlot],
+    index: u32,
+    per_parent: usize,
+    now: Instant,
+    lacking: &HashSet<(String, u32)>,
+) -> Option<usize> {
+    let usable = |s: &ParentSlot| s.available(now, per_parent) && !lacking.contains(&(s.id.clone(), index));
     let holders = slots
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.available(now, per_parent) && (s.complete || s.bitmap.contains(index)))
+        .filter(|(_, s)| usable(s) && (s.complete || s.bitmap.contains(index)))
         .min_by_key(|(_, s)| (s.inflight, s.is_source));
     if let Some((i, _)) = holders {
         return Some(i);
@@ -288,7 +295,7 @@ fn pick_parent(slots: &[ParentSlot], index: u32, per_parent: usize, now: Instant
     slots
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.available(now, per_parent) && s.is_source)
+        .filter(|(_, s)| usable(s) && s.is_source)
         .min_by_key(|(_, s)| s.inflight)
         .map(|(i, _)| i)
 }
@@ -356,6 +363,45 @@ async fn fetch_verified(
     (index, parent, result)
 }
 
+/// Stores a verified piece from a parent and tells the scheduler.
+async fn accept_piece(
+    daemon: &Daemon,
+    task: &Arc<StoredTask>,
+    reporter: &PieceReporter,
+    index: u32,
+    data: bytes::Bytes,
+    digest: String,
+) -> Result<(), TaskFailure> {
+    let len = data.len() as u64;
+    task.write_piece(index, data, digest)
+        .await
+        .map_err(|e| TaskFailure::Internal { message: e.to_string() })?;
+    daemon.metrics.obtained("peer", len);
+    daemon.progress(&task.id).from_peers.fetch_add(len, Ordering::Relaxed);
+    reporter.report(index);
+    Ok(())
+}
+
+/// Before leaving the swarm for the origin, keeps whatever is still
+/// arriving from parents so the origin is asked only for what is missing.
+async fn drain<F>(
+    daemon: &Daemon,
+    task: &Arc<StoredTask>,
+    reporter: &PieceReporter,
+    inflight: &mut FuturesUnordered<F>,
+    why: &'static str,
+) -> Result<PeerOutcome, TaskFailure>
+where
+    F: std::future::Future<Output = PieceResult>,
+{
+    while let Some((index, _, result)) = inflight.next().await {
+        if let Ok((data, digest)) = result {
+            accept_piece(daemon, task, reporter, index, data, digest).await?;
+        }
+    }
+    Ok(PeerOutcome::BackToSource(why))
+}
+
 async fn from_peers(
     daemon: &Arc<Daemon>,
     task: &Arc<StoredTask>,
@@ -363,7 +409,6 @@ async fn from_peers(
     reporter: &PieceReporter,
 ) -> Result<PeerOutcome, TaskFailure> {
     let config = &daemon.config;
-    let progress = daemon.progress(&task.id);
     let mut blocked: HashSet<String> = HashSet::new();
     let mut slots: Vec<ParentSlot> = Vec::new();
     merge_parents(&mut slots, &parents, &blocked);
@@ -388,6 +433,7 @@ async fn from_peers(
 
     let mut inflight = FuturesUnordered::new();
     let mut inflight_pieces: HashSet<u32> = HashSet::new();
+    let mut lacking: HashSet<(String, u32)> = HashSet::new();
     let mut refresh_at = Instant::now() + config.parent_refresh;
     last_progress = Instant::now();
     loop {
@@ -403,7 +449,7 @@ async fn from_peers(
             if inflight.len() >= config.concurrent_pieces {
                 break;
             }
-            let Some(i) = pick_parent(&slots, index, config.concurrent_pieces_per_parent, now)
+            let Some(i) = pick_parent(&slots, index, config.concurrent_pieces_per_parent, now, &lacking)
             else {
                 continue;
             };
@@ -418,7 +464,7 @@ async fn from_peers(
             ));
         }
         if last_progress.elapsed() > config.stall_timeout {
-            return Ok(PeerOutcome::BackToSource("no progress from peers"));
+            return drain(daemon, task, reporter, &mut inflight, "no progress from peers").await;
         }
         tokio::select! {
             Some((index, parent_id, result)) = inflight.next(), if !inflight.is_empty() => {
@@ -431,16 +477,21 @@ async fn from_peers(
                 }
                 match result {
                     Ok((data, digest)) => {
-                        let len = data.len() as u64;
-                        task.write_piece(index, data, digest)
-                            .await
-                            .map_err(|e| TaskFailure::Internal { message: e.to_string() })?;
-                        daemon.metrics.obtained("peer", len);
-                        progress.from_peers.fetch_add(len, Ordering::Relaxed);
-                        reporter.report(index);
+                        accept_piece(daemon, task, reporter, index, data, digest).await?;
                         last_progress = Instant::now();
                     }
                     Err(e) if e.is_soft() => {}
+                    Err(PeerError::NotFound) => {
+                        // The parent lacks this piece (e.g. it discarded a
+                        // damaged copy): ask others, keep it for the rest.
+                        daemon.metrics.failure(PeerError::NotFound.metric_label());
+                        lacking.insert((parent_id.clone(), index));
+                        match report_parent_failure(daemon, task, &parent_id, &PeerError::NotFound).await {
+                            Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
+                            Some(_) => return drain(daemon, task, reporter, &mut inflight, "elected back-to-source: no parent holds a piece").await,
+                            None => {}
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(parent = %parent_id, piece = index, error = %e, "parent failed; avoiding it");
                         daemon.metrics.failure(e.metric_label());
@@ -453,9 +504,9 @@ async fn from_peers(
                         slots.retain(|s| !blocked.contains(&s.id) || s.inflight > 0);
                         match report_parent_failure(daemon, task, &parent_id, &e).await {
                             Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
-                            Some(_) => return Ok(PeerOutcome::BackToSource("elected back-to-source after a parent failed")),
+                            Some(_) => return drain(daemon, task, reporter, &mut inflight, "elected back-to-source after a parent failed").await,
                             None if slots.iter().all(|s| blocked.contains(&s.id)) => {
-                                return Ok(PeerOutcome::BackToSource("every parent failed and no scheduler answers"))
+                                return drain(daemon, task, reporter, &mut inflight, "every parent failed and no scheduler answers").await
                             }
                             None => {}
                         }
@@ -466,9 +517,9 @@ async fn from_peers(
                 refresh_at = Instant::now() + config.parent_refresh;
                 match get_parents(daemon, task).await {
                     Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
-                    Some(_) => return Ok(PeerOutcome::BackToSource("elected back-to-source")),
+                    Some(_) => return drain(daemon, task, reporter, &mut inflight, "elected back-to-source").await,
                     None if slots.iter().all(|s| blocked.contains(&s.id)) => {
-                        return Ok(PeerOutcome::BackToSource("no parents and no scheduler"))
+                        return drain(daemon, task, reporter, &mut inflight, "no parents and no scheduler").await
                     }
                     None => {}
                 }
