@@ -317,3 +317,97 @@ async fn restarted_daemon_resumes_and_serves_its_cache() {
         "b got the file from a's cache"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_scheduler_rebuilds_from_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    let data = random_bytes(16 * MIB);
+    let digest = sha256_hex(&data);
+    let url = origin.add("f.bin", data);
+
+    let scheduler = SchedulerProc::start(ip(1, 5), dir.path()).await.unwrap();
+    let (grpc, admin) = (scheduler.grpc, scheduler.admin);
+    let a = DaemonProc::start(
+        spec("a", ip(10, 5), dir.path(), Some(&scheduler), false),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    download_everywhere(&url, &digest, true, &[&a], dir.path()).await;
+    assert_eq!(origin.bytes_served(), 16 * MIB as u64);
+
+    // The scheduler loses everything it knew; a's next heartbeat re-reports
+    // what a holds.
+    drop(scheduler);
+    let scheduler = SchedulerProc::start_at(grpc, admin, dir.path())
+        .await
+        .unwrap();
+    let b = DaemonProc::start(
+        spec("b", ip(11, 5), dir.path(), Some(&scheduler), false),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    download_everywhere(&url, &digest, true, &[&b], dir.path()).await;
+    if origin.bytes_served() != 16 * MIB as u64 {
+        dump_logs(&[&a, &b]);
+    }
+    assert_eq!(
+        origin.bytes_served(),
+        16 * MIB as u64,
+        "b got the file from a, not the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_split_over_scheduler_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    let s1 = SchedulerProc::start(ip(1, 6), dir.path()).await.unwrap();
+    let s2 = SchedulerProc::start(ip(2, 6), dir.path()).await.unwrap();
+    let both = format!("{},{}", s1.grpc, s2.grpc);
+    let mut daemons = Vec::new();
+    for i in 0..3u8 {
+        let mut s = spec(&format!("r-{i}"), ip(10 + i, 6), dir.path(), None, false);
+        s.extra_args = vec!["--scheduler".into(), both.clone()];
+        daemons.push(DaemonProc::start(s, dir.path()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refs: Vec<&DaemonProc> = daemons.iter().collect();
+    // Twelve tasks: the chance that one replica owns none is 2 in 4096.
+    let files = 12;
+    for n in 0..files {
+        let data = random_bytes(MIB);
+        let digest = sha256_hex(&data);
+        let url = origin.add(&format!("f{n}.bin"), data);
+        download_everywhere(&url, &digest, false, &refs, dir.path()).await;
+    }
+    assert_eq!(
+        origin.bytes_served(),
+        files * MIB as u64,
+        "each file fetched once across replicas"
+    );
+
+    // Both replicas own some of the tasks.
+    let mut owned = Vec::new();
+    for s in [&s1, &s2] {
+        let mut client =
+            proto::scheduler_client::SchedulerClient::connect(format!("http://{}", s.grpc))
+                .await
+                .unwrap();
+        let stat = client
+            .stat(proto::StatRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        owned.push(stat.tasks.len());
+    }
+    eprintln!("tasks per replica: {owned:?}");
+    assert_eq!(owned.iter().sum::<usize>(), files as usize);
+    assert!(
+        owned.iter().all(|n| *n > 0),
+        "both replicas own tasks: {owned:?}"
+    );
+}

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "dragonfly-all-in-one", about = "Run a local P2P cluster on loopback and distribute a file through it")]
+#[command(
+    name = "dragonfly-all-in-one",
+    about = "Run a local P2P cluster on loopback and distribute a file through it"
+)]
 struct Args {
     /// Number of dfdaemons (besides the seed).
     #[arg(long, default_value_t = 4)]
@@ -53,7 +56,10 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
     println!("origin     {url}  ({} MiB, {digest})", size / MIB);
 
     let scheduler = SchedulerProc::start(loopback(9, 1), &dir).await?;
-    println!("scheduler  {}  (metrics http://{}/metrics)", scheduler.grpc, scheduler.admin);
+    println!(
+        "scheduler  {}  (metrics http://{}/metrics)",
+        scheduler.grpc, scheduler.admin
+    );
     let spec = |name: String, ip: IpAddr, seed: bool| DaemonSpec {
         data_dir: dir.join(&name),
         name,
@@ -65,17 +71,27 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
         admin_port: 0,
     };
     let seed = DaemonProc::start(spec("seed".into(), loopback(9, 2), true), &dir).await?;
-    println!("seed peer  {}  (metrics http://{}/metrics)", seed.peer, seed.admin);
+    println!(
+        "seed peer  {}  (metrics http://{}/metrics)",
+        seed.peer, seed.admin
+    );
     let mut daemons = Vec::new();
     for i in 0..args.peers {
-        let d = DaemonProc::start(spec(format!("peer-{i}"), loopback(9, 10 + i), false), &dir).await?;
-        println!("dfdaemon   {}  (metrics http://{}/metrics)", d.peer, d.admin);
+        let d =
+            DaemonProc::start(spec(format!("peer-{i}"), loopback(9, 10 + i), false), &dir).await?;
+        println!(
+            "dfdaemon   {}  (metrics http://{}/metrics)",
+            d.peer, d.admin
+        );
         daemons.push(d);
     }
     // One heartbeat so the scheduler knows every host.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
-    println!("\ndownloading through {} dfdaemons at once with dfget...", daemons.len());
+    println!(
+        "\ndownloading through {} dfdaemons at once with dfget...",
+        daemons.len()
+    );
     let started = Instant::now();
     let mut jobs = Vec::new();
     for d in &daemons {
@@ -93,7 +109,11 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
         match result {
             Ok((0, _)) => {
                 let ok = sha256_hex(&std::fs::read(&out)?) == digest;
-                println!("  {name:<8} done in {:>6.2}s  digest {}", took.as_secs_f64(), if ok { "ok" } else { "MISMATCH" });
+                println!(
+                    "  {name:<8} done in {:>6.2}s  digest {}",
+                    took.as_secs_f64(),
+                    if ok { "ok" } else { "MISMATCH" }
+                );
                 failures += usize::from(!ok);
             }
             Ok((code, stderr)) => {
@@ -116,18 +136,34 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
     }
     let delivered = size * daemons.len() as u64;
     println!("\nsummary");
-    println!("  delivered          {:>8.1} MiB to {} daemons", delivered as f64 / MIB as f64, daemons.len());
+    println!(
+        "  delivered          {:>8.1} MiB to {} daemons",
+        delivered as f64 / MIB as f64,
+        daemons.len()
+    );
     println!(
         "  origin served      {:>8.1} MiB  (counted at the origin: {:.2}x the file, {} requests)",
         origin.bytes_served() as f64 / MIB as f64,
         origin.bytes_served() as f64 / size as f64,
         origin.requests()
     );
-    println!("  daemons from origin{:>8.1} MiB  (the seed, elected back-to-source)", from_origin as f64 / MIB as f64);
-    println!("  daemons from peers {:>8.1} MiB", from_peers as f64 / MIB as f64);
-    println!("  wall time          {:>8.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "  daemons from origin{:>8.1} MiB  (the seed, elected back-to-source)",
+        from_origin as f64 / MIB as f64
+    );
+    println!(
+        "  daemons from peers {:>8.1} MiB",
+        from_peers as f64 / MIB as f64
+    );
+    println!(
+        "  wall time          {:>8.2} s",
+        started.elapsed().as_secs_f64()
+    );
     if args.stay {
-        println!("\ncluster stays up; logs in {}; Ctrl-C to stop", dir.display());
+        println!(
+            "\ncluster stays up; logs in {}; Ctrl-C to stop",
+            dir.display()
+        );
         tokio::signal::ctrl_c().await?;
     }
     if failures > 0 {
@@ -145,7 +181,9 @@ async fn main() -> anyhow::Result<()> {
             (dir.clone(), None)
         }
         None => {
-            let temp = tempfile::Builder::new().prefix("dragonfly-local-").tempdir()?;
+            let temp = tempfile::Builder::new()
+                .prefix("dragonfly-local-")
+                .tempdir()?;
             (temp.path().to_path_buf(), Some(temp))
         }
     };
