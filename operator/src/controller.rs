@@ -1,0 +1,480 @@
+//! The reconcile: finalizer → validate → build → apply/prune → status → events.
+//! Deletion runs the same pipeline with the cleanup objects as the desired set.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::apply::{self, Change, Existing, Verb};
+use crate::build::{self, BuildError, Component, LABEL_COMPONENT, LABEL_INSTANCE, MANAGER};
+use crate::crd::{DragonflyCluster, DragonflyClusterStatus};
+use crate::metrics::Metrics;
+use crate::nodes;
+use crate::status::{self, READY};
+use crate::validate::validate;
+
+/// Held until every node's containerd mirror config is restored.
+pub const FINALIZER: &str = "p2p.dragonfly.dev/cleanup";
+const REQUEUE_READY: Duration = Duration::from_secs(300);
+const REQUEUE_PROGRESSING: Duration = Duration::from_secs(30);
+const REQUEUE_CLEANUP: Duration = Duration::from_secs(5);
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("DragonflyCluster has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A small, fixed set of metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => match s.code {
+                403 => "ApiForbidden",
+                404 => "ApiNotFound",
+                409 => "ApiConflict",
+                422 => "ApiInvalid",
+                500..=599 => "ApiServerError",
+                _ => "ApiOther",
+            },
+            Error::Kube(_) => "ApiUnreachable",
+            Error::Build(_) => "Build",
+            Error::NoNamespace => "NoNamespace",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Injected so tests get stable condition timestamps.
+    pub clock: Box<dyn Fn() -> Time + Send + Sync>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            clock: Box::new(|| Time(Timestamp::now())),
+            failures: Mutex::default(),
+        }
+    }
+
+    fn backoff(&self, key: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let exp = BACKOFF_BASE.saturating_mul(1u32 << (*n - 1).min(10));
+        exp.min(BACKOFF_MAX)
+    }
+
+    fn reset_backoff(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+fn key(dfc: &DragonflyCluster) -> String {
+    format!("{}/{}", dfc.namespace().unwrap_or_default(), dfc.name_any())
+}
+
+pub async fn reconcile(dfc: Arc<DragonflyCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        namespace = %dfc.namespace().unwrap_or_default(),
+        name = %dfc.name_any(),
+        generation = dfc.metadata.generation.unwrap_or(0)
+    );
+    async move {
+        ctx.metrics.reconciles.inc();
+        let start = Instant::now();
+        let result = reconcile_one(&dfc, &ctx).await;
+        ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
+        if result.is_ok() {
+            ctx.reset_backoff(&key(&dfc));
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Count the failure and retry with exponential backoff per object.
+pub fn error_policy(dfc: Arc<DragonflyCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(error.reason());
+    let delay = ctx.backoff(&key(&dfc));
+    warn!(name = %dfc.name_any(), reason = error.reason(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = dfc.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<DragonflyCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let has_finalizer = dfc.finalizers().iter().any(|f| f == FINALIZER);
+
+    if dfc.meta().deletion_timestamp.is_some() {
+        if !has_finalizer {
+            return Ok(Action::await_change());
+        }
+        return cleanup(dfc, ctx, &ns, &api).await;
+    }
+    if !has_finalizer {
+        let mut finalizers = dfc.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        set_finalizers(&api, dfc, finalizers).await?;
+    }
+
+    let now = (ctx.clock)();
+    let problems = validate(&dfc.spec);
+    if !problems.is_empty() {
+        ctx.metrics.failure("InvalidSpec");
+        let new = status::invalid(
+            &problems,
+            dfc.metadata.generation,
+            dfc.status.as_ref(),
+            &now,
+        );
+        if write_status(&api, dfc, &new).await? {
+            let note = status::condition(Some(&new), READY).map(|c| c.message.clone());
+            publish(
+                ctx,
+                dfc,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validating",
+                note,
+            )
+            .await;
+        }
+        // Nothing to retry until the spec changes.
+        return Ok(Action::await_change());
+    }
+
+    let bctx = build::Ctx::new(dfc)?;
+    let desired = build::desired_objects(&bctx)?;
+    let mut existing = apply::observe(&ctx.client, &ns, &bctx.name).await?;
+    let plan = apply::plan(desired, &existing, dfc.uid().as_deref().unwrap_or_default());
+    let changes = apply::execute(&ctx.client, &ns, plan, &mut existing).await?;
+    publish_changes(ctx, dfc, &changes).await;
+
+    let observed = observe_workloads(ctx, &bctx, &existing).await?;
+    let new = status::derive(
+        &dfc.spec,
+        dfc.metadata.generation,
+        &observed,
+        dfc.status.as_ref(),
+        &now,
+    );
+    let was_ready = is_ready(dfc.status.as_ref());
+    let ready = is_ready(Some(&new));
+    if write_status(&api, dfc, &new).await? && was_ready != ready {
+        let c = status::condition(Some(&new), READY);
+        let (type_, reason) = if ready {
+            (EventType::Normal, "Ready")
+        } else {
+            (EventType::Warning, "NotReady")
+        };
+        publish(
+            ctx,
+            dfc,
+            type_,
+            reason,
+            "Reconciling",
+            c.map(|c| c.message.clone()),
+        )
+        .await;
+    }
+    Ok(Action::requeue(if ready {
+        REQUEUE_READY
+    } else {
+        REQUEUE_PROGRESSING
+    }))
+}
+
+async fn observe_workloads(
+    ctx: &Context,
+    bctx: &build::Ctx<'_>,
+    existing: &Existing,
+) -> Result<status::Observed, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &bctx.namespace);
+    let lp = ListParams::default().labels(&format!(
+        "{LABEL_INSTANCE}={},{LABEL_COMPONENT}={}",
+        bctx.name,
+        Component::Dfdaemon.as_str()
+    ));
+    let nodes = pods
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .filter_map(nodes::read_report)
+        .collect();
+    Ok(status::Observed {
+        scheduler: existing
+            .typed::<Deployment>("Deployment", &bctx.object_name(Component::Scheduler)),
+        seed_peer: existing
+            .typed::<StatefulSet>("StatefulSet", &bctx.object_name(Component::SeedPeer)),
+        dfdaemon: existing.typed::<DaemonSet>("DaemonSet", &bctx.object_name(Component::Dfdaemon)),
+        nodes,
+    })
+}
+
+/// Deletion: stop the dfdaemons and run the restore DaemonSet on every node;
+/// release the finalizer once every node restored, or after the timeout.
+async fn cleanup(
+    dfc: &DragonflyCluster,
+    ctx: &Context,
+    ns: &str,
+    api: &Api<DragonflyCluster>,
+) -> Result<Action, Error> {
+    let remaining: Vec<String> = dfc
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if !dfc.spec.containerd.restore_on_delete {
+        publish(
+            ctx,
+            dfc,
+            EventType::Normal,
+            "CleanupSkipped",
+            "Deleting",
+            Some(
+                "spec.containerd.restoreOnDelete is false; node mirror config left in place".into(),
+            ),
+        )
+        .await;
+        set_finalizers(api, dfc, remaining).await?;
+        return Ok(Action::await_change());
+    }
+
+    // An invalid spec may name unsafe host paths; never mount them to restore.
+    let problems = validate(&dfc.spec);
+    if !problems.is_empty() {
+        let note = format!(
+            "spec is invalid ({}); node mirror config not restored",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        publish(
+            ctx,
+            dfc,
+            EventType::Warning,
+            "CleanupSkipped",
+            "Deleting",
+            Some(note),
+        )
+        .await;
+        set_finalizers(api, dfc, remaining).await?;
+        return Ok(Action::await_change());
+    }
+
+    let bctx = build::Ctx::new(dfc)?;
+    let cleanup_ds = build::cleanup_daemonset(&bctx);
+    let ds_name = bctx.object_name(Component::Cleanup);
+    // The cleanup pods run under dfdaemon's ServiceAccount; everything else goes now.
+    let desired = build::cleanup_objects(&bctx, &cleanup_ds)?;
+    let mut existing = apply::observe(&ctx.client, ns, &bctx.name).await?;
+    let plan = apply::plan(desired, &existing, dfc.uid().as_deref().unwrap_or_default());
+    let changes = apply::execute(&ctx.client, ns, plan, &mut existing).await?;
+    if changes
+        .iter()
+        .any(|c| c.kind == "DaemonSet" && c.name == ds_name && c.verb == Verb::Created)
+    {
+        publish(
+            ctx,
+            dfc,
+            EventType::Normal,
+            "RestoringNodes",
+            "Deleting",
+            Some("restoring containerd mirror config on every node".into()),
+        )
+        .await;
+    }
+
+    let ds: Option<DaemonSet> = existing.typed("DaemonSet", &ds_name);
+    let progress = ds.as_ref().and_then(|d| {
+        let s = d.status.as_ref()?;
+        let current = s.observed_generation >= d.metadata.generation;
+        current.then_some((s.number_ready, s.desired_number_scheduled))
+    });
+    let now = (ctx.clock)();
+    let waited = dfc
+        .meta()
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| now.0.as_second() - t.0.as_second())
+        .unwrap_or(0);
+    let timeout = i64::from(dfc.spec.containerd.cleanup_timeout_seconds);
+
+    match progress {
+        Some((ready, want)) if ready >= want => {
+            info!(nodes = want, "every node restored its containerd config");
+            publish(
+                ctx,
+                dfc,
+                EventType::Normal,
+                "NodesRestored",
+                "Deleting",
+                Some(format!(
+                    "{want} node(s) restored their containerd mirror config"
+                )),
+            )
+            .await;
+        }
+        _ if waited >= timeout => {
+            let (ready, want) = progress.unwrap_or((0, 0));
+            warn!(
+                ready,
+                want, "cleanup timed out; releasing the finalizer anyway"
+            );
+            publish(ctx, dfc, EventType::Warning, "CleanupTimedOut", "Deleting", Some(format!("only {ready}/{want} node(s) restored their containerd mirror config within {timeout}s"))).await;
+        }
+        _ => return Ok(Action::requeue(REQUEUE_CLEANUP)),
+    }
+    set_finalizers(api, dfc, remaining).await?;
+    Ok(Action::await_change())
+}
+
+fn is_ready(s: Option<&DragonflyClusterStatus>) -> bool {
+    status::condition(s, READY).is_some_and(|c| c.status == "True")
+}
+
+/// Merge patch guarded by resourceVersion, so a concurrent edit of the
+/// finalizer list fails with 409 and is retried instead of being lost.
+async fn set_finalizers(
+    api: &Api<DragonflyCluster>,
+    dfc: &DragonflyCluster,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let patch = json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": dfc.resource_version() }
+    });
+    api.patch(
+        &dfc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Server-side apply of the whole status, only when it changed.
+async fn write_status(
+    api: &Api<DragonflyCluster>,
+    dfc: &DragonflyCluster,
+    new: &DragonflyClusterStatus,
+) -> Result<bool, Error> {
+    if dfc.status.as_ref() == Some(new) {
+        return Ok(false);
+    }
+    let body = json!({
+        "apiVersion": DragonflyCluster::api_version(&()),
+        "kind": DragonflyCluster::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &dfc.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn publish_changes(ctx: &Context, dfc: &DragonflyCluster, changes: &[Change]) {
+    for c in changes {
+        let reason = match c.verb {
+            Verb::Created => "Created",
+            Verb::Updated => "Updated",
+            Verb::Deleted => "Deleted",
+        };
+        let related = ObjectReference {
+            api_version: Some(c.api_version.clone()),
+            kind: Some(c.kind.clone()),
+            name: Some(c.name.clone()),
+            namespace: dfc.namespace(),
+            ..ObjectReference::default()
+        };
+        let note = Some(format!("{} {}", c.kind, c.name));
+        publish_about(
+            ctx,
+            dfc,
+            EventType::Normal,
+            reason,
+            "Reconciling",
+            note,
+            Some(related),
+        )
+        .await;
+    }
+}
+
+/// Events are best effort: failing to record one never fails a reconcile.
+async fn publish(
+    ctx: &Context,
+    dfc: &DragonflyCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: Option<String>,
+) {
+    publish_about(ctx, dfc, type_, reason, action, note, None).await
+}
+
+/// `related` names the object an event is about, which also keeps events
+/// about different objects from being folded into one series.
+async fn publish_about(
+    ctx: &Context,
+    dfc: &DragonflyCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: Option<String>,
+    related: Option<ObjectReference>,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: note.map(|n| n.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: related,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &dfc.object_ref(&())).await {
+        warn!(%e, reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,443 @@
+//! API-call-level tests: a reconcile against the in-memory API server, one
+//! scenario per test, asserting the exact writes (method and path, in order)
+//! and the bodies that matter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::build::tests::fixture;
+use crate::fake_api::FakeApi;
+
+const DFC_PATH: &str =
+    "/apis/p2p.dragonfly.dev/v1alpha1/namespaces/dragonfly-system/dragonflyclusters/dragonfly";
+const NS: &str = "dragonfly-system";
+
+fn context(client: kube::Client, now: i64) -> Arc<Context> {
+    let mut registry = Registry::default();
+    let mut ctx = Context::new(client, Metrics::new(&mut registry));
+    ctx.clock =
+        Box::new(move || Time(Timestamp::from_second(now).unwrap_or(Timestamp::UNIX_EPOCH)));
+    Arc::new(ctx)
+}
+
+/// Every reconcile in a test is bounded in time.
+async fn run(dfc: &DragonflyCluster, ctx: &Arc<Context>) -> Result<Action, Error> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        reconcile(Arc::new(dfc.clone()), ctx.clone()),
+    )
+    .await
+    .expect("reconcile finished within 10s")
+}
+
+fn stored(fake: &FakeApi) -> DragonflyCluster {
+    serde_json::from_value(fake.object(DFC_PATH).expect("cluster stored")).expect("cluster parses")
+}
+
+fn condition(dfc: &DragonflyCluster, t: &str) -> (String, String, String) {
+    let c = status::condition(dfc.status.as_ref(), t).expect("condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+fn core(kind: &str, name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/{kind}/{name}")
+}
+
+fn apps(kind: &str, name: &str) -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/{kind}/{name}")
+}
+
+/// A fake cluster holding `dfc`, with a client and context on it; returns
+/// the cluster as stored (with its resourceVersion), as a watch would deliver it.
+fn setup(dfc: &DragonflyCluster, now: i64) -> (FakeApi, Arc<Context>, DragonflyCluster) {
+    let (client, fake) = FakeApi::start();
+    fake.insert(DFC_PATH, serde_json::to_value(dfc).expect("json"));
+    let dfc = stored(&fake);
+    (fake, context(client, now), dfc)
+}
+
+/// Reconcile the default fixture once from scratch; returns the fake and the stored cluster.
+async fn created() -> (FakeApi, Arc<Context>, DragonflyCluster) {
+    let (fake, ctx, dfc) = setup(&fixture("default"), 1000);
+    run(&dfc, &ctx).await.expect("reconcile");
+    let dfc = stored(&fake);
+    fake.clear_calls();
+    (fake, ctx, dfc)
+}
+
+const ALL_CREATES: [&str; 14] = [
+    "PATCH serviceaccounts/dragonfly-scheduler",
+    "PATCH serviceaccounts/dragonfly-seed-peer",
+    "PATCH serviceaccounts/dragonfly-dfdaemon",
+    "PATCH roles/dragonfly-dfdaemon",
+    "PATCH rolebindings/dragonfly-dfdaemon",
+    "PATCH configmaps/dragonfly-scheduler",
+    "PATCH configmaps/dragonfly-seed-peer",
+    "PATCH configmaps/dragonfly-dfdaemon",
+    "PATCH services/dragonfly-scheduler",
+    "PATCH services/dragonfly-scheduler-headless",
+    "PATCH services/dragonfly-seed-peer-headless",
+    "PATCH deployments/dragonfly-scheduler",
+    "PATCH statefulsets/dragonfly-seed-peer",
+    "PATCH daemonsets/dragonfly-dfdaemon",
+];
+
+#[tokio::test]
+async fn create_adds_finalizer_applies_everything_and_writes_status() {
+    let (fake, ctx, dfc) = setup(&fixture("default"), 1000);
+    let action = run(&dfc, &ctx).await.expect("reconcile");
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(30)),
+        "not ready yet: poll soon"
+    );
+
+    let mut expected = vec!["PATCH dragonflyclusters/dragonfly".to_string()];
+    expected.extend(ALL_CREATES.iter().map(|s| s.to_string()));
+    expected.push("PATCH dragonflyclusters/dragonfly/status".into());
+    assert_eq!(fake.writes(), expected);
+
+    let calls = fake.calls();
+    // The finalizer patch is guarded by the resourceVersion it saw.
+    let fin = calls
+        .iter()
+        .find(|c| c.method == "PATCH")
+        .expect("finalizer patch");
+    assert_eq!(
+        fin.body
+            .as_ref()
+            .map(|b| b["metadata"]["finalizers"].clone()),
+        Some(json!([FINALIZER]))
+    );
+    assert!(fin
+        .body
+        .as_ref()
+        .is_some_and(|b| b["metadata"]["resourceVersion"].is_string()));
+    // Every apply is server-side apply under one forced field manager.
+    for c in calls
+        .iter()
+        .filter(|c| c.method == "PATCH" && !c.path.contains("dragonflyclusters"))
+    {
+        assert!(
+            c.query.contains("fieldManager=dragonfly-operator"),
+            "{}",
+            c.query
+        );
+        assert!(c.query.contains("force=true"), "{}", c.query);
+    }
+    assert_eq!(
+        fake.event_reasons()
+            .iter()
+            .filter(|r| *r == "Created")
+            .count(),
+        14
+    );
+
+    let dfc = stored(&fake);
+    assert_eq!(dfc.finalizers(), [FINALIZER]);
+    let st = dfc.status.as_ref().expect("status");
+    assert_eq!(st.observed_generation, Some(1));
+    assert_eq!(condition(&dfc, READY).1, "SchedulerReadyFalse");
+    assert_eq!(
+        st.scheduler.as_ref().map(|s| s.summary.as_str()),
+        Some("0/3")
+    );
+    let ds = fake
+        .object(&apps("daemonsets", "dragonfly-dfdaemon"))
+        .expect("DaemonSet stored");
+    assert_eq!(
+        ds["metadata"]["ownerReferences"][0]["kind"],
+        "DragonflyCluster"
+    );
+}
+
+#[tokio::test]
+async fn unchanged_cluster_makes_no_writes() {
+    let (fake, ctx, dfc) = created().await;
+    run(&dfc, &ctx).await.expect("reconcile");
+    assert_eq!(fake.writes(), Vec::<String>::new());
+    assert_eq!(fake.event_reasons(), Vec::<String>::new());
+    // Reads only: one list per managed kind plus the dfdaemon pods.
+    assert_eq!(fake.calls().len(), build::managed_kinds().len() + 1);
+}
+
+#[tokio::test]
+async fn spec_change_updates_only_what_it_touches() {
+    let (fake, ctx, mut dfc) = created().await;
+    dfc.spec.dfdaemon.cache_size = "64GiB".into();
+    dfc.metadata.generation = Some(2);
+    run(&dfc, &ctx).await.expect("reconcile");
+    assert_eq!(
+        fake.writes(),
+        [
+            "PATCH configmaps/dragonfly-dfdaemon",
+            "PATCH daemonsets/dragonfly-dfdaemon",
+            "PATCH dragonflyclusters/dragonfly/status",
+        ]
+    );
+    assert_eq!(fake.event_reasons(), ["Updated", "Updated"]);
+    let cm = fake
+        .object(&core("configmaps", "dragonfly-dfdaemon"))
+        .expect("cm");
+    assert!(cm["data"]["dfdaemon.yaml"]
+        .as_str()
+        .is_some_and(|s| s.contains("cache-size: 64GiB")));
+    assert_eq!(
+        stored(&fake).status.and_then(|s| s.observed_generation),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn disabling_seed_peers_prunes_their_objects_only() {
+    let (fake, ctx, mut dfc) = created().await;
+    // A foreign object with our labels but no owner reference must survive.
+    let mut foreign = fake
+        .object(&core("services", "dragonfly-scheduler"))
+        .expect("svc");
+    foreign["metadata"]["name"] = "someone-elses".into();
+    foreign["metadata"]["ownerReferences"] = json!([]);
+    fake.insert(&core("services", "someone-elses"), foreign);
+
+    dfc.spec.seed_peer.enabled = false;
+    dfc.metadata.generation = Some(2);
+    run(&dfc, &ctx).await.expect("reconcile");
+    let mut writes = fake.writes();
+    let status = writes.pop();
+    writes.sort();
+    assert_eq!(
+        writes,
+        [
+            "DELETE configmaps/dragonfly-seed-peer",
+            "DELETE serviceaccounts/dragonfly-seed-peer",
+            "DELETE services/dragonfly-seed-peer-headless",
+            "DELETE statefulsets/dragonfly-seed-peer",
+        ]
+    );
+    assert_eq!(
+        status.as_deref(),
+        Some("PATCH dragonflyclusters/dragonfly/status")
+    );
+    assert!(fake.object(&core("services", "someone-elses")).is_some());
+    assert_eq!(
+        condition(&stored(&fake), status::SEED_PEERS_READY).1,
+        "Disabled"
+    );
+}
+
+#[tokio::test]
+async fn ready_workloads_and_node_reports_make_ready() {
+    let (fake, ctx, dfc) = created().await;
+    let ready = |replicas: i64| json!({"observedGeneration": 1, "readyReplicas": replicas, "updatedReplicas": replicas});
+    fake.set_status(&apps("deployments", "dragonfly-scheduler"), ready(3));
+    fake.set_status(&apps("statefulsets", "dragonfly-seed-peer"), ready(2));
+    fake.set_status(
+        &apps("daemonsets", "dragonfly-dfdaemon"),
+        json!({"observedGeneration": 1, "desiredNumberScheduled": 2, "numberReady": 2, "updatedNumberScheduled": 2,
+               "currentNumberScheduled": 2, "numberMisscheduled": 0}),
+    );
+    let pod = |name: &str, node: &str, report: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": NS,
+                            "labels": {"app.kubernetes.io/instance": "dragonfly", "app.kubernetes.io/component": "dfdaemon"},
+                            "annotations": {nodes::REPORT_ANNOTATION: report}},
+               "spec": {"nodeName": node, "containers": []}})
+    };
+    fake.insert(
+        &core("pods", "d1"),
+        pod("d1", "node-a", r#"{"configured":true}"#),
+    );
+    fake.insert(
+        &core("pods", "d2"),
+        pod("d2", "node-b", r#"{"configured":false,"problems":[{"code":"NoConfigPath","message":"containerd has no config_path"}]}"#),
+    );
+
+    let action = run(&dfc, &ctx).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(fake.writes(), ["PATCH dragonflyclusters/dragonfly/status"]);
+    assert_eq!(fake.event_reasons(), ["Ready"]);
+    let dfc = stored(&fake);
+    assert_eq!(condition(&dfc, READY).0, "True");
+    let (st, reason, message) = condition(&dfc, status::NODES_CONFIGURED);
+    assert_eq!(
+        (st.as_str(), reason.as_str()),
+        ("False", "ProblemsReported")
+    );
+    assert!(message.contains("node-b: NoConfigPath"), "{message}");
+    let status = dfc.status.expect("status");
+    assert_eq!(status.nodes_with_problems, 1);
+    assert_eq!(status.dfdaemon.map(|d| d.summary), Some("2/2".into()));
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_condition_and_writes_nothing_else() {
+    let mut dfc = fixture("default");
+    dfc.spec.dfdaemon.cache_size = "lots".into();
+    dfc.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let (fake, ctx, dfc) = setup(&dfc, 1000);
+    let action = run(&dfc, &ctx)
+        .await
+        .expect("invalid spec is not a reconcile error");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(fake.writes(), ["PATCH dragonflyclusters/dragonfly/status"]);
+    assert_eq!(fake.event_reasons(), ["InvalidSpec"]);
+    let (st, reason, message) = condition(&stored(&fake), READY);
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert_eq!(
+        message,
+        "spec.dfdaemon.cacheSize: \"lots\" is not a size such as 20GiB"
+    );
+    assert_eq!(ctx.metrics.failures_for("InvalidSpec"), 1);
+
+    // The same invalid spec again: nothing new to say, nothing written.
+    fake.clear_calls();
+    run(&stored(&fake), &ctx).await.expect("reconcile");
+    assert_eq!(fake.writes(), Vec::<String>::new());
+}
+
+fn deleting(mut dfc: DragonflyCluster, at: i64) -> DragonflyCluster {
+    dfc.metadata.deletion_timestamp = Some(Time(
+        Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH),
+    ));
+    dfc
+}
+
+#[tokio::test]
+async fn deletion_restores_every_node_before_releasing_the_finalizer() {
+    let (fake, ctx, dfc) = created().await;
+    fake.insert(
+        DFC_PATH,
+        serde_json::to_value(deleting(dfc, 1000)).expect("json"),
+    );
+    let dfc = stored(&fake);
+
+    // Pass 1: everything but dfdaemon's ServiceAccount goes; the restore DaemonSet starts.
+    let action = run(&dfc, &ctx).await.expect("cleanup");
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    let writes = fake.writes();
+    assert_eq!(
+        writes.first().map(String::as_str),
+        Some("PATCH daemonsets/dragonfly-cleanup")
+    );
+    assert_eq!(
+        writes.iter().filter(|w| w.starts_with("DELETE")).count(),
+        13
+    );
+    assert!(!writes
+        .iter()
+        .any(|w| w.contains("serviceaccounts/dragonfly-dfdaemon")));
+    assert!(writes.contains(&"DELETE daemonsets/dragonfly-dfdaemon".to_string()));
+    assert!(fake.event_reasons().contains(&"RestoringNodes".to_string()));
+    let cleanup = fake
+        .object(&apps("daemonsets", "dragonfly-cleanup"))
+        .expect("cleanup DaemonSet");
+    let init = &cleanup["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(
+        (&init["args"][0], &init["args"][1]),
+        (&json!("containerd"), &json!("restore"))
+    );
+    assert_eq!(stored(&fake).finalizers(), [FINALIZER]);
+
+    // Pass 2: restore still running on one node: wait, write nothing.
+    fake.clear_calls();
+    fake.set_status(
+        &apps("daemonsets", "dragonfly-cleanup"),
+        json!({"observedGeneration": 1, "desiredNumberScheduled": 2, "numberReady": 1, "currentNumberScheduled": 2, "numberMisscheduled": 0}),
+    );
+    let dfc = stored(&fake);
+    assert_eq!(
+        run(&dfc, &ctx).await.expect("cleanup"),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(fake.writes(), Vec::<String>::new());
+
+    // Pass 3: every node restored: the finalizer goes.
+    fake.clear_calls();
+    fake.set_status(
+        &apps("daemonsets", "dragonfly-cleanup"),
+        json!({"observedGeneration": 1, "desiredNumberScheduled": 2, "numberReady": 2, "currentNumberScheduled": 2, "numberMisscheduled": 0}),
+    );
+    run(&stored(&fake), &ctx).await.expect("cleanup");
+    assert_eq!(fake.writes(), ["PATCH dragonflyclusters/dragonfly"]);
+    assert_eq!(fake.event_reasons(), ["NodesRestored"]);
+    assert_eq!(stored(&fake).finalizers(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn deletion_gives_up_after_the_timeout() {
+    let (fake, ctx, dfc) = created().await;
+    // Deleted 301 s before the context's clock; the default timeout is 300 s.
+    fake.insert(
+        DFC_PATH,
+        serde_json::to_value(deleting(dfc, 1000 - 301)).expect("json"),
+    );
+    run(&stored(&fake), &ctx).await.expect("cleanup");
+    assert_eq!(
+        fake.writes().last().map(String::as_str),
+        Some("PATCH dragonflyclusters/dragonfly")
+    );
+    assert!(fake
+        .event_reasons()
+        .contains(&"CleanupTimedOut".to_string()));
+    assert_eq!(stored(&fake).finalizers(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn api_errors_back_off_and_count_by_reason() {
+    let (fake, ctx, dfc) = created().await;
+    fake.fail_next("GET", "/deployments", 500);
+    let dfc = Arc::new(dfc);
+    let err = tokio::time::timeout(Duration::from_secs(10), reconcile(dfc.clone(), ctx.clone()))
+        .await
+        .expect("bounded")
+        .expect_err("list failure surfaces");
+    assert_eq!(err.reason(), "ApiServerError");
+    assert_eq!(
+        error_policy(dfc.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(dfc.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert_eq!(ctx.metrics.failures_for("ApiServerError"), 2);
+    assert_eq!(fake.writes(), Vec::<String>::new());
+    // Success resets the backoff.
+    run(&dfc, &ctx).await.expect("reconcile");
+    assert_eq!(
+        error_policy(dfc, &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn finalizer_conflict_is_an_error_not_a_lost_update() {
+    let (fake, ctx, dfc) = setup(&fixture("default"), 1000);
+    // Someone else updated the object after we read it.
+    let mut newer: Value = fake.object(DFC_PATH).expect("stored");
+    newer["metadata"]["labels"] = json!({"touched": "yes"});
+    fake.insert(DFC_PATH, newer);
+    let mut stale = dfc.clone();
+    stale.metadata.resource_version = Some("0".into());
+    let err = run(&stale, &ctx).await.expect_err("conflict");
+    assert_eq!(err.reason(), "ApiConflict");
+}
+
+#[tokio::test]
+async fn deleting_an_invalid_cluster_never_mounts_its_paths() {
+    let mut dfc = fixture("default");
+    dfc.spec.containerd.config_path = "/".into();
+    dfc.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let (fake, ctx, _) = setup(&deleting(dfc, 1000), 1000);
+    run(&stored(&fake), &ctx).await.expect("cleanup");
+    assert_eq!(fake.writes(), ["PATCH dragonflyclusters/dragonfly"]);
+    assert_eq!(fake.event_reasons(), ["CleanupSkipped"]);
+    assert_eq!(stored(&fake).finalizers(), Vec::<String>::new());
+}

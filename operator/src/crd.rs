@@ -1,0 +1,454 @@
+//! The `DragonflyCluster` custom resource (group `p2p.dragonfly.dev`, version `v1alpha1`).
+//!
+//! Defaults live in the schema (so `kubectl get -o yaml` shows them) and in
+//! the `Default` impls (so the Rust side agrees with the API server).
+//! Validation that a schema can express (ranges, enums, patterns) is here;
+//! everything else is in `validate.rs` and surfaces as a condition.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "p2p.dragonfly.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// A complete P2P distribution system: schedulers, seed peers and a dfdaemon on every node.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "p2p.dragonfly.dev",
+    version = "v1alpha1",
+    kind = "DragonflyCluster",
+    plural = "dragonflyclusters",
+    shortname = "dfc",
+    category = "dragonfly",
+    namespaced,
+    status = "DragonflyClusterStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Schedulers","type":"string","jsonPath":".status.scheduler.summary"}"#,
+    printcolumn = r#"{"name":"Seeds","type":"string","jsonPath":".status.seedPeer.summary"}"#,
+    printcolumn = r#"{"name":"Daemons","type":"string","jsonPath":".status.dfdaemon.summary"}"#,
+    printcolumn = r#"{"name":"Node-Problems","type":"integer","jsonPath":".status.nodesWithProblems"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DragonflyClusterSpec {
+    /// Container image shared by the scheduler, seed peers and dfdaemons.
+    #[serde(default)]
+    pub image: ImageSpec,
+    #[serde(default)]
+    pub scheduler: SchedulerSpec,
+    #[serde(default)]
+    pub seed_peer: SeedPeerSpec,
+    #[serde(default)]
+    pub dfdaemon: DfdaemonSpec,
+    /// Registries whose pulls go through the P2P mirror, as `HOST` (https) or a full
+    /// `http(s)://HOST[:PORT]` URL. Empty means every registry (containerd `_default`).
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub registries: Vec<String>,
+    #[serde(default)]
+    pub containerd: ContainerdSpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    #[serde(default = "default_repository")]
+    #[schemars(length(min = 1))]
+    pub repository: String,
+    /// Defaults to the operator's own version.
+    #[serde(default = "default_tag")]
+    #[schemars(length(min = 1))]
+    pub tag: String,
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    #[serde(default)]
+    pub pull_secrets: Vec<LocalObjectReference>,
+}
+
+impl Default for ImageSpec {
+    fn default() -> Self {
+        Self {
+            repository: default_repository(),
+            tag: default_tag(),
+            pull_policy: PullPolicy::default(),
+            pull_secrets: Vec::new(),
+        }
+    }
+}
+
+impl ImageSpec {
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.repository, self.tag)
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Where a component's pods may run and what they may use.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulerSpec {
+    #[serde(default = "default_scheduler_replicas")]
+    #[schemars(range(min = 1, max = 50))]
+    pub replicas: i32,
+    /// gRPC port for peers.
+    #[serde(default = "default_scheduler_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default = "default_admin_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin_port: i32,
+    #[serde(default, flatten)]
+    pub placement: Placement,
+}
+
+impl Default for SchedulerSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_scheduler_replicas(),
+            port: default_scheduler_port(),
+            admin_port: default_admin_port(),
+            placement: Placement::default(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedPeerSpec {
+    /// Seed peers download from the origin first; without them a regular node does.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_seed_replicas")]
+    #[schemars(range(min = 1, max = 50))]
+    pub replicas: i32,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Content cache quota, e.g. `40GiB`; keep it below the volume size.
+    #[serde(default = "default_seed_cache_size")]
+    pub cache_size: String,
+    /// Upload bandwidth cap per seed peer, e.g. `1GiB` (per second). Empty: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_rate: Option<String>,
+    #[serde(default, flatten)]
+    pub placement: Placement,
+}
+
+impl Default for SeedPeerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            replicas: default_seed_replicas(),
+            storage: StorageSpec::default(),
+            cache_size: default_seed_cache_size(),
+            upload_rate: None,
+            placement: Placement::default(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// PVC size per seed peer (a Kubernetes quantity such as `50Gi`).
+    #[serde(default = "default_seed_volume")]
+    pub size: String,
+    /// Storage class of the PVCs; unset means the cluster default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_seed_volume(),
+            storage_class_name: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DfdaemonSpec {
+    /// Use the node's network namespace, for CNIs without hostPort support.
+    #[serde(default)]
+    pub host_network: bool,
+    /// Registry mirror and HTTP proxy (hostPort).
+    #[serde(default = "default_proxy_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub proxy_port: i32,
+    /// Piece server for other peers (hostPort).
+    #[serde(default = "default_peer_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub peer_port: i32,
+    /// Health, readiness, metrics and `/server/ping`.
+    #[serde(default = "default_dfdaemon_admin_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin_port: i32,
+    /// Host directory for cached content.
+    #[serde(default = "default_data_dir")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub data_dir: String,
+    /// Content cache quota on each node, e.g. `20GiB`.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: String,
+    /// Concurrent uploads to other peers.
+    #[serde(default = "default_upload_limit")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub upload_limit: i32,
+    /// Upload bandwidth cap per node, e.g. `100MiB` (per second). Empty: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_rate: Option<String>,
+    /// Extra location labels (`zone=...`) passed to every dfdaemon.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Tolerations for the DaemonSet; defaults to tolerating every taint so every node gets one.
+    #[serde(default = "default_tolerate_all")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default = "default_node_critical")]
+    pub priority_class_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl Default for DfdaemonSpec {
+    fn default() -> Self {
+        Self {
+            host_network: false,
+            proxy_port: default_proxy_port(),
+            peer_port: default_peer_port(),
+            admin_port: default_dfdaemon_admin_port(),
+            data_dir: default_data_dir(),
+            cache_size: default_cache_size(),
+            upload_limit: default_upload_limit(),
+            upload_rate: None,
+            labels: BTreeMap::new(),
+            tolerations: default_tolerate_all(),
+            priority_class_name: default_node_critical(),
+            resources: None,
+            node_selector: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerdSpec {
+    /// containerd's registry `config_path` on the host, where `hosts.toml` files go.
+    #[serde(default = "default_certs_d")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub config_path: String,
+    /// containerd's main config file on the host (read to detect settings that bypass mirrors).
+    #[serde(default = "default_containerd_config")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub config_file: String,
+    /// Restore every node's mirror configuration when the cluster is deleted.
+    #[serde(default = "default_true")]
+    pub restore_on_delete: bool,
+    /// How long deletion waits for every node to restore before giving up.
+    #[serde(default = "default_cleanup_timeout")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub cleanup_timeout_seconds: i32,
+}
+
+impl Default for ContainerdSpec {
+    fn default() -> Self {
+        Self {
+            config_path: default_certs_d(),
+            config_file: default_containerd_config(),
+            restore_on_delete: true,
+            cleanup_timeout_seconds: default_cleanup_timeout(),
+        }
+    }
+}
+
+/// What the operator last saw; derived only from objects it applied and their pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DragonflyClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<ComponentStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_peer: Option<ComponentStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dfdaemon: Option<ComponentStatus>,
+    /// Nodes whose dfdaemon reported the mirror configuration in place.
+    #[serde(default)]
+    pub nodes_configured: i32,
+    #[serde(default)]
+    pub nodes_with_problems: i32,
+    /// Integration problems reported by dfdaemons, one entry per node (capped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_problems: Vec<NodeProblem>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    pub desired: i32,
+    pub ready: i32,
+    /// `ready/desired`, for `kubectl get`.
+    pub summary: String,
+}
+
+impl ComponentStatus {
+    pub fn new(desired: i32, ready: i32) -> Self {
+        Self {
+            desired,
+            ready,
+            summary: format!("{ready}/{desired}"),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProblem {
+    pub node: String,
+    pub problems: Vec<ProblemReport>,
+}
+
+/// One problem as a dfdaemon reports it (see `nodes.rs` for the contract).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProblemReport {
+    /// Stable machine-readable code, e.g. `NoConfigPath`.
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_repository() -> String {
+    "dragonfly-p2p/dragonfly".into()
+}
+pub fn default_tag() -> String {
+    env!("CARGO_PKG_VERSION").into()
+}
+fn default_scheduler_replicas() -> i32 {
+    3
+}
+fn default_scheduler_port() -> i32 {
+    8002
+}
+fn default_admin_port() -> i32 {
+    8000
+}
+fn default_seed_replicas() -> i32 {
+    2
+}
+fn default_seed_cache_size() -> String {
+    "40GiB".into()
+}
+fn default_seed_volume() -> String {
+    "50Gi".into()
+}
+fn default_proxy_port() -> i32 {
+    65001
+}
+fn default_peer_port() -> i32 {
+    65002
+}
+fn default_dfdaemon_admin_port() -> i32 {
+    40901
+}
+fn default_data_dir() -> String {
+    "/var/lib/dragonfly".into()
+}
+fn default_cache_size() -> String {
+    "20GiB".into()
+}
+fn default_upload_limit() -> i32 {
+    50
+}
+fn default_tolerate_all() -> Vec<Toleration> {
+    vec![Toleration {
+        operator: Some("Exists".into()),
+        ..Toleration::default()
+    }]
+}
+fn default_node_critical() -> String {
+    "system-node-critical".into()
+}
+fn default_certs_d() -> String {
+    "/etc/containerd/certs.d".into()
+}
+fn default_containerd_config() -> String {
+    "/etc/containerd/config.toml".into()
+}
+fn default_cleanup_timeout() -> i32 {
+    300
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_spec_gets_documented_defaults() {
+        let spec: DragonflyClusterSpec = serde_json::from_str("{}").expect("empty spec parses");
+        assert_eq!(spec, DragonflyClusterSpec::default());
+        assert_eq!(spec.scheduler.replicas, 3);
+        assert_eq!(spec.dfdaemon.proxy_port, 65001);
+        assert_eq!(spec.dfdaemon.priority_class_name, "system-node-critical");
+        assert!(spec.seed_peer.enabled);
+    }
+
+    #[test]
+    fn flattened_placement_reads_top_level_fields() {
+        let spec: DragonflyClusterSpec =
+            serde_json::from_str(r#"{"scheduler":{"nodeSelector":{"a":"b"}}}"#).expect("parses");
+        assert_eq!(
+            spec.scheduler
+                .placement
+                .node_selector
+                .get("a")
+                .map(String::as_str),
+            Some("b")
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! dragonfly-operator: turns a `DragonflyCluster` into schedulers, seed peers and
+//! a dfdaemon on every node.
+//!
+//! Reconcile is a pipeline, one module per step:
+//! `validate` → `build` (pure) → `apply` (server-side apply, prune) → `status`.
+
+pub mod apply;
+pub mod build;
+pub mod controller;
+pub mod crd;
+pub mod crdgen;
+pub mod manifests;
+pub mod metrics;
+pub mod nodes;
+pub mod run;
+pub mod status;
+pub mod uninstall;
+pub mod validate;
+
+#[cfg(test)]
+pub(crate) mod fake_api;

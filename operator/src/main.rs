@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use dragonfly_operator::{crdgen, manifests, run, uninstall};
+
+#[derive(Parser)]
+#[command(
+    name = "dragonfly-operator",
+    version,
+    about = "Operator for the Dragonfly P2P distribution system"
+)]
+struct Cli {
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long, global = true, env = "LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller.
+    Run(run::RunArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+    /// Write the `kubectl apply -f` install manifests into a directory.
+    Manifests {
+        #[arg(long, default_value = "manifests")]
+        out_dir: PathBuf,
+        #[arg(long, default_value = manifests::NAMESPACE)]
+        namespace: String,
+        /// Operator image (default: dragonfly-p2p/dragonfly-operator:<version>).
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Delete every DragonflyCluster in a namespace and wait until the operator
+    /// restored the nodes and released them (Helm pre-delete hook).
+    Uninstall(uninstall::UninstallArgs),
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line chain, no backtrace: this is what an operator sees in `kubectl logs`.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Crd => print!("{}", crdgen::crds_yaml()?),
+        Command::Manifests {
+            out_dir,
+            namespace,
+            image,
+        } => {
+            let mut opts = manifests::Options {
+                namespace,
+                ..manifests::Options::default()
+            };
+            if let Some(image) = image {
+                opts.image = image;
+            }
+            std::fs::create_dir_all(&out_dir)
+                .with_context(|| format!("cannot create {}", out_dir.display()))?;
+            for (name, text) in manifests::render(&opts)? {
+                let path = out_dir.join(name);
+                std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
+        Command::Run(args) => {
+            init_tracing(cli.log_json);
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(run::run(args))?;
+        }
+        Command::Uninstall(args) => {
+            init_tracing(cli.log_json);
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(uninstall::uninstall(args))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! The plain install (`kubectl apply -f manifests/`), generated from the same
+//! Rust types as the CRDs so the two never disagree. The Helm chart's static
+//! parts (CRDs, RBAC rules) are checked against this output too.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, Namespace, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+
+use crate::crd::{DragonflyCluster, DragonflyClusterSpec};
+
+pub const NAMESPACE: &str = "dragonfly-system";
+const NAME: &str = "dragonfly-operator";
+
+pub struct Options {
+    pub namespace: String,
+    pub image: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            namespace: NAMESPACE.into(),
+            image: format!(
+                "dragonfly-p2p/dragonfly-operator:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        }
+    }
+}
+
+/// `(file name, YAML)` pairs; files sort in apply order.
+pub fn render(opts: &Options) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(vec![
+        ("00-namespace.yaml".into(), docs(&[yaml(&namespace(opts))?])),
+        ("01-crds.yaml".into(), crate::crdgen::crds_yaml()?),
+        (
+            "02-rbac.yaml".into(),
+            docs(&[
+                yaml(&service_account(opts))?,
+                yaml(&cluster_role())?,
+                yaml(&cluster_role_binding(opts))?,
+                yaml(&lease_role(opts))?,
+                yaml(&lease_role_binding(opts))?,
+            ]),
+        ),
+        (
+            "03-operator.yaml".into(),
+            docs(&[yaml(&deployment(opts))?, yaml(&metrics_service(opts))?]),
+        ),
+        (
+            "04-dragonflycluster.yaml".into(),
+            docs(&[yaml(&sample(opts))?]),
+        ),
+    ])
+}
+
+fn docs(parts: &[String]) -> String {
+    parts.iter().map(|p| format!("---\n{p}")).collect()
+}
+
+fn yaml<T: Serialize + kube::Resource<DynamicType = ()>>(obj: &T) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(obj)?;
+    v["apiVersion"] = T::api_version(&()).into();
+    v["kind"] = T::kind(&()).into();
+    // apiVersion and kind first, as people write them.
+    let mut ordered = serde_json::Map::new();
+    for k in ["apiVersion", "kind", "metadata"] {
+        if let Some(x) = v.get(k) {
+            ordered.insert(k.into(), x.clone());
+        }
+    }
+    if let Some(m) = v.as_object() {
+        for (k, x) in m {
+            ordered.entry(k.clone()).or_insert_with(|| x.clone());
+        }
+    }
+    Ok(serde_yaml::to_string(&ordered)?)
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), NAME.to_string()),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            "dragonfly".to_string(),
+        ),
+    ])
+}
+
+fn meta(name: &str, ns: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: ns.map(String::from),
+        labels: Some(labels()),
+        ..ObjectMeta::default()
+    }
+}
+
+/// dfdaemon needs hostPath and hostPort, which only the `privileged` Pod
+/// Security level allows; the operator itself runs restricted anyway.
+fn namespace(o: &Options) -> Namespace {
+    let mut m = meta(&o.namespace, None);
+    if let Some(l) = m.labels.as_mut() {
+        for mode in ["enforce", "audit", "warn"] {
+            l.insert(
+                format!("pod-security.kubernetes.io/{mode}"),
+                "privileged".into(),
+            );
+        }
+    }
+    Namespace {
+        metadata: m,
+        ..Namespace::default()
+    }
+}
+
+fn service_account(o: &Options) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(NAME, Some(&o.namespace)),
+        ..ServiceAccount::default()
+    }
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        ..PolicyRule::default()
+    }
+}
+
+/// Exactly what reconcile and cleanup call, nothing more.
+pub fn operator_rules() -> Vec<PolicyRule> {
+    const MANAGE: &[&str] = &[
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    vec![
+        // `delete` is for the chart's pre-delete hook (`dragonfly-operator uninstall`).
+        rule(
+            &["p2p.dragonfly.dev"],
+            &["dragonflyclusters"],
+            &["get", "list", "watch", "patch", "update", "delete"],
+        ),
+        rule(
+            &["p2p.dragonfly.dev"],
+            &["dragonflyclusters/status"],
+            &["get", "patch", "update"],
+        ),
+        // Needed to set blockOwnerDeletion on owned objects.
+        rule(
+            &["p2p.dragonfly.dev"],
+            &["dragonflyclusters/finalizers"],
+            &["update"],
+        ),
+        rule(
+            &["apps"],
+            &["deployments", "statefulsets", "daemonsets"],
+            MANAGE,
+        ),
+        rule(
+            &[""],
+            &["services", "configmaps", "serviceaccounts"],
+            MANAGE,
+        ),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["roles", "rolebindings"],
+            MANAGE,
+        ),
+        // Read node reports; `get`/`patch` also let it grant dfdaemon's Role (no escalation).
+        rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
+        rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+    ]
+}
+
+fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(NAME, None),
+        rules: Some(operator_rules()),
+        ..ClusterRole::default()
+    }
+}
+
+fn subject(o: &Options) -> Vec<Subject> {
+    vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: NAME.into(),
+        namespace: Some(o.namespace.clone()),
+        ..Subject::default()
+    }]
+}
+
+fn cluster_role_binding(o: &Options) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(NAME, None),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: NAME.into(),
+        },
+        subjects: Some(subject(o)),
+    }
+}
+
+/// Leader election needs leases only in the operator's own namespace.
+fn lease_role(o: &Options) -> Role {
+    Role {
+        metadata: meta(&format!("{NAME}-leader-election"), Some(&o.namespace)),
+        rules: Some(vec![rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "list", "watch", "create", "update", "patch"],
+        )]),
+    }
+}
+
+fn lease_role_binding(o: &Options) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(&format!("{NAME}-leader-election"), Some(&o.namespace)),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: format!("{NAME}-leader-election"),
+        },
+        subjects: Some(subject(o)),
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn probe(path: &str) -> k8s_openapi::api::core::v1::Probe {
+    k8s_openapi::api::core::v1::Probe {
+        http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http-admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
+fn deployment(o: &Options) -> Deployment {
+    let selector = BTreeMap::from([("app.kubernetes.io/name".to_string(), NAME.to_string())]);
+    let container = Container {
+        name: "operator".into(),
+        image: Some(o.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(vec!["run".into()]),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            EnvVar {
+                name: "RUST_LOG".into(),
+                value: Some("info".into()),
+                ..EnvVar::default()
+            },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http-admin".into()),
+            container_port: 8000,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(probe("/readyz")),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("50m".into())),
+                ("memory".to_string(), Quantity("64Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("256Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: meta(NAME, Some(&o.namespace)),
+        spec: DeploymentSpec {
+            // Two replicas: one leads, one waits on the Lease for a fast hand-over.
+            replicas: Some(2),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(NAME.into()),
+                    containers: vec![container],
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    termination_grace_period_seconds: Some(30),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+fn metrics_service(o: &Options) -> Service {
+    Service {
+        metadata: meta(&format!("{NAME}-metrics"), Some(&o.namespace)),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                NAME.to_string(),
+            )])),
+            ports: Some(vec![ServicePort {
+                name: Some("http-admin".into()),
+                port: 8000,
+                target_port: Some(IntOrString::String("http-admin".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The sample: defaults, mirroring docker.io.
+fn sample(o: &Options) -> DragonflyCluster {
+    let spec = DragonflyClusterSpec {
+        registries: vec!["docker.io".into()],
+        ..DragonflyClusterSpec::default()
+    };
+    let mut dfc = DragonflyCluster::new("dragonfly", spec);
+    dfc.metadata.namespace = Some(o.namespace.clone());
+    dfc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_file_with_the_namespace() {
+        let files = render(&Options::default()).expect("render");
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "00-namespace.yaml",
+                "01-crds.yaml",
+                "02-rbac.yaml",
+                "03-operator.yaml",
+                "04-dragonflycluster.yaml"
+            ]
+        );
+        assert!(files[0]
+            .1
+            .contains("pod-security.kubernetes.io/enforce: privileged"));
+        assert!(files[2]
+            .1
+            .starts_with("---\napiVersion: v1\nkind: ServiceAccount\n"));
+        let sample: DragonflyCluster =
+            serde_yaml::from_str(files[4].1.trim_start_matches("---\n")).expect("sample parses");
+        assert!(crate::validate::validate(&sample.spec).is_empty());
+    }
+}

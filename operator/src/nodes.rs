@@ -1,0 +1,137 @@
+//! Per-node integration reports: the contract between dfdaemon and the operator.
+//!
+//! dfdaemon (the DaemonSet pod, not seed peers) patches one annotation on its
+//! own Pod, found through the `POD_NAME`/`POD_NAMESPACE` env vars:
+//!
+//! ```text
+//! p2p.dragonfly.dev/node-report: {"configured":true,"problems":[{"code":"NoConfigPath","message":"..."}]}
+//! ```
+//!
+//! - `configured`: the mirror `hosts.toml` files are written and containerd will use them.
+//! - `problems`: states that make containerd bypass the mirror (codes such as
+//!   `NoConfigPath`, `TransferServiceBypass`, `LegacyRegistryMirrors`,
+//!   `DiscardUnpackedLayers`, `ConfigUnreadable`); empty when there are none.
+//!
+//! It writes the annotation after each `containerd apply`/`check` (a JSON merge
+//! patch on `pods/<own name>`; RBAC: `get`, `patch` on pods in its namespace).
+//! A pod without the annotation counts as not yet reported. The operator
+//! watches these pods, so a new report shows up in status within seconds.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use serde::Deserialize;
+
+use crate::crd::ProblemReport;
+
+pub const REPORT_ANNOTATION: &str = "p2p.dragonfly.dev/node-report";
+/// Caps that keep one misbehaving node from bloating the status object.
+const MAX_PROBLEMS_PER_NODE: usize = 10;
+const MAX_MESSAGE_CHARS: usize = 300;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeState {
+    /// No report yet (dfdaemon starting, or not running on this node).
+    Pending,
+    Configured,
+    Problems(Vec<ProblemReport>),
+}
+
+#[derive(Deserialize)]
+struct Report {
+    #[serde(default)]
+    configured: bool,
+    #[serde(default)]
+    problems: Vec<ProblemReport>,
+}
+
+/// The node a dfdaemon pod runs on and what it reported; pods not yet
+/// scheduled are skipped.
+pub fn read_report(pod: &Pod) -> Option<(String, NodeState)> {
+    let node = pod.spec.as_ref()?.node_name.clone()?;
+    let state = match pod.annotations().get(REPORT_ANNOTATION) {
+        None => NodeState::Pending,
+        Some(raw) => match serde_json::from_str::<Report>(raw) {
+            Ok(r) if !r.problems.is_empty() => NodeState::Problems(
+                r.problems
+                    .into_iter()
+                    .take(MAX_PROBLEMS_PER_NODE)
+                    .map(|p| ProblemReport {
+                        code: truncate(&p.code, 64),
+                        message: truncate(&p.message, MAX_MESSAGE_CHARS),
+                    })
+                    .collect(),
+            ),
+            Ok(r) if r.configured => NodeState::Configured,
+            Ok(_) => NodeState::Pending,
+            // A garbled report is itself a problem worth showing, never a reconcile error.
+            Err(e) => NodeState::Problems(vec![ProblemReport {
+                code: "MalformedReport".into(),
+                message: truncate(
+                    &format!("{REPORT_ANNOTATION} is not valid JSON: {e}"),
+                    MAX_MESSAGE_CHARS,
+                ),
+            }]),
+        },
+    };
+    Some((node, state))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn pod(node: Option<&str>, report: Option<&str>) -> Pod {
+        let mut p = Pod {
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                node_name: node.map(String::from),
+                ..Default::default()
+            }),
+            ..Pod::default()
+        };
+        if let Some(r) = report {
+            p.metadata.annotations = Some(BTreeMap::from([(
+                REPORT_ANNOTATION.to_string(),
+                r.to_string(),
+            )]));
+        }
+        p
+    }
+
+    #[test]
+    fn reports_are_read_leniently() {
+        assert_eq!(read_report(&pod(None, None)), None);
+        assert_eq!(
+            read_report(&pod(Some("n1"), None)),
+            Some(("n1".into(), NodeState::Pending))
+        );
+        assert_eq!(
+            read_report(&pod(Some("n1"), Some(r#"{"configured":true}"#))),
+            Some(("n1".into(), NodeState::Configured))
+        );
+        let problems = read_report(&pod(
+            Some("n2"),
+            Some(
+                r#"{"configured":false,"problems":[{"code":"NoConfigPath","message":"no config_path"}]}"#,
+            ),
+        ));
+        assert_eq!(
+            problems,
+            Some((
+                "n2".into(),
+                NodeState::Problems(vec![ProblemReport {
+                    code: "NoConfigPath".into(),
+                    message: "no config_path".into()
+                }])
+            ))
+        );
+        match read_report(&pod(Some("n3"), Some("{not json"))) {
+            Some((_, NodeState::Problems(p))) => assert_eq!(p[0].code, "MalformedReport"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! `dragonfly-operator run`: connect, wait for the leader lease, run the
+//! controller, serve `/healthz`, `/readyz`, `/metrics`, stop cleanly on
+//! SIGTERM/SIGINT or when leadership is lost.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::build::{Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER};
+use crate::controller::{error_policy, reconcile, Context};
+use crate::crd::DragonflyCluster;
+use crate::metrics::Metrics;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8000", env = "OPERATOR_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dragonfly-system")]
+    pub lease_namespace: String,
+    #[arg(long, default_value = "dragonfly-operator-leader")]
+    pub lease_name: String,
+    /// Skip leader election (a single replica, or local development).
+    #[arg(long)]
+    pub no_leader_election: bool,
+}
+
+struct AdminState {
+    registry: Registry,
+    ready: AtomicBool,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+
+    let client = connect().await?;
+
+    let admin = Arc::new(AdminState {
+        registry,
+        ready: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
+    info!(addr = %args.admin_listen, "admin server listening");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin_server = tokio::spawn(serve_admin(listener, admin.clone(), stop_rx.clone()));
+    tokio::spawn(forward_signals(stop_tx.clone()));
+    // Standby replicas are healthy and ready too: they only wait for the lease.
+    admin.ready.store(true, Ordering::Relaxed);
+
+    // Without election the sender lives for the whole run, so the flag never drops.
+    let (always_leader, always_rx) = watch::channel(true);
+    let (mut leader_rx, lease_task) = if args.no_leader_election {
+        (always_rx, None)
+    } else {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{MANAGER}-{}", std::process::id()));
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&identity)
+            .with_duration(15)
+            .with_grace(5)
+            .with_field_manager(MANAGER)
+            .build()
+            .await
+            .context("cannot set up leader election")?;
+        info!(%identity, lease = %args.lease_name, "waiting for the leader lease");
+        let (rx, task) = manager.watch().await;
+        (rx, Some(task))
+    };
+
+    let mut stop = stop_rx.clone();
+    let became_leader = async {
+        loop {
+            if *leader_rx.borrow_and_update() {
+                return true;
+            }
+            if leader_rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    };
+    let leading = tokio::select! {
+        l = became_leader => l,
+        _ = stop.wait_for(|s| *s) => false,
+    };
+
+    if leading {
+        metrics.leader.set(1);
+        info!("leading; starting the controller");
+        let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+        let mut stop = stop_rx.clone();
+        let mut lost = leader_rx.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => info!("shutting down"),
+                _ = lost.wait_for(|l| !*l) => warn!("lost the leader lease; stopping"),
+            }
+        };
+        controller(client, args.watch_namespace.as_deref(), ctx, shutdown).await;
+        metrics.leader.set(0);
+    }
+
+    // Dropping the receiver makes the lease task release the lease for a fast hand-over.
+    let lost_lease = leading && !*leader_rx.borrow();
+    drop(leader_rx);
+    if let Some(task) = lease_task {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(_))) => info!("leader lease released"),
+            Ok(Ok(Err(e))) => warn!(%e, "could not release the leader lease"),
+            Ok(Err(e)) => warn!(%e, "lease task failed"),
+            Err(_) => warn!("timed out releasing the leader lease"),
+        }
+    }
+    drop(always_leader);
+    let _ = stop_tx.send(true);
+    let _ = admin_server.await;
+    if lost_lease {
+        bail!("lost the leader lease; exiting so the pod restarts and campaigns again");
+    }
+    Ok(())
+}
+
+/// A client and one real API call, each bounded, so a bad kubeconfig or an
+/// unreachable API server ends in a clear message.
+async fn connect() -> anyhow::Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration found (in-cluster service account or kubeconfig)")?;
+    let url = config.cluster_url.clone();
+    let client = Client::try_from(config)
+        .with_context(|| format!("cannot build a Kubernetes client for {url}"))?;
+    let api: Api<DragonflyCluster> = Api::all(client.clone());
+    match tokio::time::timeout(Duration::from_secs(15), api.list(&ListParams::default().limit(1))).await {
+        Err(_) => bail!("Kubernetes API at {url} did not answer within 15s"),
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => bail!(
+            "the DragonflyCluster CRD is not installed at {url}; install it with `dragonfly-operator crd | kubectl apply -f -`"
+        ),
+        Ok(Err(e)) => bail!("cannot reach the Kubernetes API at {url}: {e}"),
+        Ok(Ok(_)) => Ok(client),
+    }
+}
+
+async fn controller(
+    client: Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    let dfdaemon_pods = watcher::Config::default().labels(&format!(
+        "{LABEL_MANAGED_BY}={MANAGER},{LABEL_COMPONENT}={}",
+        Component::Dfdaemon.as_str()
+    ));
+    Controller::new(
+        api::<DragonflyCluster>(&client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(api::<Deployment>(&client, namespace), owned.clone())
+    .owns(api::<StatefulSet>(&client, namespace), owned.clone())
+    .owns(api::<DaemonSet>(&client, namespace), owned)
+    // dfdaemon pods belong to a DaemonSet, so map them to their cluster by label:
+    // that is how new node reports reach the status.
+    .watches(api::<Pod>(&client, namespace), dfdaemon_pods, |pod: Pod| {
+        let ns = pod.namespace()?;
+        let instance = pod.labels().get(LABEL_INSTANCE)?.clone();
+        Some(ObjectRef::<DragonflyCluster>::new(&instance).within(&ns))
+    })
+    // Many pods report at once when a DaemonSet rolls; fold them into one reconcile.
+    .with_config(controller::Config::default().debounce(Duration::from_secs(2)))
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
+            // One bad object or a watch hiccup is logged, never fatal.
+            Err(e) => warn!(error = %e, "controller event"),
+        }
+    })
+    .await;
+}
+
+async fn forward_signals(stop: watch::Sender<bool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!(%e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("SIGINT received"),
+        _ = term => info!("SIGTERM received"),
+    }
+    let _ = stop.send(true);
+}
+
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        error!(%e, "admin server failed");
+    }
+}
+
+async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

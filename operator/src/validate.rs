@@ -1,0 +1,256 @@
+//! Checks the schema cannot express. Each problem names the exact field, so the
+//! `Ready=False, reason=InvalidSpec` condition tells the user what to fix.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::crd::DragonflyClusterSpec;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecProblem {
+    /// JSON path below `spec`, e.g. `spec.dfdaemon.cacheSize`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem in the spec, in field order; empty means valid.
+pub fn validate(spec: &DragonflyClusterSpec) -> Vec<SpecProblem> {
+    let mut out = Vec::new();
+    let mut bad = |field: &str, message: String| {
+        out.push(SpecProblem {
+            field: field.to_string(),
+            message,
+        })
+    };
+
+    if spec.image.repository.trim().is_empty()
+        || spec.image.repository.contains(char::is_whitespace)
+    {
+        bad(
+            "spec.image.repository",
+            format!("{:?} is not an image repository", spec.image.repository),
+        );
+    }
+    if spec.image.tag.trim().is_empty() || spec.image.tag.contains(char::is_whitespace) {
+        bad(
+            "spec.image.tag",
+            format!("{:?} is not an image tag", spec.image.tag),
+        );
+    }
+
+    if spec.scheduler.port == spec.scheduler.admin_port {
+        bad(
+            "spec.scheduler.adminPort",
+            format!(
+                "must differ from spec.scheduler.port ({})",
+                spec.scheduler.port
+            ),
+        );
+    }
+
+    let d = &spec.dfdaemon;
+    let ports = [
+        ("spec.dfdaemon.proxyPort", d.proxy_port),
+        ("spec.dfdaemon.peerPort", d.peer_port),
+        ("spec.dfdaemon.adminPort", d.admin_port),
+    ];
+    for (i, (field, port)) in ports.iter().enumerate() {
+        if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+            bad(field, format!("port {port} is already used by {other}"));
+        }
+    }
+    if let Err(e) = parse_size(&d.cache_size) {
+        bad("spec.dfdaemon.cacheSize", e);
+    }
+    if let Some(rate) = &d.upload_rate {
+        if let Err(e) = parse_size(rate) {
+            bad("spec.dfdaemon.uploadRate", e);
+        }
+    }
+    check_host_dir(&mut bad, "spec.dfdaemon.dataDir", &d.data_dir);
+    for (k, v) in &d.labels {
+        if k.is_empty() || !k.chars().all(label_char) || !v.chars().all(label_char) {
+            bad(
+                "spec.dfdaemon.labels",
+                format!("{k:?}={v:?}: keys and values may hold only letters, digits, '-', '_', '.' and '/'"),
+            );
+        }
+    }
+
+    let s = &spec.seed_peer;
+    if s.enabled {
+        if let Err(e) = parse_size(&s.cache_size) {
+            bad("spec.seedPeer.cacheSize", e);
+        }
+        if let Some(rate) = &s.upload_rate {
+            if let Err(e) = parse_size(rate) {
+                bad("spec.seedPeer.uploadRate", e);
+            }
+        }
+        if !is_quantity(&s.storage.size) {
+            bad(
+                "spec.seedPeer.storage.size",
+                format!(
+                    "{:?} is not a Kubernetes quantity such as 50Gi",
+                    s.storage.size
+                ),
+            );
+        }
+    }
+
+    let mut seen = BTreeSet::new();
+    for (i, r) in spec.registries.iter().enumerate() {
+        let field = format!("spec.registries[{i}]");
+        match registry_host(r) {
+            Ok(host) => {
+                if !seen.insert(host.to_string()) {
+                    bad(&field, format!("{r:?} is listed twice"));
+                }
+            }
+            Err(e) => bad(&field, e),
+        }
+    }
+
+    check_host_dir(
+        &mut bad,
+        "spec.containerd.configPath",
+        &spec.containerd.config_path,
+    );
+    let file = &spec.containerd.config_file;
+    if !file.starts_with('/') || file.ends_with('/') || file.contains("/../") {
+        bad(
+            "spec.containerd.configFile",
+            format!("{file:?} must be an absolute file path"),
+        );
+    }
+    out
+}
+
+/// A human size such as `20GiB` or `100MiB` (what dfdaemon's flags take).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let parsed: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 20GiB"))?;
+    if parsed.as_u64() == 0 {
+        return Err(format!("{s:?} must be larger than zero"));
+    }
+    Ok(parsed.as_u64())
+}
+
+/// Kubernetes resource quantity (binary or decimal suffix), e.g. `50Gi`, `500M`.
+fn is_quantity(s: &str) -> bool {
+    let digits_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(digits_end);
+    !num.is_empty()
+        && num.parse::<f64>().is_ok_and(|n| n > 0.0)
+        && [
+            "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+        ]
+        .contains(&suffix)
+}
+
+/// The host part of a registry entry: `HOST[:PORT]` or `http(s)://HOST[:PORT]`.
+pub fn registry_host(r: &str) -> Result<&str, String> {
+    let rest = if let Some(rest) = r
+        .strip_prefix("https://")
+        .or_else(|| r.strip_prefix("http://"))
+    {
+        rest
+    } else if r.contains("://") {
+        return Err(format!(
+            "{r:?}: only http:// and https:// registries are supported"
+        ));
+    } else {
+        r
+    };
+    let host = rest.trim_end_matches('/');
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if valid {
+        Ok(host)
+    } else {
+        Err(format!(
+            "{r:?} is not a registry host such as docker.io or http://10.0.0.5:5000"
+        ))
+    }
+}
+
+fn check_host_dir(bad: &mut impl FnMut(&str, String), field: &str, dir: &str) {
+    // Mounting `/` (or escaping with `..`) from the host would hand the pod the whole node.
+    if !dir.starts_with('/')
+        || dir.trim_end_matches('/').is_empty()
+        || dir.split('/').any(|p| p == "..")
+    {
+        bad(
+            field,
+            format!("{dir:?} must be an absolute directory other than /"),
+        );
+    }
+}
+
+fn label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_spec_is_valid() {
+        assert_eq!(validate(&DragonflyClusterSpec::default()), vec![]);
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        let mut spec = DragonflyClusterSpec::default();
+        spec.dfdaemon.cache_size = "20XB".into();
+        spec.dfdaemon.peer_port = spec.dfdaemon.proxy_port;
+        spec.registries = vec!["docker.io".into(), "ftp://x".into(), "docker.io".into()];
+        spec.seed_peer.storage.size = "lots".into();
+        spec.containerd.config_path = "/".into();
+        let fields: Vec<String> = validate(&spec).into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.dfdaemon.peerPort",
+                "spec.dfdaemon.cacheSize",
+                "spec.seedPeer.storage.size",
+                "spec.registries[1]",
+                "spec.registries[2]",
+                "spec.containerd.configPath",
+            ]
+        );
+    }
+
+    #[test]
+    fn disabled_seed_peers_are_not_checked() {
+        let mut spec = DragonflyClusterSpec::default();
+        spec.seed_peer.enabled = false;
+        spec.seed_peer.cache_size = "nonsense".into();
+        assert!(validate(&spec).is_empty());
+    }
+
+    #[test]
+    fn sizes_and_registries() {
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert!(parse_size("0B").is_err());
+        assert!(parse_size("").is_err());
+        assert!(
+            is_quantity("50Gi") && is_quantity("1.5T") && !is_quantity("Gi") && !is_quantity("5GB")
+        );
+        assert_eq!(registry_host("http://10.0.0.5:5000/"), Ok("10.0.0.5:5000"));
+        assert!(registry_host("docker.io/library").is_err());
+    }
+}
