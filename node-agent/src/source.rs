@@ -376,3 +376,129 @@ mod tests {
         assert_eq!(headers["authorization"], "Bearer x");
     }
 }
+
+#[cfg(test)]
+mod origin_tests {
+    //! Against real HTTP servers on loopback: redirects, ranges, retries.
+    use super::*;
+    use crate::store::{Store, Watermarks};
+    use axum::extract::State;
+    use axum::http::{HeaderMap as AxumHeaders, StatusCode as AxumStatus};
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    async fn serve(addr: &str, app: axum::Router) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        bound
+    }
+
+    fn task(dir: &std::path::Path) -> Arc<StoredTask> {
+        let store = Store::open(dir, 1 << 30, Watermarks::default()).unwrap();
+        store
+            .get_or_create(&"c".repeat(64), "http://o", None)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn redirect_to_another_host_drops_authorization() {
+        // Object storage on another host records whether it saw credentials.
+        let seen: Arc<Mutex<Option<bool>>> = Arc::default();
+        let storage = axum::Router::new()
+            .route(
+                "/blob",
+                get(|State(seen): State<Arc<Mutex<Option<bool>>>>, headers: AxumHeaders| async move {
+                    *seen.lock().unwrap() = Some(headers.contains_key("authorization"));
+                    "payload"
+                }),
+            )
+            .with_state(seen.clone());
+        let storage_addr = serve("127.0.0.2:0", storage).await;
+        let registry = axum::Router::new().route(
+            "/v2/blob",
+            get(move |headers: AxumHeaders| async move {
+                if headers.get("authorization").is_none() {
+                    return AxumStatus::UNAUTHORIZED.into_response();
+                }
+                Redirect::temporary(&format!("http://{storage_addr}/blob")).into_response()
+            }),
+        );
+        let registry_addr = serve("127.0.0.1:0", registry).await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let task = task(dir.path());
+        let headers: BTreeMap<String, String> =
+            [("Authorization".into(), "Bearer secret".into())].into();
+        let client = SourceClient::new().unwrap();
+        let length = client
+            .fetch_missing(
+                &task,
+                &format!("http://{registry_addr}/v2/blob"),
+                &headers,
+                &|_, _| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!(length, 7);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(false),
+            "credentials must not follow the redirect"
+        );
+        let (piece, _) = task.read_piece(0).await.unwrap();
+        assert_eq!(&piece[..], b"payload");
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_and_client_errors_are_final() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let app = axum::Router::new()
+            .route(
+                "/flaky",
+                get(|State(calls): State<Arc<AtomicU32>>| async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                        AxumStatus::SERVICE_UNAVAILABLE.into_response()
+                    } else {
+                        "finally".into_response()
+                    }
+                }),
+            )
+            .route("/gone", get(|| async { AxumStatus::NOT_FOUND }))
+            .with_state(calls.clone());
+        let addr = serve("127.0.0.1:0", app).await;
+        let client = SourceClient::new().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = task(dir.path());
+        let length = client
+            .fetch_missing(
+                &flaky,
+                &format!("http://{addr}/flaky"),
+                &BTreeMap::new(),
+                &|_, _| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!(length, 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let dir = tempfile::tempdir().unwrap();
+        let gone = task(dir.path());
+        let err = client
+            .fetch_missing(
+                &gone,
+                &format!("http://{addr}/gone"),
+                &BTreeMap::new(),
+                &|_, _| {},
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, TaskFailure::Origin { status: 404, .. }),
+            "{err:?}"
+        );
+    }
+}
