@@ -283,7 +283,8 @@ fn pick_parent(
     now: Instant,
     lacking: &HashSet<(String, u32)>,
 ) -> Option<usize> {
-    let usable = |s: &ParentSlot| s.available(now, per_parent) && !lacking.contains(&(s.id.clone(), index));
+    let usable =
+        |s: &ParentSlot| s.available(now, per_parent) && !lacking.contains(&(s.id.clone(), index));
     let holders = slots
         .iter()
         .enumerate()
@@ -375,9 +376,14 @@ async fn accept_piece(
     let len = data.len() as u64;
     task.write_piece(index, data, digest)
         .await
-        .map_err(|e| TaskFailure::Internal { message: e.to_string() })?;
+        .map_err(|e| TaskFailure::Internal {
+            message: e.to_string(),
+        })?;
     daemon.metrics.obtained("peer", len);
-    daemon.progress(&task.id).from_peers.fetch_add(len, Ordering::Relaxed);
+    daemon
+        .progress(&task.id)
+        .from_peers
+        .fetch_add(len, Ordering::Relaxed);
     reporter.report(index);
     Ok(())
 }
@@ -449,8 +455,13 @@ async fn from_peers(
             if inflight.len() >= config.concurrent_pieces {
                 break;
             }
-            let Some(i) = pick_parent(&slots, index, config.concurrent_pieces_per_parent, now, &lacking)
-            else {
+            let Some(i) = pick_parent(
+                &slots,
+                index,
+                config.concurrent_pieces_per_parent,
+                now,
+                &lacking,
+            ) else {
                 continue;
             };
             slots[i].inflight += 1;
@@ -464,7 +475,14 @@ async fn from_peers(
             ));
         }
         if last_progress.elapsed() > config.stall_timeout {
-            return drain(daemon, task, reporter, &mut inflight, "no progress from peers").await;
+            return drain(
+                daemon,
+                task,
+                reporter,
+                &mut inflight,
+                "no progress from peers",
+            )
+            .await;
         }
         tokio::select! {
             Some((index, parent_id, result)) = inflight.next(), if !inflight.is_empty() => {
