@@ -93,10 +93,10 @@ impl PeerClient {
     }
 
     fn classify(e: reqwest::Error) -> PeerError {
+        // Anything but a timeout (refused, reset, broken body) means the
+        // parent cannot be relied on.
         if e.is_timeout() {
             PeerError::Timeout
-        } else if e.is_connect() {
-            PeerError::Connect(e.to_string())
         } else {
             PeerError::Connect(e.to_string())
         }

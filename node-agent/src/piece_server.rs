@@ -80,17 +80,31 @@ fn failure_response(failure: TaskFailure) -> Response {
         .into_response()
 }
 
-fn find_task(daemon: &Daemon, id: &str) -> Result<Arc<StoredTask>, Response> {
+/// Why a task named in a path cannot be used.
+enum LookupError {
+    InvalidId(String),
+    Unknown(String),
+}
+
+impl IntoResponse for LookupError {
+    fn into_response(self) -> Response {
+        match self {
+            LookupError::InvalidId(id) => {
+                error(StatusCode::BAD_REQUEST, format!("invalid task id {id:?}"))
+            }
+            LookupError::Unknown(id) => error(StatusCode::NOT_FOUND, format!("unknown task {id}")),
+        }
+    }
+}
+
+fn find_task(daemon: &Daemon, id: &str) -> Result<Arc<StoredTask>, LookupError> {
     if !is_valid_task_id(id) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid task id {id:?}"),
-        ));
+        return Err(LookupError::InvalidId(id.to_string()));
     }
     daemon
         .store
         .get(id)
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("unknown task {id}")))
+        .ok_or_else(|| LookupError::Unknown(id.to_string()))
 }
 
 async fn create_task(
@@ -163,13 +177,13 @@ async fn list_tasks(State(state): State<AppState>) -> Response {
 async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match find_task(&state.daemon, &id) {
         Ok(task) => Json(status_of(&state.daemon, &task)).into_response(),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
 async fn delete_task(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    if let Err(resp) = find_task(&state.daemon, &id) {
-        return resp;
+    if let Err(e) = find_task(&state.daemon, &id) {
+        return e.into_response();
     }
     if state.daemon.store.remove(&id, false) {
         StatusCode::NO_CONTENT.into_response()
@@ -190,7 +204,7 @@ async fn task_shape(
 ) -> Response {
     let task = match find_task(&state.daemon, &id) {
         Ok(task) => task,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(state.daemon.config.piece_wait);
     match task.wait_shape(wait).await {
@@ -219,7 +233,7 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
     let daemon = &state.daemon;
     let task = match find_task(daemon, &id) {
         Ok(task) => task,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     if !task.with_meta(|m| m.has_piece(index)) {
         if task.run_state() != RunState::Running {
@@ -267,7 +281,7 @@ async fn task_content(State(state): State<AppState>, Path(id): Path<String>) -> 
     let daemon = state.daemon.clone();
     let task = match find_task(&daemon, &id) {
         Ok(task) => task,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let from_cache = task.is_complete();
     let length = match task.wait_shape(daemon.config.stall_timeout).await {
