@@ -286,3 +286,62 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn admin_endpoints_report_health_readiness_and_metrics() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        metrics.failure("ApiConflict");
+        metrics.reconciles.inc();
+        let state = Arc::new(AdminState {
+            registry,
+            ready: AtomicBool::new(false),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve_admin(listener, state.clone(), stop_rx));
+
+        let checks = async {
+            assert!(get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
+            assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 503"));
+            state.ready.store(true, Ordering::Relaxed);
+            assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
+            let m = get(addr, "/metrics").await;
+            assert!(m.contains("dragonfly_operator_reconciles_total 1"), "{m}");
+            assert!(
+                m.contains("dragonfly_operator_reconcile_failures_total{reason=\"ApiConflict\"} 1"),
+                "{m}"
+            );
+            assert!(
+                m.contains("dragonfly_operator_reconcile_duration_seconds_bucket"),
+                "{m}"
+            );
+        };
+        tokio::time::timeout(Duration::from_secs(10), checks)
+            .await
+            .expect("bounded");
+        let _ = stop_tx.send(true);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server stops on request")
+            .expect("server task");
+    }
+}

@@ -1,7 +1,9 @@
 //! ConfigMaps holding each component's rendered `--config` file.
 //!
-//! Keys are the long flag names (`cache-size`, `admin-listen`, ...), because
-//! every binary reads the same settings from `--config FILE` as from flags.
+//! Keys follow each binary's own config file, which rejects unknown keys:
+//! the scheduler's is kebab-case (`admin-listen`), dfdaemon's snake_case
+//! (`cache_size`, `mirror.registries`). Settings that exist only as flags
+//! (containerd paths, `--registry`) stay in the pod args.
 
 use std::collections::BTreeMap;
 
@@ -24,51 +26,70 @@ pub fn scheduler_configmap(ctx: &Ctx) -> ConfigMap {
 
 pub fn seed_peer_configmap(ctx: &Ctx) -> ConfigMap {
     let spec = &ctx.dfc.spec;
-    let d = &spec.dfdaemon;
     let s = &spec.seed_peer;
-    let mut settings = json!({
-        "seed": true,
-        "scheduler": ctx.scheduler_address(),
-        "data-dir": super::seed_peer::DATA_MOUNT,
-        "cache-size": s.cache_size,
-        "proxy-listen": format!("0.0.0.0:{}", d.proxy_port),
-        "peer-listen": format!("0.0.0.0:{}", d.peer_port),
-        "admin-listen": format!("0.0.0.0:{}", d.admin_port),
-        "upload-limit": d.upload_limit,
-    });
-    if let Some(rate) = &s.upload_rate {
-        settings["upload-rate"] = rate.clone().into();
-    }
+    let settings = dfdaemon_settings(
+        ctx,
+        true,
+        super::seed_peer::DATA_MOUNT,
+        &s.cache_size,
+        s.upload_rate.as_deref(),
+    );
     configmap(ctx, Component::SeedPeer, DFDAEMON_FILE, &settings)
 }
 
 pub fn dfdaemon_configmap(ctx: &Ctx) -> ConfigMap {
+    let d = &ctx.dfc.spec.dfdaemon;
+    let settings = dfdaemon_settings(
+        ctx,
+        false,
+        &d.data_dir,
+        &d.cache_size,
+        d.upload_rate.as_deref(),
+    );
+    configmap(ctx, Component::Dfdaemon, DFDAEMON_FILE, &settings)
+}
+
+fn dfdaemon_settings(
+    ctx: &Ctx,
+    seed: bool,
+    data_dir: &str,
+    cache_size: &str,
+    upload_rate: Option<&str>,
+) -> Value {
     let spec = &ctx.dfc.spec;
     let d = &spec.dfdaemon;
     let mut settings = json!({
-        "scheduler": ctx.scheduler_address(),
-        "data-dir": d.data_dir,
-        "cache-size": d.cache_size,
-        "proxy-listen": format!("0.0.0.0:{}", d.proxy_port),
-        "peer-listen": format!("0.0.0.0:{}", d.peer_port),
-        "admin-listen": format!("0.0.0.0:{}", d.admin_port),
-        "upload-limit": d.upload_limit,
-        "containerd-config-path": spec.containerd.config_path,
-        "containerd-config": super::dfdaemon::containerd_config_in_pod(ctx),
-        "registry": spec.registries,
+        "scheduler": [ctx.scheduler_address()],
+        "seed": seed,
+        "data_dir": data_dir,
+        "cache_size": cache_size,
+        "proxy_listen": format!("0.0.0.0:{}", d.proxy_port),
+        "peer_listen": format!("0.0.0.0:{}", d.peer_port),
+        "admin_listen": format!("0.0.0.0:{}", d.admin_port),
+        "upload_limit": d.upload_limit,
     });
-    if let Some(rate) = &d.upload_rate {
-        settings["upload-rate"] = rate.clone().into();
+    if let Some(rate) = upload_rate {
+        settings["upload_rate"] = rate.into();
     }
-    if !d.labels.is_empty() {
-        settings["label"] = d
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .into();
+    if !seed && !d.labels.is_empty() {
+        settings["labels"] = json!(d.labels);
     }
-    configmap(ctx, Component::Dfdaemon, DFDAEMON_FILE, &settings)
+    // A registry listed as http://HOST is plain HTTP upstream; the mirror must know.
+    let plain: BTreeMap<String, Value> = spec
+        .registries
+        .iter()
+        .filter_map(|r| r.strip_prefix("http://"))
+        .map(|host| {
+            (
+                host.trim_end_matches('/').to_string(),
+                json!({"plain_http": true}),
+            )
+        })
+        .collect();
+    if !plain.is_empty() {
+        settings["mirror"] = json!({ "registries": plain });
+    }
+    settings
 }
 
 fn configmap(ctx: &Ctx, c: Component, file: &str, settings: &Value) -> ConfigMap {

@@ -188,7 +188,7 @@ async fn spec_change_updates_only_what_it_touches() {
         .expect("cm");
     assert!(cm["data"]["dfdaemon.yaml"]
         .as_str()
-        .is_some_and(|s| s.contains("cache-size: 64GiB")));
+        .is_some_and(|s| s.contains("cache_size: 64GiB")));
     assert_eq!(
         stored(&fake).status.and_then(|s| s.observed_generation),
         Some(2)
