@@ -304,9 +304,16 @@ async fn task_content(State(state): State<AppState>, Path(id): Path<String>) -> 
     } else {
         Box::new(|_| {})
     };
-    let stream =
-        crate::reader::stream_range(task, 0, length, daemon.config.stall_timeout, on_bytes)
-            .map(|r| r.map_err(std::io::Error::from));
+    let stall = daemon.config.stall_timeout;
+    let judged = task.clone();
+    let verdict = futures::stream::once(async move {
+        crate::reader::await_verdict(&judged, stall).await;
+        None
+    })
+    .filter_map(|none: Option<Result<bytes::Bytes, std::io::Error>>| async move { none });
+    let stream = crate::reader::stream_range(task, 0, length, stall, on_bytes)
+        .map(|r| r.map_err(std::io::Error::from))
+        .chain(verdict);
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(length));

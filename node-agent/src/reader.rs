@@ -81,3 +81,26 @@ pub fn stream_range(
         Ok(Some((bytes, c)))
     })
 }
+
+/// Waits (up to `timeout`) until a task whose digest is known up front has
+/// been judged: complete and verified, or failed and removed. Streams end
+/// only after this, so a client that finished reading never finds content
+/// the daemon is about to reject still in the cache.
+pub async fn await_verdict(task: &StoredTask, timeout: Duration) {
+    if task.with_meta(|m| m.expected_digest.is_none()) {
+        return;
+    }
+    let mut rx = task.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !task.is_complete()
+        && !task.is_removed()
+        && task.run_state() == crate::store::RunState::Running
+    {
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
