@@ -23,7 +23,7 @@ step "build binaries (the integration tests run them)"
 cargo build --workspace --bins --locked
 
 step "unit and integration tests"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 if [ -x operator/check.sh ]; then
   step "operator: CRDs, manifests and chart"

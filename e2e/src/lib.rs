@@ -2,5 +2,8 @@
 //! integration tests: an origin HTTP server that counts what it serves, and
 //! supervision of the real scheduler and dfdaemon processes.
 
+pub mod bench;
+pub mod netns;
 pub mod origin;
 pub mod procs;
+pub mod registry;

@@ -101,7 +101,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
-fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+pub(crate) fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
     let spec = value.strip_prefix("bytes=")?;
     let (start, end) = spec.split_once('-')?;
     let start: u64 = start.parse().ok()?;

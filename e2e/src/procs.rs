@@ -187,6 +187,8 @@ pub struct DaemonProc {
     pub proc: Proc,
     pub peer: SocketAddr,
     pub admin: SocketAddr,
+    /// The registry mirror (a fresh free port on every start).
+    pub proxy: SocketAddr,
 }
 
 impl DaemonProc {
@@ -199,6 +201,7 @@ impl DaemonProc {
         }
         let peer = SocketAddr::new(spec.ip, spec.peer_port);
         let admin = SocketAddr::new(spec.ip, spec.admin_port);
+        let proxy = SocketAddr::new(spec.ip, free_port(spec.ip)?);
         let mut args = vec![
             "run".to_string(),
             "--data-dir".into(),
@@ -208,7 +211,7 @@ impl DaemonProc {
             "--admin-listen".into(),
             admin.to_string(),
             "--proxy-listen".into(),
-            SocketAddr::new(spec.ip, 0).to_string(),
+            proxy.to_string(),
             "--advertise-ip".into(),
             spec.ip.to_string(),
             "--hostname".into(),
@@ -237,6 +240,7 @@ impl DaemonProc {
             proc,
             peer,
             admin,
+            proxy,
         })
     }
 

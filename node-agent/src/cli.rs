@@ -51,6 +51,28 @@ pub struct RunArgs {
     pub piece_wait: Option<humantime::Duration>,
     #[arg(long)]
     pub piece_timeout: Option<humantime::Duration>,
+    /// Mirror upstream for requests naming none (lazy-pull clients): a
+    /// host or an http(s) URL.
+    #[arg(long)]
+    pub default_registry: Option<String>,
+    /// What cached content the mirror serves while the registry cannot
+    /// confirm the caller may read it.
+    #[arg(long, value_enum)]
+    pub offline_policy: Option<crate::mirror::config::OfflinePolicy>,
+    /// Write containerd hosts.toml files at start and restore them at stop.
+    #[arg(long)]
+    pub containerd: bool,
+    /// containerd's registry config_path (certs.d directory).
+    #[arg(long)]
+    pub containerd_config_path: Option<PathBuf>,
+    /// containerd's config.toml, checked at start for settings that bypass
+    /// the mirror (never written).
+    #[arg(long)]
+    pub containerd_config: Option<PathBuf>,
+    /// Registry containerd should pull through the mirror (repeatable):
+    /// HOST, http(s)://HOST[:PORT], docker.io or _default.
+    #[arg(long = "containerd-registry")]
+    pub containerd_registries: Vec<String>,
 }
 
 impl RunArgs {
@@ -85,6 +107,22 @@ impl RunArgs {
             config.hostname = self.hostname;
         }
         config.seed |= self.seed;
+        if self.default_registry.is_some() {
+            config.mirror.default_registry = self.default_registry;
+        }
+        if let Some(policy) = self.offline_policy {
+            config.mirror.offline_policy = policy;
+        }
+        config.containerd.enabled |= self.containerd;
+        if self.containerd_config.is_some() {
+            config.containerd.containerd_config = self.containerd_config;
+        }
+        if let Some(path) = self.containerd_config_path {
+            config.containerd.config_path = path;
+        }
+        if !self.containerd_registries.is_empty() {
+            config.containerd.registries = self.containerd_registries;
+        }
         for label in self.labels {
             let (k, v) = label
                 .split_once('=')

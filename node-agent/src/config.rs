@@ -57,6 +57,10 @@ pub struct DaemonConfig {
     pub heartbeat_interval: Duration,
     /// Query parameters ignored when deriving a URL's task id.
     pub filtered_query_params: Vec<String>,
+    /// The registry mirror on `proxy_listen`.
+    pub mirror: crate::mirror::config::MirrorConfig,
+    /// Writing containerd's hosts.toml files at start, restoring at stop.
+    pub containerd: crate::containerd::ContainerdConfig,
 }
 
 impl Default for DaemonConfig {
@@ -85,6 +89,8 @@ impl Default for DaemonConfig {
             parent_refresh: Duration::from_millis(500),
             heartbeat_interval: Duration::from_secs(5),
             filtered_query_params: crate::task_id::default_filtered(),
+            mirror: Default::default(),
+            containerd: Default::default(),
         }
     }
 }
@@ -142,6 +148,18 @@ impl DaemonConfig {
                 "piece_timeout must exceed piece_wait".into(),
             ));
         }
+        // Mirror and containerd settings fail here, at load, rather than
+        // when the first pull needs them.
+        if let Err(e) = regex::RegexSet::new(&self.mirror.proxy_rules) {
+            return Err(ConfigError::Invalid(format!("mirror.proxy_rules: {e}")));
+        }
+        if let Some(default) = &self.mirror.default_registry {
+            crate::mirror::upstream::parse_registry(default, &self.mirror)
+                .map_err(|e| ConfigError::Invalid(format!("mirror.default_registry: {e}")))?;
+        }
+        self.containerd
+            .parsed_registries()
+            .map_err(|e| ConfigError::Invalid(format!("containerd.registries: {e}")))?;
         Ok(())
     }
 
@@ -177,6 +195,53 @@ mod tests {
         assert_eq!(config.piece_wait, Duration::from_secs(10));
         assert_eq!(config.labels["zone"], "a");
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn mirror_and_containerd_sections() {
+        let yaml = r#"
+mirror:
+  default_registry: docker.io
+  registries:
+    registry.internal:5000: {plain_http: true}
+    secure.internal: {ca_file: /etc/ssl/internal.pem}
+  manifest_cache_ttl: 5m
+  auth_check_ttl: 30s
+  offline_policy: credentials
+  proxy_rules: ["blobs/sha256.*", "\\.tar\\.gz$"]
+containerd:
+  enabled: true
+  config_path: /etc/containerd/certs.d
+  registries: [docker.io, "http://registry.internal:5000"]
+"#;
+        let config: DaemonConfig = serde_yaml::from_str(yaml).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.mirror.manifest_cache_ttl, Duration::from_secs(300));
+        assert_eq!(
+            config.mirror.offline_policy,
+            crate::mirror::config::OfflinePolicy::Credentials
+        );
+        assert_eq!(
+            config.mirror.registries["registry.internal:5000"].plain_http,
+            Some(true)
+        );
+        assert!(config.containerd.enabled);
+        assert_eq!(config.containerd.parsed_registries().unwrap().len(), 2);
+        for bad in [
+            "mirror: {default_registri: x}",
+            "containerd: {enable: true}",
+            "mirror: {offline_policy: sometimes}",
+        ] {
+            assert!(serde_yaml::from_str::<DaemonConfig>(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "mirror: {proxy_rules: ['(']}",
+            "mirror: {default_registry: 'ftp://x'}",
+            "containerd: {registries: ['a/b']}",
+        ] {
+            let config: DaemonConfig = serde_yaml::from_str(bad).unwrap();
+            assert!(config.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

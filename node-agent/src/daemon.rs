@@ -21,6 +21,10 @@ use crate::task_request::TaskRequest;
 pub struct TaskProgress {
     pub from_origin: AtomicU64,
     pub from_peers: AtomicU64,
+    /// Set while this daemon downloads the task from the origin.
+    pub sourcing: std::sync::atomic::AtomicBool,
+    /// Pieces already handed to a peer while sourcing.
+    source_uploads: Mutex<std::collections::HashSet<u32>>,
     pub started: Mutex<Option<Instant>>,
     pub finished: Mutex<Option<Instant>>,
 }
@@ -35,7 +39,13 @@ pub struct Daemon {
     pub peers: PeerClient,
     pub uploads: Arc<Semaphore>,
     progress: Mutex<HashMap<String, Arc<TaskProgress>>>,
+    /// Why recently removed tasks failed, so a caller arriving just after
+    /// the removal still learns the reason instead of "unknown task".
+    failures: Mutex<HashMap<String, (TaskFailure, Instant)>>,
 }
+
+/// How long the reason of a removed task's failure is kept.
+const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,16 +55,42 @@ pub enum StartError {
     Store(#[from] std::io::Error),
 }
 
+impl TaskProgress {
+    /// While this daemon is the task's back-to-source peer, each piece is
+    /// handed out once: its uplink then carries one copy of every fresh
+    /// piece, the children swap the rest, and the origin download is not
+    /// starved by a saturated uplink. Returns whether `index` may be sent.
+    pub fn may_upload(&self, index: u32) -> bool {
+        if !self.sourcing.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.source_uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index)
+    }
+
+    pub fn set_sourcing(&self, on: bool) {
+        self.sourcing.store(on, Ordering::SeqCst);
+        if !on {
+            self.source_uploads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+    }
+}
+
 impl Daemon {
     pub fn new(
         config: DaemonConfig,
         host_id: String,
         store: Arc<Store>,
         schedulers: Arc<SchedulerPool>,
-    ) -> Result<Arc<Self>, reqwest::Error> {
+    ) -> anyhow::Result<Arc<Self>> {
         let uploads = Arc::new(Semaphore::new(config.upload_limit as usize));
         Ok(Arc::new(Daemon {
-            source: SourceClient::new()?,
+            source: SourceClient::with_registry_tls(&config.mirror)?,
             peers: PeerClient::new(config.piece_timeout)?,
             config,
             host_id,
@@ -63,7 +99,17 @@ impl Daemon {
             metrics: Arc::new(Metrics::new()),
             uploads,
             progress: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Why a task removed after failing failed (recent failures only).
+    pub fn recent_failure(&self, task_id: &str) -> Option<TaskFailure> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures
+            .get(task_id)
+            .filter(|(_, at)| at.elapsed() < FAILURE_MEMORY)
+            .map(|(f, _)| f.clone())
     }
 
     pub fn progress(&self, task_id: &str) -> Arc<TaskProgress> {
@@ -155,6 +201,10 @@ impl Daemon {
                 // Content that is wrong, or that the origin refuses, must not
                 // stay in the cache; transient failures keep pieces to resume.
                 if !matches!(failure, TaskFailure::Internal { .. }) {
+                    let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+                    failures.retain(|_, (_, at)| at.elapsed() < FAILURE_MEMORY);
+                    failures.insert(task.id.clone(), (failure.clone(), Instant::now()));
+                    drop(failures);
                     self.store.remove(&task.id, true);
                 }
             }

@@ -213,10 +213,13 @@ async fn back_to_source(
         progress.from_origin.fetch_add(bytes, Ordering::Relaxed);
         reporter.report(index);
     };
-    daemon
+    progress.set_sourcing(true);
+    let result = daemon
         .source
         .fetch_missing(task, &request.url, &request.headers, &on_piece)
-        .await
+        .await;
+    progress.set_sourcing(false);
+    result
 }
 
 struct ParentSlot {
@@ -273,6 +276,25 @@ fn merge_parents(slots: &mut Vec<ParentSlot>, fresh: &[proto::Parent], blocked: 
     *slots = next;
 }
 
+/// Pieces not to ask a given parent for: it said it lacks them, or it is
+/// sending them to someone else right now (ask again shortly).
+#[derive(Default)]
+struct PieceAvoidance {
+    lacking: HashSet<(String, u32)>,
+    deferred: std::collections::HashMap<(String, u32), Instant>,
+}
+
+impl PieceAvoidance {
+    fn defer(&mut self, parent: &str, index: u32, until: Instant) {
+        self.deferred.insert((parent.to_string(), index), until);
+    }
+
+    fn avoids(&self, parent: &str, index: u32, now: Instant) -> bool {
+        let key = (parent.to_string(), index);
+        self.lacking.contains(&key) || self.deferred.get(&key).is_some_and(|until| *until > now)
+    }
+}
+
 /// The parent to ask for `index`: one that has it (least busy, seeds and
 /// sources last so they are not everyone's first choice), else the source,
 /// which will have it soon.
@@ -281,10 +303,9 @@ fn pick_parent(
     index: u32,
     per_parent: usize,
     now: Instant,
-    lacking: &HashSet<(String, u32)>,
+    avoid: &PieceAvoidance,
 ) -> Option<usize> {
-    let usable =
-        |s: &ParentSlot| s.available(now, per_parent) && !lacking.contains(&(s.id.clone(), index));
+    let usable = |s: &ParentSlot| s.available(now, per_parent) && !avoid.avoids(&s.id, index, now);
     let holders = slots
         .iter()
         .enumerate()
@@ -439,7 +460,7 @@ async fn from_peers(
 
     let mut inflight = FuturesUnordered::new();
     let mut inflight_pieces: HashSet<u32> = HashSet::new();
-    let mut lacking: HashSet<(String, u32)> = HashSet::new();
+    let mut avoid = PieceAvoidance::default();
     let mut refresh_at = Instant::now() + config.parent_refresh;
     last_progress = Instant::now();
     loop {
@@ -460,7 +481,7 @@ async fn from_peers(
                 index,
                 config.concurrent_pieces_per_parent,
                 now,
-                &lacking,
+                &avoid,
             ) else {
                 continue;
             };
@@ -489,7 +510,9 @@ async fn from_peers(
                 inflight_pieces.remove(&index);
                 if let Some(slot) = slots.iter_mut().find(|s| s.id == parent_id) {
                     slot.inflight = slot.inflight.saturating_sub(1);
-                    if result.as_ref().is_err_and(PeerError::is_soft) {
+                    if matches!(result, Err(PeerError::PieceBusy)) {
+                        avoid.defer(&parent_id, index, Instant::now() + COOLDOWN);
+                    } else if result.as_ref().is_err_and(PeerError::is_soft) {
                         slot.cooldown_until = Some(Instant::now() + COOLDOWN);
                     }
                 }
@@ -503,7 +526,7 @@ async fn from_peers(
                         // The parent lacks this piece (e.g. it discarded a
                         // damaged copy): ask others, keep it for the rest.
                         daemon.metrics.failure(PeerError::NotFound.metric_label());
-                        lacking.insert((parent_id.clone(), index));
+                        avoid.lacking.insert((parent_id.clone(), index));
                         match report_parent_failure(daemon, task, &parent_id, &PeerError::NotFound).await {
                             Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
                             Some(_) => return drain(daemon, task, reporter, &mut inflight, "elected back-to-source: no parent holds a piece").await,

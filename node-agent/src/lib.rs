@@ -6,10 +6,12 @@ pub mod admin;
 pub mod announcer;
 pub mod cli;
 pub mod config;
+pub mod containerd;
 pub mod daemon;
 pub mod downloader;
 pub mod hashring;
 pub mod metrics;
+pub mod mirror;
 pub mod peer_client;
 pub mod piece;
 pub mod piece_server;
@@ -34,6 +36,8 @@ use store::{Store, Watermarks};
 /// Addresses a running daemon actually bound (ports may be 0 in tests).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
+    /// Registry mirror.
+    pub proxy: SocketAddr,
     pub peer: SocketAddr,
     pub admin: SocketAddr,
 }
@@ -82,7 +86,11 @@ pub async fn run(
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin server on {}", config.admin_listen))?;
+    let proxy_listener = tokio::net::TcpListener::bind(config.proxy_listen)
+        .await
+        .with_context(|| format!("binding registry mirror on {}", config.proxy_listen))?;
     let bound = Bound {
+        proxy: proxy_listener.local_addr()?,
         peer: peer_listener.local_addr()?,
         admin: admin_listener.local_addr()?,
     };
@@ -98,7 +106,7 @@ pub async fn run(
         hostname,
         ip: config.advertised_ip().to_string(),
         peer_port: bound.peer.port() as u32,
-        proxy_port: config.proxy_listen.port() as u32,
+        proxy_port: bound.proxy.port() as u32,
         admin_port: bound.admin.port() as u32,
         r#type: if config.seed {
             proto::HostType::Seed as i32
@@ -112,6 +120,7 @@ pub async fn run(
     let daemon = Daemon::new(config.clone(), host_id.clone(), store, schedulers.clone())?;
     tracing::info!(
         host_id = %host_id,
+        proxy = %bound.proxy,
         peer = %bound.peer,
         admin = %bound.admin,
         seed = config.seed,
@@ -119,6 +128,7 @@ pub async fn run(
         "dfdaemon starting"
     );
 
+    let mirror_router = mirror::router(daemon.clone()).context("setting up the registry mirror")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
@@ -133,6 +143,7 @@ pub async fn run(
     };
     let peer_server = serve(peer_listener, piece_server::router(daemon.clone()));
     let admin_server = serve(admin_listener, admin::router(daemon.clone(), ready.clone()));
+    let proxy_server = serve(proxy_listener, mirror_router);
 
     if schedulers.is_configured() {
         schedulers.refresh().await;
@@ -153,11 +164,23 @@ pub async fn run(
         }
     });
 
+    if config.containerd.enabled {
+        // A node whose hosts.toml cannot be written still pulls straight
+        // from its registries: log it, keep serving peers.
+        if let Err(e) = containerd::on_start(&config.containerd, bound.proxy) {
+            tracing::error!(error = %e, "configuring containerd to use the mirror failed");
+        }
+    }
     ready.store(true, Ordering::SeqCst);
     on_bound(bound);
     shutdown.await;
     tracing::info!("dfdaemon shutting down");
     ready.store(false, Ordering::SeqCst);
+    if config.containerd.enabled {
+        if let Err(e) = containerd::on_stop(&config.containerd) {
+            tracing::error!(error = %e, "restoring containerd's hosts.toml files failed");
+        }
+    }
     schedulers.leave().await;
     let _ = stop_tx.send(true);
     for task in daemon.store.list() {
@@ -166,6 +189,7 @@ pub async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = peer_server.await;
         let _ = admin_server.await;
+        let _ = proxy_server.await;
     })
     .await;
     Ok(())

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub failures: Family<ReasonLabel, Counter>,
     pub cache_bytes: Gauge<u64, AtomicU64>,
     pub evictions: Counter,
+    pub mirror: crate::mirror::metrics::MirrorMetrics,
 }
 
 impl Metrics {
@@ -86,7 +87,9 @@ impl Metrics {
             "Tasks evicted by garbage collection",
             evictions.clone(),
         );
+        let mirror = crate::mirror::metrics::MirrorMetrics::register(&mut registry);
         Metrics {
+            mirror,
             registry,
             bytes,
             pieces,

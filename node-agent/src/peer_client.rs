@@ -30,6 +30,8 @@ pub enum PeerError {
     NotReady,
     #[error("parent has no free upload slot")]
     Busy,
+    #[error("parent is sending this piece to another peer")]
+    PieceBusy,
     #[error("parent does not have the task or piece")]
     NotFound,
     #[error("parent answered {0}")]
@@ -43,7 +45,10 @@ pub enum PeerError {
 impl PeerError {
     /// Soft failures say "not now", not "this parent is broken".
     pub fn is_soft(&self) -> bool {
-        matches!(self, PeerError::NotReady | PeerError::Busy)
+        matches!(
+            self,
+            PeerError::NotReady | PeerError::Busy | PeerError::PieceBusy
+        )
     }
 
     pub fn reason(&self) -> proto::FailureReason {
@@ -54,7 +59,7 @@ impl PeerError {
             PeerError::NotFound => R::NotFound,
             PeerError::DigestMismatch => R::DigestMismatch,
             PeerError::Server(_) | PeerError::Malformed(_) => R::ServerError,
-            PeerError::NotReady | PeerError::Busy => R::Slow,
+            PeerError::NotReady | PeerError::Busy | PeerError::PieceBusy => R::Slow,
         }
     }
 
@@ -64,6 +69,7 @@ impl PeerError {
             PeerError::Timeout => "peer_timeout",
             PeerError::NotReady => "peer_not_ready",
             PeerError::Busy => "peer_busy",
+            PeerError::PieceBusy => "peer_piece_busy",
             PeerError::NotFound => "peer_not_found",
             PeerError::Server(_) => "peer_server_error",
             PeerError::DigestMismatch => "peer_digest_mismatch",

@@ -29,6 +29,7 @@ use crate::task_request::TaskRequest;
 struct AppState {
     daemon: Arc<Daemon>,
     limiter: Option<Arc<RateLimiter>>,
+    claims: Claims,
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
@@ -42,7 +43,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/api/v1/tasks/{id}/content", get(task_content))
         .route("/api/v1/tasks/{id}/shape", get(task_shape))
         .route("/api/v1/tasks/{id}/pieces/{index}", get(piece))
-        .with_state(AppState { daemon, limiter })
+        .with_state(AppState {
+            daemon,
+            limiter,
+            claims: Claims::default(),
+        })
 }
 
 #[derive(Serialize)]
@@ -84,6 +89,7 @@ fn failure_response(failure: TaskFailure) -> Response {
 enum LookupError {
     InvalidId(String),
     Unknown(String),
+    Failed(TaskFailure),
 }
 
 impl IntoResponse for LookupError {
@@ -93,6 +99,7 @@ impl IntoResponse for LookupError {
                 error(StatusCode::BAD_REQUEST, format!("invalid task id {id:?}"))
             }
             LookupError::Unknown(id) => error(StatusCode::NOT_FOUND, format!("unknown task {id}")),
+            LookupError::Failed(failure) => failure_response(failure),
         }
     }
 }
@@ -101,10 +108,14 @@ fn find_task(daemon: &Daemon, id: &str) -> Result<Arc<StoredTask>, LookupError> 
     if !is_valid_task_id(id) {
         return Err(LookupError::InvalidId(id.to_string()));
     }
-    daemon
-        .store
-        .get(id)
-        .ok_or_else(|| LookupError::Unknown(id.to_string()))
+    if let Some(task) = daemon.store.get(id) {
+        return Ok(task);
+    }
+    // A task dropped because it failed still answers with why, for a while.
+    match daemon.recent_failure(id) {
+        Some(failure) => Err(LookupError::Failed(failure)),
+        None => Err(LookupError::Unknown(id.to_string())),
+    }
 }
 
 async fn create_task(
@@ -235,6 +246,17 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
         Ok(task) => task,
         Err(e) => return e.into_response(),
     };
+    // While this daemon still downloads the task, each piece goes to one
+    // peer at a time: a source's uplink then carries fresh pieces, and the
+    // children swap copies among themselves.
+    let claim = if task.is_complete() {
+        None
+    } else {
+        match UploadClaim::take(&state.claims, &id, index) {
+            Some(claim) => Some(claim),
+            None => return retry_later("piece-busy", "piece is being sent to another peer"),
+        }
+    };
     if !task.with_meta(|m| m.has_piece(index)) {
         if task.run_state() != RunState::Running {
             return error(StatusCode::NOT_FOUND, format!("piece {index} not held"));
@@ -248,24 +270,27 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
             Err(failure) => return failure_response(failure),
         }
     }
-    let Ok(_permit) = daemon.uploads.clone().try_acquire_owned() else {
+    if !daemon.progress(&id).may_upload(index) {
+        return retry_later(
+            "piece-busy",
+            "piece already handed to a peer; ask the peers",
+        );
+    }
+    let Ok(permit) = daemon.uploads.clone().try_acquire_owned() else {
         daemon.metrics.upload_rejected.inc();
-        let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "no free upload slot");
-        resp.headers_mut()
-            .insert(RETRY_REASON_HEADER, HeaderValue::from_static("busy"));
-        return resp;
+        return retry_later("busy", "no free upload slot");
     };
     let (data, digest) = match task.read_piece(index).await {
         Ok(found) => found,
         Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
     };
-    if let Some(limiter) = &state.limiter {
-        limiter.acquire(data.len() as u64).await;
-    }
     daemon.metrics.upload_bytes.inc_by(data.len() as u64);
     daemon.metrics.upload_pieces.inc();
     task.touch();
-    let mut resp = Response::new(Body::from(data));
+    let length = data.len();
+    let mut resp = Response::new(paced_body(data, state.limiter.clone(), (permit, claim)));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if let Ok(value) = HeaderValue::from_str(&digest) {
         resp.headers_mut().insert(PIECE_DIGEST_HEADER, value);
     }
@@ -274,6 +299,74 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
         HeaderValue::from_static("application/octet-stream"),
     );
     resp
+}
+
+/// Chunks a piece so the rate limit paces it evenly (no line-rate bursts
+/// that fill the link's queue), holding `held` (upload slot, piece claim)
+/// until the last chunk has been taken by the connection.
+fn paced_body<H: Send + 'static>(
+    data: bytes::Bytes,
+    limiter: Option<Arc<RateLimiter>>,
+    held: H,
+) -> Body {
+    const CHUNK: usize = 256 * 1024;
+    let chunks: Vec<bytes::Bytes> = (0..data.len())
+        .step_by(CHUNK)
+        .map(|i| data.slice(i..(i + CHUNK).min(data.len())))
+        .collect();
+    let sent = futures::stream::iter(chunks).then(move |chunk| {
+        let limiter = limiter.clone();
+        async move {
+            if let Some(limiter) = limiter {
+                limiter.acquire(chunk.len() as u64).await;
+            }
+            Ok::<_, std::io::Error>(chunk)
+        }
+    });
+    let release = futures::stream::once(async move {
+        drop(held);
+        None
+    })
+    .filter_map(|none: Option<Result<bytes::Bytes, std::io::Error>>| async move { none });
+    Body::from_stream(sent.chain(release))
+}
+
+fn retry_later(reason: &'static str, message: &str) -> Response {
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    resp.headers_mut()
+        .insert(RETRY_REASON_HEADER, HeaderValue::from_static(reason));
+    resp
+}
+
+type Claims = Arc<std::sync::Mutex<std::collections::HashSet<(String, u32)>>>;
+
+/// A piece being sent right now; released on drop.
+struct UploadClaim {
+    claims: Claims,
+    key: (String, u32),
+}
+
+impl UploadClaim {
+    fn take(claims: &Claims, task: &str, index: u32) -> Option<UploadClaim> {
+        let key = (task.to_string(), index);
+        let mut held = claims.lock().unwrap_or_else(|e| e.into_inner());
+        if !held.insert(key.clone()) {
+            return None;
+        }
+        Some(UploadClaim {
+            claims: claims.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for UploadClaim {
+    fn drop(&mut self) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 #[tracing::instrument(skip(state), fields(content_task = %id))]
@@ -305,15 +398,8 @@ async fn task_content(State(state): State<AppState>, Path(id): Path<String>) -> 
         Box::new(|_| {})
     };
     let stall = daemon.config.stall_timeout;
-    let judged = task.clone();
-    let verdict = futures::stream::once(async move {
-        crate::reader::await_verdict(&judged, stall).await;
-        None
-    })
-    .filter_map(|none: Option<Result<bytes::Bytes, std::io::Error>>| async move { none });
     let stream = crate::reader::stream_range(task, 0, length, stall, on_bytes)
-        .map(|r| r.map_err(std::io::Error::from))
-        .chain(verdict);
+        .map(|r| r.map_err(std::io::Error::from));
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(length));

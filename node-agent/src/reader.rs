@@ -74,6 +74,13 @@ pub fn stream_range(
         let chunk_end = piece_end.min(c.end);
         // Whole pieces are read so their digest is checked on every read.
         let (piece, _) = c.task.read_piece(index).await?;
+        if chunk_end == c.content_length {
+            // The last bytes go out only once the daemon has judged the
+            // content, so a client that has everything never finds
+            // rejected content still cached (Content-Length framing ends
+            // the response at the last byte, not at the stream's end).
+            await_verdict(&c.task, c.stall).await;
+        }
         let bytes =
             piece.slice((c.offset - piece_start) as usize..(chunk_end - piece_start) as usize);
         (c.on_bytes)(bytes.len() as u64);

@@ -37,6 +37,9 @@ const DROPPED_HEADERS: &[&str] = &[
 #[derive(Clone)]
 pub struct SourceClient {
     http: reqwest::Client,
+    /// Clients for registries with their own CA or skip-verify setting
+    /// (`mirror.registries`), by `host[:port]`.
+    per_host: Arc<std::collections::HashMap<String, reqwest::Client>>,
 }
 
 /// What happened to one ranged GET.
@@ -48,13 +51,58 @@ enum Attempt {
 
 impl SourceClient {
     pub fn new() -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        Ok(SourceClient {
+            http: Self::builder().build()?,
+            per_host: Arc::default(),
+        })
+    }
+
+    /// A client that also trusts each registry's own CA (or skips
+    /// verification) as the mirror settings say, so blobs download from
+    /// the same registries whose manifests the mirror reaches.
+    pub fn with_registry_tls(
+        mirror: &crate::mirror::config::MirrorConfig,
+    ) -> Result<Self, crate::mirror::upstream::UpstreamError> {
+        use crate::mirror::upstream::{tls_overrides, with_tls, UpstreamError};
+        let build = |b: reqwest::ClientBuilder, host: &str| {
+            b.build().map_err(|e| UpstreamError::Tls {
+                host: host.to_string(),
+                message: e.to_string(),
+            })
+        };
+        let mut per_host = std::collections::HashMap::new();
+        for (host, settings) in tls_overrides(mirror) {
+            let client = build(with_tls(Self::builder(), &host, settings)?, &host)?;
+            per_host.insert(host, client);
+        }
+        Ok(SourceClient {
+            http: build(Self::builder(), "*")?,
+            per_host: Arc::new(per_host),
+        })
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::limited(10))
             .no_gzip()
-            .build()?;
-        Ok(SourceClient { http })
+    }
+
+    /// The client for `url`'s host.
+    fn client_for(&self, url: &str) -> &reqwest::Client {
+        if self.per_host.is_empty() {
+            return &self.http;
+        }
+        let Ok(parsed) = url::Url::parse(url) else {
+            return &self.http;
+        };
+        let host = match (parsed.host_str(), parsed.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => return &self.http,
+        };
+        self.per_host.get(&host).unwrap_or(&self.http)
     }
 
     fn headers(caller: &BTreeMap<String, String>) -> HeaderMap {
@@ -122,7 +170,13 @@ impl SourceClient {
         headers: &HeaderMap,
         on_piece: &(dyn Fn(u32, u64) + Send + Sync),
     ) -> Result<Attempt, TaskFailure> {
-        let resp = match self.http.get(url).headers(headers.clone()).send().await {
+        let resp = match self
+            .client_for(url)
+            .get(url)
+            .headers(headers.clone())
+            .send()
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => return Ok(Attempt::Retry(e.to_string())),
         };
@@ -164,7 +218,7 @@ impl SourceClient {
                 continue;
             }
             let resp = match self
-                .http
+                .client_for(url)
                 .get(url)
                 .headers(headers.clone())
                 .header(RANGE, format!("bytes={}-{}", start, end - 1))
@@ -358,6 +412,38 @@ fn internal(e: impl ToString) -> TaskFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registries_with_their_own_tls_get_their_own_client() {
+        use crate::mirror::config::{MirrorConfig, RegistryConfig};
+        let mut mirror = MirrorConfig::default();
+        let skip = RegistryConfig {
+            insecure_skip_verify: true,
+            ..Default::default()
+        };
+        mirror.registries.insert("docker.io".into(), skip.clone());
+        mirror.registries.insert("Reg.Example:5443".into(), skip);
+        mirror
+            .registries
+            .insert("plain.example".into(), RegistryConfig::default());
+        let client = SourceClient::with_registry_tls(&mirror).unwrap();
+        let mut hosts: Vec<&String> = client.per_host.keys().collect();
+        hosts.sort();
+        assert_eq!(hosts, ["reg.example:5443", "registry-1.docker.io"]);
+        let own = client.client_for("https://reg.example:5443/v2/x/blobs/sha256:0");
+        assert!(std::ptr::eq(own, &client.per_host["reg.example:5443"]));
+        assert!(std::ptr::eq(
+            client.client_for("https://plain.example/x"),
+            &client.http
+        ));
+        assert!(std::ptr::eq(client.client_for("not a url"), &client.http));
+        let missing_ca = RegistryConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        mirror.registries.insert("ca.example".into(), missing_ca);
+        assert!(SourceClient::with_registry_tls(&mirror).is_err());
+    }
 
     #[test]
     fn runs_of_missing_pieces() {

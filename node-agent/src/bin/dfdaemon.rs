@@ -20,7 +20,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Point containerd at the mirror (apply), undo it (restore), or report
+    /// containerd settings that bypass it (check).
+    Containerd(node_agent::containerd::ContainerdArgs),
 }
 
 fn init_tracing() {
@@ -63,7 +66,16 @@ async fn main() -> std::process::ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Run(args)) => args,
+        Some(Command::Run(args)) => *args,
+        Some(Command::Containerd(args)) => {
+            return match node_agent::containerd::run_cli(args) {
+                Ok(code) => std::process::ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("dfdaemon containerd: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
         None => cli.run,
     };
     let config = match args.into_config() {

@@ -67,13 +67,14 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
         args.extend(["--label".into(), format!("{k}={v}")]);
     }
     args.extend([
+        "--containerd".into(),
         "--containerd-config-path".into(),
         spec.containerd.config_path.clone(),
         "--containerd-config".into(),
         containerd_config_in_pod(ctx),
     ]);
     for r in &spec.registries {
-        args.extend(["--registry".into(), r.clone()]);
+        args.extend(["--containerd-registry".into(), r.clone()]);
     }
     args.extend([
         "--config".into(),

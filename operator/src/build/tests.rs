@@ -185,7 +185,7 @@ fn custom_cluster_drops_seed_peers_and_uses_host_network() {
     );
     let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
     assert!(
-        args.contains("--registry docker.io --registry http://10.0.0.5:5000"),
+        args.contains("--containerd-registry docker.io --containerd-registry http://10.0.0.5:5000"),
         "{args}"
     );
     assert!(args.contains("--label zone=eu-west-1a"), "{args}");

@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# End-to-end: a real distribution registry (Debian docker-registry), real
+# containerd daemons (Debian containerd 1.6), a scheduler, a seed and two
+# dfdaemons standing for two nodes, all on loopback.
+#
+#  1. builds an image offline (umoci + busybox-static, plus a random layer)
+#     and pushes it to the registry;
+#  2. each dfdaemon starts with --containerd and writes its node's certs.d
+#     (an existing hosts.toml and certificate there are backed up first);
+#  3. node 1 pulls through its mirror with CRI PullImage (the kubelet path,
+#     which reads the daemon's config_path) and with `ctr images pull
+#     --hosts-dir`;
+#  4. node 2 pulls the same image the same two ways: the registry's access
+#     log must show 0 blob bytes for those pulls (the swarm served them);
+#  5. node 2 runs the image with `ctr run`;
+#  6. a second registry requires htpasswd credentials: pulls with them work
+#     (node 2's pull again takes 0 blob bytes from it); without them the
+#     mirror answers the registry's 401 and no blob bytes leave it, although
+#     the blobs are cached in the cluster;
+#  7. the first registry is stopped; node 3 (offline policy `any`) still pulls
+#     the image by digest from its peers and runs it;
+#  8. stopping the dfdaemons restores certs.d byte for byte.
+#
+# Bytes are counted from the registry's own access log, not our metrics.
+# Needs root (containerd, runc). Installs its packages when missing.
+# Usage: e2e/mirror/containerd-e2e.sh   (KEEP=1 keeps the work dir)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+WORK=$(mktemp -d /tmp/dragonfly-containerd-e2e.XXXXXX)
+REGISTRY=127.0.0.1:5055
+IMAGE=$REGISTRY/library/app:v1
+PRIVATE=127.0.0.1:5056
+PRIVATE_IMAGE=$PRIVATE/team/private:v1
+CREDS=alice:s3cret
+PIDS=()
+
+log() { printf '\n== %s\n' "$*"; }
+fail() { printf '\nFAIL: %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+  local code=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # Containers' rootfs mounts live under the work dir.
+  grep " $WORK/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  if [ "$code" -ne 0 ]; then
+    for f in "$WORK"/logs/*.log; do
+      [ -f "$f" ] && { echo "--- $f"; tail -n 25 "$f"; }
+    done
+  fi
+  if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
+  exit "$code"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need docker-registry || ! need containerd || ! need skopeo || ! need umoci || ! [ -x /bin/busybox ]; then
+  log "installing packages"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry containerd skopeo umoci busybox-static >/dev/null
+fi
+
+log "building dfdaemon and the scheduler"
+(cd "$ROOT" && cargo build -q -p dragonfly-node-agent -p dragonfly-scheduler --bins &&
+  cargo build -q -p dragonfly-e2e --example cri_pull)
+BIN=$ROOT/target/debug
+CRI_PULL=$BIN/examples/cri_pull
+mkdir -p "$WORK/logs"
+
+wait_http() { # URL
+  for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  fail "$1 not ready"
+}
+
+log "registry on $REGISTRY"
+cat >"$WORK/registry.yml" <<YML
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry-data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY
+YML
+docker-registry serve "$WORK/registry.yml" >"$WORK/logs/registry.log" 2>&1 &
+REGISTRY_PID=$!
+PIDS+=($REGISTRY_PID)
+wait_http "http://$REGISTRY/v2/"
+
+log "private registry on $PRIVATE (htpasswd)"
+python3 -W ignore -c 'import crypt; print("alice:" + crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH)))' >"$WORK/htpasswd"
+sed -e "s|addr: $REGISTRY|addr: $PRIVATE|" -e "s|registry-data|private-data|" "$WORK/registry.yml" >"$WORK/private.yml"
+cat >>"$WORK/private.yml" <<YML
+auth:
+  htpasswd:
+    realm: dragonfly-e2e
+    path: $WORK/htpasswd
+YML
+docker-registry serve "$WORK/private.yml" >"$WORK/logs/private.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$PRIVATE/v2/")" = 401 ] && break
+  sleep 0.1
+done
+
+log "building the image offline"
+cd "$WORK"
+umoci init --layout oci >/dev/null
+umoci new --image oci:app >/dev/null
+umoci unpack --rootless --image oci:app bundle >/dev/null
+mkdir -p bundle/rootfs/bin bundle/rootfs/data
+cp /bin/busybox bundle/rootfs/bin/busybox
+head -c $((24 * 1024 * 1024)) /dev/urandom >bundle/rootfs/data/random.bin
+umoci repack --image oci:app bundle >/dev/null
+umoci config --image oci:app --config.entrypoint /bin/busybox \
+  --config.cmd echo --config.cmd hello-from-dragonfly >/dev/null
+skopeo copy -q --dest-tls-verify=false oci:"$WORK/oci:app" "docker://$IMAGE"
+# The private image has a layer of its own.
+umoci unpack --rootless --image oci:app private-bundle >/dev/null
+head -c $((8 * 1024 * 1024)) /dev/urandom >private-bundle/rootfs/data/private.bin
+umoci repack --image oci:private private-bundle >/dev/null
+skopeo copy -q --dest-tls-verify=false --dest-creds "$CREDS" oci:"$WORK/oci:private" "docker://$PRIVATE_IMAGE"
+cd "$ROOT"
+
+log "scheduler, seed and three dfdaemons"
+"$BIN/dragonfly-scheduler" --listen 127.0.0.20:8002 --admin-listen 127.0.0.20:8000 \
+  >"$WORK/logs/scheduler.log" 2>&1 &
+PIDS+=($!)
+wait_http http://127.0.0.20:8000/readyz
+
+# Each node's certs.d starts with a hosts.toml and a certificate of its own,
+# which the mirror must keep as fallback and restore exactly.
+for n in 1 2 3; do
+  d=$WORK/node$n/certs.d/$REGISTRY
+  mkdir -p "$d"
+  printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$REGISTRY" "$REGISTRY" >"$d/hosts.toml"
+  printf 'not really a certificate %s\n' "$n" >"$d/ca.crt"
+  (cd "$WORK/node$n/certs.d" && find . -type f -print0 | sort -z | xargs -0 sha256sum) >"$WORK/node$n.before"
+done
+
+DFDAEMON_PIDS=()
+start_dfdaemon() { # NAME IP [extra args...]
+  local name=$1 ip=$2
+  shift 2
+  "$BIN/dfdaemon" run --data-dir "$WORK/$name/data" --scheduler 127.0.0.20:8002 \
+    --proxy-listen "$ip:65001" --peer-listen "$ip:65002" --admin-listen "$ip:40901" \
+    --advertise-ip "$ip" --hostname "$name" --cache-size 2GiB --heartbeat-interval 1s "$@" \
+    >"$WORK/logs/$name.log" 2>&1 &
+  PIDS+=($!)
+  DFDAEMON_PIDS+=($!)
+  wait_http "http://$ip:40901/readyz"
+}
+start_dfdaemon seed 127.0.0.21 --seed
+for n in 1 2 3; do
+  extra=()
+  # Node 3 never reaches the registry before the outage: it may serve
+  # what the cluster holds without asking it.
+  [ "$n" = 3 ] && extra=(--offline-policy any)
+  start_dfdaemon "node$n" "127.0.0.2$((n + 1))" --containerd \
+    --containerd-config-path "$WORK/node$n/certs.d" --containerd-registry "http://$REGISTRY" \
+    --containerd-registry "http://$PRIVATE" "${extra[@]}"
+done
+sleep 1.5 # one heartbeat: the scheduler knows every host
+
+echo "node1 hosts.toml written by dfdaemon:"
+cat "$WORK/node1/certs.d/$REGISTRY/hosts.toml"
+
+log "three containerd daemons"
+start_containerd() { # N
+  local n=$1 dir=$WORK/node$1/containerd
+  mkdir -p "$dir"
+  cat >"$dir/config.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+[grpc]
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd-ttrpc.sock"
+[debug]
+  address = "$dir/debug.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "$WORK/node$n/certs.d"
+TOML
+  containerd --config "$dir/config.toml" >"$WORK/logs/containerd$n.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do
+    ctr -a "$dir/containerd.sock" version >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  "$BIN/dfdaemon" containerd check --config-path "$WORK/node$n/certs.d" \
+    --containerd-config "$dir/config.toml"
+}
+start_containerd 1
+start_containerd 2
+start_containerd 3
+
+blob_bytes() { # [LOG] bytes of blob GETs in a registry's access log so far
+  { grep -E '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]+ HTTP/[0-9.]+" 20[06] ' "$WORK/logs/${1:-registry}.log" || true; } |
+    sed -E 's/.*" 20[06] ([0-9]+) .*/\1/' | awk '{s += $1} END {print s + 0}'
+}
+
+cri_pull() { # N [REF [USER:PASSWORD]]
+  local n=$1 ref=${2:-$IMAGE}
+  shift $(($# < 2 ? $# : 2))
+  "$CRI_PULL" "$WORK/node$n/containerd/containerd.sock" "$ref" "$@" >>"$WORK/logs/cri-pull$n.log" 2>&1 ||
+    fail "CRI pull on node $n: $(tail -n 5 "$WORK/logs/cri-pull$n.log")"
+  echo "node $n CRI PullImage: $(tail -n 1 "$WORK/logs/cri-pull$n.log")"
+}
+
+pull() { # N [REF [ctr pull options...]]
+  local n=$1 ref=${2:-$IMAGE}
+  shift $(($# < 2 ? $# : 2))
+  ctr -a "$WORK/node$n/containerd/containerd.sock" images pull --snapshotter native \
+    --hosts-dir "$WORK/node$n/certs.d" "$@" "$ref" >"$WORK/logs/pull$n.log" 2>&1 ||
+    fail "pull on node $n: $(tail -n 5 "$WORK/logs/pull$n.log")"
+}
+
+log "pull on node 1"
+before=$(blob_bytes)
+start=$(date +%s.%N)
+cri_pull 1
+pull 1
+node1_bytes=$(( $(blob_bytes) - before ))
+echo "node 1 pulled in $(echo "$(date +%s.%N) - $start" | bc) s; registry served $node1_bytes blob bytes"
+[ "$node1_bytes" -gt $((24 * 1024 * 1024)) ] || fail "node 1's pull did not reach the registry as expected ($node1_bytes bytes)"
+
+log "pull on node 2"
+before=$(blob_bytes)
+start=$(date +%s.%N)
+cri_pull 2
+pull 2
+node2_bytes=$(( $(blob_bytes) - before ))
+echo "node 2 pulled in $(echo "$(date +%s.%N) - $start" | bc) s; registry served $node2_bytes blob bytes"
+[ "$node2_bytes" -eq 0 ] || fail "node 2 fetched $node2_bytes blob bytes from the registry"
+grep -q "mirror" "$WORK/logs/node2.log" || true
+curl -fsS http://127.0.0.23:40901/metrics | grep -E '^dfdaemon_(mirror_requests|mirror_blob_bytes|mirror_blobs_served|download_bytes)' || true
+
+log "run the image on node 2"
+out=$(ctr -a "$WORK/node2/containerd/containerd.sock" run --rm --snapshotter native "$IMAGE" e2e-run 2>&1) ||
+  fail "ctr run: $out"
+echo "$out"
+[ "$out" = "hello-from-dragonfly" ] || fail "unexpected container output"
+
+log "private registry: credentials pass through, cached blobs stay private"
+before=$(blob_bytes private)
+pull 1 "$PRIVATE_IMAGE" --user "$CREDS"
+p1=$(( $(blob_bytes private) - before ))
+echo "node 1 pulled the private image with credentials; registry served $p1 blob bytes"
+[ "$p1" -gt $((8 * 1024 * 1024)) ] || fail "node 1's private pull served $p1 blob bytes"
+layer=$(skopeo inspect --tls-verify=false --creds "$CREDS" --raw "docker://$PRIVATE_IMAGE" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][-1]["digest"])')
+before=$(blob_bytes private)
+headers=$(curl -s -D - -o /dev/null -H "X-Dragonfly-Registry: http://$PRIVATE" \
+  "http://127.0.0.23:65001/v2/team/private/blobs/$layer")
+echo "$headers" | head -n 1 | grep -q " 401" || fail "mirror served a private blob without credentials: $headers"
+echo "$headers" | grep -qi '^www-authenticate: Basic realm="dragonfly-e2e"' || fail "challenge not relayed: $headers"
+echo "node 2 without credentials: $(echo "$headers" | head -n 1 | tr -d '\r'), $(echo "$headers" | grep -i '^www-authenticate' | tr -d '\r')"
+if ctr -a "$WORK/node2/containerd/containerd.sock" images pull --snapshotter native \
+  --hosts-dir "$WORK/node2/certs.d" "$PRIVATE_IMAGE" >"$WORK/logs/pull2-nocreds.log" 2>&1; then
+  fail "node 2 pulled the private image without credentials"
+fi
+[ "$(( $(blob_bytes private) - before ))" -eq 0 ] || fail "blob bytes left the private registry for a client without credentials"
+echo "node 2 ctr pull without credentials refused; 0 blob bytes left the registry"
+before=$(blob_bytes private)
+pull 2 "$PRIVATE_IMAGE" --user "$CREDS"
+p2=$(( $(blob_bytes private) - before ))
+echo "node 2 pulled the private image with credentials; registry served $p2 blob bytes"
+[ "$p2" -eq 0 ] || fail "node 2's private pull took $p2 blob bytes from the registry"
+
+log "registry outage: node 3 pulls by digest from its peers"
+digest=$(ctr -a "$WORK/node1/containerd/containerd.sock" images ls | awk -v ref="$IMAGE" '$1 == ref {print $3}')
+[ -n "$digest" ] || fail "no digest for $IMAGE on node 1"
+kill "$REGISTRY_PID"
+wait "$REGISTRY_PID" 2>/dev/null || true
+curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null && fail "registry still answers"
+start=$(date +%s.%N)
+pull 3 "$REGISTRY/library/app@$digest"
+echo "node 3 pulled $REGISTRY/library/app@$digest in $(echo "$(date +%s.%N) - $start" | bc) s with the registry down"
+out=$(ctr -a "$WORK/node3/containerd/containerd.sock" run --rm --snapshotter native "$REGISTRY/library/app@$digest" e2e-run3 2>&1) ||
+  fail "ctr run on node 3: $out"
+echo "$out"
+[ "$out" = "hello-from-dragonfly" ] || fail "unexpected container output on node 3"
+
+log "stopping dfdaemons restores certs.d"
+for pid in "${DFDAEMON_PIDS[@]}"; do kill -TERM "$pid"; done
+for pid in "${DFDAEMON_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+for n in 1 2 3; do
+  (cd "$WORK/node$n/certs.d" && find . -type f -print0 | sort -z | xargs -0 sha256sum) >"$WORK/node$n.after"
+  diff -u "$WORK/node$n.before" "$WORK/node$n.after" || fail "node $n certs.d differs after restore"
+  echo "node $n certs.d byte-identical after restore"
+done
+
+log "PASS: node 1 pulled $node1_bytes blob bytes from the registry, node 2 pulled 0 and ran the image, node 3 pulled by digest during the outage"

@@ -1,0 +1,87 @@
+//! The completion-time CDF of every scenario, drawn as a PNG.
+
+use plotters::prelude::*;
+use std::path::Path;
+
+use super::report::BenchReport;
+
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Registers a system font for labels (plotters draws text with ab_glyph).
+fn register_font() -> anyhow::Result<()> {
+    let path = FONT_PATHS
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!("no DejaVuSans.ttf found (apt-get install fonts-dejavu-core)")
+        })?;
+    let bytes: &'static [u8] = Box::leak(std::fs::read(path)?.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("{path} is not a usable font"))?;
+    Ok(())
+}
+
+pub fn cdf_png(report: &BenchReport, out: &Path) -> anyhow::Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(out, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_x = report.scenarios.iter().map(|s| s.max_s).fold(1.0, f64::max) * 1.05;
+    let t_star = report.scenarios.first().map(|s| s.t_star_s).unwrap_or(0.0);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Completion time CDF: {} hosts, {} x {} MiB, {} Mbit/s links",
+                report.hosts, report.layers, report.layer_mib, report.node_mbit
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..max_x, 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the pulls started")
+        .y_desc("share of hosts done")
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, s) in report.scenarios.iter().enumerate() {
+        let mut times: Vec<f64> = s.hosts.iter().filter(|h| h.ok).map(|h| h.seconds).collect();
+        times.sort_by(f64::total_cmp);
+        let n = s.hosts.len().max(1) as f64;
+        let mut points = vec![(0.0, 0.0)];
+        for (k, t) in times.iter().enumerate() {
+            points.push((*t, k as f64 / n));
+            points.push((*t, (k + 1) as f64 / n));
+        }
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(3)))?
+            .label(format!("{}. {}", s.key, s.title))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+    }
+    if t_star > 0.0 {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(t_star, 0.0), (t_star, 1.0)],
+                BLACK.mix(0.4).stroke_width(1),
+            ))?
+            .label("T* (physical limit)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

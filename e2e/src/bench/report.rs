@@ -1,0 +1,182 @@
+//! Figures of a benchmark run: per-scenario completion times against the
+//! physical limit, origin and peer bytes, and the fault matrix; printed as a
+//! table and written as JSON.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostTime {
+    pub host: String,
+    pub seconds: f64,
+    pub ok: bool,
+    pub corrupt_blobs: u32,
+    pub retries: u32,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub key: String,
+    pub title: String,
+    pub hosts: Vec<HostTime>,
+    pub p50_s: f64,
+    pub max_s: f64,
+    pub image_bytes: u64,
+    pub origin_bytes: u64,
+    pub origin_ratio: f64,
+    pub peer_bytes: u64,
+    pub t_star_s: f64,
+    pub max_over_t_star: f64,
+    pub p50_over_t_star: f64,
+    /// Against scenario a (direct), by slowest host.
+    pub speedup_vs_direct: Option<f64>,
+    pub failed_pulls: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FaultReport {
+    pub fault: String,
+    pub description: String,
+    pub failed_pulls: usize,
+    pub corrupt_blobs: u32,
+    pub retries: u32,
+    pub extra_origin_bytes: i64,
+    pub max_s: f64,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub hosts: usize,
+    pub layers: usize,
+    pub layer_mib: usize,
+    pub node_mbit: u32,
+    pub origin_mbit: u32,
+    pub scenarios: Vec<ScenarioReport>,
+    pub faults: Vec<FaultReport>,
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+impl ScenarioReport {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: &str,
+        title: &str,
+        hosts: Vec<HostTime>,
+        image_bytes: u64,
+        origin_bytes: u64,
+        peer_bytes: u64,
+        t_star_s: f64,
+    ) -> Self {
+        let mut times: Vec<f64> = hosts.iter().filter(|h| h.ok).map(|h| h.seconds).collect();
+        times.sort_by(f64::total_cmp);
+        let p50 = percentile(&times, 0.5);
+        let max = times.last().copied().unwrap_or(0.0);
+        ScenarioReport {
+            key: key.into(),
+            title: title.into(),
+            failed_pulls: hosts.iter().filter(|h| !h.ok).count(),
+            hosts,
+            p50_s: p50,
+            max_s: max,
+            image_bytes,
+            origin_bytes,
+            origin_ratio: origin_bytes as f64 / image_bytes.max(1) as f64,
+            peer_bytes,
+            t_star_s,
+            max_over_t_star: max / t_star_s,
+            p50_over_t_star: p50 / t_star_s,
+            speedup_vs_direct: None,
+        }
+    }
+}
+
+impl BenchReport {
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{} hosts, image {} x {} MiB, nodes {} Mbit/s, origin {} Mbit/s\n\n",
+            self.hosts, self.layers, self.layer_mib, self.node_mbit, self.origin_mbit
+        );
+        out.push_str(&format!(
+            "{:<34} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>10} {:>8} {:>6}\n",
+            "scenario",
+            "p50 s",
+            "max s",
+            "T* s",
+            "p50/T*",
+            "max/T*",
+            "origin x",
+            "peers MiB",
+            "speedup",
+            "failed"
+        ));
+        for s in &self.scenarios {
+            out.push_str(&format!(
+                "{:<34} {:>7.1} {:>7.1} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>10.0} {:>8} {:>6}\n",
+                format!("{}. {}", s.key, s.title),
+                s.p50_s,
+                s.max_s,
+                s.t_star_s,
+                s.p50_over_t_star,
+                s.max_over_t_star,
+                s.origin_ratio,
+                s.peer_bytes as f64 / (1024.0 * 1024.0),
+                s.speedup_vs_direct
+                    .map(|x| format!("{x:.1}x"))
+                    .unwrap_or_else(|| "-".into()),
+                s.failed_pulls
+            ));
+        }
+        if !self.faults.is_empty() {
+            out.push_str(&format!(
+                "\n{:<22} {:>7} {:>8} {:>8} {:>14} {:>7}\n",
+                "fault", "failed", "corrupt", "retries", "extra origin", "max s"
+            ));
+            for f in &self.faults {
+                out.push_str(&format!(
+                    "{:<22} {:>7} {:>8} {:>8} {:>11.1} MiB {:>7.1}\n",
+                    f.fault,
+                    f.failed_pulls,
+                    f.corrupt_blobs,
+                    f.retries,
+                    f.extra_origin_bytes as f64 / (1024.0 * 1024.0),
+                    f.max_s
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_ratios() {
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.5), 2.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+        let hosts = (1..=4)
+            .map(|i| HostTime {
+                host: format!("n{i}"),
+                seconds: i as f64,
+                ok: i != 4,
+                corrupt_blobs: 0,
+                retries: 0,
+                error: None,
+            })
+            .collect();
+        let r = ScenarioReport::new("c", "cold", hosts, 100, 100, 300, 2.0);
+        assert_eq!(r.failed_pulls, 1);
+        assert_eq!(r.max_s, 3.0);
+        assert_eq!(r.max_over_t_star, 1.5);
+        assert_eq!(r.origin_ratio, 1.0);
+    }
+}

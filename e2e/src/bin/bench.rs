@@ -1,0 +1,221 @@
+//! dragonfly-bench: the multi-host benchmark and fault matrix in network
+//! namespaces (`run`, as root), plus the small programs it runs inside the
+//! namespaces: the origin registry, the containerd-like puller, a GET probe.
+
+use clap::{Parser, Subcommand};
+use dragonfly_e2e::bench::image::{Image, REPOSITORY, TAG};
+use dragonfly_e2e::bench::pull::PullTarget;
+use dragonfly_e2e::bench::scenarios::{self, BenchConfig, ALL_FAULTS};
+use dragonfly_e2e::registry::FakeRegistry;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "dragonfly-bench",
+    about = "Multi-host distribution benchmark and fault matrix in network namespaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the benchmark (needs root: namespaces, veth, tc).
+    Run(RunArgs),
+    /// Serve the generated image as an OCI registry (runs in the origin namespace).
+    Origin(OriginArgs),
+    /// Pull the image like containerd and print the result as JSON.
+    Pull(PullArgs),
+    /// GET a URL and print the body (probes inside namespaces).
+    Get { url: String },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, default_value_t = 8)]
+    hosts: usize,
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    #[arg(long, default_value_t = 128)]
+    layer_mib: usize,
+    #[arg(long, default_value_t = 100)]
+    node_mbit: u32,
+    #[arg(long, default_value_t = 100)]
+    origin_mbit: u32,
+    /// Scenarios to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    scenarios: Vec<String>,
+    /// Faults to inject (`all`, `none`, or a list).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    faults: Vec<String>,
+    /// Pull through dfdaemon's task API rather than its registry mirror.
+    #[arg(long)]
+    task_api: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where the JSON report and the PNG plot go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Keep data dirs and process logs here (default: a temp dir, removed).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct OriginArgs {
+    #[arg(long)]
+    listen: String,
+    #[arg(long)]
+    stats_listen: String,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    layers: usize,
+    #[arg(long)]
+    layer_mib: usize,
+}
+
+#[derive(clap::Args)]
+struct PullArgs {
+    #[arg(long)]
+    base: String,
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    #[arg(long)]
+    ns: Option<String>,
+    #[arg(long)]
+    task_api: Option<String>,
+    #[arg(long, default_value_t = 3)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+}
+
+async fn origin(args: OriginArgs) -> anyhow::Result<()> {
+    let image = Image::generate(args.seed, args.layers, args.layer_mib << 20);
+    let registry = FakeRegistry::start(&args.listen, None).await?;
+    for layer in &image.layers {
+        registry.push_blob(layer.clone());
+    }
+    registry.push_blob(image.config.clone());
+    registry.push_manifest(REPOSITORY, TAG, image.manifest.clone());
+    let image_bytes = image.size();
+    drop(image);
+    dragonfly_e2e::bench::cluster::serve_origin_stats(&args.stats_listen, registry, image_bytes)
+        .await
+}
+
+async fn pull(args: PullArgs) -> anyhow::Result<()> {
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow::anyhow!("header {h:?} is not 'Name: value'"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let target = PullTarget {
+        base: args.base,
+        repository: REPOSITORY.into(),
+        tag: TAG.into(),
+        headers,
+        ns: args.ns,
+        concurrency: args.concurrency,
+        attempts: args.attempts,
+        task_api: args.task_api,
+    };
+    let result = target.pull().await;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+async fn get(url: String) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let resp = client
+        .get(&url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?;
+    print!("{}", resp.text().await?);
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let faults: Vec<String> = match args.faults.as_slice() {
+        [one] if one == "all" => ALL_FAULTS.iter().map(|s| s.to_string()).collect(),
+        [one] if one == "none" => Vec::new(),
+        list => list.to_vec(),
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let temp = tempfile::Builder::new()
+        .prefix("dragonfly-bench-")
+        .tempdir()?;
+    let work = match &args.workdir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => temp.path().to_path_buf(),
+    };
+    let config = BenchConfig {
+        hosts: args.hosts,
+        layers: args.layers,
+        layer_mib: args.layer_mib,
+        node_mbit: args.node_mbit,
+        origin_mbit: args.origin_mbit,
+        seed: args.seed,
+        scenarios: args.scenarios,
+        faults,
+        task_api: args.task_api,
+        work,
+    };
+    // Ctrl-C drops the run, which kills every process and deletes every
+    // namespace on the way out.
+    let report = tokio::select! {
+        report = scenarios::run(config) => report?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; processes stopped and namespaces removed"),
+    };
+    let table = report.table();
+    println!("{table}");
+    let json = args.out.join("bench.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(args.out.join("bench.txt"), &table)?;
+    let png = args.out.join("bench-cdf.png");
+    dragonfly_e2e::bench::plot::cdf_png(&report, &png)?;
+    println!(
+        "wrote {}, {} and {}",
+        json.display(),
+        args.out.join("bench.txt").display(),
+        png.display()
+    );
+    let failed: usize = report
+        .scenarios
+        .iter()
+        .map(|s| s.failed_pulls)
+        .sum::<usize>()
+        + report.faults.iter().map(|f| f.failed_pulls).sum::<usize>();
+    let corrupt: u32 = report
+        .scenarios
+        .iter()
+        .flat_map(|s| s.hosts.iter().map(|h| h.corrupt_blobs))
+        .sum::<u32>()
+        + report.faults.iter().map(|f| f.corrupt_blobs).sum::<u32>();
+    if failed > 0 || corrupt > 0 {
+        anyhow::bail!("{failed} failed pull(s), {corrupt} corrupt blob(s) delivered");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Origin(args) => origin(args).await,
+        Command::Pull(args) => pull(args).await,
+        Command::Get { url } => get(url).await,
+    }
+}

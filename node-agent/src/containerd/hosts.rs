@@ -1,0 +1,176 @@
+//! One registry's `hosts.toml`: the local mirror as the first host, with the
+//! header naming the real upstream, merged into whatever the node already
+//! had (its `server`, its other hosts, their certificates), which keep
+//! working after the mirror as fallbacks.
+
+use toml_edit::{value, Array, DocumentMut, Item, Table};
+
+use super::ContainerdError;
+
+/// The header the mirror reads its upstream from.
+pub const REGISTRY_HEADER: &str = "X-Dragonfly-Registry";
+
+const BANNER: &str = "# Managed by dfdaemon: pulls try the Dragonfly mirror first, then the hosts below.\n# `dfdaemon containerd restore` puts back what was here before.\n";
+
+/// A registry to mirror, as named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registry {
+    /// Directory under containerd's config_path: `host[:port]` or `_default`.
+    pub dir: String,
+    /// The upstream's URL (`scheme://host[:port]`); none for `_default`,
+    /// where containerd falls back to each image's own registry.
+    pub server: Option<String>,
+}
+
+impl Registry {
+    /// `HOST` means `https://HOST`; `docker.io` means Docker Hub's registry
+    /// host; a URL names the scheme too; `_default` covers every registry
+    /// without a directory of its own.
+    pub fn parse(arg: &str) -> Result<Registry, ContainerdError> {
+        let bad = |why: &str| ContainerdError::BadRegistry(arg.to_string(), why.to_string());
+        let arg = arg.trim();
+        if arg == "_default" {
+            return Ok(Registry {
+                dir: "_default".into(),
+                server: None,
+            });
+        }
+        let (scheme, rest) = match arg.split_once("://") {
+            Some((s, rest)) if s.eq_ignore_ascii_case("http") => ("http", rest),
+            Some((s, rest)) if s.eq_ignore_ascii_case("https") => ("https", rest),
+            Some(_) => return Err(bad("only http and https URLs")),
+            None => ("https", arg),
+        };
+        let host = rest.strip_suffix('/').unwrap_or(rest).to_ascii_lowercase();
+        let url =
+            url::Url::parse(&format!("{scheme}://{host}/")).map_err(|e| bad(&e.to_string()))?;
+        let authority = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => return Err(bad("no host")),
+        };
+        if authority != host || host.starts_with('.') {
+            return Err(bad(
+                "expected host[:port] or http(s)://host[:port] without a path",
+            ));
+        }
+        let server_host = match host.as_str() {
+            "docker.io" | "index.docker.io" => "registry-1.docker.io",
+            h => h,
+        };
+        let dir = match host.as_str() {
+            "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+            h => h.to_string(),
+        };
+        Ok(Registry {
+            dir,
+            server: Some(format!("{scheme}://{server_host}")),
+        })
+    }
+}
+
+/// The hosts.toml for `registry` given the node's original file (empty when
+/// there was none). Pure, so applying twice gives the same bytes.
+pub fn render(
+    original: &str,
+    registry: &Registry,
+    mirror: &str,
+) -> Result<String, ContainerdError> {
+    let mut doc: DocumentMut = original
+        .parse()
+        .map_err(|e: toml_edit::TomlError| ContainerdError::BadHostsToml(e.to_string()))?;
+    if let (Some(server), false) = (&registry.server, doc.contains_key("server")) {
+        doc.insert("server", value(server.as_str()));
+    }
+    // Ours goes before every table already there (containerd tries hosts
+    // in file order) but after the root keys, which print at position 0:
+    // existing tables move two places down to make room.
+    for (_, item) in doc.iter_mut() {
+        if let Some(table) = item.as_table_mut() {
+            shift_positions(table, 2);
+        }
+    }
+    let hosts = doc
+        .entry("host")
+        .or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        })
+        .as_table_mut()
+        .ok_or_else(|| ContainerdError::BadHostsToml("`host` is not a table".into()))?;
+    hosts.remove(mirror);
+    let mut entry = Table::new();
+    entry.set_position(1);
+    let mut capabilities = Array::new();
+    capabilities.push("pull");
+    capabilities.push("resolve");
+    entry.insert("capabilities", value(capabilities));
+    if let Some(server) = &registry.server {
+        let mut header = Table::new();
+        header.set_position(2);
+        let mut values = Array::new();
+        values.push(server.as_str());
+        header.insert(REGISTRY_HEADER, value(values));
+        entry.insert("header", Item::Table(header));
+    }
+    hosts.insert(mirror, Item::Table(entry));
+    let mut text = doc.to_string();
+    if !text.starts_with(BANNER) {
+        text.insert_str(0, BANNER);
+    }
+    Ok(text)
+}
+
+fn shift_positions(table: &mut Table, by: isize) {
+    if let Some(p) = table.position() {
+        table.set_position(p + by);
+    }
+    for (_, item) in table.iter_mut() {
+        if let Some(t) = item.as_table_mut() {
+            shift_positions(t, by);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_arguments() {
+        let r = |dir: &str, server: Option<&str>| Registry {
+            dir: dir.into(),
+            server: server.map(Into::into),
+        };
+        assert_eq!(
+            Registry::parse("docker.io").unwrap(),
+            r("docker.io", Some("https://registry-1.docker.io"))
+        );
+        assert_eq!(
+            Registry::parse("registry.example.com").unwrap(),
+            r("registry.example.com", Some("https://registry.example.com"))
+        );
+        assert_eq!(
+            Registry::parse("http://10.0.0.5:5000").unwrap(),
+            r("10.0.0.5:5000", Some("http://10.0.0.5:5000"))
+        );
+        assert_eq!(
+            Registry::parse("HTTPS://Quay.io/").unwrap(),
+            r("quay.io", Some("https://quay.io"))
+        );
+        assert_eq!(Registry::parse("_default").unwrap(), r("_default", None));
+        for bad in [
+            "ftp://x",
+            "x/y",
+            "../etc",
+            "https://x/v2",
+            "a b",
+            "",
+            "user@x",
+            "..",
+        ] {
+            assert!(Registry::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

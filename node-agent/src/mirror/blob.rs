@@ -1,0 +1,388 @@
+//! Blobs: served from the P2P core with the digest as the task id, streamed
+//! as pieces arrive. Before anything from the cluster reaches a caller, the
+//! upstream confirms (or has recently confirmed) that the caller's
+//! credentials can read the blob's repository.
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::sync::Arc;
+
+use super::auth::AuthKey;
+use super::proxy;
+use super::range::{self, RangeError};
+use super::{oci_error, Ctx, Mirror};
+use crate::daemon::StartError;
+use crate::store::{StoredTask, TaskFailure};
+use crate::task_id::task_id_for_digest;
+use crate::task_request::TaskRequest;
+
+pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) -> Response {
+    let path = format!("/v2/{name}/blobs/{digest}");
+    // Only sha256 digests key the content store; other algorithms, and
+    // requests another dfdaemon already handled, go straight upstream.
+    let task_id = match task_id_for_digest(digest) {
+        Ok(id) if !ctx.relayed => id,
+        _ => return relay_upstream(mirror, ctx, &path).await,
+    };
+    // A malformed Range is refused before any upstream work.
+    let ranges = match ctx.headers.get(header::RANGE) {
+        None => None,
+        Some(value) => match value
+            .to_str()
+            .map_err(|_| RangeError::Malformed("non-ASCII".into()))
+            .and_then(range::parse)
+        {
+            Ok(specs) => Some(specs),
+            Err(e) => return range_error(&e, None),
+        },
+    };
+    let local = mirror
+        .daemon
+        .store
+        .get(&task_id)
+        .filter(|t| t.is_complete());
+    let upstream_length = match check_access(mirror, ctx, name, &path).await {
+        Ok(length) => length,
+        Err(resp) => return resp,
+    };
+    if ctx.is_head() {
+        let length = local
+            .as_ref()
+            .and_then(|t| t.with_meta(|m| m.content_length))
+            .or(upstream_length);
+        return match length {
+            Some(length) => head_response(digest, length),
+            None => proxy::forward(mirror, ctx, &path).await,
+        };
+    }
+    let source = if local.is_some() { "local" } else { "swarm" };
+    let request = TaskRequest {
+        url: ctx.upstream.url(&path),
+        headers: origin_headers(ctx, &mirror.daemon.host_id),
+        digest: Some(digest.to_string()),
+        ..Default::default()
+    };
+    let task = match mirror.daemon.start_task(request) {
+        Ok(task) => task,
+        Err(StartError::BadRequest(message)) => {
+            return oci_error(StatusCode::BAD_REQUEST, "BLOB_UNKNOWN", &message)
+        }
+        Err(e) => return oci_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
+    };
+    let stall = mirror.daemon.config.stall_timeout;
+    let length = match task.wait_shape(stall).await {
+        Ok(Some((length, _))) => length,
+        Ok(None) => {
+            return oci_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "UNAVAILABLE",
+                &format!("blob length not known within {stall:?}"),
+            )
+        }
+        Err(failure) => return failure_response(&failure),
+    };
+    task.touch();
+    tracing::debug!(task = %task.id, length, source, ranges = ?ranges, "serving blob");
+    let on_bytes = {
+        let mirror = mirror.clone();
+        move || -> Box<dyn Fn(u64) + Send + Sync> {
+            let mirror = mirror.clone();
+            Box::new(move |n| mirror.metrics().blob_bytes(source, n))
+        }
+    };
+    let stall = mirror.daemon.config.stall_timeout;
+    let Some(specs) = ranges else {
+        let counting = count_whole_blob(mirror.clone(), task.clone(), source, length, on_bytes());
+        let stream = crate::reader::stream_range(task, 0, length, stall, counting);
+        return body_response(
+            StatusCode::OK,
+            digest,
+            length,
+            Body::from_stream(io(stream)),
+        );
+    };
+    let resolved = match range::resolve(&specs, length) {
+        Ok(resolved) => resolved,
+        Err(e) => return range_error(&e, Some(length)),
+    };
+    if let [(start, end)] = resolved[..] {
+        let stream = crate::reader::stream_range(task, start, end, stall, on_bytes());
+        let mut resp = body_response(
+            StatusCode::PARTIAL_CONTENT,
+            digest,
+            end - start,
+            Body::from_stream(io(stream)),
+        );
+        if let Ok(v) = HeaderValue::from_str(&range::content_range(start, end, length)) {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        return resp;
+    }
+    multipart(task, digest, length, &resolved, stall, on_bytes)
+}
+
+/// Asks the upstream whether the caller may read the blob, unless it said
+/// yes recently. `Ok(Some(length))` when a HEAD told the blob's length; an
+/// error answer (the upstream's own 401/403/404, or 502) otherwise.
+pub(super) async fn check_access(
+    mirror: &Mirror,
+    ctx: &Ctx,
+    name: &str,
+    path: &str,
+) -> Result<Option<u64>, Response> {
+    let key = AuthKey::new(&ctx.upstream.host, name, ctx.authorization());
+    if mirror.auth.is_fresh(&key) {
+        mirror.metrics().auth("cached");
+        return Ok(None);
+    }
+    let mut headers = proxy::forwarded_headers(&ctx.headers, &mirror.daemon.host_id);
+    headers.remove(header::RANGE);
+    let outcome = proxy::send_with(mirror, ctx, Method::HEAD, path, headers).await;
+    let why = match outcome {
+        Ok(resp) if resp.status().is_success() => {
+            mirror.auth.record_allowed(&key);
+            mirror.metrics().auth("allowed");
+            let length = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            return Ok(length);
+        }
+        Ok(resp) if !resp.status().is_server_error() => {
+            if matches!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
+                mirror.auth.record_denied(&key);
+                mirror.metrics().auth("denied");
+            }
+            // The upstream's answer, challenge included, goes back as is.
+            return Err(proxy::relay(resp, true, None));
+        }
+        Ok(resp) => format!("upstream answered {}", resp.status()),
+        Err(e) => e.to_string(),
+    };
+    if mirror
+        .auth
+        .allowed_offline(&key, mirror.config.offline_policy)
+    {
+        mirror.metrics().auth("offline_allowed");
+        tracing::warn!(reason = %why, "upstream unavailable; serving from the cluster as the offline policy allows");
+        return Ok(None);
+    }
+    mirror.metrics().auth("offline_denied");
+    Err(oci_error(
+        StatusCode::BAD_GATEWAY,
+        "UNAVAILABLE",
+        &format!("cannot confirm access with the upstream: {why}"),
+    ))
+}
+
+/// Headers the back-to-source download sends the registry: the caller's
+/// credentials and the loop guard.
+pub(super) fn origin_headers(
+    ctx: &Ctx,
+    host_id: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(auth) = ctx
+        .authorization()
+        .and_then(|a| std::str::from_utf8(a).ok())
+    {
+        out.insert("Authorization".to_string(), auth.to_string());
+    }
+    out.insert(super::VIA_HEADER.to_string(), host_id.to_string());
+    out
+}
+
+async fn relay_upstream(mirror: &Mirror, ctx: &Ctx, path: &str) -> Response {
+    match proxy::send(mirror, ctx, ctx.method.clone(), path).await {
+        Ok(resp) => {
+            let metrics = mirror.daemon.metrics.clone();
+            proxy::relay(
+                resp,
+                ctx.is_head(),
+                Some(Box::new(move |n| metrics.mirror.blob_bytes("upstream", n))),
+            )
+        }
+        Err(e) => e.response(),
+    }
+}
+
+fn io(
+    stream: impl Stream<Item = Result<Bytes, crate::reader::ReadError>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    stream.map(|r| {
+        r.map_err(|e| {
+            tracing::warn!(error = %e, "blob stream broken off");
+            std::io::Error::from(e)
+        })
+    })
+}
+
+/// Wraps `on_bytes` to count the blob once its last byte is handed to the
+/// client, by where its bytes came from: this node's store, or (for a
+/// download) peers, the origin, or both. The download's own counters are
+/// final only when it completes, so the count waits for that (briefly).
+fn count_whole_blob(
+    mirror: Arc<Mirror>,
+    task: Arc<StoredTask>,
+    source: &'static str,
+    length: u64,
+    on_bytes: Box<dyn Fn(u64) + Send + Sync>,
+) -> Box<dyn Fn(u64) + Send + Sync> {
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    Box::new(move |n| {
+        on_bytes(n);
+        let total = sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        if total < length || total - n >= length {
+            return;
+        }
+        let mirror = mirror.clone();
+        let task = task.clone();
+        tokio::spawn(async move {
+            if source == "local" {
+                mirror.metrics().blob_served("local");
+                return;
+            }
+            let mut changes = task.subscribe();
+            let wait = async {
+                while task.run_state() == crate::store::RunState::Running {
+                    if changes.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await;
+            let progress = mirror.daemon.progress(&task.id);
+            let origin = progress
+                .from_origin
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let peers = progress
+                .from_peers
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let label = match (origin > 0, peers > 0) {
+                (true, false) => "origin",
+                (false, true) => "peer",
+                (true, true) => "mixed",
+                // Another request's download filled the store meanwhile.
+                (false, false) => "local",
+            };
+            mirror.metrics().blob_served(label);
+        });
+    })
+}
+
+fn head_response(digest: &str, length: u64) -> Response {
+    body_response(StatusCode::OK, digest, length, Body::empty())
+}
+
+fn body_response(status: StatusCode, digest: &str, length: u64, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(digest) {
+        headers.insert("docker-content-digest", v.clone());
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+            headers.insert(header::ETAG, etag);
+        }
+    }
+    resp
+}
+
+/// Several ranges: one `multipart/byteranges` body whose length is known
+/// up front, each part streamed as its pieces arrive.
+fn multipart(
+    task: Arc<StoredTask>,
+    digest: &str,
+    length: u64,
+    ranges: &[(u64, u64)],
+    stall: std::time::Duration,
+    on_bytes: impl Fn() -> Box<dyn Fn(u64) + Send + Sync> + Send + 'static,
+) -> Response {
+    let boundary = hex::encode(rand::random::<[u8; 12]>());
+    let heads: Vec<String> = ranges
+        .iter()
+        .map(|&(start, end)| {
+            format!(
+                "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: {}\r\n\r\n",
+                range::content_range(start, end, length)
+            )
+        })
+        .collect();
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let total: u64 = heads.iter().map(|h| h.len() as u64).sum::<u64>()
+        + ranges.iter().map(|(s, e)| e - s).sum::<u64>()
+        + tail.len() as u64;
+    let parts: Vec<(String, u64, u64)> = heads
+        .into_iter()
+        .zip(ranges.iter())
+        .map(|(h, &(s, e))| (h, s, e))
+        .collect();
+    let stream = futures::stream::iter(parts)
+        .map(move |(head, start, end)| {
+            futures::stream::once(futures::future::ready(Ok(Bytes::from(head)))).chain(
+                crate::reader::stream_range(task.clone(), start, end, stall, on_bytes()),
+            )
+        })
+        .flatten()
+        .chain(futures::stream::once(futures::future::ready(Ok(
+            Bytes::from(tail),
+        ))));
+    let mut resp = body_response(
+        StatusCode::PARTIAL_CONTENT,
+        digest,
+        total,
+        Body::from_stream(io(stream)),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn range_error(e: &RangeError, length: Option<u64>) -> Response {
+    match e {
+        RangeError::Unsatisfiable(_) => {
+            let mut resp = oci_error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                &e.to_string(),
+            );
+            if let Some(length) = length {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+            }
+            resp
+        }
+        _ => oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e.to_string()),
+    }
+}
+
+/// A failed download: the registry's own refusal keeps its status (401,
+/// 403, 404); anything else is 502 so containerd tries its next host.
+pub(super) fn failure_response(failure: &TaskFailure) -> Response {
+    match failure {
+        TaskFailure::Origin { status, .. } if matches!(status, 401 | 403 | 404) => {
+            let code = if *status == 404 {
+                "BLOB_UNKNOWN"
+            } else {
+                "DENIED"
+            };
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+            oci_error(status, code, &failure.to_string())
+        }
+        _ => oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &failure.to_string()),
+    }
+}

@@ -1,0 +1,184 @@
+//! Manifests: always asked of the upstream when it answers (tags move), the
+//! answer kept in memory so a registry outage does not stop nodes from
+//! starting images they pulled recently.
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use std::time::Instant;
+
+use super::auth::AuthKey;
+use super::manifest_cache::{CachedManifest, ManifestKey, MAX_MANIFEST};
+use super::proxy::{self, ProxyError};
+use super::route::Reference;
+use super::{oci_error, Ctx, Mirror};
+
+pub async fn serve(
+    mirror: &std::sync::Arc<Mirror>,
+    ctx: &Ctx,
+    name: &str,
+    reference: &Reference,
+) -> Response {
+    // sha256 digests are content-addressed: shared through P2P like blobs.
+    if let Reference::Digest(digest) = reference {
+        if digest.starts_with("sha256:") && !ctx.relayed {
+            return super::manifest_p2p::serve(mirror, ctx, name, digest).await;
+        }
+    }
+    let path = format!("/v2/{name}/manifests/{}", reference.as_str());
+    let by_digest = matches!(reference, Reference::Digest(_));
+    let key = ManifestKey {
+        registry: ctx.upstream.host.clone(),
+        name: name.to_string(),
+        reference: reference.as_str().to_string(),
+        accept: ctx
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    };
+    let auth_key = AuthKey::new(&ctx.upstream.host, name, ctx.authorization());
+    // A HEAD stays a HEAD: registries such as Docker Hub count manifest
+    // GETs against pull rate limits, HEADs not.
+    let resp = match proxy::send(mirror, ctx, ctx.method.clone(), &path).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            return offline(
+                mirror,
+                ctx,
+                &key,
+                by_digest,
+                &auth_key,
+                e.to_string(),
+                e.response(),
+            )
+        }
+    };
+    let status = resp.status();
+    if status.is_server_error() {
+        let message = format!("upstream answered {status}");
+        let fallback = proxy::relay(resp, ctx.is_head(), None);
+        return offline(mirror, ctx, &key, by_digest, &auth_key, message, fallback);
+    }
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        mirror.auth.record_denied(&auth_key);
+    }
+    if status == StatusCode::OK {
+        // Reading a manifest proves read access to the repository: blob
+        // checks for the same credentials can skip their upstream HEAD.
+        mirror.auth.record_allowed(&auth_key);
+    }
+    if status != StatusCode::OK || ctx.is_head() {
+        return proxy::relay(resp, ctx.is_head(), None);
+    }
+    let headers = proxy::relayed_headers(resp.headers());
+    let body = match read_limited(resp, MAX_MANIFEST).await {
+        Ok(body) => body,
+        Err(e) => return e.response(),
+    };
+    let manifest = CachedManifest {
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        digest: headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: body.clone(),
+        fetched: Instant::now(),
+    };
+    mirror.manifests.put(key, manifest);
+    let mut out = Response::new(Body::from(body.clone()));
+    *out.headers_mut() = headers;
+    out.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    out
+}
+
+/// The upstream cannot answer: a cached manifest if the policy lets this
+/// caller have it, else `fallback` (the upstream's error or ours).
+fn offline(
+    mirror: &Mirror,
+    ctx: &Ctx,
+    key: &ManifestKey,
+    by_digest: bool,
+    auth_key: &AuthKey,
+    why: String,
+    fallback: Response,
+) -> Response {
+    let Some(cached) = mirror.manifests.get(key, by_digest) else {
+        tracing::warn!(reason = %why, "upstream unavailable and no cached manifest");
+        return fallback;
+    };
+    if !mirror
+        .auth
+        .allowed_offline(auth_key, mirror.config.offline_policy)
+    {
+        mirror.metrics().auth("offline_denied");
+        tracing::warn!(reason = %why, "upstream unavailable; cached manifest withheld by the offline policy");
+        return fallback;
+    }
+    mirror.metrics().auth("offline_allowed");
+    tracing::warn!(reason = %why, age_s = cached.fetched.elapsed().as_secs(), "upstream unavailable; serving the cached manifest");
+    let len = cached.body.len();
+    let mut out = Response::new(if ctx.is_head() {
+        Body::empty()
+    } else {
+        Body::from(cached.body)
+    });
+    let headers = out.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(v) = cached
+        .content_type
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(v) = cached.digest.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert("docker-content-digest", v);
+    }
+    out
+}
+
+/// The body, or an error past `limit` bytes (a manifest that large breaks
+/// the distribution spec, and buffering it would let an upstream use our memory).
+async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes, ManifestError> {
+    if resp.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(ManifestError::TooLarge(limit));
+    }
+    let mut body = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ManifestError::Upstream(ProxyError::Request(e)))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ManifestError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ManifestError {
+    #[error("upstream manifest is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Upstream(ProxyError),
+}
+
+impl ManifestError {
+    fn response(&self) -> Response {
+        match self {
+            ManifestError::TooLarge(_) => oci_error(
+                StatusCode::BAD_GATEWAY,
+                "MANIFEST_INVALID",
+                &self.to_string(),
+            ),
+            ManifestError::Upstream(e) => e.response(),
+        }
+    }
+}
