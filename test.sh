@@ -25,6 +25,16 @@ cargo build --workspace --bins --locked
 step "unit and integration tests"
 cargo test --workspace --locked --no-fail-fast
 
+if [ "$(id -u)" = 0 ]; then
+  step "end to end: real registry and containerd pulling through the mirror"
+  e2e/mirror/containerd-e2e.sh
+
+  step "multi-host run in network namespaces with faults (fails on failed pulls or wrong bytes, never on timings)"
+  PROFILE=debug e2e/bench.sh --hosts 4 --layers 2 --layer-mib 16 --faults all --out target/bench-ci
+else
+  echo "not root: skipping the containerd and network-namespace suites (run as root to include them)"
+fi
+
 if [ -x operator/check.sh ]; then
   step "operator: CRDs, manifests and chart"
   operator/check.sh

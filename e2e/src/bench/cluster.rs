@@ -17,6 +17,8 @@ pub const SCHEDULER_PORT: u16 = 8002;
 
 pub struct Cluster {
     pub topo: Topology,
+    /// dfdaemon upload cap in bytes per second (None: unlimited).
+    pub upload_rate: Option<u64>,
     pub work: PathBuf,
     /// This executable (it also runs the origin, pullers and probes).
     pub bench: PathBuf,
@@ -226,6 +228,10 @@ impl Cluster {
         ];
         if seed {
             args.push("--seed".into());
+        }
+        if let Some(rate) = self.upload_rate {
+            args.push("--upload-rate".into());
+            args.push(format!("{}KiB", rate / 1024));
         }
         let name = format!("{run}-{}", host.name);
         let proc = self.spawn_in(host, &name, &binary("dfdaemon")?, &args)?;

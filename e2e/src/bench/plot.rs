@@ -70,10 +70,10 @@ pub fn cdf_png(report: &BenchReport, out: &Path) -> anyhow::Result<()> {
         chart
             .draw_series(LineSeries::new(
                 vec![(t_star, 0.0), (t_star, 1.0)],
-                BLACK.mix(0.4).stroke_width(1),
+                BLACK.stroke_width(2),
             ))?
             .label("T* (physical limit)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
     }
     chart
         .configure_series_labels()

@@ -52,6 +52,8 @@ pub struct BenchReport {
     pub layer_mib: usize,
     pub node_mbit: u32,
     pub origin_mbit: u32,
+    /// dfdaemon's upload cap as a share of the node link (0: unlimited).
+    pub upload_share: f64,
     pub scenarios: Vec<ScenarioReport>,
     pub faults: Vec<FaultReport>,
 }
@@ -100,8 +102,16 @@ impl ScenarioReport {
 
 impl BenchReport {
     pub fn table(&self) -> String {
+        let cap = if self.upload_share > 0.0 {
+            format!(
+                "dfdaemon upload cap {:.0}% of the link",
+                self.upload_share * 100.0
+            )
+        } else {
+            "dfdaemon uploads uncapped".to_string()
+        };
         let mut out = format!(
-            "{} hosts, image {} x {} MiB, nodes {} Mbit/s, origin {} Mbit/s\n\n",
+            "{} hosts, image {} x {} MiB, nodes {} Mbit/s, origin {} Mbit/s, {cap}\n\n",
             self.hosts, self.layers, self.layer_mib, self.node_mbit, self.origin_mbit
         );
         out.push_str(&format!(

@@ -22,6 +22,8 @@ pub struct BenchConfig {
     pub faults: Vec<String>,
     /// Pull through dfdaemon's task API instead of its registry mirror.
     pub task_api: bool,
+    /// dfdaemon's upload cap as a share of the node link (0: unlimited).
+    pub upload_share: f64,
     pub work: PathBuf,
 }
 
@@ -158,8 +160,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     }
     eprintln!("creating {} network namespaces...", specs.len() + 1);
     let topo = Topology::create("dfb-", &specs)?;
+    let upload_rate = (config.upload_share > 0.0)
+        .then(|| (config.node_mbit as f64 * 1e6 / 8.0 * config.upload_share) as u64);
     let cluster = Cluster {
         topo,
+        upload_rate,
         work: config.work.clone(),
         bench: std::env::current_exe()?,
     };
@@ -193,6 +198,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         layer_mib: config.layer_mib,
         node_mbit: config.node_mbit,
         origin_mbit: config.origin_mbit,
+        upload_share: config.upload_share,
         scenarios: Vec::new(),
         faults: Vec::new(),
     };
@@ -289,8 +295,22 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-/// The most recently stored piece of the seed's largest task, damaged on disk.
-fn corrupt_seed_piece(cluster: &Cluster, run: &str) -> anyhow::Result<String> {
+/// Damages a recorded piece on the seed, waiting (bounded) until its
+/// metadata records one.
+async fn corrupt_seed_piece(cluster: &Cluster, run: &str) -> anyhow::Result<String> {
+    let mut last_error = None;
+    for _ in 0..50 {
+        match try_corrupt_seed_piece(cluster, run) {
+            Ok(done) => return Ok(done),
+            Err(e) => last_error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no piece to damage")))
+}
+
+/// The most recently recorded piece of the seed's largest task, damaged on disk.
+fn try_corrupt_seed_piece(cluster: &Cluster, run: &str) -> anyhow::Result<String> {
     let tasks = cluster.work.join(run).join("seed").join("tasks");
     let mut best: Option<(u64, PathBuf)> = None;
     for entry in std::fs::read_dir(&tasks)? {
@@ -383,7 +403,10 @@ async fn run_fault(
                     (format!("restarted {}'s dfdaemon", nodes[victim].name), None)
                 }
                 "corrupt-piece" => (
-                    format!("damaged {} on the seed", corrupt_seed_piece(cluster, &run)?),
+                    format!(
+                        "damaged {} on the seed",
+                        corrupt_seed_piece(cluster, &run).await?
+                    ),
                     None,
                 ),
                 "origin-5xx" => {
@@ -402,7 +425,9 @@ async fn run_fault(
         description
     };
     let (hosts, injected) = tokio::join!(pulls, inject);
-    let (description, excluded) = injected?;
+    // A fault that could not be injected is reported, not fatal to the run.
+    let (description, excluded) =
+        injected.unwrap_or_else(|e| (format!("NOT INJECTED: {e:#}"), None));
     let origin = cluster.origin_bytes().await? - before;
     // The killed host cannot finish its own pull; everyone else must.
     let hosts: Vec<HostTime> = hosts

@@ -53,6 +53,11 @@ struct RunArgs {
     /// Pull through dfdaemon's task API rather than its registry mirror.
     #[arg(long)]
     task_api: bool,
+    /// Cap dfdaemon uploads at this share of the node link (0: uncapped),
+    /// as an operator sets `--upload-rate` below the NIC speed so uploads
+    /// never queue up the node's own downloads.
+    #[arg(long, default_value_t = 0.9)]
+    upload_share: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Where the JSON report and the PNG plot go.
@@ -171,6 +176,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         scenarios: args.scenarios,
         faults,
         task_api: args.task_api,
+        upload_share: args.upload_share,
         work,
     };
     // Ctrl-C drops the run, which kills every process and deletes every
