@@ -86,7 +86,7 @@ impl Default for DaemonConfig {
             concurrent_pieces: 8,
             concurrent_pieces_per_parent: 4,
             stall_timeout: Duration::from_secs(30),
-            parent_refresh: Duration::from_millis(500),
+            parent_refresh: Duration::from_millis(200),
             heartbeat_interval: Duration::from_secs(5),
             filtered_query_params: crate::task_id::default_filtered(),
             mirror: Default::default(),

@@ -19,7 +19,7 @@ use crate::store::{StoredTask, TaskFailure};
 use crate::task_request::TaskRequest;
 
 /// How long a parent that said "not now" is left alone.
-const COOLDOWN: Duration = Duration::from_millis(300);
+const COOLDOWN: Duration = Duration::from_millis(150);
 
 enum Plan {
     Source,

@@ -56,7 +56,7 @@ struct RunArgs {
     /// Cap dfdaemon uploads at this share of the node link (0: uncapped),
     /// as an operator sets `--upload-rate` below the NIC speed so uploads
     /// never queue up the node's own downloads.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.0)]
     upload_share: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
