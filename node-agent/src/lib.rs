@@ -12,6 +12,7 @@ pub mod downloader;
 pub mod hashring;
 pub mod metrics;
 pub mod mirror;
+pub mod node_report;
 pub mod peer_client;
 pub mod piece;
 pub mod piece_server;
@@ -166,10 +167,9 @@ pub async fn run(
 
     if config.containerd.enabled {
         // A node whose hosts.toml cannot be written still pulls straight
-        // from its registries: log it, keep serving peers.
-        if let Err(e) = containerd::on_start(&config.containerd, bound.proxy) {
-            tracing::error!(error = %e, "configuring containerd to use the mirror failed");
-        }
+        // from its registries: keep serving peers, and tell the operator.
+        let report = containerd::on_start(&config.containerd, bound.proxy);
+        tokio::spawn(async move { node_report::publish_from_pod(&report).await });
     }
     ready.store(true, Ordering::SeqCst);
     on_bound(bound);

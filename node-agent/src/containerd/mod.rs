@@ -190,28 +190,53 @@ fn report(config: &Path, config_path: &Path, json: bool) -> Result<u8, Container
     Ok(if report.problems.is_empty() { 0 } else { 1 })
 }
 
-/// At daemon start: write the hosts.toml files and log what containerd's
-/// config would still bypass. Errors are the caller's to log: a node
-/// without the mirror still pulls straight from its registries.
-pub fn on_start(config: &ContainerdConfig, proxy: SocketAddr) -> Result<(), ContainerdError> {
-    let registries = config.parsed_registries()?;
-    let mirror = config.mirror_url(proxy);
-    for done in apply::apply(&config.config_path, &registries, &mirror)? {
-        if let apply::Applied::Written(p) = done {
-            tracing::info!(path = %p.display(), %mirror, "containerd hosts.toml written");
+/// At daemon start: write the hosts.toml files and check what containerd's
+/// config would still bypass. Never fails: a node without the mirror still
+/// pulls straight from its registries; the report says what went wrong.
+pub fn on_start(config: &ContainerdConfig, proxy: SocketAddr) -> crate::node_report::NodeReport {
+    use crate::node_report::{camel_code, NodeProblem, NodeReport};
+    let mut report = NodeReport {
+        configured: true,
+        problems: Vec::new(),
+    };
+    let applied = config.parsed_registries().and_then(|registries| {
+        let mirror = config.mirror_url(proxy);
+        for done in apply::apply(&config.config_path, &registries, &mirror)? {
+            if let apply::Applied::Written(p) = done {
+                tracing::info!(path = %p.display(), %mirror, "containerd hosts.toml written");
+            }
         }
+        Ok(())
+    });
+    if let Err(e) = applied {
+        tracing::error!(error = %e, "configuring containerd to use the mirror failed");
+        report.configured = false;
+        report.problems.push(NodeProblem {
+            code: "ApplyFailed".into(),
+            message: e.to_string(),
+        });
     }
     if let Some(path) = &config.containerd_config {
         match check::check_file(path, Some(&config.config_path)) {
-            Ok(report) => {
-                for p in report.problems {
+            Ok(found) => {
+                for p in found.problems {
                     tracing::warn!(code = p.code, config = %path.display(), "{}", p.message);
+                    report.problems.push(NodeProblem {
+                        code: camel_code(p.code),
+                        message: p.message,
+                    });
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot check containerd config"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check containerd config");
+                report.problems.push(NodeProblem {
+                    code: "ConfigUnreadable".into(),
+                    message: e.to_string(),
+                });
+            }
         }
     }
-    Ok(())
+    report
 }
 
 /// At daemon stop: restore the originals if configured to.
