@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context};
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
 
 /// The subnet inside the bench's own namespaces; unreachable from the root
@@ -27,6 +28,7 @@ pub struct NetHost {
 }
 
 pub struct Topology {
+    family: String,
     prefix: String,
     bridge_ns: String,
     pub hosts: Vec<NetHost>,
@@ -63,25 +65,41 @@ pub fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Namespaces left behind by a run that was killed outright.
-pub fn remove_stale(prefix: &str) {
+/// The namespace prefix of this process's run: `<family><pid>-`, so that
+/// two runs on one machine never touch each other's namespaces.
+pub fn run_prefix(family: &str) -> String {
+    format!("{family}{}-", std::process::id())
+}
+
+/// Namespaces of `family` left behind by runs that were killed outright
+/// (their process is gone), and every namespace of `prefix`.
+pub fn remove_stale(family: &str, prefix: &str) {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        if name.starts_with(prefix) {
+        let owner_gone = name
+            .strip_prefix(family)
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if name.starts_with(prefix) || owner_gone {
             let _ = run(&["ip", "netns", "del", name]);
         }
     }
 }
 
 impl Topology {
-    pub fn create(prefix: &str, specs: &[HostSpec]) -> anyhow::Result<Topology> {
+    /// Namespaces are named `<family><pid>-<host>`.
+    pub fn create(family: &str, specs: &[HostSpec]) -> anyhow::Result<Topology> {
         require_root()?;
-        remove_stale(prefix);
+        let prefix = run_prefix(family);
+        remove_stale(family, &prefix);
+        let prefix = prefix.as_str();
         let bridge_ns = format!("{prefix}br");
         let mut topo = Topology {
+            family: family.to_string(),
             prefix: prefix.to_string(),
             bridge_ns: bridge_ns.clone(),
             hosts: Vec::new(),
@@ -159,7 +177,7 @@ impl Topology {
             let _ = run(&["ip", "netns", "del", &host.ns]);
         }
         let _ = run(&["ip", "netns", "del", &self.bridge_ns]);
-        remove_stale(&self.prefix);
+        remove_stale(&self.family, &self.prefix);
     }
 }
 

@@ -159,7 +159,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         });
     }
     eprintln!("creating {} network namespaces...", specs.len() + 1);
-    let topo = Topology::create("dfb-", &specs)?;
+    let topo = Topology::create("dfb", &specs)?;
     let upload_rate = (config.upload_share > 0.0)
         .then(|| (config.node_mbit as f64 * 1e6 / 8.0 * config.upload_share) as u64);
     let cluster = Cluster {
