@@ -33,6 +33,8 @@ struct Cursor {
     piece_length: u32,
     content_length: u64,
     stall: Duration,
+    /// The reader asked for everything from byte 0 (not a lazy-pull range).
+    whole: bool,
     on_bytes: Box<dyn Fn(u64) + Send + Sync>,
 }
 
@@ -55,6 +57,7 @@ pub fn stream_range(
         piece_length,
         content_length,
         stall,
+        whole: start == 0 && end >= content_length,
         on_bytes,
     };
     futures::stream::try_unfold(cursor, |mut c| async move {
@@ -74,11 +77,12 @@ pub fn stream_range(
         let chunk_end = piece_end.min(c.end);
         // Whole pieces are read so their digest is checked on every read.
         let (piece, _) = c.task.read_piece(index).await?;
-        if chunk_end == c.content_length {
-            // The last bytes go out only once the daemon has judged the
-            // content, so a client that has everything never finds
-            // rejected content still cached (Content-Length framing ends
-            // the response at the last byte, not at the stream's end).
+        if c.whole && chunk_end == c.content_length {
+            // For whole-content readers the last bytes go out only once
+            // the daemon has judged the content, so a client that has
+            // everything never finds rejected content still cached
+            // (Content-Length framing ends the response at the last byte).
+            // Range readers (lazy pull) are not held up.
             await_verdict(&c.task, c.stall).await;
         }
         let bytes =
