@@ -50,12 +50,7 @@ async fn report_held_tasks(daemon: &Arc<Daemon>, addr: &str) {
         let req = task.with_meta(|m| proto::ReportPiecesRequest {
             task_id: m.task_id.clone(),
             host_id: daemon.host_id.clone(),
-            shape: Some(proto::TaskShape {
-                content_length: m.content_length.unwrap_or(0),
-                piece_length: m.piece_length,
-                piece_count: m.piece_count().unwrap_or(0),
-                known: m.shape_known(),
-            }),
+            shape: Some(m.proto_shape()),
             pieces: Vec::new(),
             replace: true,
             bitmap: m.bitmap().as_bytes().to_vec(),
@@ -65,13 +60,7 @@ async fn report_held_tasks(daemon: &Arc<Daemon>, addr: &str) {
         if req.bitmap.is_empty() {
             continue;
         }
-        let result = daemon
-            .schedulers
-            .call(&task.id, |mut c| {
-                let req = req.clone();
-                async move { c.report_pieces(req).await }
-            })
-            .await;
+        let result = daemon.schedulers.report_pieces(req).await;
         if let Err(e) = result {
             tracing::debug!(task = %task.id, error = %e, "re-report failed");
         }

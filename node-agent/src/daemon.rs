@@ -253,13 +253,7 @@ impl Daemon {
             was_source: false,
             content_length: length,
         };
-        let result = self
-            .schedulers
-            .call(&task.id, |mut c| {
-                let req = req.clone();
-                async move { c.report_peer_result(req).await }
-            })
-            .await;
+        let result = self.schedulers.report_peer_result(req).await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "could not report result to scheduler");
         }
@@ -290,13 +284,7 @@ impl Daemon {
                 task_id: task_id.clone(),
                 host_id: self.host_id.clone(),
             };
-            let _ = self
-                .schedulers
-                .call(&task_id, |mut c| {
-                    let req = req.clone();
-                    async move { c.leave_task(req).await }
-                })
-                .await;
+            let _ = self.schedulers.leave_task(req).await;
         }
         self.metrics.cache_bytes.set(self.store.used_bytes());
     }

@@ -51,12 +51,7 @@ fn parent_base(parent: &proto::Parent) -> Option<(String, String)> {
 }
 
 fn shape_of(task: &StoredTask) -> proto::TaskShape {
-    task.with_meta(|m| proto::TaskShape {
-        content_length: m.content_length.unwrap_or(0),
-        piece_length: m.piece_length,
-        piece_count: m.piece_count().unwrap_or(0),
-        known: m.shape_known(),
-    })
+    task.with_meta(|m| m.proto_shape())
 }
 
 /// Downloads every missing piece of `task`; returns the content length.
@@ -143,10 +138,7 @@ async fn register(
     };
     daemon
         .schedulers
-        .call(&task.id, |mut c| {
-            let req = req.clone();
-            async move { c.register_peer(req).await }
-        })
+        .register_peer(req)
         .await
         .map_err(|e| tracing::debug!(error = %e, "register failed"))
         .ok()
@@ -157,15 +149,7 @@ async fn get_parents(daemon: &Daemon, task: &StoredTask) -> Option<Plan> {
         task_id: task.id.clone(),
         host_id: daemon.host_id.clone(),
     };
-    daemon
-        .schedulers
-        .call(&task.id, |mut c| {
-            let req = req.clone();
-            async move { c.get_parents(req).await }
-        })
-        .await
-        .ok()
-        .map(plan_from)
+    daemon.schedulers.get_parents(req).await.ok().map(plan_from)
 }
 
 async fn report_parent_failure(
@@ -183,10 +167,7 @@ async fn report_parent_failure(
     };
     daemon
         .schedulers
-        .call(&task.id, |mut c| {
-            let req = req.clone();
-            async move { c.report_parent_failure(req).await }
-        })
+        .report_parent_failure(req)
         .await
         .ok()
         .map(plan_from)
@@ -593,13 +574,7 @@ impl PieceReporter {
                     complete: false,
                     url: url.clone(),
                 };
-                let result = daemon
-                    .schedulers
-                    .call(&task.id, |mut c| {
-                        let req = req.clone();
-                        async move { c.report_pieces(req).await }
-                    })
-                    .await;
+                let result = daemon.schedulers.report_pieces(req).await;
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "piece report not delivered");
                 }

@@ -26,6 +26,20 @@ pub enum SchedulerError {
     Refused(Status),
 }
 
+/// Sends a task-scoped request to the scheduler owning its task.
+macro_rules! task_rpc {
+    ($pool:expr, $req:expr, $method:ident) => {{
+        let task_id = $req.task_id.clone();
+        let req = $req;
+        $pool
+            .call(&task_id, |mut c| {
+                let req = req.clone();
+                async move { c.$method(req).await }
+            })
+            .await
+    }};
+}
+
 pub struct SchedulerPool {
     targets: Vec<String>,
     resolved: RwLock<Vec<String>>,
@@ -130,6 +144,48 @@ impl SchedulerPool {
             }
         }
         Err(SchedulerError::Unreachable(last_error))
+    }
+
+    pub async fn register_peer(
+        &self,
+        req: proto::RegisterPeerRequest,
+    ) -> Result<proto::ScheduleResponse, SchedulerError> {
+        task_rpc!(self, req, register_peer)
+    }
+
+    pub async fn get_parents(
+        &self,
+        req: proto::GetParentsRequest,
+    ) -> Result<proto::ScheduleResponse, SchedulerError> {
+        task_rpc!(self, req, get_parents)
+    }
+
+    pub async fn report_parent_failure(
+        &self,
+        req: proto::ReportParentFailureRequest,
+    ) -> Result<proto::ScheduleResponse, SchedulerError> {
+        task_rpc!(self, req, report_parent_failure)
+    }
+
+    pub async fn report_pieces(
+        &self,
+        req: proto::ReportPiecesRequest,
+    ) -> Result<proto::Empty, SchedulerError> {
+        task_rpc!(self, req, report_pieces)
+    }
+
+    pub async fn report_peer_result(
+        &self,
+        req: proto::ReportPeerResultRequest,
+    ) -> Result<proto::Empty, SchedulerError> {
+        task_rpc!(self, req, report_peer_result)
+    }
+
+    pub async fn leave_task(
+        &self,
+        req: proto::LeaveTaskRequest,
+    ) -> Result<proto::Empty, SchedulerError> {
+        task_rpc!(self, req, leave_task)
     }
 
     /// Announces this host to one scheduler; returns whether it knew us.

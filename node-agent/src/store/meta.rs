@@ -37,6 +37,16 @@ impl TaskMeta {
         }
     }
 
+    /// The shape as the scheduler contract carries it.
+    pub fn proto_shape(&self) -> proto::TaskShape {
+        proto::TaskShape {
+            content_length: self.content_length.unwrap_or(0),
+            piece_length: self.piece_length,
+            piece_count: self.piece_count().unwrap_or(0),
+            known: self.shape_known(),
+        }
+    }
+
     pub fn shape_known(&self) -> bool {
         self.content_length.is_some() && self.piece_length > 0
     }
