@@ -65,24 +65,9 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         digest: Some(digest.to_string()),
         ..Default::default()
     };
-    let task = match mirror.daemon.start_task(request) {
-        Ok(task) => task,
-        Err(StartError::BadRequest(message)) => {
-            return oci_error(StatusCode::BAD_REQUEST, "BLOB_UNKNOWN", &message)
-        }
-        Err(e) => return oci_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
-    };
-    let stall = mirror.daemon.config.stall_timeout;
-    let length = match task.wait_shape(stall).await {
-        Ok(Some((length, _))) => length,
-        Ok(None) => {
-            return oci_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "UNAVAILABLE",
-                &format!("blob length not known within {stall:?}"),
-            )
-        }
-        Err(failure) => return failure_response(&failure),
+    let (task, length) = match start_and_size(mirror, request, "BLOB_UNKNOWN", "blob").await {
+        Ok(found) => found,
+        Err(resp) => return resp,
     };
     task.touch();
     tracing::debug!(task = %task.id, length, source, ranges = ?ranges, "serving blob");
@@ -122,6 +107,45 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         return resp;
     }
     multipart(task, digest, length, &resolved, stall, on_bytes)
+}
+
+/// Starts (or joins) the P2P task for content addressed by digest and
+/// waits, bounded, until its length is known. `bad_request_code` is the OCI
+/// error code for a request the daemon refuses; `what` names the content in
+/// the timeout message.
+pub(super) async fn start_and_size(
+    mirror: &Mirror,
+    request: TaskRequest,
+    bad_request_code: &str,
+    what: &str,
+) -> Result<(Arc<StoredTask>, u64), Response> {
+    let task = match mirror.daemon.start_task(request) {
+        Ok(task) => task,
+        Err(StartError::BadRequest(message)) => {
+            return Err(oci_error(
+                StatusCode::BAD_REQUEST,
+                bad_request_code,
+                &message,
+            ))
+        }
+        Err(e) => {
+            return Err(oci_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                &e.to_string(),
+            ))
+        }
+    };
+    let stall = mirror.daemon.config.stall_timeout;
+    match task.wait_shape(stall).await {
+        Ok(Some((length, _))) => Ok((task, length)),
+        Ok(None) => Err(oci_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "UNAVAILABLE",
+            &format!("{what} length not known within {stall:?}"),
+        )),
+        Err(failure) => Err(failure_response(&failure)),
+    }
 }
 
 /// Asks the upstream whether the caller may read the blob, unless it said

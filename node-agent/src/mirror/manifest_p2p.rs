@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use super::manifest_cache::MAX_MANIFEST;
 use super::{blob, oci_error, Ctx, Mirror};
-use crate::daemon::StartError;
 use crate::task_request::TaskRequest;
 
 /// Every manifest type a back-to-source fetch accepts: the registry must
@@ -32,25 +31,11 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         digest: Some(digest.to_string()),
         ..Default::default()
     };
-    let task = match mirror.daemon.start_task(request) {
-        Ok(task) => task,
-        Err(StartError::BadRequest(m)) => {
-            return oci_error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", &m)
-        }
-        Err(e) => return oci_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
-    };
-    let stall = mirror.daemon.config.stall_timeout;
-    let length = match task.wait_shape(stall).await {
-        Ok(Some((length, _))) => length,
-        Ok(None) => {
-            return oci_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "UNAVAILABLE",
-                "manifest not available in time",
-            )
-        }
-        Err(failure) => return blob::failure_response(&failure),
-    };
+    let (task, length) =
+        match blob::start_and_size(mirror, request, "MANIFEST_INVALID", "manifest").await {
+            Ok(found) => found,
+            Err(resp) => return resp,
+        };
     if length > MAX_MANIFEST as u64 {
         return oci_error(
             StatusCode::BAD_GATEWAY,
@@ -63,7 +48,7 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         task,
         0,
         length,
-        stall,
+        mirror.daemon.config.stall_timeout,
         Box::new(|_| {})
     ));
     while let Some(chunk) = stream.next().await {
