@@ -10,20 +10,73 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
+use crate::mirror::upstream::Clients;
+use std::time::Duration;
 
 #[derive(Clone)]
 struct AdminState {
     daemon: Arc<Daemon>,
     ready: Arc<AtomicBool>,
+    /// Reach upstreams the way the mirror does (their TLS settings).
+    clients: Option<Arc<Clients>>,
 }
 
+/// How long the ping waits on an upstream it re-checks.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub fn router(daemon: Arc<Daemon>, ready: Arc<AtomicBool>) -> Router {
+    let clients = Clients::new(&daemon.config.mirror)
+        .map_err(|e| tracing::warn!(error = %e, "ping cannot re-check upstreams"))
+        .ok();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/server/ping", get(readyz))
+        .route("/server/ping", get(ping))
         .route("/metrics", get(metrics))
-        .with_state(AdminState { daemon, ready })
+        .with_state(AdminState {
+            daemon,
+            ready,
+            clients,
+        })
+}
+
+/// nydusd's `ping_url`: 200 only when the mirror can serve promptly. An
+/// upstream marked unavailable is re-checked here (`/v2/`, any answer
+/// below 500 counts), so recovery is noticed and a cut path keeps
+/// answering 503 — nydusd then keeps reading from the registry directly
+/// instead of stalling on the mirror.
+async fn ping(State(state): State<AdminState>) -> impl IntoResponse {
+    if !state.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting".to_string());
+    }
+    let health = &state.daemon.mirror_health;
+    if let Some(clients) = &state.clients {
+        let probes = health.broken().into_iter().map(|(upstream, _)| {
+            let clients = clients.clone();
+            async move {
+                let Ok(client) = clients.for_upstream(&upstream) else {
+                    return;
+                };
+                let answer = client
+                    .get(upstream.url("/v2/"))
+                    .timeout(PROBE_TIMEOUT)
+                    .send()
+                    .await;
+                if let Ok(resp) = answer {
+                    if !resp.status().is_server_error() {
+                        health.succeeded(&upstream);
+                    }
+                }
+            }
+        });
+        futures::future::join_all(probes).await;
+    }
+    let problems = health.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n"))
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

@@ -59,6 +59,13 @@ pub struct RunArgs {
     /// confirm the caller may read it.
     #[arg(long, value_enum)]
     pub offline_policy: Option<crate::mirror::config::OfflinePolicy>,
+    /// Prefetch the rest of a blob in the background after its first range
+    /// request (lazy pull).
+    #[arg(long)]
+    pub prefetch: bool,
+    /// Pace of that background prefetch per second, e.g. 20MiB.
+    #[arg(long)]
+    pub prefetch_rate: Option<ByteSize>,
     /// Write containerd hosts.toml files at start and restore them at stop.
     #[arg(long)]
     pub containerd: bool,
@@ -112,6 +119,10 @@ impl RunArgs {
         }
         if let Some(policy) = self.offline_policy {
             config.mirror.offline_policy = policy;
+        }
+        config.mirror.prefetch |= self.prefetch;
+        if let Some(rate) = self.prefetch_rate {
+            config.prefetch_rate = rate;
         }
         config.containerd.enabled |= self.containerd;
         if self.containerd_config.is_some() {

@@ -53,6 +53,13 @@ pub struct DaemonConfig {
     pub stall_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub parent_refresh: Duration,
+    /// Background prefetch of a lazily read task (the rest of a blob after
+    /// its first range) is paced to this many bytes per second.
+    pub prefetch_rate: ByteSize,
+    /// A lazy run with nothing left to fetch waits this long for more
+    /// wants before it ends (a new want starts another run).
+    #[serde(with = "humantime_serde")]
+    pub lazy_linger: Duration,
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// Query parameters ignored when deriving a URL's task id.
@@ -87,6 +94,8 @@ impl Default for DaemonConfig {
             concurrent_pieces_per_parent: 4,
             stall_timeout: Duration::from_secs(30),
             parent_refresh: Duration::from_millis(200),
+            prefetch_rate: ByteSize::mib(20),
+            lazy_linger: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(5),
             filtered_query_params: crate::task_id::default_filtered(),
             mirror: Default::default(),

@@ -27,6 +27,27 @@ pub struct TaskProgress {
     source_uploads: Mutex<std::collections::HashSet<u32>>,
     pub started: Mutex<Option<Instant>>,
     pub finished: Mutex<Option<Instant>>,
+    /// Which pieces the current (or next) run must fetch.
+    pub demand: crate::demand::Demand,
+    /// The request behind the latest run, so a want arriving later (a
+    /// reader's range, a peer asking the source) can start another run.
+    request: Mutex<Option<TaskRequest>>,
+    /// The scheduler made this daemon the task's back-to-source peer; it
+    /// then fetches pieces its children ask for even when no local reader
+    /// wants them.
+    pub elected_source: std::sync::atomic::AtomicBool,
+    /// Where each piece this daemon stored came from ("origin", "peer"),
+    /// so range answers can be counted by source.
+    piece_sources: Mutex<HashMap<u32, &'static str>>,
+}
+
+/// How a download run ended without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every piece is stored; the content length.
+    Complete(u64),
+    /// Every wanted piece is stored and nothing more was asked for.
+    Partial,
 }
 
 pub struct Daemon {
@@ -38,6 +59,8 @@ pub struct Daemon {
     pub source: SourceClient,
     pub peers: PeerClient,
     pub uploads: Arc<Semaphore>,
+    /// Whether the registry mirror can serve promptly (`/server/ping`).
+    pub mirror_health: Arc<crate::mirror::health::MirrorHealth>,
     progress: Mutex<HashMap<String, Arc<TaskProgress>>>,
     /// Why recently removed tasks failed, so a caller arriving just after
     /// the removal still learns the reason instead of "unknown task".
@@ -70,6 +93,28 @@ impl TaskProgress {
             .insert(index)
     }
 
+    pub fn record_piece_source(&self, index: u32, source: &'static str) {
+        self.piece_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, source);
+    }
+
+    /// "origin" if any of `pieces` came from the origin, else "peer" if any
+    /// came from a peer, else "local".
+    pub fn source_of(&self, pieces: &[u32]) -> &'static str {
+        let sources = self.piece_sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = "local";
+        for index in pieces {
+            match sources.get(index) {
+                Some(&"origin") => return "origin",
+                Some(&"peer") => found = "peer",
+                _ => {}
+            }
+        }
+        found
+    }
+
     pub fn set_sourcing(&self, on: bool) {
         self.sourcing.store(on, Ordering::SeqCst);
         if !on {
@@ -89,15 +134,17 @@ impl Daemon {
         schedulers: Arc<SchedulerPool>,
     ) -> anyhow::Result<Arc<Self>> {
         let uploads = Arc::new(Semaphore::new(config.upload_limit as usize));
+        let metrics = Arc::new(Metrics::new());
         Ok(Arc::new(Daemon {
-            source: SourceClient::with_registry_tls(&config.mirror)?,
+            source: SourceClient::with_registry_tls(&config.mirror)?.counting(metrics.clone()),
             peers: PeerClient::new(config.piece_timeout)?,
             config,
             host_id,
             store,
             schedulers,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             uploads,
+            mirror_health: Arc::default(),
             progress: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }))
@@ -122,10 +169,29 @@ impl Daemon {
     }
 
     /// Starts downloading the task `request` names, unless it is already
-    /// complete or running; returns the stored task either way.
+    /// complete or running; returns the stored task either way. A `lazy`
+    /// request only opens the task: its run learns the length and
+    /// registers with the scheduler, then fetches what
+    /// [`Daemon::want_bytes`] and peers ask for (plus a capped background
+    /// prefetch of the rest with `prefetch`).
     pub fn start_task(
         self: &Arc<Self>,
         request: TaskRequest,
+    ) -> Result<Arc<StoredTask>, StartError> {
+        let (lazy, prefetch) = (request.lazy, request.prefetch);
+        self.open(request, |demand| {
+            if !lazy {
+                demand.want_all()
+            } else if prefetch {
+                demand.want_prefetch()
+            }
+        })
+    }
+
+    fn open(
+        self: &Arc<Self>,
+        request: TaskRequest,
+        want: impl FnOnce(&crate::demand::Demand),
     ) -> Result<Arc<StoredTask>, StartError> {
         let task_id = request.validate().map_err(StartError::BadRequest)?;
         let task = self
@@ -138,16 +204,81 @@ impl Daemon {
             }
             return Ok(task);
         }
+        let progress = self.progress(&task_id);
+        want(&progress.demand);
+        if request.seed_request {
+            // The scheduler elected this seed when it told a peer to
+            // trigger it: children may ask for pieces before the run has
+            // registered.
+            progress.elected_source.store(true, Ordering::SeqCst);
+        }
+        *progress.request.lock().unwrap_or_else(|e| e.into_inner()) = Some(TaskRequest {
+            output: None,
+            ..request.clone()
+        });
+        self.ensure_run(&task, request);
+        Ok(task)
+    }
+
+    /// Asks for bytes `[start, end)` of a task opened with
+    /// a lazy request (or any other), starting a run when none is
+    /// going.
+    pub fn want_bytes(self: &Arc<Self>, task: &Arc<StoredTask>, ranges: &[(u64, u64)]) {
+        if task.is_complete() {
+            return;
+        }
+        let progress = self.progress(&task.id);
+        let piece_length = task.with_meta(|m| m.shape_known().then_some(m.piece_length));
+        for &(start, end) in ranges {
+            progress.demand.want_bytes(start, end, piece_length);
+        }
+        self.resume(task);
+    }
+
+    /// A child asks this daemon for a piece it lacks. When this daemon is
+    /// the task's back-to-source peer it fetches the piece for the swarm
+    /// (lazy pulls: one origin read serves every node); returns whether the
+    /// piece is on its way.
+    pub fn want_piece_for_peer(self: &Arc<Self>, task: &Arc<StoredTask>, index: u32) -> bool {
+        let progress = self.progress(&task.id);
+        if !progress.elected_source.load(Ordering::SeqCst)
+            || task.with_meta(|m| m.piece_count().is_none_or(|n| index >= n))
+        {
+            return false;
+        }
+        progress.demand.want_piece(index);
+        self.resume(task)
+    }
+
+    /// Starts a run with the latest request when none is going; false when
+    /// there is no request to run (e.g. after a restart).
+    fn resume(self: &Arc<Self>, task: &Arc<StoredTask>) -> bool {
+        let progress = self.progress(&task.id);
+        let request = progress
+            .request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match request {
+            Some(request) => {
+                self.ensure_run(task, request);
+                true
+            }
+            None => task.run_state() == RunState::Running,
+        }
+    }
+
+    fn ensure_run(self: &Arc<Self>, task: &Arc<StoredTask>, request: TaskRequest) {
         // Claim the run under the task's own state so two callers cannot
         // both start it.
-        if !task.try_claim_run() {
-            return Ok(task);
+        if task.is_complete() || !task.try_claim_run() {
+            return;
         }
-        let progress = self.progress(&task_id);
+        let progress = self.progress(&task.id);
         *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let daemon = self.clone();
         let pin = task.pin();
-        let span = tracing::info_span!("task", task = %task_id, url = %request.url);
+        let span = tracing::info_span!("task", task = %task.id, url = %request.url);
         let task_for_run = task.clone();
         tokio::spawn(
             async move {
@@ -157,20 +288,33 @@ impl Daemon {
             }
             .instrument(span),
         );
-        Ok(task)
     }
 
     async fn finish(
         self: &Arc<Self>,
         task: &Arc<StoredTask>,
         request: &TaskRequest,
-        result: Result<u64, TaskFailure>,
+        result: Result<RunEnd, TaskFailure>,
     ) {
+        let progress = self.progress(&task.id);
         let result = match result {
-            Ok(length) => self.verify_and_complete(task, request, length).await,
+            Ok(RunEnd::Complete(length)) => self.verify_and_complete(task, request, length).await,
+            Ok(RunEnd::Partial) => {
+                tracing::debug!(
+                    pieces = task.with_meta(|m| m.finished_pieces()),
+                    "lazy run idle; wanted pieces stored"
+                );
+                task.set_run_state(RunState::Idle);
+                // A want that arrived while this run was winding down.
+                let missing = task.with_meta(|m| m.missing_pieces());
+                if progress.demand.has_unmet(&missing) {
+                    self.resume(task);
+                }
+                return;
+            }
             Err(failure) => Err(failure),
         };
-        let progress = self.progress(&task.id);
+        progress.demand.reset();
         *progress.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         match result {
             Ok(length) => {
@@ -280,6 +424,7 @@ impl Daemon {
     pub async fn collect_garbage(&self) {
         for task_id in self.store.collect_garbage() {
             self.metrics.evictions.inc();
+            self.metrics.forget_task(&task_id);
             let req = proto::LeaveTaskRequest {
                 task_id: task_id.clone(),
                 host_id: self.host_id.clone(),

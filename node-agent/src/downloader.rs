@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, RunEnd};
 use crate::peer_client::PeerError;
 use crate::piece::{piece_digest, piece_range, Bitmap};
 use crate::store::{StoredTask, TaskFailure};
@@ -29,6 +29,8 @@ enum Plan {
 
 enum PeerOutcome {
     Done,
+    /// Lazy run: every wanted piece is stored and nothing more was asked.
+    Partial,
     BackToSource(&'static str),
 }
 
@@ -54,12 +56,13 @@ fn shape_of(task: &StoredTask) -> proto::TaskShape {
     task.with_meta(|m| m.proto_shape())
 }
 
-/// Downloads every missing piece of `task`; returns the content length.
+/// Downloads the missing pieces of `task` its demand covers: all of them,
+/// or (lazy pull) those readers and peers ask for.
 pub async fn download(
     daemon: &Arc<Daemon>,
     task: &Arc<StoredTask>,
     request: &TaskRequest,
-) -> Result<u64, TaskFailure> {
+) -> Result<RunEnd, TaskFailure> {
     let reporter = PieceReporter::start(daemon.clone(), task.clone(), request.url.clone());
     let mut plan = match register(daemon, task, request).await {
         Some(resp) => {
@@ -89,6 +92,9 @@ pub async fn download(
                 seed_request.task_id = Some(task.id.clone());
                 seed_request.seed_request = true;
                 seed_request.output = None;
+                // A lazy reader's seed fetches what the swarm asks for,
+                // not the whole content.
+                seed_request.lazy = !daemon.progress(&task.id).demand.wants_all();
                 match daemon.peers.trigger_seed(&base, &seed_request).await {
                     Ok(()) => {
                         tracing::info!(seed = %seed_id, "seed peer asked to fetch the task");
@@ -105,12 +111,14 @@ pub async fn download(
             }
             Plan::Peers(parents) => match from_peers(daemon, task, parents, &reporter).await? {
                 PeerOutcome::Done => {
-                    return task.with_meta(|m| m.content_length).ok_or_else(|| {
-                        TaskFailure::Internal {
+                    return task
+                        .with_meta(|m| m.content_length)
+                        .map(RunEnd::Complete)
+                        .ok_or_else(|| TaskFailure::Internal {
                             message: "length unknown after download".into(),
-                        }
-                    })
+                        })
                 }
+                PeerOutcome::Partial => return Ok(RunEnd::Partial),
                 PeerOutcome::BackToSource(why) => {
                     tracing::warn!(
                         reason = why,
@@ -187,20 +195,177 @@ async fn back_to_source(
     task: &Arc<StoredTask>,
     request: &TaskRequest,
     reporter: &PieceReporter,
-) -> Result<u64, TaskFailure> {
+) -> Result<RunEnd, TaskFailure> {
     let progress = daemon.progress(&task.id);
+    progress.elected_source.store(true, Ordering::SeqCst);
     let on_piece = |index: u32, bytes: u64| {
         daemon.metrics.obtained("origin", bytes);
+        daemon.metrics.origin_bytes(&task.id, bytes);
         progress.from_origin.fetch_add(bytes, Ordering::Relaxed);
+        progress.record_piece_source(index, "origin");
         reporter.report(index);
     };
     progress.set_sourcing(true);
-    let result = daemon
-        .source
-        .fetch_missing(task, &request.url, &request.headers, &on_piece)
-        .await;
+    let result = source_on_demand(daemon, task, request, &on_piece).await;
     progress.set_sourcing(false);
     result
+}
+
+/// Origin ranges fetched at once by a lazy back-to-source run.
+const LAZY_ORIGIN_REQUESTS: usize = 4;
+/// Longest origin range of a lazy run, in pieces: wants arriving meanwhile
+/// wait at most this long.
+const LAZY_RUN_PIECES: u32 = 4;
+
+/// The back-to-source run: the whole content in one streamed pass when all
+/// of it is wanted; otherwise wanted pieces as they are asked for (a few
+/// ranged GETs at once), then a paced prefetch if one was asked for.
+async fn source_on_demand(
+    daemon: &Arc<Daemon>,
+    task: &Arc<StoredTask>,
+    request: &TaskRequest,
+    on_piece: &(dyn Fn(u32, u64) + Send + Sync),
+) -> Result<RunEnd, TaskFailure> {
+    let demand = &daemon.progress(&task.id).demand;
+    let mut changes = demand.subscribe();
+    let mut inflight = FuturesUnordered::new();
+    let mut fetching: HashSet<u32> = HashSet::new();
+    let mut pacer = Pacer::new(daemon.config.prefetch_rate.as_u64());
+    loop {
+        if demand.wants_all() && inflight.is_empty() {
+            return daemon
+                .source
+                .fetch_missing(task, &request.url, &request.headers, on_piece)
+                .await
+                .map(RunEnd::Complete);
+        }
+        if !task.with_meta(|m| m.shape_known()) {
+            daemon
+                .source
+                .learn_shape(task, &request.url, &request.headers)
+                .await?;
+            continue;
+        }
+        let (missing, piece_length, length) = task.with_meta(|m| {
+            (
+                m.missing_pieces(),
+                m.piece_length,
+                m.content_length.unwrap_or(0),
+            )
+        });
+        if missing.is_empty() && inflight.is_empty() {
+            return Ok(RunEnd::Complete(length));
+        }
+        changes.borrow_and_update();
+        let selection = demand.select(&missing, piece_length);
+        let urgent: Vec<u32> = selection
+            .urgent
+            .iter()
+            .copied()
+            .filter(|i| !fetching.contains(i))
+            .collect();
+        for run in crate::source::runs(&urgent) {
+            for (first, last) in split_run(run, LAZY_RUN_PIECES) {
+                if inflight.len() >= LAZY_ORIGIN_REQUESTS {
+                    break;
+                }
+                fetching.extend(first..=last);
+                inflight.push(fetch_origin_run(
+                    daemon,
+                    task,
+                    request,
+                    (first, last),
+                    on_piece,
+                ));
+            }
+        }
+        // Background prefetch: one piece at a time, paced, never ahead of
+        // anything a reader waits for.
+        if urgent.is_empty() && inflight.is_empty() {
+            if let Some(&next) = selection.background.first() {
+                pacer.wait(piece_length as u64).await;
+                fetching.insert(next);
+                inflight.push(fetch_origin_run(
+                    daemon,
+                    task,
+                    request,
+                    (next, next),
+                    on_piece,
+                ));
+            }
+        }
+        if inflight.is_empty() {
+            // Nothing wanted: linger for more wants, then end the run.
+            match tokio::time::timeout(daemon.config.lazy_linger, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(RunEnd::Partial),
+            }
+        }
+        tokio::select! {
+            Some(((first, last), result)) = inflight.next() => {
+                for i in first..=last {
+                    fetching.remove(&i);
+                }
+                result?;
+            }
+            _ = changes.changed() => {}
+        }
+    }
+}
+
+async fn fetch_origin_run<'a>(
+    daemon: &'a Daemon,
+    task: &'a Arc<StoredTask>,
+    request: &'a TaskRequest,
+    run: (u32, u32),
+    on_piece: &'a (dyn Fn(u32, u64) + Send + Sync),
+) -> ((u32, u32), Result<(), TaskFailure>) {
+    let result = daemon
+        .source
+        .fetch_run(task, &request.url, &request.headers, run, on_piece)
+        .await;
+    (run, result)
+}
+
+/// Splits `first..=last` into runs of at most `max` pieces.
+fn split_run((first, last): (u32, u32), max: u32) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    let mut start = first;
+    while start <= last {
+        let end = last.min(start + max.max(1) - 1);
+        out.push((start, end));
+        start = end + 1;
+    }
+    out
+}
+
+/// Spaces background work so it averages `bytes_per_sec`.
+struct Pacer {
+    bytes_per_sec: u64,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(bytes_per_sec: u64) -> Self {
+        Pacer {
+            bytes_per_sec: bytes_per_sec.max(1),
+            next: Instant::now(),
+        }
+    }
+
+    fn ready(&self, now: Instant) -> bool {
+        self.next <= now
+    }
+
+    fn spend(&mut self, bytes: u64, now: Instant) {
+        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        self.next = self.next.max(now) + cost;
+    }
+
+    async fn wait(&mut self, bytes: u64) {
+        tokio::time::sleep_until(self.next).await;
+        self.spend(bytes, Instant::now());
+    }
 }
 
 struct ParentSlot {
@@ -382,10 +547,9 @@ async fn accept_piece(
             message: e.to_string(),
         })?;
     daemon.metrics.obtained("peer", len);
-    daemon
-        .progress(&task.id)
-        .from_peers
-        .fetch_add(len, Ordering::Relaxed);
+    let progress = daemon.progress(&task.id);
+    progress.from_peers.fetch_add(len, Ordering::Relaxed);
+    progress.record_piece_source(index, "peer");
     reporter.report(index);
     Ok(())
 }
@@ -443,18 +607,43 @@ async fn from_peers(
     let mut inflight_pieces: HashSet<u32> = HashSet::new();
     let mut avoid = PieceAvoidance::default();
     let mut refresh_at = Instant::now() + config.parent_refresh;
+    let demand = &daemon.progress(&task.id).demand;
+    let mut demand_changes = demand.subscribe();
+    let mut pacer = Pacer::new(config.prefetch_rate.as_u64());
+    let mut background_inflight: HashSet<u32> = HashSet::new();
     last_progress = Instant::now();
     loop {
-        let missing = task.with_meta(|m| m.missing_pieces());
+        let (missing, piece_length) = task.with_meta(|m| (m.missing_pieces(), m.piece_length));
         if missing.is_empty() && inflight.is_empty() {
             return Ok(PeerOutcome::Done);
         }
+        demand_changes.borrow_and_update();
+        let selection = demand.select(&missing, piece_length);
+        if selection.is_empty() {
+            if inflight.is_empty() {
+                // Lazy run with nothing wanted: wait for more, then end.
+                match tokio::time::timeout(config.lazy_linger, demand_changes.changed()).await {
+                    Ok(Ok(())) => {
+                        last_progress = Instant::now();
+                        continue;
+                    }
+                    _ => return Ok(PeerOutcome::Partial),
+                }
+            }
+            // Idle is not a stall.
+            last_progress = Instant::now();
+        }
         let now = Instant::now();
-        for &index in &missing {
+        for (index, urgent) in selection.ordered() {
             if inflight_pieces.contains(&index) {
                 continue;
             }
             if inflight.len() >= config.concurrent_pieces {
+                break;
+            }
+            // A prefetch goes one paced piece at a time.
+            let paced = !urgent && selection.capped;
+            if paced && (!background_inflight.is_empty() || !pacer.ready(now)) {
                 break;
             }
             let Some(i) = pick_parent(
@@ -466,6 +655,10 @@ async fn from_peers(
             ) else {
                 continue;
             };
+            if paced {
+                pacer.spend(piece_length as u64, now);
+                background_inflight.insert(index);
+            }
             slots[i].inflight += 1;
             inflight_pieces.insert(index);
             inflight.push(fetch_verified(
@@ -476,6 +669,14 @@ async fn from_peers(
                 index,
             ));
         }
+        // Wake up when the next paced prefetch piece may go.
+        let prefetch_waits = selection.capped
+            && selection
+                .background
+                .iter()
+                .any(|i| !inflight_pieces.contains(i))
+            && background_inflight.is_empty()
+            && !pacer.ready(Instant::now());
         if last_progress.elapsed() > config.stall_timeout {
             return drain(
                 daemon,
@@ -489,6 +690,7 @@ async fn from_peers(
         tokio::select! {
             Some((index, parent_id, result)) = inflight.next(), if !inflight.is_empty() => {
                 inflight_pieces.remove(&index);
+                background_inflight.remove(&index);
                 if let Some(slot) = slots.iter_mut().find(|s| s.id == parent_id) {
                     slot.inflight = slot.inflight.saturating_sub(1);
                     if matches!(result, Err(PeerError::PieceBusy)) {
@@ -535,6 +737,8 @@ async fn from_peers(
                     }
                 }
             }
+            _ = demand_changes.changed() => {}
+            _ = tokio::time::sleep_until(pacer.next), if prefetch_waits => {}
             _ = tokio::time::sleep_until(refresh_at) => {
                 refresh_at = Instant::now() + config.parent_refresh;
                 match get_parents(daemon, task).await {

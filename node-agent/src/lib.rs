@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod containerd;
 pub mod daemon;
+pub mod demand;
 pub mod downloader;
 pub mod hashring;
 pub mod metrics;

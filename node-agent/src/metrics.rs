@@ -23,6 +23,11 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Bytes obtained, by where they came from.
@@ -35,6 +40,11 @@ pub struct Metrics {
     pub failures: Family<ReasonLabel, Counter>,
     pub cache_bytes: Gauge<u64, AtomicU64>,
     pub evictions: Counter,
+    /// Requests to and bytes from the origin, per task (dropped when the
+    /// task leaves the store): N nodes reading the same data should cost
+    /// the origin one read.
+    pub origin_requests: Family<TaskLabel, Counter>,
+    pub origin_task_bytes: Family<TaskLabel, Counter>,
     pub mirror: crate::mirror::metrics::MirrorMetrics,
 }
 
@@ -50,6 +60,18 @@ impl Metrics {
         let failures = Family::<ReasonLabel, Counter>::default();
         let cache_bytes = Gauge::<u64, AtomicU64>::default();
         let evictions = Counter::default();
+        let origin_requests = Family::<TaskLabel, Counter>::default();
+        let origin_task_bytes = Family::<TaskLabel, Counter>::default();
+        registry.register(
+            "origin_requests",
+            "Requests sent to the origin, per task",
+            origin_requests.clone(),
+        );
+        registry.register(
+            "origin_task_bytes",
+            "Bytes fetched from the origin, per task",
+            origin_task_bytes.clone(),
+        );
         registry.register(
             "download_bytes",
             "Bytes obtained, by source (origin, peer, cache)",
@@ -100,6 +122,8 @@ impl Metrics {
             failures,
             cache_bytes,
             evictions,
+            origin_requests,
+            origin_task_bytes,
         }
     }
 
@@ -108,6 +132,31 @@ impl Metrics {
             .get_or_create(&SourceLabel { source })
             .inc_by(bytes);
         self.pieces.get_or_create(&SourceLabel { source }).inc();
+    }
+
+    pub fn origin_request(&self, task: &str) {
+        self.origin_requests
+            .get_or_create(&TaskLabel {
+                task: task.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn origin_bytes(&self, task: &str, bytes: u64) {
+        self.origin_task_bytes
+            .get_or_create(&TaskLabel {
+                task: task.to_string(),
+            })
+            .inc_by(bytes);
+    }
+
+    /// Drops a task's per-task series (it left the store).
+    pub fn forget_task(&self, task: &str) {
+        let label = TaskLabel {
+            task: task.to_string(),
+        };
+        self.origin_requests.remove(&label);
+        self.origin_task_bytes.remove(&label);
     }
 
     pub fn failure(&self, reason: &'static str) {

@@ -258,7 +258,11 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
         }
     };
     if !task.with_meta(|m| m.has_piece(index)) {
-        if task.run_state() != RunState::Running {
+        // The back-to-source peer of a lazily read task fetches what its
+        // children ask for; a full download will bring every piece anyway.
+        let coming = daemon.want_piece_for_peer(&task, index)
+            || (task.run_state() == RunState::Running && daemon.progress(&id).demand.wants_all());
+        if !coming {
             return error(StatusCode::NOT_FOUND, format!("piece {index} not held"));
         }
         match task.wait_piece(index, daemon.config.piece_wait).await {

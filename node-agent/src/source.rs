@@ -40,6 +40,8 @@ pub struct SourceClient {
     /// Clients for registries with their own CA or skip-verify setting
     /// (`mirror.registries`), by `host[:port]`.
     per_host: Arc<std::collections::HashMap<String, reqwest::Client>>,
+    /// Counts origin requests per task when set.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What happened to one ranged GET.
@@ -54,6 +56,7 @@ impl SourceClient {
         Ok(SourceClient {
             http: Self::builder().build()?,
             per_host: Arc::default(),
+            metrics: None,
         })
     }
 
@@ -78,7 +81,20 @@ impl SourceClient {
         Ok(SourceClient {
             http: build(Self::builder(), "*")?,
             per_host: Arc::new(per_host),
+            metrics: None,
         })
+    }
+
+    /// Counts every origin request in `metrics`, per task.
+    pub fn counting(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_request(&self, task: &StoredTask) {
+        if let Some(metrics) = &self.metrics {
+            metrics.origin_request(&task.id);
+        }
     }
 
     fn builder() -> reqwest::ClientBuilder {
@@ -170,6 +186,7 @@ impl SourceClient {
         headers: &HeaderMap,
         on_piece: &(dyn Fn(u32, u64) + Send + Sync),
     ) -> Result<Attempt, TaskFailure> {
+        self.count_request(task);
         let resp = match self
             .client_for(url)
             .get(url)
@@ -204,45 +221,12 @@ impl SourceClient {
         headers: &HeaderMap,
         on_piece: &(dyn Fn(u32, u64) + Send + Sync),
     ) -> Result<Attempt, TaskFailure> {
-        let (content_length, piece_length, missing) = task.with_meta(|m| {
-            (
-                m.content_length.unwrap_or(0),
-                m.piece_length,
-                m.missing_pieces(),
-            )
-        });
+        let missing = task.with_meta(|m| m.missing_pieces());
         for (first, last) in runs(&missing) {
-            let start = first as u64 * piece_length as u64;
-            let end = ((last as u64 + 1) * piece_length as u64).min(content_length);
-            if start >= end {
-                continue;
-            }
-            let resp = match self
-                .client_for(url)
-                .get(url)
-                .headers(headers.clone())
-                .header(RANGE, format!("bytes={}-{}", start, end - 1))
-                .send()
-                .await
+            if let Attempt::Retry(reason) = self
+                .fetch_run_once(task, url, headers, first, last, on_piece)
+                .await?
             {
-                Ok(resp) => resp,
-                Err(e) => return Ok(Attempt::Retry(e.to_string())),
-            };
-            let status = resp.status();
-            if let Some(verdict) = judge_status(status, &resp) {
-                return verdict;
-            }
-            // A 200 means the origin ignored the range: skip to `start`.
-            let body_start = if status == StatusCode::PARTIAL_CONTENT {
-                check_content_range(&resp, start, content_length)?;
-                start
-            } else {
-                0
-            };
-            let outcome = self
-                .store_body_from(task, resp, body_start, start, end, on_piece)
-                .await?;
-            if let Attempt::Retry(reason) = outcome {
                 return Ok(Attempt::Retry(reason));
             }
         }
@@ -251,6 +235,162 @@ impl SourceClient {
         } else {
             Ok(Attempt::Retry("pieces still missing after a pass".into()))
         }
+    }
+
+    /// Pieces `first..=last` of a task whose shape is known, in one ranged
+    /// GET, retried with backoff on transient failures. Lazy pulls fetch
+    /// exactly the pieces readers touch this way.
+    pub async fn fetch_run(
+        &self,
+        task: &Arc<StoredTask>,
+        url: &str,
+        caller_headers: &BTreeMap<String, String>,
+        (first, last): (u32, u32),
+        on_piece: &(dyn Fn(u32, u64) + Send + Sync),
+    ) -> Result<(), TaskFailure> {
+        let headers = Self::headers(caller_headers);
+        let mut attempt = 0;
+        loop {
+            let reason = match self
+                .fetch_run_once(task, url, &headers, first, last, on_piece)
+                .await?
+            {
+                Attempt::Done => return Ok(()),
+                Attempt::Retry(reason) => reason,
+            };
+            attempt += 1;
+            if attempt >= MAX_ATTEMPTS {
+                return Err(TaskFailure::Internal {
+                    message: format!("origin failed {attempt} times, last: {reason}"),
+                });
+            }
+            let backoff = FIRST_BACKOFF * 2u32.pow(attempt - 1);
+            tracing::warn!(url, attempt, ?backoff, %reason, "origin range request failed, retrying");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Learns a task's length without downloading it: a HEAD, else a
+    /// one-byte range whose `Content-Range` tells the total.
+    pub async fn learn_shape(
+        &self,
+        task: &Arc<StoredTask>,
+        url: &str,
+        caller_headers: &BTreeMap<String, String>,
+    ) -> Result<u64, TaskFailure> {
+        let headers = Self::headers(caller_headers);
+        let mut attempt = 0;
+        loop {
+            let reason = match self.probe_length(task, url, &headers).await? {
+                Ok(length) => {
+                    task.set_shape(Some(length), piece_length_for(Some(length)))
+                        .map_err(internal)?;
+                    return Ok(length);
+                }
+                Err(reason) => reason,
+            };
+            attempt += 1;
+            if attempt >= MAX_ATTEMPTS {
+                return Err(TaskFailure::Internal {
+                    message: format!("origin failed {attempt} times, last: {reason}"),
+                });
+            }
+            tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(attempt - 1)).await;
+        }
+    }
+
+    /// `Ok(Ok(length))`, `Ok(Err(transient reason))`, or a final failure.
+    async fn probe_length(
+        &self,
+        task: &StoredTask,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> Result<Result<u64, String>, TaskFailure> {
+        let client = self.client_for(url);
+        self.count_request(task);
+        let head = match client.head(url).headers(headers.clone()).send().await {
+            Ok(resp) => resp,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Some(verdict) = judge_status(head.status(), &head) {
+            return match verdict {
+                Ok(Attempt::Retry(reason)) => Ok(Err(reason)),
+                Ok(Attempt::Done) => Ok(Err("unexpected".into())),
+                Err(failure) => Err(failure),
+            };
+        }
+        if let Some(length) = head
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            return Ok(Ok(length));
+        }
+        self.count_request(task);
+        let resp = match client
+            .get(url)
+            .headers(headers.clone())
+            .header(RANGE, "bytes=0-0")
+            .send()
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Some(Err(failure)) = judge_status(resp.status(), &resp) {
+            return Err(failure);
+        }
+        let total = resp
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit_once('/'))
+            .and_then(|(_, total)| total.parse::<u64>().ok());
+        Ok(total.ok_or_else(|| format!("origin tells no length ({})", resp.status())))
+    }
+
+    async fn fetch_run_once(
+        &self,
+        task: &Arc<StoredTask>,
+        url: &str,
+        headers: &HeaderMap,
+        first: u32,
+        last: u32,
+        on_piece: &(dyn Fn(u32, u64) + Send + Sync),
+    ) -> Result<Attempt, TaskFailure> {
+        let (content_length, piece_length) =
+            task.with_meta(|m| (m.content_length.unwrap_or(0), m.piece_length));
+        let start = first as u64 * piece_length as u64;
+        let end = ((last as u64 + 1) * piece_length as u64).min(content_length);
+        if start >= end {
+            return Ok(Attempt::Done);
+        }
+        self.count_request(task);
+        let resp = match self
+            .client_for(url)
+            .get(url)
+            .headers(headers.clone())
+            .header(RANGE, format!("bytes={}-{}", start, end - 1))
+            .send()
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => return Ok(Attempt::Retry(e.to_string())),
+        };
+        let status = resp.status();
+        if let Some(verdict) = judge_status(status, &resp) {
+            return verdict;
+        }
+        // A 200 means the origin ignored the range: skip to `start`.
+        let body_start = if status == StatusCode::PARTIAL_CONTENT {
+            check_content_range(&resp, start, content_length)?;
+            start
+        } else {
+            0
+        };
+        self.store_body_from(task, resp, body_start, start, end, on_piece)
+            .await
     }
 
     async fn store_body(
@@ -392,7 +532,7 @@ fn check_content_range(
 }
 
 /// Consecutive runs in a sorted list: [1,2,3,7,8] -> [(1,3),(7,8)].
-fn runs(sorted: &[u32]) -> Vec<(u32, u32)> {
+pub fn runs(sorted: &[u32]) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::new();
     for &i in sorted {
         match out.last_mut() {

@@ -32,6 +32,13 @@ pub struct TaskRequest {
     pub task_id: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub seed_request: bool,
+    /// Fetch only the pieces readers and peers ask for (lazy pull), not
+    /// the whole content.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lazy: bool,
+    /// With `lazy`: fetch the rest in the background at the prefetch rate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefetch: bool,
 }
 
 impl TaskRequest {

@@ -44,7 +44,14 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         .store
         .get(&task_id)
         .filter(|t| t.is_complete());
-    let upstream_length = match check_access(mirror, ctx, name, &path).await {
+    // Lazy-pull clients wait only briefly on the access check, so a slow
+    // upstream makes them fall back instead of stalling.
+    let check_timeout = if ranges.is_some() {
+        mirror.config.range_timeout
+    } else {
+        mirror.config.upstream_timeout
+    };
+    let upstream_length = match check_access(mirror, ctx, name, &path, check_timeout).await {
         Ok(length) => length,
         Err(resp) => return resp,
     };
@@ -59,16 +66,20 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         };
     }
     let source = if local.is_some() { "local" } else { "swarm" };
+    let lazy = ranges.is_some() && local.is_none();
     let request = TaskRequest {
         url: ctx.upstream.url(&path),
         headers: origin_headers(ctx, &mirror.daemon.host_id),
         digest: Some(digest.to_string()),
+        lazy,
+        prefetch: lazy && wants_prefetch(mirror, ctx),
         ..Default::default()
     };
-    let (task, length) = match start_and_size(mirror, request, "BLOB_UNKNOWN", "blob").await {
-        Ok(found) => found,
-        Err(resp) => return resp,
-    };
+    let (task, length) =
+        match start_and_size(mirror, request, upstream_length, "BLOB_UNKNOWN", "blob").await {
+            Ok(found) => found,
+            Err(resp) => return resp,
+        };
     task.touch();
     tracing::debug!(task = %task.id, length, source, ranges = ?ranges, "serving blob");
     let on_bytes = {
@@ -78,8 +89,8 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
             Box::new(move |n| mirror.metrics().blob_bytes(source, n))
         }
     };
-    let stall = mirror.daemon.config.stall_timeout;
     let Some(specs) = ranges else {
+        let stall = mirror.daemon.config.stall_timeout;
         let counting = count_whole_blob(mirror.clone(), task.clone(), source, length, on_bytes());
         let stream = crate::reader::stream_range(task, 0, length, stall, counting);
         return body_response(
@@ -93,6 +104,33 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         Ok(resolved) => resolved,
         Err(e) => return range_error(&e, Some(length)),
     };
+    // Only the pieces the ranges touch are fetched (from peers when they
+    // have them), ahead of any background work.
+    let touched = touched_pieces(&task, &resolved);
+    let missing: Vec<u32> = task.with_meta(|m| {
+        touched
+            .iter()
+            .copied()
+            .filter(|&i| !m.has_piece(i))
+            .collect()
+    });
+    mirror.daemon.want_bytes(&task, &resolved);
+    // A range that cannot be served promptly is refused before any byte
+    // goes out, so a lazy-pull client falls back to the registry at once
+    // instead of reading a broken body.
+    let stall = mirror.config.range_timeout;
+    if let Err(resp) = await_first_pieces(&task, &resolved, stall).await {
+        mirror.metrics().range_served("failed");
+        if resp.status().is_server_error() {
+            mirror.daemon.mirror_health.failed(
+                &ctx.upstream,
+                format!("blob range not served within {stall:?}"),
+            );
+        }
+        return resp;
+    }
+    let total: u64 = resolved.iter().map(|(s, e)| e - s).sum();
+    let on_bytes = count_range(mirror.clone(), task.clone(), missing, total, on_bytes);
     if let [(start, end)] = resolved[..] {
         let stream = crate::reader::stream_range(task, start, end, stall, on_bytes());
         let mut resp = body_response(
@@ -109,6 +147,90 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
     multipart(task, digest, length, &resolved, stall, on_bytes)
 }
 
+/// Whether this range request should also prefetch the rest of the blob:
+/// the `X-Dragonfly-Prefetch` header, else the mirror setting.
+fn wants_prefetch(mirror: &Mirror, ctx: &Ctx) -> bool {
+    match ctx
+        .headers
+        .get(PREFETCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+    {
+        Some(v) if v == "true" || v == "1" => true,
+        Some(v) if v == "false" || v == "0" => false,
+        _ => mirror.config.prefetch,
+    }
+}
+
+/// Per-request switch for the background prefetch after a range.
+pub const PREFETCH_HEADER: &str = "x-dragonfly-prefetch";
+
+fn touched_pieces(task: &StoredTask, ranges: &[(u64, u64)]) -> Vec<u32> {
+    let piece_length = task.with_meta(|m| m.piece_length);
+    let mut pieces: Vec<u32> = ranges
+        .iter()
+        .flat_map(|&(s, e)| crate::piece::pieces_for_range(s, e, piece_length))
+        .collect();
+    pieces.sort_unstable();
+    pieces.dedup();
+    pieces
+}
+
+/// Waits until the first piece of every range is stored, or answers why
+/// not (a failed download keeps its status; a slow one is 504).
+async fn await_first_pieces(
+    task: &StoredTask,
+    ranges: &[(u64, u64)],
+    timeout: std::time::Duration,
+) -> Result<(), Response> {
+    let piece_length = task.with_meta(|m| m.piece_length);
+    let deadline = tokio::time::Instant::now() + timeout;
+    for &(start, end) in ranges {
+        let Some(first) = crate::piece::pieces_for_range(start, end, piece_length).next() else {
+            continue;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match task.wait_piece(first, left).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(oci_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UNAVAILABLE",
+                    &format!("piece {first} not available within {timeout:?}"),
+                ))
+            }
+            Err(failure) => return Err(failure_response(&failure)),
+        }
+    }
+    Ok(())
+}
+
+/// Counts a range answer once its last byte is handed out, by where the
+/// pieces it lacked at the start came from.
+fn count_range(
+    mirror: Arc<Mirror>,
+    task: Arc<StoredTask>,
+    missing: Vec<u32>,
+    total: u64,
+    on_bytes: impl Fn() -> Box<dyn Fn(u64) + Send + Sync> + Send + Sync + 'static,
+) -> impl Fn() -> Box<dyn Fn(u64) + Send + Sync> + Send + 'static {
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let missing = Arc::new(missing);
+    move || {
+        let inner = on_bytes();
+        let (mirror, task, missing, sent) =
+            (mirror.clone(), task.clone(), missing.clone(), sent.clone());
+        Box::new(move |n| {
+            inner(n);
+            let done = sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+            if done >= total && done - n < total {
+                let source = mirror.daemon.progress(&task.id).source_of(&missing);
+                mirror.metrics().range_served(source);
+            }
+        })
+    }
+}
+
 /// Starts (or joins) the P2P task for content addressed by digest and
 /// waits, bounded, until its length is known. `bad_request_code` is the OCI
 /// error code for a request the daemon refuses; `what` names the content in
@@ -116,6 +238,7 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
 pub(super) async fn start_and_size(
     mirror: &Mirror,
     request: TaskRequest,
+    known_length: Option<u64>,
     bad_request_code: &str,
     what: &str,
 ) -> Result<(Arc<StoredTask>, u64), Response> {
@@ -136,6 +259,15 @@ pub(super) async fn start_and_size(
             ))
         }
     };
+    if let Some(length) = known_length {
+        // The upstream's HEAD told the length: no need to ask again.
+        if !task.with_meta(|m| m.shape_known()) {
+            let piece_length = crate::piece::piece_length_for(Some(length));
+            if let Err(e) = task.set_shape(Some(length), piece_length) {
+                tracing::debug!(error = %e, "upstream length conflicts with the task's");
+            }
+        }
+    }
     let stall = mirror.daemon.config.stall_timeout;
     match task.wait_shape(stall).await {
         Ok(Some((length, _))) => Ok((task, length)),
@@ -156,6 +288,7 @@ pub(super) async fn check_access(
     ctx: &Ctx,
     name: &str,
     path: &str,
+    timeout: std::time::Duration,
 ) -> Result<Option<u64>, Response> {
     let key = AuthKey::new(&ctx.upstream.host, name, ctx.authorization());
     if mirror.auth.is_fresh(&key) {
@@ -164,7 +297,7 @@ pub(super) async fn check_access(
     }
     let mut headers = proxy::forwarded_headers(&ctx.headers, &mirror.daemon.host_id);
     headers.remove(header::RANGE);
-    let outcome = proxy::send_with(mirror, ctx, Method::HEAD, path, headers).await;
+    let outcome = proxy::send_within(mirror, ctx, Method::HEAD, path, headers, timeout).await;
     let why = match outcome {
         Ok(resp) if resp.status().is_success() => {
             mirror.auth.record_allowed(&key);

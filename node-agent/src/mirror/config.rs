@@ -31,6 +31,15 @@ pub struct MirrorConfig {
     /// with an error so containerd tries its next host.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// After a blob's first range request, fetch the rest of it in the
+    /// background at `prefetch_rate` (per request: `X-Dragonfly-Prefetch:
+    /// true|false`).
+    pub prefetch: bool,
+    /// A range read that gets no new bytes for this long is answered with
+    /// an error, so a lazy-pull client (nydusd) falls back to the registry
+    /// well before its own timeout.
+    #[serde(with = "humantime_serde")]
+    pub range_timeout: Duration,
     /// Forward HTTP proxy on the same port (a runtime configured with
     /// `image-proxy: http://127.0.0.1:65001`): absolute-URI requests and
     /// CONNECT tunnels.
@@ -50,6 +59,8 @@ impl Default for MirrorConfig {
             offline_policy: OfflinePolicy::default(),
             connect_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(20),
+            prefetch: false,
+            range_timeout: Duration::from_secs(4),
             forward_proxy: true,
             proxy_rules: vec!["blobs/sha256.*".into()],
         }

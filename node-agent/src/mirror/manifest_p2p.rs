@@ -20,7 +20,9 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.o
 
 pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) -> Response {
     let path = format!("/v2/{name}/manifests/{digest}");
-    if let Err(resp) = blob::check_access(mirror, ctx, name, &path).await {
+    if let Err(resp) =
+        blob::check_access(mirror, ctx, name, &path, mirror.config.upstream_timeout).await
+    {
         return resp;
     }
     let mut headers = blob::origin_headers(ctx, &mirror.daemon.host_id);
@@ -32,7 +34,7 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         ..Default::default()
     };
     let (task, length) =
-        match blob::start_and_size(mirror, request, "MANIFEST_INVALID", "manifest").await {
+        match blob::start_and_size(mirror, request, None, "MANIFEST_INVALID", "manifest").await {
             Ok(found) => found,
             Err(resp) => return resp,
         };

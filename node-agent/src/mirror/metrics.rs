@@ -35,6 +35,7 @@ pub struct MirrorMetrics {
     pub blob_bytes: Family<BlobSourceLabel, Counter>,
     pub auth_checks: Family<AuthResultLabel, Counter>,
     pub blobs_served: Family<BlobSourceLabel, Counter>,
+    pub range_requests: Family<BlobSourceLabel, Counter>,
 }
 
 impl MirrorMetrics {
@@ -54,6 +55,11 @@ impl MirrorMetrics {
             "mirror_blobs_served",
             "Whole blobs the mirror sent to clients, by where their bytes came from (local, peer, origin, mixed)",
             m.blobs_served.clone(),
+        );
+        registry.register(
+            "mirror_range_requests",
+            "Blob range requests answered, by where the touched pieces came from (local, peer, origin)",
+            m.range_requests.clone(),
         );
         registry.register(
             "mirror_auth_checks",
@@ -83,6 +89,12 @@ impl MirrorMetrics {
 
     pub fn blob_served(&self, source: &'static str) {
         self.blobs_served
+            .get_or_create(&BlobSourceLabel { source })
+            .inc();
+    }
+
+    pub fn range_served(&self, source: &'static str) {
+        self.range_requests
             .get_or_create(&BlobSourceLabel { source })
             .inc();
     }

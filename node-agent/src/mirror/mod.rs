@@ -13,6 +13,7 @@ pub mod auth;
 pub mod blob;
 pub mod config;
 pub mod forward;
+pub mod health;
 pub mod manifest;
 pub mod manifest_cache;
 pub mod manifest_p2p;
@@ -120,6 +121,7 @@ async fn handle(State(mirror): State<Arc<Mirror>>, request: Request) -> Response
         uri = %request.uri(),
     );
     async move {
+        let _in_flight = mirror.daemon.mirror_health.request_started();
         let started = Instant::now();
         let (route, response) = if forward::is_proxy_request(&request) {
             forward::serve(&mirror, request).await

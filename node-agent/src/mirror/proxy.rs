@@ -43,6 +43,8 @@ pub enum ProxyError {
     Timeout(String, std::time::Duration),
     #[error("upstream request failed: {0}")]
     Request(#[from] reqwest::Error),
+    #[error("upstream {0} failed moments ago ({1}); not waiting on it again yet")]
+    FailingFast(String, String),
 }
 
 impl ProxyError {
@@ -77,14 +79,40 @@ pub async fn send_with(
     path: &str,
     headers: HeaderMap,
 ) -> Result<reqwest::Response, ProxyError> {
-    let client = mirror.clients.for_upstream(&ctx.upstream)?;
-    let url = ctx.upstream.url(path);
-    let request = client.request(method, &url).headers(headers);
     let timeout = mirror.config.upstream_timeout;
-    match tokio::time::timeout(timeout, request.send()).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(ProxyError::Timeout(url, timeout)),
+    send_within(mirror, ctx, method, path, headers, timeout).await
+}
+
+/// `send_with`, waiting at most `timeout` for the answer's headers. An
+/// upstream that failed moments ago is not waited on again (each request
+/// would stall for the whole timeout); its outcome feeds the mirror's
+/// health, which `/server/ping` reports.
+pub async fn send_within(
+    mirror: &Mirror,
+    ctx: &Ctx,
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Response, ProxyError> {
+    let health = &mirror.daemon.mirror_health;
+    let url = ctx.upstream.url(path);
+    if let Some(reason) = health.fail_fast(&ctx.upstream) {
+        return Err(ProxyError::FailingFast(ctx.upstream.url(""), reason));
     }
+    let client = mirror.clients.for_upstream(&ctx.upstream)?;
+    let request = client.request(method, &url).headers(headers);
+    let result = match tokio::time::timeout(timeout, request.send()).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(ProxyError::Request(e)),
+        Err(_) => Err(ProxyError::Timeout(url, timeout)),
+    };
+    match &result {
+        Ok(resp) if !resp.status().is_server_error() => health.succeeded(&ctx.upstream),
+        Ok(resp) => health.failed(&ctx.upstream, format!("answered {}", resp.status())),
+        Err(e) => health.failed(&ctx.upstream, e.to_string()),
+    }
+    result
 }
 
 /// The caller's headers worth forwarding, plus this daemon in the loop guard.

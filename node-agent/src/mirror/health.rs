@@ -1,0 +1,164 @@
+//! Whether the mirror can serve promptly, for `/server/ping` (nydusd
+//! re-enables a failed mirror whenever its ping answers below 500, so the
+//! ping must tell the truth) and for failing fast: an upstream that just
+//! failed is not waited on again by every request until it answers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::upstream::Upstream;
+
+/// An upstream that failed is skipped this long before one request may try
+/// it again (the ping's own probe may clear it sooner).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Upstreams unused for this long no longer count for the ping.
+const RECENT: Duration = Duration::from_secs(300);
+/// More mirror requests in flight than this: overloaded.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+#[derive(Debug, Clone)]
+struct Broken {
+    reason: String,
+    retry_at: Instant,
+}
+
+#[derive(Debug)]
+struct UpstreamState {
+    upstream: Upstream,
+    last_used: Instant,
+    broken: Option<Broken>,
+}
+
+#[derive(Default)]
+pub struct MirrorHealth {
+    upstreams: Mutex<HashMap<String, UpstreamState>>,
+    in_flight: AtomicUsize,
+}
+
+/// Decrements the in-flight count when a mirror request ends.
+pub struct InFlight<'a>(&'a MirrorHealth);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl MirrorHealth {
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self)
+    }
+
+    fn with_state<R>(&self, upstream: &Upstream, f: impl FnOnce(&mut UpstreamState) -> R) -> R {
+        let mut map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        let state = map
+            .entry(upstream.url(""))
+            .or_insert_with(|| UpstreamState {
+                upstream: upstream.clone(),
+                last_used: Instant::now(),
+                broken: None,
+            });
+        state.last_used = Instant::now();
+        f(state)
+    }
+
+    /// The upstream answered (below 500).
+    pub fn succeeded(&self, upstream: &Upstream) {
+        self.with_state(upstream, |s| {
+            if s.broken.take().is_some() {
+                tracing::info!(upstream = %upstream.url(""), "upstream reachable again");
+            }
+        });
+    }
+
+    /// The upstream (or the mirror's path through it) failed.
+    pub fn failed(&self, upstream: &Upstream, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.with_state(upstream, |s| {
+            if s.broken.is_none() {
+                tracing::warn!(upstream = %upstream.url(""), %reason, "upstream marked unavailable");
+            }
+            s.broken = Some(Broken {
+                reason,
+                retry_at: Instant::now() + RETRY_AFTER,
+            });
+        });
+    }
+
+    /// Why requests to `upstream` should fail at once instead of waiting on
+    /// it; `None` lets the request go (once per retry window after a
+    /// failure, so recovery is noticed).
+    pub fn fail_fast(&self, upstream: &Upstream) -> Option<String> {
+        self.with_state(upstream, |s| {
+            let broken = s.broken.as_mut()?;
+            let now = Instant::now();
+            if now >= broken.retry_at {
+                broken.retry_at = now + RETRY_AFTER;
+                return None;
+            }
+            Some(broken.reason.clone())
+        })
+    }
+
+    /// Recently used upstreams currently marked broken.
+    pub fn broken(&self) -> Vec<(Upstream, String)> {
+        let map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .filter(|s| s.last_used.elapsed() < RECENT)
+            .filter_map(|s| Some((s.upstream.clone(), s.broken.as_ref()?.reason.clone())))
+            .collect()
+    }
+
+    /// Problems that keep the mirror from serving promptly (empty: healthy).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .broken()
+            .into_iter()
+            .map(|(u, reason)| format!("upstream {} unavailable: {reason}", u.url("")))
+            .collect();
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        if in_flight > MAX_IN_FLIGHT {
+            out.push(format!("overloaded: {in_flight} requests in flight"));
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        Upstream {
+            scheme: "http",
+            host: "registry:5000".into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_upstream_fails_fast_until_it_answers() {
+        let health = MirrorHealth::default();
+        assert!(health.fail_fast(&upstream()).is_none());
+        health.failed(&upstream(), "timed out");
+        assert_eq!(health.fail_fast(&upstream()).as_deref(), Some("timed out"));
+        assert_eq!(health.problems().len(), 1);
+        health.succeeded(&upstream());
+        assert!(health.fail_fast(&upstream()).is_none());
+        assert!(health.problems().is_empty());
+    }
+
+    #[test]
+    fn too_many_requests_in_flight_is_a_problem() {
+        let health = MirrorHealth::default();
+        let guards: Vec<_> = (0..=MAX_IN_FLIGHT)
+            .map(|_| health.request_started())
+            .collect();
+        assert_eq!(health.problems().len(), 1);
+        drop(guards);
+        assert!(health.problems().is_empty());
+    }
+}
