@@ -18,7 +18,8 @@
 #     mirror answers the registry's 401 and no blob bytes leave it, although
 #     the blobs are cached in the cluster;
 #  7. the first registry is stopped; node 3 (offline policy `any`) still pulls
-#     the image by digest from its peers and runs it;
+#     the image by digest from its peers and runs it, and by tag, which it
+#     never resolved itself (the scheduler knows what the tag pointed to);
 #  8. stopping the dfdaemons restores certs.d byte for byte.
 #
 # Bytes are counted from the registry's own access log, not our metrics.
@@ -292,6 +293,11 @@ out=$(ctr -a "$WORK/node3/containerd/containerd.sock" run --rm --snapshotter nat
   fail "ctr run on node 3: $out"
 echo "$out"
 [ "$out" = "hello-from-dragonfly" ] || fail "unexpected container output on node 3"
+# Node 3 never resolved the tag itself: the cluster knows what it pointed to.
+pull 3 "$IMAGE"
+tagged=$(ctr -a "$WORK/node3/containerd/containerd.sock" images ls | awk -v ref="$IMAGE" '$1 == ref {print $3}')
+[ "$tagged" = "$digest" ] || fail "node 3 resolved $IMAGE to '$tagged', expected $digest"
+echo "node 3 pulled $IMAGE by tag with the registry down (resolved from the cluster to $digest)"
 
 log "stopping dfdaemons restores certs.d"
 for pid in "${DFDAEMON_PIDS[@]}"; do kill -TERM "$pid"; done
@@ -302,4 +308,4 @@ for n in 1 2 3; do
   echo "node $n certs.d byte-identical after restore"
 done
 
-log "PASS: node 1 pulled $node1_bytes blob bytes from the registry, node 2 pulled 0 and ran the image, node 3 pulled by digest during the outage"
+log "PASS: node 1 pulled $node1_bytes blob bytes from the registry, node 2 pulled 0 and ran the image, node 3 pulled by digest and by tag during the outage"

@@ -188,6 +188,32 @@ impl SchedulerPool {
         task_rpc!(self, req, leave_task)
     }
 
+    /// Shares what a tag resolved to at its registry.
+    pub async fn report_tag(
+        &self,
+        req: proto::ReportTagRequest,
+    ) -> Result<proto::Empty, SchedulerError> {
+        let key = tag_key(req.tag.as_ref());
+        self.call(&key, |mut c| {
+            let req = req.clone();
+            async move { c.report_tag(req).await }
+        })
+        .await
+    }
+
+    /// What dfdaemons recently saw a tag resolve to.
+    pub async fn resolve_tag(
+        &self,
+        req: proto::ResolveTagRequest,
+    ) -> Result<proto::ResolveTagResponse, SchedulerError> {
+        let key = tag_key(req.tag.as_ref());
+        self.call(&key, |mut c| {
+            let req = req.clone();
+            async move { c.resolve_tag(req).await }
+        })
+        .await
+    }
+
     /// Announces this host to one scheduler; returns whether it knew us.
     pub async fn announce_to(
         &self,
@@ -229,4 +255,10 @@ fn is_transport_failure(status: &Status) -> bool {
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
     )
+}
+
+/// Tags are spread over scheduler replicas like tasks, by this key.
+fn tag_key(tag: Option<&proto::ImageTag>) -> String {
+    tag.map(|t| format!("tag:{}/{}:{}", t.registry, t.repository, t.tag))
+        .unwrap_or_default()
 }

@@ -45,6 +45,10 @@ pub struct Config {
     /// Tasks with no peers are forgotten after this long.
     #[serde(with = "humantime_serde")]
     pub task_idle_ttl: Duration,
+    /// Tag -> digest answers reported by dfdaemons are handed out this long
+    /// (to nodes resolving a tag while the registry is down).
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             host_ttl: None,
             max_parents: 4,
             task_idle_ttl: Duration::from_secs(600),
+            tag_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -134,6 +139,9 @@ pub struct Cli {
     /// Forget tasks without peers after this long [default: 10m].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub task_idle_ttl: Option<Duration>,
+    /// Hand out reported tag -> digest answers this long [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub tag_ttl: Option<Duration>,
 }
 
 impl Cli {
@@ -160,6 +168,9 @@ impl Cli {
         }
         if let Some(v) = self.task_idle_ttl {
             config.task_idle_ttl = v;
+        }
+        if let Some(v) = self.tag_ttl {
+            config.tag_ttl = v;
         }
         config.validate()?;
         Ok(config)

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod ranking;
 pub mod service;
 pub mod state;
+pub mod tags;
 pub mod tasks;
 
 use std::future::Future;
@@ -81,6 +82,7 @@ impl Server {
             max_parents: config.max_parents,
             host_ttl: config.host_ttl(),
             task_idle_ttl: config.task_idle_ttl,
+            tag_ttl: config.tag_ttl,
         };
         let state = SharedState::new(State::new(settings, metrics.clone()));
         let ready = Arc::new(AtomicBool::new(false));

@@ -8,7 +8,8 @@ use proto::scheduler_server::Scheduler;
 use proto::{
     AnnounceHostRequest, AnnounceHostResponse, Empty, GetParentsRequest, LeaveHostRequest,
     LeaveTaskRequest, RegisterPeerRequest, ReportParentFailureRequest, ReportPeerResultRequest,
-    ReportPiecesRequest, ScheduleResponse, StatRequest, StatResponse,
+    ReportPiecesRequest, ReportTagRequest, ResolveTagRequest, ResolveTagResponse, ScheduleResponse,
+    StatRequest, StatResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::debug;
@@ -163,8 +164,34 @@ impl Scheduler for SchedulerService {
         })
     }
 
+    async fn report_tag(
+        &self,
+        request: Request<ReportTagRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        let tag = tag_name(req.tag.as_ref());
+        self.call("report_tag", &tag, &req.host_id, |s, now| {
+            s.report_tag(&req, now).map(|()| Empty {})
+        })
+    }
+
+    async fn resolve_tag(
+        &self,
+        request: Request<ResolveTagRequest>,
+    ) -> Result<Response<ResolveTagResponse>, Status> {
+        let req = request.into_inner();
+        let tag = tag_name(req.tag.as_ref());
+        self.call("resolve_tag", &tag, "", |s, now| s.resolve_tag(&req, now))
+    }
+
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let req = request.into_inner();
         self.call("stat", &req.task_id, "", |s, _| Ok(s.stat(&req.task_id)))
     }
+}
+
+/// `registry/repository:tag`, for spans.
+fn tag_name(tag: Option<&proto::ImageTag>) -> String {
+    tag.map(|t| format!("{}/{}:{}", t.registry, t.repository, t.tag))
+        .unwrap_or_default()
 }

@@ -65,6 +65,8 @@ pub struct Settings {
     pub max_parents: usize,
     pub host_ttl: Duration,
     pub task_idle_ttl: Duration,
+    /// How long a reported tag -> digest answer is handed out.
+    pub tag_ttl: Duration,
 }
 
 /// What one sweep forgot.
@@ -79,6 +81,7 @@ pub struct Swept {
 pub struct State {
     hosts: Hosts,
     tasks: HashMap<String, Task>,
+    tags: crate::tags::TagBook,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -105,6 +108,7 @@ impl State {
         State {
             hosts: Hosts::new(settings.host_ttl),
             tasks: HashMap::new(),
+            tags: crate::tags::TagBook::default(),
             settings,
             metrics,
         }
@@ -402,6 +406,7 @@ impl State {
             }
         }
 
+        self.tags.sweep(now, self.settings.tag_ttl);
         let before = self.tasks.len();
         let idle_ttl = self.settings.task_idle_ttl;
         self.tasks.retain(|_, t| !t.is_idle(now, idle_ttl));
@@ -423,6 +428,22 @@ impl State {
     }
 
     /// Every host and every task (or just `task_id`), sorted by id.
+    pub fn report_tag(&mut self, req: &proto::ReportTagRequest, now: Instant) -> Result<()> {
+        check_id("host_id", &req.host_id)?;
+        self.tags.report(req, now)
+    }
+
+    pub fn resolve_tag(
+        &self,
+        req: &proto::ResolveTagRequest,
+        now: Instant,
+    ) -> Result<proto::ResolveTagResponse> {
+        let records = self
+            .tags
+            .resolve(req.tag.as_ref(), now, self.settings.tag_ttl)?;
+        Ok(proto::ResolveTagResponse { records })
+    }
+
     pub fn stat(&self, task_id: &str) -> StatResponse {
         let mut hosts: Vec<Host> = self.hosts.iter().map(|e| e.host.clone()).collect();
         hosts.sort_by(|a, b| a.id.cmp(&b.id));
@@ -619,6 +640,7 @@ mod tests {
                 max_parents: 4,
                 host_ttl: TTL,
                 task_idle_ttl: Duration::from_secs(600),
+                tag_ttl: Duration::from_secs(3600),
             },
             Arc::new(Metrics::new()),
         )

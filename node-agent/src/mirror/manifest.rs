@@ -55,13 +55,14 @@ pub async fn serve(
                 e.to_string(),
                 e.response(),
             )
+            .await
         }
     };
     let status = resp.status();
     if status.is_server_error() {
         let message = format!("upstream answered {status}");
         let fallback = proxy::relay(resp, ctx.is_head(), None);
-        return offline(mirror, ctx, &key, by_digest, &auth_key, message, fallback);
+        return offline(mirror, ctx, &key, by_digest, &auth_key, message, fallback).await;
     }
     if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         mirror.auth.record_denied(&auth_key);
@@ -70,6 +71,21 @@ pub async fn serve(
         // Reading a manifest proves read access to the repository: blob
         // checks for the same credentials can skip their upstream HEAD.
         mirror.auth.record_allowed(&auth_key);
+    }
+    if status == StatusCode::OK && ctx.is_head() && !by_digest {
+        // containerd resolves tags with HEAD: what the tag points to is in
+        // the headers, and worth sharing as much as a GET's.
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        if let (Some(digest), Some(media_type)) =
+            (header("docker-content-digest"), header("content-type"))
+        {
+            share_tag(mirror, &key, digest, media_type);
+        }
     }
     if status != StatusCode::OK || ctx.is_head() {
         return proxy::relay(resp, ctx.is_head(), None);
@@ -91,6 +107,18 @@ pub async fn serve(
         body: body.clone(),
         fetched: Instant::now(),
     };
+    if !by_digest {
+        let digest = manifest
+            .digest
+            .clone()
+            .filter(|d| d.starts_with("sha256:"))
+            .unwrap_or_else(|| crate::piece::piece_digest(&manifest.body));
+        let media_type = manifest
+            .content_type
+            .clone()
+            .unwrap_or_else(|| super::manifest_p2p::media_type(&manifest.body).to_string());
+        share_tag(mirror, &key, digest, media_type);
+    }
     mirror.manifests.put(key, manifest);
     let mut out = Response::new(Body::from(body.clone()));
     *out.headers_mut() = headers;
@@ -99,10 +127,83 @@ pub async fn serve(
     out
 }
 
+/// Tells the scheduler what a tag resolved to, so nodes that never saw it
+/// can resolve it from the cluster while the registry is down.
+fn share_tag(mirror: &Mirror, key: &ManifestKey, digest: String, media_type: String) {
+    if !mirror.daemon.schedulers.is_configured() || !digest.starts_with("sha256:") {
+        return;
+    }
+    let req = proto::ReportTagRequest {
+        tag: Some(image_tag(key)),
+        digest,
+        media_type,
+        host_id: mirror.daemon.host_id.clone(),
+    };
+    let schedulers = mirror.daemon.schedulers.clone();
+    tokio::spawn(async move {
+        if let Err(e) = schedulers.report_tag(req).await {
+            tracing::debug!(error = %e, "tag not shared with the scheduler");
+        }
+    });
+}
+
+fn image_tag(key: &ManifestKey) -> proto::ImageTag {
+    proto::ImageTag {
+        registry: key.registry.clone(),
+        repository: key.name.clone(),
+        tag: key.reference.clone(),
+    }
+}
+
+/// Whether a client sending `accept` takes `media_type` (no Accept, or a
+/// wildcard, takes anything).
+fn accepts(accept: &str, media_type: &str) -> bool {
+    let listed: Vec<&str> = accept
+        .split(',')
+        .map(|part| part.split(';').next().unwrap_or("").trim())
+        .filter(|m| !m.is_empty())
+        .collect();
+    listed.is_empty()
+        || listed
+            .iter()
+            .any(|m| *m == "*/*" || m.eq_ignore_ascii_case(media_type))
+}
+
+/// A tag this node has no copy of, resolved from what other dfdaemons
+/// reported to the scheduler (recently enough), then served by digest
+/// through P2P. `None` when the cluster does not know it either.
+async fn from_cluster(
+    mirror: &std::sync::Arc<Mirror>,
+    ctx: &Ctx,
+    key: &ManifestKey,
+) -> Option<Response> {
+    if !mirror.daemon.schedulers.is_configured() {
+        return None;
+    }
+    let req = proto::ResolveTagRequest {
+        tag: Some(image_tag(key)),
+    };
+    let records = match mirror.daemon.schedulers.resolve_tag(req).await {
+        Ok(resp) => resp.records,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot ask the scheduler for the tag");
+            return None;
+        }
+    };
+    let ttl = mirror.config.manifest_cache_ttl;
+    let record = records.into_iter().find(|r| {
+        std::time::Duration::from_millis(r.age_ms) <= ttl && accepts(&key.accept, &r.media_type)
+    })?;
+    tracing::warn!(digest = %record.digest, age_ms = record.age_ms, "upstream unavailable; tag resolved from the cluster");
+    let resp = super::manifest_p2p::serve(mirror, ctx, &key.name, &record.digest).await;
+    resp.status().is_success().then_some(resp)
+}
+
 /// The upstream cannot answer: a cached manifest if the policy lets this
-/// caller have it, else `fallback` (the upstream's error or ours).
-fn offline(
-    mirror: &Mirror,
+/// caller have it (this node's copy, else for a tag what the cluster
+/// resolved it to), else `fallback` (the upstream's error or ours).
+async fn offline(
+    mirror: &std::sync::Arc<Mirror>,
     ctx: &Ctx,
     key: &ManifestKey,
     by_digest: bool,
@@ -111,6 +212,11 @@ fn offline(
     fallback: Response,
 ) -> Response {
     let Some(cached) = mirror.manifests.get(key, by_digest) else {
+        if !by_digest {
+            if let Some(resp) = from_cluster(mirror, ctx, key).await {
+                return resp;
+            }
+        }
         tracing::warn!(reason = %why, "upstream unavailable and no cached manifest");
         return fallback;
     };
@@ -160,6 +266,26 @@ async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes, Ma
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts;
+
+    #[test]
+    fn accept_lists() {
+        let index = "application/vnd.oci.image.index.v1+json";
+        assert!(accepts("", index));
+        assert!(accepts("*/*", index));
+        assert!(accepts(
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json;q=0.9",
+            index
+        ));
+        assert!(!accepts(
+            "application/vnd.oci.image.manifest.v1+json",
+            index
+        ));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

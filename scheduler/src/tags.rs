@@ -1,0 +1,219 @@
+//! Image tags dfdaemons resolved at their registries (tag -> manifest
+//! digest), kept so a node that never saw a tag can resolve it from the
+//! cluster while the registry is down. Soft state like everything here:
+//! forgotten after a TTL, re-learned from the next pulls.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use proto::{ImageTag, ReportTagRequest, TagRecord};
+
+use crate::state::ScheduleError;
+
+/// Representations kept per tag (an index for some clients, a single
+/// manifest for others).
+const MAX_RECORDS_PER_TAG: usize = 4;
+/// Tags kept in all; the least recently seen go first.
+const MAX_TAGS: usize = 100_000;
+const MAX_FIELD: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    registry: String,
+    repository: String,
+    tag: String,
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    digest: String,
+    media_type: String,
+    seen: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct TagBook {
+    tags: HashMap<Key, Vec<Record>>,
+}
+
+fn key_of(tag: Option<&ImageTag>) -> Result<Key, ScheduleError> {
+    let tag = tag.ok_or_else(|| ScheduleError::InvalidArgument("tag is missing".into()))?;
+    for (what, value) in [
+        ("registry", &tag.registry),
+        ("repository", &tag.repository),
+        ("tag", &tag.tag),
+    ] {
+        if value.is_empty() || value.len() > MAX_FIELD {
+            return Err(ScheduleError::InvalidArgument(format!(
+                "{what} must be 1 to {MAX_FIELD} bytes"
+            )));
+        }
+    }
+    Ok(Key {
+        registry: tag.registry.to_ascii_lowercase(),
+        repository: tag.repository.clone(),
+        tag: tag.tag.clone(),
+    })
+}
+
+fn valid_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+impl TagBook {
+    pub fn report(&mut self, req: &ReportTagRequest, now: Instant) -> Result<(), ScheduleError> {
+        let key = key_of(req.tag.as_ref())?;
+        if !valid_digest(&req.digest) {
+            return Err(ScheduleError::InvalidArgument(format!(
+                "digest {:?} is not sha256:<64 hex>",
+                req.digest
+            )));
+        }
+        if req.media_type.len() > MAX_FIELD {
+            return Err(ScheduleError::InvalidArgument("media type too long".into()));
+        }
+        if !self.tags.contains_key(&key) && self.tags.len() >= MAX_TAGS {
+            self.evict_oldest();
+        }
+        let records = self.tags.entry(key).or_default();
+        records.retain(|r| r.media_type != req.media_type);
+        records.insert(
+            0,
+            Record {
+                digest: req.digest.clone(),
+                media_type: req.media_type.clone(),
+                seen: now,
+            },
+        );
+        records.truncate(MAX_RECORDS_PER_TAG);
+        Ok(())
+    }
+
+    /// What the tag resolved to, most recent first, within `ttl`.
+    pub fn resolve(
+        &self,
+        tag: Option<&ImageTag>,
+        now: Instant,
+        ttl: Duration,
+    ) -> Result<Vec<TagRecord>, ScheduleError> {
+        let key = key_of(tag)?;
+        Ok(self
+            .tags
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|r| now.saturating_duration_since(r.seen) <= ttl)
+            .map(|r| TagRecord {
+                digest: r.digest.clone(),
+                media_type: r.media_type.clone(),
+                age_ms: now.saturating_duration_since(r.seen).as_millis() as u64,
+            })
+            .collect())
+    }
+
+    /// Forgets records older than `ttl`.
+    pub fn sweep(&mut self, now: Instant, ttl: Duration) {
+        for records in self.tags.values_mut() {
+            records.retain(|r| now.saturating_duration_since(r.seen) <= ttl);
+        }
+        self.tags.retain(|_, records| !records.is_empty());
+    }
+
+    pub fn len(&self) -> usize {
+        self.tags.len()
+    }
+
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .tags
+            .iter()
+            .min_by_key(|(_, records)| records.first().map(|r| r.seen))
+            .map(|(k, _)| k.clone());
+        if let Some(key) = oldest {
+            self.tags.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(t: &str) -> ImageTag {
+        ImageTag {
+            registry: "Registry:5000".into(),
+            repository: "library/app".into(),
+            tag: t.into(),
+        }
+    }
+
+    fn report(digest_char: char, media_type: &str) -> ReportTagRequest {
+        ReportTagRequest {
+            tag: Some(tag("v1")),
+            digest: format!("sha256:{}", digest_char.to_string().repeat(64)),
+            media_type: media_type.into(),
+            host_id: "h1".into(),
+        }
+    }
+
+    #[test]
+    fn latest_answer_per_media_type_most_recent_first() {
+        let mut book = TagBook::default();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        book.report(&report('a', "index"), t0).unwrap();
+        book.report(&report('b', "manifest"), t0 + Duration::from_secs(1))
+            .unwrap();
+        book.report(&report('c', "index"), t0 + Duration::from_secs(2))
+            .unwrap();
+        let found = book
+            .resolve(Some(&tag("v1")), t0 + Duration::from_secs(3), ttl)
+            .unwrap();
+        let digests: Vec<char> = found
+            .iter()
+            .map(|r| r.digest.chars().last().unwrap())
+            .collect();
+        assert_eq!(digests, vec!['c', 'b']);
+        assert_eq!(found[0].age_ms, 1000);
+        // Registry host names are case-insensitive.
+        let mut lower = tag("v1");
+        lower.registry = "registry:5000".into();
+        assert_eq!(book.resolve(Some(&lower), t0, ttl).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn records_expire() {
+        let mut book = TagBook::default();
+        let t0 = Instant::now();
+        book.report(&report('a', "index"), t0).unwrap();
+        let later = t0 + Duration::from_secs(61);
+        let ttl = Duration::from_secs(60);
+        assert!(book
+            .resolve(Some(&tag("v1")), later, ttl)
+            .unwrap()
+            .is_empty());
+        book.sweep(later, ttl);
+        assert_eq!(book.len(), 0);
+    }
+
+    #[test]
+    fn bad_reports_are_refused() {
+        let mut book = TagBook::default();
+        let now = Instant::now();
+        let mut bad = report('a', "index");
+        bad.digest = "sha256:xyz".into();
+        assert!(book.report(&bad, now).is_err());
+        let mut no_tag = report('a', "index");
+        no_tag.tag = None;
+        assert!(book.report(&no_tag, now).is_err());
+        let mut empty = report('a', "index");
+        empty.tag = Some(tag(""));
+        assert!(book.report(&empty, now).is_err());
+        assert!(book.resolve(None, now, Duration::from_secs(1)).is_err());
+    }
+}
