@@ -124,7 +124,7 @@ impl TagBook {
         self.tags.retain(|_, records| !records.is_empty());
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.tags.len()
     }
 
@@ -198,7 +198,7 @@ mod tests {
             .unwrap()
             .is_empty());
         book.sweep(later, ttl);
-        assert_eq!(book.len(), 0);
+        assert_eq!(book.count(), 0);
     }
 
     #[test]
