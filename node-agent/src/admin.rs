@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use crate::daemon::Daemon;
 use crate::mirror::upstream::Clients;
-use std::time::Duration;
 
 #[derive(Clone)]
 struct AdminState {
@@ -20,9 +19,6 @@ struct AdminState {
     /// Reach upstreams the way the mirror does (their TLS settings).
     clients: Option<Arc<Clients>>,
 }
-
-/// How long the ping waits on an upstream it re-checks.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router(daemon: Arc<Daemon>, ready: Arc<AtomicBool>) -> Router {
     let clients = Clients::new(&daemon.config.mirror)
@@ -51,23 +47,8 @@ async fn ping(State(state): State<AdminState>) -> impl IntoResponse {
     }
     let health = &state.daemon.mirror_health;
     if let Some(clients) = &state.clients {
-        let probes = health.broken().into_iter().map(|(upstream, _)| {
-            let clients = clients.clone();
-            async move {
-                let Ok(client) = clients.for_upstream(&upstream) else {
-                    return;
-                };
-                let answer = client
-                    .get(upstream.url("/v2/"))
-                    .timeout(PROBE_TIMEOUT)
-                    .send()
-                    .await;
-                if let Ok(resp) = answer {
-                    if !resp.status().is_server_error() {
-                        health.succeeded(&upstream);
-                    }
-                }
-            }
+        let probes = health.broken().into_iter().map(|(upstream, _)| async move {
+            crate::mirror::health::probe(clients, health, &upstream).await
         });
         futures::future::join_all(probes).await;
     }

@@ -244,6 +244,9 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
     let daemon = &state.daemon;
     let task = match find_task(daemon, &id) {
         Ok(task) => task,
+        // A seed is asked for a task before the peer that triggered it has
+        // reached it: "not yet", not "never", or the seed is deposed.
+        Err(LookupError::Unknown(_)) if daemon.config.seed => return not_ready(),
         Err(e) => return e.into_response(),
     };
     // While this daemon still downloads the task, each piece goes to one
@@ -263,6 +266,11 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
         let coming = daemon.want_piece_for_peer(&task, index)
             || (task.run_state() == RunState::Running && daemon.progress(&id).demand.wants_all());
         if !coming {
+            if !task.with_meta(|m| m.shape_known()) {
+                // Just created (its run may not even have started): it
+                // cannot tell yet what it will fetch.
+                return not_ready();
+            }
             return error(StatusCode::NOT_FOUND, format!("piece {index} not held"));
         }
         match task.wait_piece(index, daemon.config.piece_wait).await {

@@ -18,6 +18,8 @@ use crate::store::{StoredTask, TaskFailure};
 
 const MAX_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// A request that only asks for the length answers quickly or not at all.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Headers never forwarded to the origin: hop-by-hop ones, and the ones this
 /// client sets itself.
@@ -308,7 +310,13 @@ impl SourceClient {
     ) -> Result<Result<u64, String>, TaskFailure> {
         let client = self.client_for(url);
         self.count_request(task);
-        let head = match client.head(url).headers(headers.clone()).send().await {
+        let head = match client
+            .head(url)
+            .headers(headers.clone())
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => return Ok(Err(e.to_string())),
         };
@@ -332,6 +340,7 @@ impl SourceClient {
             .get(url)
             .headers(headers.clone())
             .header(RANGE, "bytes=0-0")
+            .timeout(PROBE_TIMEOUT)
             .send()
             .await
         {

@@ -75,11 +75,41 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         prefetch: lazy && wants_prefetch(mirror, ctx),
         ..Default::default()
     };
-    let (task, length) =
-        match start_and_size(mirror, request, upstream_length, "BLOB_UNKNOWN", "blob").await {
-            Ok(found) => found,
-            Err(resp) => return resp,
-        };
+    // A lazy reader waits only briefly for the length too, and hardly at
+    // all while the upstream is known to be failing: the cluster gets a
+    // moment to serve from peers, then the client falls back.
+    let range_timeout = if mirror.daemon.mirror_health.is_broken(&ctx.upstream) {
+        mirror.config.range_timeout.min(DEGRADED_RANGE_TIMEOUT)
+    } else {
+        mirror.config.range_timeout
+    };
+    let size_timeout = if lazy {
+        range_timeout
+    } else {
+        mirror.daemon.config.stall_timeout
+    };
+    let (task, length) = match start_and_size(
+        mirror,
+        request,
+        upstream_length,
+        size_timeout,
+        "BLOB_UNKNOWN",
+        "blob",
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(resp) => {
+            if lazy && resp.status().is_server_error() {
+                mirror.metrics().range_served("failed");
+                mirror.daemon.mirror_health.failed(
+                    &ctx.upstream,
+                    format!("blob length not known within {size_timeout:?}"),
+                );
+            }
+            return resp;
+        }
+    };
     task.touch();
     tracing::debug!(task = %task.id, length, source, ranges = ?ranges, "serving blob");
     let on_bytes = {
@@ -118,7 +148,7 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
     // A range that cannot be served promptly is refused before any byte
     // goes out, so a lazy-pull client falls back to the registry at once
     // instead of reading a broken body.
-    let stall = mirror.config.range_timeout;
+    let stall = range_timeout;
     if let Err(resp) = await_first_pieces(&task, &resolved, stall).await {
         mirror.metrics().range_served("failed");
         if resp.status().is_server_error() {
@@ -161,6 +191,10 @@ fn wants_prefetch(mirror: &Mirror, ctx: &Ctx) -> bool {
         _ => mirror.config.prefetch,
     }
 }
+
+/// How long a range read waits for its first piece while the upstream is
+/// marked unavailable.
+const DEGRADED_RANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Per-request switch for the background prefetch after a range.
 pub const PREFETCH_HEADER: &str = "x-dragonfly-prefetch";
@@ -239,6 +273,7 @@ pub(super) async fn start_and_size(
     mirror: &Mirror,
     request: TaskRequest,
     known_length: Option<u64>,
+    stall: std::time::Duration,
     bad_request_code: &str,
     what: &str,
 ) -> Result<(Arc<StoredTask>, u64), Response> {
@@ -268,7 +303,6 @@ pub(super) async fn start_and_size(
             }
         }
     }
-    let stall = mirror.daemon.config.stall_timeout;
     match task.wait_shape(stall).await {
         Ok(Some((length, _))) => Ok((task, length)),
         Ok(None) => Err(oci_error(

@@ -31,6 +31,35 @@ struct UpstreamState {
     broken: Option<Broken>,
 }
 
+/// A request refused without asking the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    /// Re-check the upstream now (see [`probe`]).
+    pub recheck: bool,
+}
+
+/// How long a re-check waits on the upstream.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Re-checks an upstream with `GET /v2/` (any answer below 500 means it is
+/// reachable: 401 is the usual one) and records the outcome.
+pub async fn probe(clients: &super::upstream::Clients, health: &MirrorHealth, upstream: &Upstream) {
+    let Ok(client) = clients.for_upstream(upstream) else {
+        return;
+    };
+    match client
+        .get(upstream.url("/v2/"))
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await
+    {
+        Ok(resp) if !resp.status().is_server_error() => health.succeeded(upstream),
+        Ok(resp) => health.failed(upstream, format!("re-check answered {}", resp.status())),
+        Err(e) => health.failed(upstream, format!("re-check failed: {e}")),
+    }
+}
+
 #[derive(Default)]
 pub struct MirrorHealth {
     upstreams: Mutex<HashMap<String, UpstreamState>>,
@@ -89,18 +118,29 @@ impl MirrorHealth {
     }
 
     /// Why requests to `upstream` should fail at once instead of waiting on
-    /// it; `None` lets the request go (once per retry window after a
-    /// failure, so recovery is noticed).
-    pub fn fail_fast(&self, upstream: &Upstream) -> Option<String> {
+    /// it (`None`: go ahead). Once per retry window the caller is told to
+    /// re-check the upstream in the background, so recovery is noticed
+    /// without any request waiting on a path that may still be cut.
+    pub fn fail_fast(&self, upstream: &Upstream) -> Option<Refusal> {
         self.with_state(upstream, |s| {
             let broken = s.broken.as_mut()?;
             let now = Instant::now();
-            if now >= broken.retry_at {
+            let recheck = now >= broken.retry_at;
+            if recheck {
                 broken.retry_at = now + RETRY_AFTER;
-                return None;
             }
-            Some(broken.reason.clone())
+            Some(Refusal {
+                reason: broken.reason.clone(),
+                recheck,
+            })
         })
+    }
+
+    /// Whether `upstream` is marked unavailable right now.
+    pub fn is_broken(&self, upstream: &Upstream) -> bool {
+        let map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&upstream.url(""))
+            .is_some_and(|s| s.broken.is_some())
     }
 
     /// Recently used upstreams currently marked broken.
@@ -144,7 +184,9 @@ mod tests {
         let health = MirrorHealth::default();
         assert!(health.fail_fast(&upstream()).is_none());
         health.failed(&upstream(), "timed out");
-        assert_eq!(health.fail_fast(&upstream()).as_deref(), Some("timed out"));
+        let refusal = health.fail_fast(&upstream()).unwrap();
+        assert_eq!(refusal.reason, "timed out");
+        assert!(!refusal.recheck, "just failed: no re-check yet");
         assert_eq!(health.problems().len(), 1);
         health.succeeded(&upstream());
         assert!(health.fail_fast(&upstream()).is_none());

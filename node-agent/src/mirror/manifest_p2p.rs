@@ -33,11 +33,19 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         digest: Some(digest.to_string()),
         ..Default::default()
     };
-    let (task, length) =
-        match blob::start_and_size(mirror, request, None, "MANIFEST_INVALID", "manifest").await {
-            Ok(found) => found,
-            Err(resp) => return resp,
-        };
+    let (task, length) = match blob::start_and_size(
+        mirror,
+        request,
+        None,
+        mirror.daemon.config.stall_timeout,
+        "MANIFEST_INVALID",
+        "manifest",
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(resp) => return resp,
+    };
     if length > MAX_MANIFEST as u64 {
         return oci_error(
             StatusCode::BAD_GATEWAY,

@@ -97,8 +97,19 @@ pub async fn send_within(
 ) -> Result<reqwest::Response, ProxyError> {
     let health = &mirror.daemon.mirror_health;
     let url = ctx.upstream.url(path);
-    if let Some(reason) = health.fail_fast(&ctx.upstream) {
-        return Err(ProxyError::FailingFast(ctx.upstream.url(""), reason));
+    if let Some(refusal) = health.fail_fast(&ctx.upstream) {
+        if refusal.recheck {
+            let (clients, health, upstream) = (
+                mirror.clients.clone(),
+                mirror.daemon.mirror_health.clone(),
+                ctx.upstream.clone(),
+            );
+            tokio::spawn(async move { super::health::probe(&clients, &health, &upstream).await });
+        }
+        return Err(ProxyError::FailingFast(
+            ctx.upstream.url(""),
+            refusal.reason,
+        ));
     }
     let client = mirror.clients.for_upstream(&ctx.upstream)?;
     let request = client.request(method, &url).headers(headers);
