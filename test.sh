@@ -29,6 +29,12 @@ if [ "$(id -u)" = 0 ]; then
   step "end to end: real registry and containerd pulling through the mirror"
   e2e/mirror/containerd-e2e.sh
 
+  step "end to end: Preheat on real dfdaemons, then pulls with the registry stopped"
+  e2e/preheat/preheat-e2e.sh
+
+  step "end to end: lazy pull with the real nydus client through the swarm (builds nydus once, cached outside the repository)"
+  SKIP_BUILD=1 e2e/nydus/nydus-e2e.sh
+
   step "multi-host run in network namespaces with faults (fails on failed pulls or wrong bytes, never on timings)"
   PROFILE=debug e2e/bench.sh --hosts 4 --layers 2 --layer-mib 16 --faults all --out target/bench-ci
 else

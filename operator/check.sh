@@ -25,11 +25,11 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/dragonfly-operator"
 [ -x "$BIN" ] || fail "no binary at $BIN"
 
 step "CRD drift"
-"$BIN" crd > "$WORK/crds.yaml"
-diff -u crds/dragonflyclusters.yaml "$WORK/crds.yaml" \
-  || fail "crds/ is stale: run '$BIN crd > crds/dragonflyclusters.yaml'"
-diff -u charts/dragonfly/crds/dragonflyclusters.yaml crds/dragonflyclusters.yaml \
-  || fail "charts/dragonfly/crds/ is stale: cp crds/dragonflyclusters.yaml charts/dragonfly/crds/"
+"$BIN" crd --out-dir "$WORK/crds"
+diff -ru crds "$WORK/crds" \
+  || fail "crds/ is stale: run '$BIN crd --out-dir crds'"
+diff -ru charts/dragonfly/crds crds \
+  || fail "charts/dragonfly/crds/ is stale: cp crds/*.yaml charts/dragonfly/crds/"
 
 step "manifests drift"
 "$BIN" manifests --out-dir "$WORK/manifests"
@@ -93,7 +93,8 @@ if a != b:
 PY
 
 step "structural CRDs; custom resources valid against them"
-python3 operator/ci/crd_check.py crds/dragonflyclusters.yaml manifests/*.yaml \
+cat crds/*.yaml > "$WORK/all-crds.yaml"
+python3 operator/ci/crd_check.py "$WORK/all-crds.yaml" manifests/*.yaml \
   "$WORK"/render-*.yaml operator/tests/fixtures/*.yaml || fail "CRD / custom resource check"
 
 step "kubernetes-validate --strict ($K8S_VERSIONS)"

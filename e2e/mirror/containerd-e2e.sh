@@ -34,80 +34,35 @@ IMAGE=$REGISTRY/library/app:v1
 PRIVATE=127.0.0.1:5056
 PRIVATE_IMAGE=$PRIVATE/team/private:v1
 CREDS=alice:s3cret
+SCHEDULER_IP=127.0.0.20
+# Every process rig.sh starts; rig_cleanup stops them by PID.
+# shellcheck disable=SC2034
 PIDS=()
-
-log() { printf '\n== %s\n' "$*"; }
-fail() { printf '\nFAIL: %s\n' "$*" >&2; exit 1; }
-
-cleanup() {
-  local code=$?
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  # Containers' rootfs mounts live under the work dir.
-  grep " $WORK/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  if [ "$code" -ne 0 ]; then
-    for f in "$WORK"/logs/*.log; do
-      [ -f "$f" ] && { echo "--- $f"; tail -n 25 "$f"; }
-    done
-  fi
-  if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
-  exit "$code"
-}
-trap cleanup EXIT
-
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need docker-registry || ! need containerd || ! need skopeo || ! need umoci || ! [ -x /bin/busybox ]; then
-  log "installing packages"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry containerd skopeo umoci busybox-static >/dev/null
-fi
+BIN=$ROOT/target/debug
+# shellcheck source=e2e/lib/rig.sh
+. "$ROOT/e2e/lib/rig.sh"
+trap rig_cleanup EXIT
+rig_install_packages
 
 log "building dfdaemon and the scheduler"
 (cd "$ROOT" && cargo build -q -p dragonfly-node-agent -p dragonfly-scheduler --bins &&
   cargo build -q -p dragonfly-e2e --example cri_pull)
-BIN=$ROOT/target/debug
 CRI_PULL=$BIN/examples/cri_pull
 mkdir -p "$WORK/logs"
 
-wait_http() { # URL
-  for _ in $(seq 1 200); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  fail "$1 not ready"
-}
-
 log "registry on $REGISTRY"
-cat >"$WORK/registry.yml" <<YML
-version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry-data
-  delete:
-    enabled: true
-http:
-  addr: $REGISTRY
-YML
-docker-registry serve "$WORK/registry.yml" >"$WORK/logs/registry.log" 2>&1 &
-REGISTRY_PID=$!
-PIDS+=($REGISTRY_PID)
+start_registry registry "$REGISTRY"
+REGISTRY_PID=$LAST_PID
 wait_http "http://$REGISTRY/v2/"
 
 log "private registry on $PRIVATE (htpasswd)"
 python3 -W ignore -c 'import crypt; print("alice:" + crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH)))' >"$WORK/htpasswd"
-sed -e "s|addr: $REGISTRY|addr: $PRIVATE|" -e "s|registry-data|private-data|" "$WORK/registry.yml" >"$WORK/private.yml"
-cat >>"$WORK/private.yml" <<YML
+EXTRA=1 start_registry private "$PRIVATE" <<YML
 auth:
   htpasswd:
     realm: dragonfly-e2e
     path: $WORK/htpasswd
 YML
-docker-registry serve "$WORK/private.yml" >"$WORK/logs/private.log" 2>&1 &
-PIDS+=($!)
 for _ in $(seq 1 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$PRIVATE/v2/")" = 401 ] && break
   sleep 0.1
@@ -133,10 +88,7 @@ skopeo copy -q --dest-tls-verify=false --dest-creds "$CREDS" oci:"$WORK/oci:priv
 cd "$ROOT"
 
 log "scheduler, seed and three dfdaemons"
-"$BIN/dragonfly-scheduler" --listen 127.0.0.20:8002 --admin-listen 127.0.0.20:8000 \
-  >"$WORK/logs/scheduler.log" 2>&1 &
-PIDS+=($!)
-wait_http http://127.0.0.20:8000/readyz
+start_scheduler "$SCHEDULER_IP"
 
 # Each node's certs.d starts with a hosts.toml and a certificate of its own,
 # which the mirror must keep as fallback and restore exactly.
@@ -148,18 +100,6 @@ for n in 1 2 3; do
   (cd "$WORK/node$n/certs.d" && find . -type f -print0 | sort -z | xargs -0 sha256sum) >"$WORK/node$n.before"
 done
 
-DFDAEMON_PIDS=()
-start_dfdaemon() { # NAME IP [extra args...]
-  local name=$1 ip=$2
-  shift 2
-  "$BIN/dfdaemon" run --data-dir "$WORK/$name/data" --scheduler 127.0.0.20:8002 \
-    --proxy-listen "$ip:65001" --peer-listen "$ip:65002" --admin-listen "$ip:40901" \
-    --advertise-ip "$ip" --hostname "$name" --cache-size 2GiB --heartbeat-interval 1s "$@" \
-    >"$WORK/logs/$name.log" 2>&1 &
-  PIDS+=($!)
-  DFDAEMON_PIDS+=($!)
-  wait_http "http://$ip:40901/readyz"
-}
 start_dfdaemon seed 127.0.0.21 --seed
 for n in 1 2 3; do
   extra=()
@@ -176,63 +116,15 @@ echo "node1 hosts.toml written by dfdaemon:"
 cat "$WORK/node1/certs.d/$REGISTRY/hosts.toml"
 
 log "three containerd daemons"
-start_containerd() { # N
-  local n=$1 dir=$WORK/node$1/containerd
-  mkdir -p "$dir"
-  cat >"$dir/config.toml" <<TOML
-version = 2
-root = "$dir/root"
-state = "$dir/state"
-[grpc]
-  address = "$dir/containerd.sock"
-[ttrpc]
-  address = "$dir/containerd-ttrpc.sock"
-[debug]
-  address = "$dir/debug.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-[plugins."io.containerd.grpc.v1.cri".registry]
-  config_path = "$WORK/node$n/certs.d"
-TOML
-  containerd --config "$dir/config.toml" >"$WORK/logs/containerd$n.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do
-    ctr -a "$dir/containerd.sock" version >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  "$BIN/dfdaemon" containerd check --config-path "$WORK/node$n/certs.d" \
-    --containerd-config "$dir/config.toml"
-}
 start_containerd 1
 start_containerd 2
 start_containerd 3
 
-blob_bytes() { # [LOG] bytes of blob GETs in a registry's access log so far
-  { grep -E '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]+ HTTP/[0-9.]+" 20[06] ' "$WORK/logs/${1:-registry}.log" || true; } |
-    sed -E 's/.*" 20[06] ([0-9]+) .*/\1/' | awk '{s += $1} END {print s + 0}'
-}
-
-cri_pull() { # N [REF [USER:PASSWORD]]
-  local n=$1 ref=${2:-$IMAGE}
-  shift $(($# < 2 ? $# : 2))
-  "$CRI_PULL" "$WORK/node$n/containerd/containerd.sock" "$ref" "$@" >>"$WORK/logs/cri-pull$n.log" 2>&1 ||
-    fail "CRI pull on node $n: $(tail -n 5 "$WORK/logs/cri-pull$n.log")"
-  echo "node $n CRI PullImage: $(tail -n 1 "$WORK/logs/cri-pull$n.log")"
-}
-
-pull() { # N [REF [ctr pull options...]]
-  local n=$1 ref=${2:-$IMAGE}
-  shift $(($# < 2 ? $# : 2))
-  ctr -a "$WORK/node$n/containerd/containerd.sock" images pull --snapshotter native \
-    --hosts-dir "$WORK/node$n/certs.d" "$@" "$ref" >"$WORK/logs/pull$n.log" 2>&1 ||
-    fail "pull on node $n: $(tail -n 5 "$WORK/logs/pull$n.log")"
-}
-
 log "pull on node 1"
 before=$(blob_bytes)
 start=$(date +%s.%N)
-cri_pull 1
-pull 1
+cri_pull 1 "$IMAGE"
+ctr_pull 1 "$IMAGE"
 node1_bytes=$(( $(blob_bytes) - before ))
 echo "node 1 pulled in $(echo "$(date +%s.%N) - $start" | bc) s; registry served $node1_bytes blob bytes"
 [ "$node1_bytes" -gt $((24 * 1024 * 1024)) ] || fail "node 1's pull did not reach the registry as expected ($node1_bytes bytes)"
@@ -240,8 +132,8 @@ echo "node 1 pulled in $(echo "$(date +%s.%N) - $start" | bc) s; registry served
 log "pull on node 2"
 before=$(blob_bytes)
 start=$(date +%s.%N)
-cri_pull 2
-pull 2
+cri_pull 2 "$IMAGE"
+ctr_pull 2 "$IMAGE"
 node2_bytes=$(( $(blob_bytes) - before ))
 echo "node 2 pulled in $(echo "$(date +%s.%N) - $start" | bc) s; registry served $node2_bytes blob bytes"
 [ "$node2_bytes" -eq 0 ] || fail "node 2 fetched $node2_bytes blob bytes from the registry"
@@ -256,7 +148,7 @@ echo "$out"
 
 log "private registry: credentials pass through, cached blobs stay private"
 before=$(blob_bytes private)
-pull 1 "$PRIVATE_IMAGE" --user "$CREDS"
+ctr_pull 1 "$PRIVATE_IMAGE" --user "$CREDS"
 p1=$(( $(blob_bytes private) - before ))
 echo "node 1 pulled the private image with credentials; registry served $p1 blob bytes"
 [ "$p1" -gt $((8 * 1024 * 1024)) ] || fail "node 1's private pull served $p1 blob bytes"
@@ -275,7 +167,7 @@ fi
 [ "$(( $(blob_bytes private) - before ))" -eq 0 ] || fail "blob bytes left the private registry for a client without credentials"
 echo "node 2 ctr pull without credentials refused; 0 blob bytes left the registry"
 before=$(blob_bytes private)
-pull 2 "$PRIVATE_IMAGE" --user "$CREDS"
+ctr_pull 2 "$PRIVATE_IMAGE" --user "$CREDS"
 p2=$(( $(blob_bytes private) - before ))
 echo "node 2 pulled the private image with credentials; registry served $p2 blob bytes"
 [ "$p2" -eq 0 ] || fail "node 2's private pull took $p2 blob bytes from the registry"
@@ -287,14 +179,14 @@ kill "$REGISTRY_PID"
 wait "$REGISTRY_PID" 2>/dev/null || true
 curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null && fail "registry still answers"
 start=$(date +%s.%N)
-pull 3 "$REGISTRY/library/app@$digest"
+ctr_pull 3 "$REGISTRY/library/app@$digest"
 echo "node 3 pulled $REGISTRY/library/app@$digest in $(echo "$(date +%s.%N) - $start" | bc) s with the registry down"
 out=$(ctr -a "$WORK/node3/containerd/containerd.sock" run --rm --snapshotter native "$REGISTRY/library/app@$digest" e2e-run3 2>&1) ||
   fail "ctr run on node 3: $out"
 echo "$out"
 [ "$out" = "hello-from-dragonfly" ] || fail "unexpected container output on node 3"
 # Node 3 never resolved the tag itself: the cluster knows what it pointed to.
-pull 3 "$IMAGE"
+ctr_pull 3 "$IMAGE"
 tagged=$(ctr -a "$WORK/node3/containerd/containerd.sock" images ls | awk -v ref="$IMAGE" '$1 == ref {print $3}')
 [ "$tagged" = "$digest" ] || fail "node 3 resolved $IMAGE to '$tagged', expected $digest"
 echo "node 3 pulled $IMAGE by tag with the registry down (resolved from the cluster to $digest)"

@@ -8,8 +8,8 @@ usage: crd_check.py CRD_FILE [CR_FILE...]
   no $ref, no properties+additionalProperties together, no type/default/
   nullable inside allOf/anyOf/oneOf/not, items a single schema;
 - every `default` is valid against its own node;
-- each custom resource in CR_FILE (DragonflyCluster documents; others are
-  skipped) validates against the CRD schema, with unknown fields rejected
+- each custom resource in CR_FILE (documents of the CRDs' kinds; others
+  are skipped) validates against the CRD schema, with unknown fields rejected
   (the API server would silently prune them, hiding a typo).
 """
 import copy

@@ -1,5 +1,5 @@
 //! dragonfly-operator: turns a `DragonflyCluster` into schedulers, seed peers and
-//! a dfdaemon on every node.
+//! a dfdaemon on every node, and `Preheat`s into downloads on them (`preheat/`).
 //!
 //! Reconcile is a pipeline, one module per step:
 //! `validate` → `build` (pure) → `apply` (server-side apply, prune) → `status`.
@@ -12,6 +12,7 @@ pub mod crdgen;
 pub mod manifests;
 pub mod metrics;
 pub mod nodes;
+pub mod preheat;
 pub mod run;
 pub mod status;
 pub mod uninstall;

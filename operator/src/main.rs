@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use dragonfly_operator::{crdgen, manifests, run, uninstall};
+use dragonfly_operator::{crdgen, manifests, preheat, run, uninstall};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +23,11 @@ enum Command {
     /// Run the controller.
     Run(run::RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
-    Crd,
+    Crd {
+        /// Write one file per CRD (`<plural>.yaml`) into this directory instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Write the `kubectl apply -f` install manifests into a directory.
     Manifests {
         #[arg(long, default_value = "manifests")]
@@ -37,6 +41,9 @@ enum Command {
     /// Delete every DragonflyCluster in a namespace and wait until the operator
     /// restored the nodes and released them (Helm pre-delete hook).
     Uninstall(uninstall::UninstallArgs),
+    /// Run one Preheat against dfdaemons named on the command line, without
+    /// Kubernetes; prints the final status as JSON and fails unless it succeeded.
+    PreheatLocal(preheat::local::LocalArgs),
 }
 
 fn init_tracing(json: bool) {
@@ -66,7 +73,16 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Crd => print!("{}", crdgen::crds_yaml()?),
+        Command::Crd { out_dir: None } => print!("{}", crdgen::crds_yaml()?),
+        Command::Crd { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            for (name, text) in crdgen::crd_files()? {
+                let path = dir.join(name);
+                std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
         Command::Manifests {
             out_dir,
             namespace,
@@ -96,6 +112,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_tracing(cli.log_json);
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(uninstall::uninstall(args))?;
+        }
+        Command::PreheatLocal(args) => {
+            init_tracing(cli.log_json);
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let st = rt.block_on(preheat::local::run(args))?;
+            println!("{}", preheat::local::report(&st));
+            if !preheat::local::succeeded(&st) {
+                anyhow::bail!("preheat {:?}: {}", st.phase, st.message);
+            }
         }
     }
     Ok(())

@@ -165,6 +165,21 @@ pub fn operator_rules() -> Vec<PolicyRule> {
             &["dragonflyclusters/finalizers"],
             &["update"],
         ),
+        // Preheat: `delete` for ttlSecondsAfterFinished.
+        rule(
+            &["p2p.dragonfly.dev"],
+            &["preheats"],
+            &["get", "list", "watch", "patch", "update", "delete"],
+        ),
+        rule(
+            &["p2p.dragonfly.dev"],
+            &["preheats/status"],
+            &["get", "patch", "update"],
+        ),
+        // Preheat pull secrets (`kubernetes.io/dockerconfigjson`), read by name only.
+        rule(&[""], &["secrets"], &["get"]),
+        // Preheat: the nodes' platforms and `scope: NodeSelector`.
+        rule(&[""], &["nodes"], &["get", "list"]),
         rule(
             &["apps"],
             &["deployments", "statefulsets", "daemonsets"],

@@ -1,5 +1,5 @@
 //! `dragonfly-operator run`: connect, wait for the leader lease, run the
-//! controller, serve `/healthz`, `/readyz`, `/metrics`, stop cleanly on
+//! DragonflyCluster and Preheat controllers, serve `/healthz`, `/readyz`, `/metrics`, stop cleanly on
 //! SIGTERM/SIGINT or when leadership is lost.
 
 use std::net::SocketAddr;
@@ -30,6 +30,7 @@ use crate::build::{Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY,
 use crate::controller::{error_policy, reconcile, Context};
 use crate::crd::DragonflyCluster;
 use crate::metrics::Metrics;
+use crate::preheat::{self, Preheat};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -59,6 +60,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new(&mut registry);
 
     let client = connect().await?;
+    let preheats_installed = preheat_crd_installed(&client, args.watch_namespace.as_deref()).await;
 
     let admin = Arc::new(AdminState {
         registry,
@@ -115,15 +117,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.leader.set(1);
         info!("leading; starting the controller");
         let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
-        let mut stop = stop_rx.clone();
-        let mut lost = leader_rx.clone();
-        let shutdown = async move {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => info!("shutting down"),
-                _ = lost.wait_for(|l| !*l) => warn!("lost the leader lease; stopping"),
+        let shutdown = |log: bool| {
+            let mut stop = stop_rx.clone();
+            let mut lost = leader_rx.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => if log { info!("shutting down") },
+                    _ = lost.wait_for(|l| !*l) => if log { warn!("lost the leader lease; stopping") },
+                }
             }
         };
-        controller(client, args.watch_namespace.as_deref(), ctx, shutdown).await;
+        let preheats = async {
+            if !preheats_installed {
+                return;
+            }
+            let pctx = Arc::new(preheat::controller::Context::new(
+                client.clone(),
+                metrics.clone(),
+            ));
+            let api: Api<Preheat> = match args.watch_namespace.as_deref() {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            preheat::controller::run(api, pctx, shutdown(false)).await;
+        };
+        tokio::join!(
+            controller(
+                client.clone(),
+                args.watch_namespace.as_deref(),
+                ctx,
+                shutdown(true)
+            ),
+            preheats
+        );
         metrics.leader.set(0);
     }
 
@@ -164,6 +190,28 @@ async fn connect() -> anyhow::Result<Client> {
         ),
         Ok(Err(e)) => bail!("cannot reach the Kubernetes API at {url}: {e}"),
         Ok(Ok(_)) => Ok(client),
+    }
+}
+
+/// The Preheat controller runs only where its CRD is installed (an install
+/// from before Preheat existed keeps working, with a warning).
+async fn preheat_crd_installed(client: &Client, ns: Option<&str>) -> bool {
+    let api: Api<Preheat> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(15),
+        api.list(&ListParams::default().limit(1)),
+    )
+    .await
+    {
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+            warn!("the Preheat CRD is not installed; the Preheat controller is off (install it with `dragonfly-operator crd | kubectl apply -f -`)");
+            false
+        }
+        // Anything else (forbidden, slow) surfaces in the controller's own watch errors.
+        _ => true,
     }
 }
 

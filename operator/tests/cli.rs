@@ -1,5 +1,6 @@
-//! The binary as users meet it: printed CRDs match `crds/`, and `run`
-//! against an unreachable API server ends with a clear error, not a panic.
+//! The binary as users meet it: printed CRDs match `crds/`, `run` against
+//! an unreachable API server and `preheat-local` on bad input end with a
+//! clear error, not a panic.
 
 use std::io::Read;
 use std::path::Path;
@@ -37,18 +38,84 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> (Option<i32>, String, Stri
     (status.code(), out, err)
 }
 
+const CRD_FILES: [&str; 2] = ["dragonflyclusters.yaml", "preheats.yaml"];
+
+fn committed_crd(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crds")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[test]
 fn printed_crds_match_the_committed_ones() {
     let (code, out, err) = run_bounded(Command::new(BIN).arg("crd"), Duration::from_secs(30));
     assert_eq!(code, Some(0), "{err}");
-    let committed = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/dragonflyclusters.yaml"),
-    )
-    .expect("crds/dragonflyclusters.yaml");
+    let committed: String = CRD_FILES.iter().map(|f| committed_crd(f)).collect();
     assert!(
         out == committed,
-        "crds/ drifted from the Rust types: run `dragonfly-operator crd > crds/dragonflyclusters.yaml`"
+        "crds/ drifted from the Rust types: run `dragonfly-operator crd --out-dir crds`"
     );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, _, err) = run_bounded(
+        Command::new(BIN)
+            .arg("crd")
+            .arg("--out-dir")
+            .arg(dir.path()),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    for f in CRD_FILES {
+        let written = std::fs::read_to_string(dir.path().join(f)).expect("written");
+        assert!(written == committed_crd(f), "crds/{f} drifted");
+    }
+}
+
+#[test]
+fn preheat_local_rejects_bad_input_with_a_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("preheat.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: p2p.dragonfly.dev/v1alpha1\nkind: Preheat\nmetadata: {name: x}\n\
+         spec: {cluster: local, images: ['not a reference'], platforms: [linux]}\n",
+    )
+    .expect("write");
+    let (code, out, err) = run_bounded(
+        Command::new(BIN)
+            .args([
+                "preheat-local",
+                "--dfdaemon",
+                "http://127.0.0.1:1,http://127.0.0.1:1",
+            ])
+            .arg("--file")
+            .arg(&file),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status JSON on stdout");
+    assert_eq!(v["status"]["phase"], "Failed");
+    let message = v["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("spec.images[0]: invalid image reference \"not a reference\""),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.platforms[0]: invalid platform \"linux\""),
+        "{message}"
+    );
+    assert!(err.contains("error: preheat Failed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let (code, _, err) = run_bounded(
+        Command::new(BIN)
+            .args(["preheat-local", "--dfdaemon", "nonsense", "--file"])
+            .arg(&file),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("expected PEER_URL,MIRROR_URL"), "{err}");
 }
 
 #[test]
