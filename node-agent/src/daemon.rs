@@ -271,7 +271,7 @@ impl Daemon {
     fn ensure_run(self: &Arc<Self>, task: &Arc<StoredTask>, request: TaskRequest) {
         // Claim the run under the task's own state so two callers cannot
         // both start it.
-        if task.is_complete() || !task.try_claim_run() {
+        if task.is_complete() || task.is_removed() || !task.try_claim_run() {
             return;
         }
         let progress = self.progress(&task.id);
@@ -315,6 +315,14 @@ impl Daemon {
             Err(failure) => Err(failure),
         };
         progress.demand.reset();
+        if result.is_ok() {
+            // Complete: no run will need the request (and its credentials).
+            progress
+                .request
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
         *progress.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         match result {
             Ok(length) => {
@@ -350,6 +358,7 @@ impl Daemon {
                     failures.insert(task.id.clone(), (failure.clone(), Instant::now()));
                     drop(failures);
                     self.store.remove(&task.id, true);
+                    self.forget(&task.id);
                 }
             }
         }
@@ -420,11 +429,21 @@ impl Daemon {
         });
     }
 
+    /// Drops what the daemon kept in memory about a task that left the
+    /// store (progress, the request behind it, per-task metrics).
+    pub fn forget(&self, task_id: &str) {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(task_id);
+        self.metrics.forget_task(task_id);
+    }
+
     /// Drops evicted tasks from the schedulers' view too.
     pub async fn collect_garbage(&self) {
         for task_id in self.store.collect_garbage() {
             self.metrics.evictions.inc();
-            self.metrics.forget_task(&task_id);
+            self.forget(&task_id);
             let req = proto::LeaveTaskRequest {
                 task_id: task_id.clone(),
                 host_id: self.host_id.clone(),

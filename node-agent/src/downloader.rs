@@ -211,15 +211,21 @@ async fn back_to_source(
     result
 }
 
-/// Origin ranges fetched at once by a lazy back-to-source run.
-const LAZY_ORIGIN_REQUESTS: usize = 4;
-/// Longest origin range of a lazy run, in pieces: wants arriving meanwhile
-/// wait at most this long.
-const LAZY_RUN_PIECES: u32 = 4;
+/// Origin ranges fetched at once by a back-to-source run that serves wants.
+const ORIGIN_REQUESTS: usize = 4;
+/// Longest origin range for wanted pieces: wants arriving meanwhile wait at
+/// most this long.
+const WANTED_RUN_PIECES: u32 = 4;
+/// Longest origin range of a full download once its length is known, and
+/// how many such ranges run at once: long enough to stream efficiently,
+/// short enough that a reader's wanted pieces overtake it soon.
+const FULL_RUN_PIECES: u32 = 8;
+const FULL_RUNS: usize = 2;
 
-/// The back-to-source run: the whole content in one streamed pass when all
-/// of it is wanted; otherwise wanted pieces as they are asked for (a few
-/// ranged GETs at once), then a paced prefetch if one was asked for.
+/// The back-to-source run. With the length unknown and everything wanted,
+/// one streamed GET. Otherwise ranged GETs: pieces readers and children
+/// asked for first (a few at once), then the rest of a full download in
+/// longer ranges, or a paced prefetch one piece at a time.
 async fn source_on_demand(
     daemon: &Arc<Daemon>,
     task: &Arc<StoredTask>,
@@ -230,16 +236,18 @@ async fn source_on_demand(
     let mut changes = demand.subscribe();
     let mut inflight = FuturesUnordered::new();
     let mut fetching: HashSet<u32> = HashSet::new();
+    let mut background_runs: HashSet<u32> = HashSet::new();
     let mut pacer = Pacer::new(daemon.config.prefetch_rate.as_u64());
     loop {
-        if demand.wants_all() && inflight.is_empty() {
+        let shape_known = task.with_meta(|m| m.shape_known());
+        if !shape_known && demand.wants_all() && inflight.is_empty() {
             return daemon
                 .source
                 .fetch_missing(task, &request.url, &request.headers, on_piece)
                 .await
                 .map(RunEnd::Complete);
         }
-        if !task.with_meta(|m| m.shape_known()) {
+        if !shape_known {
             daemon
                 .source
                 .learn_shape(task, &request.url, &request.headers)
@@ -258,43 +266,54 @@ async fn source_on_demand(
         }
         changes.borrow_and_update();
         let selection = demand.select(&missing, piece_length);
-        let urgent: Vec<u32> = selection
-            .urgent
-            .iter()
-            .copied()
-            .filter(|i| !fetching.contains(i))
-            .collect();
+        let idle = |i: &u32| !fetching.contains(i);
+        let urgent: Vec<u32> = selection.urgent.iter().copied().filter(idle).collect();
+        let background: Vec<u32> = selection.background.iter().copied().filter(idle).collect();
         for run in crate::source::runs(&urgent) {
-            for (first, last) in split_run(run, LAZY_RUN_PIECES) {
-                if inflight.len() >= LAZY_ORIGIN_REQUESTS {
+            for run in split_run(run, WANTED_RUN_PIECES) {
+                if inflight.len() >= ORIGIN_REQUESTS {
                     break;
                 }
-                fetching.extend(first..=last);
-                inflight.push(fetch_origin_run(
-                    daemon,
-                    task,
-                    request,
-                    (first, last),
-                    on_piece,
-                ));
+                fetching.extend(run.0..=run.1);
+                inflight.push(fetch_origin_run(daemon, task, request, run, on_piece));
             }
         }
-        // Background prefetch: one piece at a time, paced, never ahead of
-        // anything a reader waits for.
-        if urgent.is_empty() && inflight.is_empty() {
-            if let Some(&next) = selection.background.first() {
-                pacer.wait(piece_length as u64).await;
-                fetching.insert(next);
-                inflight.push(fetch_origin_run(
-                    daemon,
-                    task,
-                    request,
-                    (next, next),
-                    on_piece,
-                ));
+        let mut pacing = false;
+        if !selection.capped {
+            // A full download: the rest in longer ranges, wanted pieces
+            // still first.
+            for run in crate::source::runs(&background) {
+                for run in split_run(run, FULL_RUN_PIECES) {
+                    if background_runs.len() >= FULL_RUNS || inflight.len() >= ORIGIN_REQUESTS {
+                        break;
+                    }
+                    fetching.extend(run.0..=run.1);
+                    background_runs.insert(run.0);
+                    inflight.push(fetch_origin_run(daemon, task, request, run, on_piece));
+                }
+            }
+        } else if let Some(&next) = background.first() {
+            // A prefetch: one paced piece at a time, never ahead of a
+            // reader's wants.
+            if urgent.is_empty() && inflight.is_empty() {
+                let now = Instant::now();
+                if pacer.ready(now) {
+                    pacer.spend(piece_length as u64, now);
+                    fetching.insert(next);
+                    background_runs.insert(next);
+                    inflight.push(fetch_origin_run(
+                        daemon,
+                        task,
+                        request,
+                        (next, next),
+                        on_piece,
+                    ));
+                } else {
+                    pacing = true;
+                }
             }
         }
-        if inflight.is_empty() {
+        if inflight.is_empty() && !pacing {
             // Nothing wanted: linger for more wants, then end the run.
             match tokio::time::timeout(daemon.config.lazy_linger, changes.changed()).await {
                 Ok(Ok(())) => continue,
@@ -302,13 +321,15 @@ async fn source_on_demand(
             }
         }
         tokio::select! {
-            Some(((first, last), result)) = inflight.next() => {
+            Some(((first, last), result)) = inflight.next(), if !inflight.is_empty() => {
                 for i in first..=last {
                     fetching.remove(&i);
                 }
+                background_runs.remove(&first);
                 result?;
             }
             _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(pacer.next), if pacing => {}
         }
     }
 }
@@ -360,11 +381,6 @@ impl Pacer {
     fn spend(&mut self, bytes: u64, now: Instant) {
         let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
         self.next = self.next.max(now) + cost;
-    }
-
-    async fn wait(&mut self, bytes: u64) {
-        tokio::time::sleep_until(self.next).await;
-        self.spend(bytes, Instant::now());
     }
 }
 

@@ -197,6 +197,7 @@ async fn delete_task(State(state): State<AppState>, Path(id): Path<String>) -> R
         return e.into_response();
     }
     if state.daemon.store.remove(&id, false) {
+        state.daemon.forget(&id);
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::CONFLICT, "task is being read or written")
@@ -282,16 +283,17 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
             Err(failure) => return failure_response(failure),
         }
     }
+    // The slot first: a piece counts as handed out only once it really is.
+    let Ok(permit) = daemon.uploads.clone().try_acquire_owned() else {
+        daemon.metrics.upload_rejected.inc();
+        return retry_later("busy", "no free upload slot");
+    };
     if !daemon.progress(&id).may_upload(index) {
         return retry_later(
             "piece-busy",
             "piece already handed to a peer; ask the peers",
         );
     }
-    let Ok(permit) = daemon.uploads.clone().try_acquire_owned() else {
-        daemon.metrics.upload_rejected.inc();
-        return retry_later("busy", "no free upload slot");
-    };
     let (data, digest) = match task.read_piece(index).await {
         Ok(found) => found,
         Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),

@@ -259,6 +259,5 @@ fn is_transport_failure(status: &Status) -> bool {
 
 /// Tags are spread over scheduler replicas like tasks, by this key.
 fn tag_key(tag: Option<&proto::ImageTag>) -> String {
-    tag.map(|t| format!("tag:{}/{}:{}", t.registry, t.repository, t.tag))
-        .unwrap_or_default()
+    tag.map(|t| format!("tag:{}", t.name())).unwrap_or_default()
 }

@@ -149,8 +149,7 @@ impl SourceClient {
         on_piece: &(dyn Fn(u32, u64) + Send + Sync),
     ) -> Result<u64, TaskFailure> {
         let headers = Self::headers(caller_headers);
-        let mut attempt = 0;
-        loop {
+        with_retries(url, || async {
             let outcome = if task.with_meta(|m| m.shape_known()) {
                 self.fetch_known_shape(task, url, &headers, on_piece)
                     .await?
@@ -158,21 +157,12 @@ impl SourceClient {
                 self.fetch_unknown_shape(task, url, &headers, on_piece)
                     .await?
             };
-            match outcome {
-                Attempt::Done => break,
-                Attempt::Retry(reason) => {
-                    attempt += 1;
-                    if attempt >= MAX_ATTEMPTS {
-                        return Err(TaskFailure::Internal {
-                            message: format!("origin failed {attempt} times, last: {reason}"),
-                        });
-                    }
-                    let backoff = FIRST_BACKOFF * 2u32.pow(attempt - 1);
-                    tracing::warn!(url, attempt, ?backoff, %reason, "origin request failed, retrying");
-                    tokio::time::sleep(backoff).await;
-                }
-            }
-        }
+            Ok(match outcome {
+                Attempt::Done => Ok(()),
+                Attempt::Retry(reason) => Err(reason),
+            })
+        })
+        .await?;
         task.with_meta(|m| m.content_length)
             .ok_or_else(|| TaskFailure::Internal {
                 message: "origin finished without a length".into(),
@@ -251,25 +241,18 @@ impl SourceClient {
         on_piece: &(dyn Fn(u32, u64) + Send + Sync),
     ) -> Result<(), TaskFailure> {
         let headers = Self::headers(caller_headers);
-        let mut attempt = 0;
-        loop {
-            let reason = match self
-                .fetch_run_once(task, url, &headers, first, last, on_piece)
-                .await?
-            {
-                Attempt::Done => return Ok(()),
-                Attempt::Retry(reason) => reason,
-            };
-            attempt += 1;
-            if attempt >= MAX_ATTEMPTS {
-                return Err(TaskFailure::Internal {
-                    message: format!("origin failed {attempt} times, last: {reason}"),
-                });
-            }
-            let backoff = FIRST_BACKOFF * 2u32.pow(attempt - 1);
-            tracing::warn!(url, attempt, ?backoff, %reason, "origin range request failed, retrying");
-            tokio::time::sleep(backoff).await;
-        }
+        with_retries(url, || async {
+            Ok(
+                match self
+                    .fetch_run_once(task, url, &headers, first, last, on_piece)
+                    .await?
+                {
+                    Attempt::Done => Ok(()),
+                    Attempt::Retry(reason) => Err(reason),
+                },
+            )
+        })
+        .await
     }
 
     /// Learns a task's length without downloading it: a HEAD, else a
@@ -281,24 +264,10 @@ impl SourceClient {
         caller_headers: &BTreeMap<String, String>,
     ) -> Result<u64, TaskFailure> {
         let headers = Self::headers(caller_headers);
-        let mut attempt = 0;
-        loop {
-            let reason = match self.probe_length(task, url, &headers).await? {
-                Ok(length) => {
-                    task.set_shape(Some(length), piece_length_for(Some(length)))
-                        .map_err(internal)?;
-                    return Ok(length);
-                }
-                Err(reason) => reason,
-            };
-            attempt += 1;
-            if attempt >= MAX_ATTEMPTS {
-                return Err(TaskFailure::Internal {
-                    message: format!("origin failed {attempt} times, last: {reason}"),
-                });
-            }
-            tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(attempt - 1)).await;
-        }
+        let length = with_retries(url, || self.probe_length(task, url, &headers)).await?;
+        task.set_shape(Some(length), piece_length_for(Some(length)))
+            .map_err(internal)?;
+        Ok(length)
     }
 
     /// `Ok(Ok(length))`, `Ok(Err(transient reason))`, or a final failure.
@@ -320,20 +289,18 @@ impl SourceClient {
             Ok(resp) => resp,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        if let Some(verdict) = judge_status(head.status(), &head) {
-            return match verdict {
-                Ok(Attempt::Retry(reason)) => Ok(Err(reason)),
-                Ok(Attempt::Done) => Ok(Err("unexpected".into())),
-                Err(failure) => Err(failure),
-            };
+        match judge_status(head.status(), &head) {
+            Some(Ok(Attempt::Retry(reason))) => return Ok(Err(reason)),
+            // Some origins (signed URLs) refuse HEAD but serve GET: the
+            // ranged GET below decides.
+            Some(Err(_)) if !matches!(head.status().as_u16(), 401 | 404) => {}
+            Some(Err(failure)) => return Err(failure),
+            _ => {}
         }
-        if let Some(length) = head
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            return Ok(Ok(length));
+        if head.status().is_success() {
+            if let Some(length) = content_length(head.headers()) {
+                return Ok(Ok(length));
+            }
         }
         self.count_request(task);
         let resp = match client
@@ -347,15 +314,21 @@ impl SourceClient {
             Ok(resp) => resp,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        if let Some(Err(failure)) = judge_status(resp.status(), &resp) {
-            return Err(failure);
+        match judge_status(resp.status(), &resp) {
+            Some(Err(failure)) => return Err(failure),
+            Some(Ok(Attempt::Retry(reason))) => return Ok(Err(reason)),
+            _ => {}
         }
-        let total = resp
-            .headers()
-            .get(CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit_once('/'))
-            .and_then(|(_, total)| total.parse::<u64>().ok());
+        // 206 names the total; a 200 (range ignored) is the whole body.
+        let total = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            resp.headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit_once('/'))
+                .and_then(|(_, total)| total.parse::<u64>().ok())
+        } else {
+            content_length(resp.headers())
+        };
         Ok(total.ok_or_else(|| format!("origin tells no length ({})", resp.status())))
     }
 
@@ -537,6 +510,40 @@ fn check_content_range(
         _ => Err(TaskFailure::Internal {
             message: format!("origin answered Content-Range {value:?} for a range starting at {start}; the object changed?"),
         }),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or has failed
+/// transiently `MAX_ATTEMPTS` times, backing off exponentially between
+/// tries. `attempt` answers `Ok(Ok(value))`, `Ok(Err(transient reason))`
+/// or `Err(final failure)`.
+async fn with_retries<T, F, Fut>(url: &str, mut attempt: F) -> Result<T, TaskFailure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, String>, TaskFailure>>,
+{
+    let mut failures = 0;
+    loop {
+        let reason = match attempt().await? {
+            Ok(value) => return Ok(value),
+            Err(reason) => reason,
+        };
+        failures += 1;
+        if failures >= MAX_ATTEMPTS {
+            return Err(TaskFailure::Internal {
+                message: format!("origin failed {failures} times, last: {reason}"),
+            });
+        }
+        let backoff = FIRST_BACKOFF * 2u32.pow(failures - 1);
+        tracing::warn!(url, attempt = failures, ?backoff, %reason, "origin request failed, retrying");
+        tokio::time::sleep(backoff).await;
     }
 }
 

@@ -12,3 +12,11 @@ pub mod scheduler {
 }
 
 pub use scheduler::v1::*;
+
+impl ImageTag {
+    /// `registry/repository:tag`: names the tag in logs, and routes it to a
+    /// scheduler replica (prefixed with `tag:`) the way task ids are routed.
+    pub fn name(&self) -> String {
+        format!("{}/{}:{}", self.registry, self.repository, self.tag)
+    }
+}

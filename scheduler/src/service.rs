@@ -169,7 +169,11 @@ impl Scheduler for SchedulerService {
         request: Request<ReportTagRequest>,
     ) -> Result<Response<Empty>, Status> {
         let req = request.into_inner();
-        let tag = tag_name(req.tag.as_ref());
+        let tag = req
+            .tag
+            .as_ref()
+            .map(proto::ImageTag::name)
+            .unwrap_or_default();
         self.call("report_tag", &tag, &req.host_id, |s, now| {
             s.report_tag(&req, now).map(|()| Empty {})
         })
@@ -180,7 +184,11 @@ impl Scheduler for SchedulerService {
         request: Request<ResolveTagRequest>,
     ) -> Result<Response<ResolveTagResponse>, Status> {
         let req = request.into_inner();
-        let tag = tag_name(req.tag.as_ref());
+        let tag = req
+            .tag
+            .as_ref()
+            .map(proto::ImageTag::name)
+            .unwrap_or_default();
         self.call("resolve_tag", &tag, "", |s, now| s.resolve_tag(&req, now))
     }
 
@@ -188,10 +196,4 @@ impl Scheduler for SchedulerService {
         let req = request.into_inner();
         self.call("stat", &req.task_id, "", |s, _| Ok(s.stat(&req.task_id)))
     }
-}
-
-/// `registry/repository:tag`, for spans.
-fn tag_name(tag: Option<&proto::ImageTag>) -> String {
-    tag.map(|t| format!("{}/{}:{}", t.registry, t.repository, t.tag))
-        .unwrap_or_default()
 }

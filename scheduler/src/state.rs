@@ -427,7 +427,7 @@ impl State {
         }
     }
 
-    /// Every host and every task (or just `task_id`), sorted by id.
+    /// Records what a tag resolved to at its registry.
     pub fn report_tag(&mut self, req: &proto::ReportTagRequest, now: Instant) -> Result<()> {
         check_id("host_id", &req.host_id)?;
         self.tags.report(req, now)
@@ -444,6 +444,7 @@ impl State {
         Ok(proto::ResolveTagResponse { records })
     }
 
+    /// Every host and every task (or just `task_id`), sorted by id.
     pub fn stat(&self, task_id: &str) -> StatResponse {
         let mut hosts: Vec<Host> = self.hosts.iter().map(|e| e.host.clone()).collect();
         hosts.sort_by(|a, b| a.id.cmp(&b.id));

@@ -128,13 +128,20 @@ impl TagBook {
         self.tags.len()
     }
 
+    /// Makes room by dropping the least recently seen 1 % at once, so a
+    /// full book is not scanned again for every new tag.
     fn evict_oldest(&mut self) {
-        let oldest = self
+        let mut by_age: Vec<(Instant, Key)> = self
             .tags
             .iter()
-            .min_by_key(|(_, records)| records.first().map(|r| r.seen))
-            .map(|(k, _)| k.clone());
-        if let Some(key) = oldest {
+            .filter_map(|(k, records)| Some((records.first()?.seen, k.clone())))
+            .collect();
+        if by_age.is_empty() {
+            return;
+        }
+        let drop = (by_age.len() / 100).max(1);
+        by_age.select_nth_unstable_by_key(drop - 1, |(seen, _)| *seen);
+        for (_, key) in by_age.into_iter().take(drop) {
             self.tags.remove(&key);
         }
     }

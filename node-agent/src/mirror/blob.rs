@@ -76,9 +76,10 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         ..Default::default()
     };
     // A lazy reader waits only briefly for the length too, and hardly at
-    // all while the upstream is known to be failing: the cluster gets a
-    // moment to serve from peers, then the client falls back.
-    let range_timeout = if mirror.daemon.mirror_health.is_broken(&ctx.upstream) {
+    // all while the upstream or range reads are known to be failing: the
+    // cluster gets a moment to serve from peers, then the client falls back.
+    let health = &mirror.daemon.mirror_health;
+    let range_timeout = if health.is_broken(&ctx.upstream) || health.stalled().is_some() {
         mirror.config.range_timeout.min(DEGRADED_RANGE_TIMEOUT)
     } else {
         mirror.config.range_timeout
@@ -100,12 +101,10 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
     {
         Ok(found) => found,
         Err(resp) => {
-            if lazy && resp.status().is_server_error() {
-                mirror.metrics().range_served("failed");
-                mirror.daemon.mirror_health.failed(
-                    &ctx.upstream,
-                    format!("blob length not known within {size_timeout:?}"),
-                );
+            if lazy {
+                range_failed(mirror, &resp, || {
+                    format!("blob length not known within {size_timeout:?}")
+                });
             }
             return resp;
         }
@@ -150,15 +149,12 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
     // instead of reading a broken body.
     let stall = range_timeout;
     if let Err(resp) = await_first_pieces(&task, &resolved, stall).await {
-        mirror.metrics().range_served("failed");
-        if resp.status().is_server_error() {
-            mirror.daemon.mirror_health.failed(
-                &ctx.upstream,
-                format!("blob range not served within {stall:?}"),
-            );
-        }
+        range_failed(mirror, &resp, || {
+            format!("blob range not served within {stall:?}")
+        });
         return resp;
     }
+    health.range_served();
     let total: u64 = resolved.iter().map(|(s, e)| e - s).sum();
     let on_bytes = count_range(mirror.clone(), task.clone(), missing, total, on_bytes);
     if let [(start, end)] = resolved[..] {
@@ -193,8 +189,18 @@ fn wants_prefetch(mirror: &Mirror, ctx: &Ctx) -> bool {
 }
 
 /// How long a range read waits for its first piece while the upstream is
-/// marked unavailable.
-const DEGRADED_RANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// marked unavailable or range reads are stalling.
+const DEGRADED_RANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Counts a refused range read; a server-side failure (the swarm or the
+/// origin path stuck, not the client's fault) goes into the mirror's
+/// health, which `/server/ping` reports.
+fn range_failed(mirror: &Mirror, resp: &Response, why: impl FnOnce() -> String) {
+    mirror.metrics().range_served("failed");
+    if resp.status().is_server_error() {
+        mirror.daemon.mirror_health.range_stalled(why());
+    }
+}
 
 /// Per-request switch for the background prefetch after a range.
 pub const PREFETCH_HEADER: &str = "x-dragonfly-prefetch";

@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 
 use super::upstream::Upstream;
 
-/// An upstream that failed is skipped this long before one request may try
-/// it again (the ping's own probe may clear it sooner).
+/// An upstream that failed is refused at once for this long before a
+/// background re-check may clear it (the ping's own re-check may be sooner).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// A range read that could not be served promptly counts against the ping
+/// this long, unless a read is served promptly after it.
+const STALL_MEMORY: Duration = Duration::from_secs(10);
 /// Upstreams unused for this long no longer count for the ping.
 const RECENT: Duration = Duration::from_secs(300);
 /// More mirror requests in flight than this: overloaded.
@@ -64,6 +67,9 @@ pub async fn probe(clients: &super::upstream::Clients, health: &MirrorHealth, up
 pub struct MirrorHealth {
     upstreams: Mutex<HashMap<String, UpstreamState>>,
     in_flight: AtomicUsize,
+    /// The last range read not served in time, and why; cleared by the next
+    /// one served promptly.
+    stall: Mutex<Option<(Instant, String)>>,
 }
 
 /// Decrements the in-flight count when a mirror request ends.
@@ -81,22 +87,35 @@ impl MirrorHealth {
         InFlight(self)
     }
 
-    fn with_state<R>(&self, upstream: &Upstream, f: impl FnOnce(&mut UpstreamState) -> R) -> R {
+    /// Runs `f` on `upstream`'s state. `used`: a real request (not a
+    /// re-check), which keeps the upstream counting for the ping.
+    fn with_state<R>(
+        &self,
+        upstream: &Upstream,
+        used: bool,
+        f: impl FnOnce(&mut UpstreamState) -> R,
+    ) -> R {
         let mut map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        let state = map
-            .entry(upstream.url(""))
-            .or_insert_with(|| UpstreamState {
-                upstream: upstream.clone(),
-                last_used: Instant::now(),
-                broken: None,
-            });
-        state.last_used = Instant::now();
+        let key = upstream.url("");
+        if !map.contains_key(&key) {
+            // Forget upstreams nobody asked for lately (the forward proxy
+            // can name any host).
+            map.retain(|_, s| s.last_used.elapsed() < RECENT);
+        }
+        let state = map.entry(key).or_insert_with(|| UpstreamState {
+            upstream: upstream.clone(),
+            last_used: Instant::now(),
+            broken: None,
+        });
+        if used {
+            state.last_used = Instant::now();
+        }
         f(state)
     }
 
     /// The upstream answered (below 500).
     pub fn succeeded(&self, upstream: &Upstream) {
-        self.with_state(upstream, |s| {
+        self.with_state(upstream, false, |s| {
             if s.broken.take().is_some() {
                 tracing::info!(upstream = %upstream.url(""), "upstream reachable again");
             }
@@ -106,7 +125,7 @@ impl MirrorHealth {
     /// The upstream (or the mirror's path through it) failed.
     pub fn failed(&self, upstream: &Upstream, reason: impl Into<String>) {
         let reason = reason.into();
-        self.with_state(upstream, |s| {
+        self.with_state(upstream, false, |s| {
             if s.broken.is_none() {
                 tracing::warn!(upstream = %upstream.url(""), %reason, "upstream marked unavailable");
             }
@@ -122,7 +141,7 @@ impl MirrorHealth {
     /// re-check the upstream in the background, so recovery is noticed
     /// without any request waiting on a path that may still be cut.
     pub fn fail_fast(&self, upstream: &Upstream) -> Option<Refusal> {
-        self.with_state(upstream, |s| {
+        self.with_state(upstream, true, |s| {
             let broken = s.broken.as_mut()?;
             let now = Instant::now();
             let recheck = now >= broken.retry_at;
@@ -143,6 +162,28 @@ impl MirrorHealth {
             .is_some_and(|s| s.broken.is_some())
     }
 
+    /// A range read could not be served within its timeout (the swarm or
+    /// the origin path is stuck): the ping reports it for a while.
+    pub fn range_stalled(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        tracing::warn!(%reason, "range read not served in time");
+        *self.stall.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), reason));
+    }
+
+    /// A range read was served promptly: earlier stalls no longer count.
+    pub fn range_served(&self) {
+        self.stall.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Why range reads are failing right now, if they are.
+    pub fn stalled(&self) -> Option<String> {
+        let stall = self.stall.lock().unwrap_or_else(|e| e.into_inner());
+        stall
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < STALL_MEMORY)
+            .map(|(_, reason)| reason.clone())
+    }
+
     /// Recently used upstreams currently marked broken.
     pub fn broken(&self) -> Vec<(Upstream, String)> {
         let map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
@@ -159,6 +200,9 @@ impl MirrorHealth {
             .into_iter()
             .map(|(u, reason)| format!("upstream {} unavailable: {reason}", u.url("")))
             .collect();
+        if let Some(reason) = self.stalled() {
+            out.push(format!("range reads not served in time: {reason}"));
+        }
         let in_flight = self.in_flight.load(Ordering::SeqCst);
         if in_flight > MAX_IN_FLIGHT {
             out.push(format!("overloaded: {in_flight} requests in flight"));
@@ -190,6 +234,35 @@ mod tests {
         assert_eq!(health.problems().len(), 1);
         health.succeeded(&upstream());
         assert!(health.fail_fast(&upstream()).is_none());
+        assert!(health.problems().is_empty());
+    }
+
+    #[test]
+    fn a_stalled_range_counts_until_one_is_served() {
+        let health = MirrorHealth::default();
+        health.range_stalled("piece 3 not available within 4s");
+        assert!(health.stalled().is_some());
+        assert_eq!(health.problems().len(), 1);
+        health.range_served();
+        assert!(health.problems().is_empty());
+    }
+
+    #[test]
+    fn re_checks_do_not_keep_an_unused_upstream_counting() {
+        let health = MirrorHealth::default();
+        assert!(health.fail_fast(&upstream()).is_none());
+        health.failed(&upstream(), "refused");
+        // Age the entry past the window: only real requests refresh it.
+        if let Some(s) = health
+            .upstreams
+            .lock()
+            .unwrap()
+            .get_mut(&upstream().url(""))
+        {
+            s.last_used = Instant::now() - RECENT - Duration::from_secs(1);
+        }
+        health.failed(&upstream(), "re-check failed");
+        assert!(health.broken().is_empty());
         assert!(health.problems().is_empty());
     }
 
