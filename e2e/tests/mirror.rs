@@ -163,23 +163,33 @@ async fn swarm_pulls_a_blob_from_the_registry_once() {
     assert_eq!(sha256_hex(&again.bytes().await.unwrap()), digest);
     assert_eq!(registry.blob_bytes(), data.len() as u64);
 
-    // Every whole blob served is counted by its source.
+    // Every whole blob served is counted by its source, once its download
+    // has finished (the count may trail the last byte by a moment).
     let mut served = std::collections::BTreeMap::<String, u64>::new();
-    for d in &daemons {
-        let text = client()
-            .get(format!("http://{}/metrics", d.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("dfdaemon_mirror_blobs_served_total{source=\"") {
-                let (source, count) = rest.split_once("\"} ").unwrap();
-                *served.entry(source.to_string()).or_default() += count.parse::<u64>().unwrap();
+    for _ in 0..50 {
+        served.clear();
+        for d in &daemons {
+            let text = client()
+                .get(format!("http://{}/metrics", d.admin))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            for line in text.lines() {
+                if let Some(rest) =
+                    line.strip_prefix("dfdaemon_mirror_blobs_served_total{source=\"")
+                {
+                    let (source, count) = rest.split_once("\"} ").unwrap();
+                    *served.entry(source.to_string()).or_default() += count.parse::<u64>().unwrap();
+                }
             }
         }
+        if served.values().sum::<u64>() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(served.values().sum::<u64>(), 4, "{served:?}");
     assert_eq!(served.get("local"), Some(&1), "{served:?}");

@@ -19,6 +19,7 @@ pub struct Cluster {
     pub topo: Topology,
     /// dfdaemon upload cap in bytes per second (None: unlimited).
     pub upload_rate: Option<u64>,
+    pub max_parents: usize,
     pub work: PathBuf,
     /// This executable (it also runs the origin, pullers and probes).
     pub bench: PathBuf,
@@ -185,6 +186,8 @@ impl Cluster {
             "1s".into(),
             "--host-ttl".into(),
             "4s".into(),
+            "--max-parents".into(),
+            self.max_parents.to_string(),
         ];
         let proc = self.spawn_in(host, "scheduler", &binary("dragonfly-scheduler")?, &args)?;
         self.wait_ready(

@@ -24,6 +24,8 @@ pub struct BenchConfig {
     pub task_api: bool,
     /// dfdaemon's upload cap as a share of the node link (0: unlimited).
     pub upload_share: f64,
+    /// Parents per scheduling answer (the scheduler's --max-parents).
+    pub max_parents: usize,
     pub work: PathBuf,
 }
 
@@ -165,6 +167,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     let cluster = Cluster {
         topo,
         upload_rate,
+        max_parents: config.max_parents,
         work: config.work.clone(),
         bench: std::env::current_exe()?,
     };

@@ -58,6 +58,9 @@ struct RunArgs {
     /// never queue up the node's own downloads.
     #[arg(long, default_value_t = 0.0)]
     upload_share: f64,
+    /// Parents the scheduler offers per answer.
+    #[arg(long, default_value_t = 4)]
+    max_parents: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Where the JSON report and the PNG plot go.
@@ -177,6 +180,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         faults,
         task_api: args.task_api,
         upload_share: args.upload_share,
+        max_parents: args.max_parents,
         work,
     };
     // Ctrl-C drops the run, which kills every process and deletes every
