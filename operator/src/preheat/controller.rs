@@ -1,11 +1,17 @@
 //! The Preheat reconcile: validate → find the cluster → read pull secrets →
 //! resolve (once per generation) → choose peers → tick → status → events.
 //!
-//! A reconcile never blocks on a download: it looks at the peers once and
-//! requeues (every `poll` while running, with backoff after errors). A
-//! finished Preheat is left alone until its spec changes, except for its
-//! TTL. Every failure that waiting cannot fix ends the Preheat as Failed
-//! with a message; the rest are retried at most `spec.backoffLimit` times.
+//! A reconcile never waits for a download: it asks the peers once and
+//! requeues (every `poll` while running, with backoff after errors). Its
+//! own calls are bounded: resolving all images (and refreshing their
+//! tokens) takes at most `Pace::registry_timeout` (60 s), each peer call
+//! at most 60 s. Every status write, ours included, wakes the controller
+//! at once; such a wake-up before the next step is due (poll interval or
+//! retry backoff, kept in the in-memory `Job`) only requeues for the rest
+//! of the wait. A finished Preheat is left alone until its spec changes,
+//! except for its TTL. Every failure that waiting cannot fix ends the
+//! Preheat as Failed with a message; the rest are retried at most
+//! `spec.backoffLimit` times.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -25,19 +31,22 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::crd::{Phase, Preheat, PreheatSpec, PreheatStatus, Scope};
 use super::credentials::{Credentials, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE};
-use super::execute::Owner;
-use super::job::Job;
+use super::job::{Job, Pace};
 use super::platform::{self, Platform};
-use super::status::{self, Next, Verdict};
+use super::status::{self, Next};
 use super::targets::{self, Target, TargetError};
 use super::validate::{validate, Validated};
 use crate::build::{Component, LABEL_COMPONENT, LABEL_INSTANCE, MANAGER};
 use crate::crd::DragonflyCluster;
 use crate::metrics::Metrics;
 
-const POLL: Duration = Duration::from_secs(5);
-const BACKOFF_BASE: Duration = Duration::from_secs(5);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Poll every 5 s; back off from 5 s doubling to 5 min.
+const PACE: Pace = Pace {
+    poll: Duration::from_secs(5),
+    backoff_base: Duration::from_secs(5),
+    backoff_max: Duration::from_secs(300),
+    registry_timeout: Duration::from_secs(60),
+};
 /// Runs of Preheats not seen for this long (deleted mid-run) are dropped.
 const JOB_IDLE: Duration = Duration::from_secs(3600);
 
@@ -65,8 +74,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Injected so tests get stable timestamps.
     pub clock: Box<dyn Fn() -> Time + Send + Sync>,
-    /// How often a running Preheat looks at its peers.
-    pub poll: Duration,
+    /// How often a running Preheat looks at its peers, how it backs off.
+    pub pace: Pace,
     jobs: Mutex<HashMap<String, Job>>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -82,7 +91,7 @@ impl Context {
             client,
             metrics,
             clock: Box::new(|| Time(Timestamp::now())),
-            poll: POLL,
+            pace: PACE,
             jobs: Mutex::default(),
             failures: Mutex::default(),
         }
@@ -114,7 +123,7 @@ impl Context {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = f.entry(key.to_string()).or_insert(0);
         *n = n.saturating_add(1);
-        retry_delay(*n)
+        self.pace.retry_delay(i32::try_from(*n).unwrap_or(i32::MAX))
     }
 
     fn reset_backoff(&self, key: &str) {
@@ -123,13 +132,6 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
     }
-}
-
-/// 5 s doubling per attempt, at most 5 min.
-fn retry_delay(attempt: u32) -> Duration {
-    BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(10))
-        .min(BACKOFF_MAX)
 }
 
 fn key(ph: &Preheat) -> String {
@@ -176,17 +178,13 @@ async fn reconcile_one(ph: &Preheat, ctx: &Context) -> Result<Action, Error> {
     }
     let id = (ph.uid().unwrap_or_default(), generation);
     let mut job = ctx.take_job(&k, &id);
-    // Our own status write comes back as a watch event right after a tick:
-    // the peers are looked at once per poll interval, not once per event.
-    if let (Next::Continue, Some(j)) = (next, &job) {
-        if let Some(elapsed) = j.last_tick.map(|at| at.elapsed()) {
-            if elapsed < ctx.poll {
-                if let Some(j) = job.take() {
-                    ctx.put_job(k, j);
-                }
-                return Ok(Action::requeue(ctx.poll - elapsed));
-            }
+    // Status writes (our own after each step) wake us at once: the next
+    // step still waits for its poll interval or retry backoff.
+    if let Some(left) = job.as_ref().and_then(Job::wait_left) {
+        if let Some(j) = job.take() {
+            ctx.put_job(k, j);
         }
+        return Ok(Action::requeue(left));
     }
 
     let previous = ph.status.clone();
@@ -251,13 +249,13 @@ async fn step(
         },
     };
 
-    if !status::is_resolved(st) {
-        let platforms = if !validated.platforms.is_empty() || !j.has_images() {
-            validated.platforms.clone()
-        } else {
-            node_platforms(ctx, &dfc).await?
-        };
-        if j.has_images() && platforms.is_empty() {
+    let platforms = if status::is_resolved(st) || !j.has_images() {
+        vec![]
+    } else if !validated.platforms.is_empty() {
+        validated.platforms.clone()
+    } else {
+        let platforms = node_platforms(ctx, &dfc).await?;
+        if platforms.is_empty() {
             let message = format!(
                 "cannot tell the platforms of DragonflyCluster {}'s nodes (no node reports kubernetes.io/os and kubernetes.io/arch); set spec.platforms",
                 dfc.name_any()
@@ -265,62 +263,13 @@ async fn step(
             status::fail(st, "NoPlatforms", &message, None, now);
             return Ok(finished(spec));
         }
-        match j.resolve(&platforms).await {
-            Ok(resolved) => {
-                info!(
-                    platforms = %platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-                    "images resolved"
-                );
-                status::resolved(st, resolved, now);
-            }
-            Err((_, e)) if e.is_transient() => {
-                return Ok(retry(st, spec, e.reason(), &e.to_string(), now))
-            }
-            Err((i, e)) => {
-                status::fail(st, e.reason(), &e.to_string(), Some(Owner::Image(i)), now);
-                return Ok(finished(spec));
-            }
-        }
-    }
-
-    let targets = match find_targets(ctx, ns, &dfc, spec, &st.targets).await? {
-        Ok(t) => t,
-        Err(TargetError::NotYet(message)) => {
-            return Ok(retry(st, spec, "NoReadyPeer", &message, now))
-        }
-        Err(TargetError::Impossible(message)) => {
-            status::fail(st, "NoTargets", &message, None, now);
-            return Ok(finished(spec));
-        }
+        platforms
     };
-    if let Err((i, e)) = j.refresh_auth().await {
-        if e.is_transient() {
-            return Ok(retry(st, spec, e.reason(), &e.to_string(), now));
-        }
-        status::fail(st, e.reason(), &e.to_string(), Some(Owner::Image(i)), now);
-        return Ok(finished(spec));
-    }
-    match j.tick(st, &targets, now).await {
-        Verdict::Running { troubled: false } => Ok(Action::requeue(ctx.poll)),
-        Verdict::Running { troubled: true } => Ok(Action::requeue(retry_delay(
-            u32::try_from(st.retries).unwrap_or(1),
-        ))),
-        Verdict::Succeeded | Verdict::Failed => Ok(finished(spec)),
-    }
-}
-
-/// Counts a transient failure: back off, or fail past the limit.
-fn retry(
-    st: &mut PreheatStatus,
-    spec: &PreheatSpec,
-    reason: &str,
-    message: &str,
-    now: &Time,
-) -> Action {
-    if status::transient(st, spec.backoff_limit, reason, message, now) {
-        return finished(spec);
-    }
-    Action::requeue(retry_delay(u32::try_from(st.retries).unwrap_or(1)))
+    let targets = find_targets(ctx, ns, &dfc, spec, &st.targets).await?;
+    Ok(match j.step(st, &platforms, targets, now).await {
+        Some(wait) => Action::requeue(wait),
+        None => finished(spec),
+    })
 }
 
 /// After the run: wake up for the TTL, if any.
@@ -411,6 +360,7 @@ async fn new_job(
         validated,
         &plain_http_registries(dfc),
         credentials,
+        ctx.pace,
     )
     .map_err(|m| ("Internal", m)))
 }

@@ -14,12 +14,16 @@ use tracing::info;
 
 use super::crd::{Phase, Preheat, PreheatSpec, PreheatStatus};
 use super::credentials::Credentials;
-use super::execute::Owner;
-use super::job::Job;
+use super::job::{Job, Pace};
 use super::platform::Platform;
-use super::status::{self, Verdict};
+use super::status;
 use super::targets::{self, Target};
 use super::validate::validate;
+
+/// Retries start at 1 s (the controller's at 5 s): nothing else waits here.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LocalArgs {
@@ -103,86 +107,33 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<PreheatStatus> {
         &validated,
         &args.insecure_registries,
         credentials,
+        Pace {
+            poll: args.poll_interval,
+            backoff_base: BACKOFF_BASE,
+            backoff_max: BACKOFF_MAX,
+            registry_timeout: REGISTRY_TIMEOUT,
+        },
     )
     .map_err(anyhow::Error::msg)?;
 
     let deadline = Instant::now() + args.timeout;
-    let limit = spec.backoff_limit;
     while !st.phase.is_finished() {
         if Instant::now() >= deadline {
             let message = format!("did not finish within {:?}: {}", args.timeout, st.message);
             status::fail(&mut st, "Timeout", &message, None, &now());
             break;
         }
-        let wait = step(
-            &mut job,
-            &mut st,
-            &targets,
-            &platforms,
-            limit,
-            args.poll_interval,
-        )
-        .await;
+        let wait = job
+            .step(&mut st, &platforms, Ok(targets.clone()), &now())
+            .await;
         if let Some(wait) = wait {
+            info!(blobs = %st.progress.blobs, bytes = %st.progress.bytes, message = %st.message, "preheating");
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(wait.min(left)).await;
         }
     }
     info!(phase = ?st.phase, message = %st.message, "preheat finished");
     Ok(st)
-}
-
-/// One step; `Some(wait)` while the run goes on.
-async fn step(
-    job: &mut Job,
-    st: &mut PreheatStatus,
-    targets: &[Target],
-    platforms: &[Platform],
-    limit: i32,
-    poll: Duration,
-) -> Option<Duration> {
-    let backoff = |retries: i32| Duration::from_secs(1).saturating_mul(1u32 << retries.clamp(0, 5));
-    if !status::is_resolved(st) {
-        match job.resolve(platforms).await {
-            Ok(r) => status::resolved(st, r, &now()),
-            Err((_, e)) if e.is_transient() => {
-                status::transient(st, limit, e.reason(), &e.to_string(), &now());
-                return Some(backoff(st.retries));
-            }
-            Err((i, e)) => {
-                status::fail(
-                    st,
-                    e.reason(),
-                    &e.to_string(),
-                    Some(Owner::Image(i)),
-                    &now(),
-                );
-                return None;
-            }
-        }
-    }
-    if let Err((i, e)) = job.refresh_auth().await {
-        if e.is_transient() {
-            status::transient(st, limit, e.reason(), &e.to_string(), &now());
-            return Some(backoff(st.retries));
-        }
-        status::fail(
-            st,
-            e.reason(),
-            &e.to_string(),
-            Some(Owner::Image(i)),
-            &now(),
-        );
-        return None;
-    }
-    match job.tick(st, targets, &now()).await {
-        Verdict::Running { troubled: false } => {
-            info!(blobs = %st.progress.blobs, bytes = %st.progress.bytes, "preheating");
-            Some(poll)
-        }
-        Verdict::Running { troubled: true } => Some(backoff(st.retries)),
-        Verdict::Succeeded | Verdict::Failed => None,
-    }
 }
 
 /// The JSON `preheat-local` prints.

@@ -243,7 +243,7 @@ impl Registries {
         }
     }
 
-    fn unreachable(&self, image: &ImageRef, detail: &str) -> ResolveError {
+    pub(super) fn unreachable(&self, image: &ImageRef, detail: &str) -> ResolveError {
         ResolveError::Unreachable {
             image: image.to_string(),
             registry: self.base_url(image),

@@ -69,7 +69,7 @@ async fn world() -> World {
     let mut r = Registry::default();
     let mut ctx = Context::new(client, Metrics::new(&mut r));
     ctx.clock = Box::new(|| Time(Timestamp::from_second(NOW).unwrap_or(Timestamp::UNIX_EPOCH)));
-    ctx.poll = Duration::ZERO;
+    ctx.pace.poll = Duration::ZERO;
     World {
         fake,
         ctx: Arc::new(ctx),
@@ -102,6 +102,42 @@ impl World {
         self.stored(name).status.expect("status")
     }
 
+    /// Time passes: every kept run's next step is due.
+    fn elapse(&self) {
+        let mut jobs = self.ctx.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.values_mut().for_each(Job::skip_wait);
+    }
+
+    /// A wake-up before the next step is due (a status write, say): it only
+    /// requeues for the rest of the wait, at most `wait`.
+    async fn woken_early(&self, name: &str, wait: Duration) {
+        let before = self.status(name);
+        self.fake.clear_calls();
+        let (registry, posts) = (
+            self.registry.requests().len(),
+            self.daemon.lock().posts.len(),
+        );
+        let action = self.reconcile(name).await;
+        let left = requeue_after(&action);
+        assert!(
+            !left.is_zero() && left <= wait,
+            "{name}: {action:?} is not a wait of at most {wait:?}"
+        );
+        assert_eq!(self.status(name), before, "{name}: nothing counted");
+        assert!(self.fake.writes().is_empty(), "{:?}", self.fake.writes());
+        assert!(self.fake.event_reasons().is_empty());
+        assert_eq!(
+            self.registry.requests().len(),
+            registry,
+            "{name}: registry left alone"
+        );
+        assert_eq!(
+            self.daemon.lock().posts.len(),
+            posts,
+            "{name}: peers left alone"
+        );
+    }
+
     async fn reconcile(&self, name: &str) -> Action {
         let ph = Arc::new(self.stored(name));
         tokio::time::timeout(Duration::from_secs(20), reconcile(ph, self.ctx.clone()))
@@ -110,9 +146,11 @@ impl World {
             .expect("reconcile")
     }
 
-    /// Reconciles until the Preheat finished (bounded).
+    /// Reconciles, each time once the wait passed, until the Preheat
+    /// finished (bounded).
     async fn until_finished(&self, name: &str) -> PreheatStatus {
         for _ in 0..10 {
+            self.elapse();
             self.reconcile(name).await;
             let st = self.status(name);
             if st.phase.is_finished() {
@@ -351,6 +389,12 @@ async fn an_unreachable_registry_is_retried_then_fails() {
     );
     assert_eq!(w.fake.event_reasons(), ["Retrying"]);
 
+    // Woken again at once (by that status write): the backoff holds.
+    for _ in 0..3 {
+        w.woken_early("down", Duration::from_secs(5)).await;
+    }
+
+    w.elapse();
     w.reconcile("down").await;
     let st = w.status("down");
     assert_eq!(st.phase, Phase::Failed);
@@ -363,7 +407,109 @@ async fn an_unreachable_registry_is_retried_then_fails() {
         status::condition(&st, status::FAILED).map(|c| c.reason.as_str()),
         Some("RegistryUnreachable")
     );
-    assert_eq!(w.fake.event_reasons(), ["Retrying", "Failed"]);
+    assert_eq!(w.fake.event_reasons(), ["Failed"]);
+}
+
+/// The delay of a requeue (kube's `Action` shows it only through Debug).
+fn requeue_after(action: &Action) -> Duration {
+    let text = format!("{action:?}");
+    let inner = text
+        .split_once("Some(")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(d, _)| d)
+        .unwrap_or_else(|| panic!("{text} is not a requeue"));
+    let split = inner
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(inner.len());
+    let (number, unit) = inner.split_at(split);
+    let number: f64 = number.parse().expect("a number");
+    let per_second = match unit {
+        "s" => 1.0,
+        "ms" => 1e3,
+        "µs" => 1e6,
+        "ns" => 1e9,
+        _ => panic!("unit {unit:?} in {text}"),
+    };
+    Duration::from_secs_f64(number / per_second)
+}
+
+#[tokio::test]
+async fn a_retry_waits_for_its_backoff_whatever_wakes_it() {
+    let w = world().await;
+    w.registry.put_image("app", Some("v1"), &[(d('c'), 1)]);
+    w.fake.insert(
+        &format!("/api/v1/namespaces/{NS}/pods/dragonfly-seed-peer-0"),
+        seed_pod("dragonfly-seed-peer-0", false),
+    );
+    // The default backoffLimit (6): seed pods that start within the backoff
+    // are waited for, however often the Preheat is written meanwhile.
+    w.create(
+        "slow",
+        1,
+        json!({"cluster": "dragonfly", "images": [w.image("app:v1")], "platforms": ["linux/amd64"]}),
+    );
+    assert_eq!(
+        w.reconcile("slow").await,
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(w.status("slow").retries, 1);
+    for _ in 0..10 {
+        w.woken_early("slow", Duration::from_secs(5)).await;
+    }
+    w.elapse();
+    assert_eq!(
+        w.reconcile("slow").await,
+        Action::requeue(Duration::from_secs(10)),
+        "the backoff doubles"
+    );
+    let st = w.status("slow");
+    assert_eq!(
+        (st.phase, st.retries),
+        (Phase::Running, 2),
+        "{}",
+        st.message
+    );
+    w.woken_early("slow", Duration::from_secs(10)).await;
+
+    w.fake.insert(
+        &format!("/api/v1/namespaces/{NS}/pods/dragonfly-seed-peer-0"),
+        seed_pod("dragonfly-seed-peer-0", true),
+    );
+    assert_eq!(w.until_finished("slow").await.phase, Phase::Succeeded);
+}
+
+#[tokio::test]
+async fn a_troubled_tick_backs_off_exponentially() {
+    let w = world().await;
+    w.registry.put_image("app", Some("v1"), &[(d('c'), 1)]);
+    // The seed peer is ready but its dfdaemon refuses connections.
+    w.fake.insert(
+        &format!("/apis/p2p.dragonfly.dev/v1alpha1/namespaces/{NS}/dragonflyclusters/dragonfly"),
+        json!({
+            "apiVersion": "p2p.dragonfly.dev/v1alpha1", "kind": "DragonflyCluster",
+            "metadata": {"name": "dragonfly", "namespace": NS, "uid": "dfc-uid", "generation": 1},
+            "spec": {"dfdaemon": {"peerPort": 1, "proxyPort": 1}}
+        }),
+    );
+    w.create(
+        "stuck",
+        1,
+        json!({"cluster": "dragonfly", "images": [w.image("app:v1")], "platforms": ["linux/amd64"]}),
+    );
+    for (retries, wait) in [(1, 5), (2, 10), (3, 20)] {
+        w.elapse();
+        let action = w.reconcile("stuck").await;
+        let st = w.status("stuck");
+        assert_eq!(
+            (st.phase, st.retries),
+            (Phase::Running, retries),
+            "{}",
+            st.message
+        );
+        assert_eq!(action, Action::requeue(Duration::from_secs(wait)));
+        w.woken_early("stuck", Duration::from_secs(wait)).await;
+        w.woken_early("stuck", Duration::from_secs(wait)).await;
+    }
 }
 
 #[tokio::test]
@@ -529,7 +675,7 @@ async fn ttl_deletes_a_finished_preheat() {
 
 #[test]
 fn retry_delays_double_and_cap() {
-    assert_eq!(retry_delay(1), Duration::from_secs(5));
-    assert_eq!(retry_delay(2), Duration::from_secs(10));
-    assert_eq!(retry_delay(30), Duration::from_secs(300));
+    assert_eq!(PACE.retry_delay(1), Duration::from_secs(5));
+    assert_eq!(PACE.retry_delay(2), Duration::from_secs(10));
+    assert_eq!(PACE.retry_delay(30), Duration::from_secs(300));
 }
