@@ -79,6 +79,15 @@ fn host_time(host: &NetHost, r: &super::pull::PullResult) -> HostTime {
 }
 
 impl Cluster {
+    /// Deletes a finished run's content stores (9 hosts x the image each):
+    /// a full run would otherwise fill a small disk. Logs stay.
+    fn discard_content(&self, run: &str) {
+        let dir = self.work.join(run);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("warning: cannot remove {}: {e}", dir.display());
+        }
+    }
+
     /// Pulls on every host in `hosts` at once.
     async fn pull_all(
         &self,
@@ -238,6 +247,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
                 all.push(cluster.topo.host("seed")?);
                 let peers = cluster.peer_bytes(&all).await;
                 drop(swarm);
+                cluster.discard_content("c");
                 ("dragonfly, all hosts at once", hosts, peers)
             }
             "d" => {
@@ -262,6 +272,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
                 all.push(cluster.topo.host("seed")?);
                 let peers = cluster.peer_bytes(&all).await;
                 drop(swarm);
+                cluster.discard_content("d");
                 ("dragonfly, one host then the rest", hosts, peers)
             }
             other => anyhow::bail!("unknown scenario {other:?} (a, b, c or d)"),
@@ -438,6 +449,7 @@ async fn run_fault(
         .filter(|h| Some(&h.host) != excluded.as_ref())
         .collect();
     drop(swarm);
+    cluster.discard_content(&run);
     Ok(FaultReport {
         fault: fault.to_string(),
         description,
