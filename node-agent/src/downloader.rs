@@ -627,6 +627,7 @@ async fn from_peers(
     let mut demand_changes = demand.subscribe();
     let mut pacer = Pacer::new(config.prefetch_rate.as_u64());
     let mut background_inflight: HashSet<u32> = HashSet::new();
+    let mut scheduler_lost_since: Option<Instant> = None;
     last_progress = Instant::now();
     loop {
         let (missing, piece_length) = task.with_meta(|m| (m.missing_pieces(), m.piece_length));
@@ -758,12 +759,23 @@ async fn from_peers(
             _ = tokio::time::sleep_until(refresh_at) => {
                 refresh_at = Instant::now() + config.parent_refresh;
                 match get_parents(daemon, task).await {
-                    Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
+                    Some(Plan::Peers(fresh)) => {
+                        scheduler_lost_since = None;
+                        merge_parents(&mut slots, &fresh, &blocked)
+                    }
                     Some(_) => return drain(daemon, task, reporter, &mut inflight, "elected back-to-source").await,
                     None if slots.iter().all(|s| blocked.contains(&s.id)) => {
                         return drain(daemon, task, reporter, &mut inflight, "no parents and no scheduler").await
                     }
-                    None => {}
+                    None => {
+                        // Without the scheduler the parent list goes stale:
+                        // pieces held only by peers not on it never come, and
+                        // a reader waiting for one stalls. Not for long.
+                        let since = *scheduler_lost_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > config.stall_timeout / 3 {
+                            return drain(daemon, task, reporter, &mut inflight, "scheduler unreachable").await;
+                        }
+                    }
                 }
             }
         }
