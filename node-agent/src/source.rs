@@ -93,6 +93,23 @@ impl SourceClient {
         self
     }
 
+    /// One counted GET to the origin, optionally ranged; a transport
+    /// error comes back as the reason to retry.
+    async fn send_get(
+        &self,
+        task: &StoredTask,
+        url: &str,
+        headers: &HeaderMap,
+        range: Option<String>,
+    ) -> Result<reqwest::Response, String> {
+        self.count_request(task);
+        let mut request = self.client_for(url).get(url).headers(headers.clone());
+        if let Some(range) = range {
+            request = request.header(RANGE, range);
+        }
+        request.send().await.map_err(|e| e.to_string())
+    }
+
     fn count_request(&self, task: &StoredTask) {
         if let Some(metrics) = &self.metrics {
             metrics.origin_request(&task.id);
@@ -178,26 +195,15 @@ impl SourceClient {
         headers: &HeaderMap,
         on_piece: &(dyn Fn(u32, u64) + Send + Sync),
     ) -> Result<Attempt, TaskFailure> {
-        self.count_request(task);
-        let resp = match self
-            .client_for(url)
-            .get(url)
-            .headers(headers.clone())
-            .send()
-            .await
-        {
+        let resp = match self.send_get(task, url, headers, None).await {
             Ok(resp) => resp,
-            Err(e) => return Ok(Attempt::Retry(e.to_string())),
+            Err(reason) => return Ok(Attempt::Retry(reason)),
         };
         let status = resp.status();
         if let Some(verdict) = judge_status(status, &resp) {
             return verdict;
         }
-        let content_length = resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let content_length = content_length(resp.headers());
         let piece_length = piece_length_for(content_length);
         task.set_shape(content_length, piece_length)
             .map_err(internal)?;
@@ -348,17 +354,10 @@ impl SourceClient {
         if start >= end {
             return Ok(Attempt::Done);
         }
-        self.count_request(task);
-        let resp = match self
-            .client_for(url)
-            .get(url)
-            .headers(headers.clone())
-            .header(RANGE, format!("bytes={}-{}", start, end - 1))
-            .send()
-            .await
-        {
+        let range = format!("bytes={}-{}", start, end - 1);
+        let resp = match self.send_get(task, url, headers, Some(range)).await {
             Ok(resp) => resp,
-            Err(e) => return Ok(Attempt::Retry(e.to_string())),
+            Err(reason) => return Ok(Attempt::Retry(reason)),
         };
         let status = resp.status();
         if let Some(verdict) = judge_status(status, &resp) {
