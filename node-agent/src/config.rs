@@ -90,8 +90,10 @@ impl Default for DaemonConfig {
             upload_rate: None,
             piece_wait: Duration::from_secs(30),
             piece_timeout: Duration::from_secs(60),
-            concurrent_pieces: 8,
-            concurrent_pieces_per_parent: 4,
+            // Few pieces at a time, each arriving fast, so it can be
+            // forwarded sooner; more only split the same link.
+            concurrent_pieces: 4,
+            concurrent_pieces_per_parent: 2,
             stall_timeout: Duration::from_secs(30),
             parent_refresh: Duration::from_millis(200),
             prefetch_rate: ByteSize::mib(20),

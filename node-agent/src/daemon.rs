@@ -23,8 +23,9 @@ pub struct TaskProgress {
     pub from_peers: AtomicU64,
     /// Set while this daemon downloads the task from the origin.
     pub sourcing: std::sync::atomic::AtomicBool,
-    /// Pieces already handed to a peer while sourcing.
-    source_uploads: Mutex<std::collections::HashSet<u32>>,
+    /// When each piece was last handed to a peer while this daemon was
+    /// fetching from the origin.
+    handed_out: Mutex<HashMap<u32, Instant>>,
     pub started: Mutex<Option<Instant>>,
     pub finished: Mutex<Option<Instant>>,
     /// Which pieces the current (or next) run must fetch.
@@ -62,10 +63,16 @@ pub struct Daemon {
     /// Whether the registry mirror can serve promptly (`/server/ping`).
     pub mirror_health: Arc<crate::mirror::health::MirrorHealth>,
     progress: Mutex<HashMap<String, Arc<TaskProgress>>>,
+    /// Tasks this daemon is fetching from the origin, and since when at
+    /// least one has been.
+    sourcing: Mutex<(usize, Option<Instant>)>,
     /// Why recently removed tasks failed, so a caller arriving just after
     /// the removal still learns the reason instead of "unknown task".
     failures: Mutex<HashMap<String, (TaskFailure, Instant)>>,
 }
+
+/// See [`TaskProgress::may_upload`].
+const OTHER_TASK_HANDOFF: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the reason of a removed task's failure is kept.
 const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(300);
@@ -79,18 +86,30 @@ pub enum StartError {
 }
 
 impl TaskProgress {
-    /// While this daemon is the task's back-to-source peer, each piece is
-    /// handed out once: its uplink then carries one copy of every fresh
-    /// piece, the children swap the rest, and the origin download is not
-    /// starved by a saturated uplink. Returns whether `index` may be sent.
-    pub fn may_upload(&self, index: u32) -> bool {
-        if !self.sourcing.load(Ordering::SeqCst) {
+    /// While this daemon fetches anything from the origin, its uplink must
+    /// not starve that download (its acknowledgements queue behind the
+    /// uploads): a piece of the task being fetched is handed out once, so
+    /// the uplink carries one copy of every fresh piece and the children
+    /// swap the rest; a piece of another task at most once per
+    /// `OTHER_TASK_HANDOFF`. Returns whether `index` may be sent now.
+    pub fn may_upload(&self, index: u32, sourcing_since: Option<Instant>) -> bool {
+        let Some(since) = sourcing_since else {
             return true;
+        };
+        let this_task = self.sourcing.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let mut handed = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        match handed.get(&index) {
+            Some(at)
+                if *at >= since && (this_task || now.duration_since(*at) < OTHER_TASK_HANDOFF) =>
+            {
+                false
+            }
+            _ => {
+                handed.insert(index, now);
+                true
+            }
         }
-        self.source_uploads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(index)
     }
 
     pub fn record_piece_source(&self, index: u32, source: &'static str) {
@@ -117,16 +136,44 @@ impl TaskProgress {
 
     pub fn set_sourcing(&self, on: bool) {
         self.sourcing.store(on, Ordering::SeqCst);
-        if !on {
-            self.source_uploads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+    }
+}
+
+/// Counts one task as fetched from the origin until dropped.
+pub struct SourcingGuard {
+    daemon: Arc<Daemon>,
+}
+
+impl Drop for SourcingGuard {
+    fn drop(&mut self) {
+        let mut sourcing = self
+            .daemon
+            .sourcing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        sourcing.0 = sourcing.0.saturating_sub(1);
+        if sourcing.0 == 0 {
+            sourcing.1 = None;
         }
     }
 }
 
 impl Daemon {
+    /// Marks a task as fetched from the origin for as long as the guard lives.
+    pub fn sourcing_guard(self: &Arc<Self>) -> SourcingGuard {
+        let mut sourcing = self.sourcing.lock().unwrap_or_else(|e| e.into_inner());
+        sourcing.0 += 1;
+        sourcing.1.get_or_insert_with(Instant::now);
+        SourcingGuard {
+            daemon: self.clone(),
+        }
+    }
+
+    /// Since when this daemon has been fetching anything from the origin.
+    pub fn sourcing_since(&self) -> Option<Instant> {
+        self.sourcing.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
     pub fn new(
         config: DaemonConfig,
         host_id: String,
@@ -146,6 +193,7 @@ impl Daemon {
             uploads,
             mirror_health: Arc::default(),
             progress: Mutex::new(HashMap::new()),
+            sourcing: Mutex::new((0, None)),
             failures: Mutex::new(HashMap::new()),
         }))
     }
@@ -245,6 +293,12 @@ impl Daemon {
             || task.with_meta(|m| m.piece_count().is_none_or(|n| index >= n))
         {
             return false;
+        }
+        if progress.demand.wants_all() && task.run_state() == RunState::Running {
+            // A full download brings every piece in order anyway; letting
+            // children reorder it would split the origin stream into many
+            // parallel ranges and delay every piece.
+            return true;
         }
         progress.demand.want_piece(index);
         self.resume(task)

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::daemon::{Daemon, RunEnd};
 use crate::peer_client::PeerError;
 use crate::piece::{piece_digest, piece_range, Bitmap};
+use crate::piece_order;
 use crate::store::{StoredTask, TaskFailure};
 use crate::task_request::TaskRequest;
 
@@ -203,8 +204,10 @@ async fn back_to_source(
         daemon.metrics.origin_bytes(&task.id, bytes);
         progress.from_origin.fetch_add(bytes, Ordering::Relaxed);
         progress.record_piece_source(index, "origin");
+        tracing::debug!(piece = index, "piece stored from the origin");
         reporter.report(index);
     };
+    let _sourcing = daemon.sourcing_guard();
     progress.set_sourcing(true);
     let result = source_on_demand(daemon, task, request, &on_piece).await;
     progress.set_sourcing(false);
@@ -215,12 +218,12 @@ async fn back_to_source(
 const ORIGIN_REQUESTS: usize = 4;
 /// Longest origin range for wanted pieces: wants arriving meanwhile wait at
 /// most this long.
-const WANTED_RUN_PIECES: u32 = 4;
+const WANTED_RUN_BYTES: u64 = 16 * 1024 * 1024;
 /// Longest origin range of a full download once its length is known, and
 /// how many such ranges run at once: long enough to stream efficiently,
 /// short enough that a reader's wanted pieces overtake it soon.
-const FULL_RUN_PIECES: u32 = 8;
-const FULL_RUNS: usize = 2;
+const FULL_RUN_BYTES: u64 = 1024 * 1024 * 1024;
+const FULL_RUNS: usize = 1;
 
 /// The back-to-source run. With the length unknown and everything wanted,
 /// one streamed GET. Otherwise ranged GETs: pieces readers and children
@@ -270,7 +273,7 @@ async fn source_on_demand(
         let urgent: Vec<u32> = selection.urgent.iter().copied().filter(idle).collect();
         let background: Vec<u32> = selection.background.iter().copied().filter(idle).collect();
         for run in crate::source::runs(&urgent) {
-            for run in split_run(run, WANTED_RUN_PIECES) {
+            for run in split_run(run, pieces_in(WANTED_RUN_BYTES, piece_length)) {
                 if inflight.len() >= ORIGIN_REQUESTS {
                     break;
                 }
@@ -283,7 +286,7 @@ async fn source_on_demand(
             // A full download: the rest in longer ranges, wanted pieces
             // still first.
             for run in crate::source::runs(&background) {
-                for run in split_run(run, FULL_RUN_PIECES) {
+                for run in split_run(run, pieces_in(FULL_RUN_BYTES, piece_length)) {
                     if background_runs.len() >= FULL_RUNS || inflight.len() >= ORIGIN_REQUESTS {
                         break;
                     }
@@ -346,6 +349,11 @@ async fn fetch_origin_run<'a>(
         .fetch_run(task, &request.url, &request.headers, run, on_piece)
         .await;
     (run, result)
+}
+
+/// Whole pieces in `bytes` (at least one).
+fn pieces_in(bytes: u64, piece_length: u32) -> u32 {
+    (bytes / u64::from(piece_length.max(1))).clamp(1, u64::from(u32::MAX)) as u32
 }
 
 /// Splits `first..=last` into runs of at most `max` pieces.
@@ -628,6 +636,7 @@ async fn from_peers(
     let mut pacer = Pacer::new(config.prefetch_rate.as_u64());
     let mut background_inflight: HashSet<u32> = HashSet::new();
     let mut scheduler_lost_since: Option<Instant> = None;
+    let salt = piece_order::salt_for(&daemon.host_id);
     last_progress = Instant::now();
     loop {
         let (missing, piece_length) = task.with_meta(|m| (m.missing_pieces(), m.piece_length));
@@ -651,7 +660,29 @@ async fn from_peers(
             last_progress = Instant::now();
         }
         let now = Instant::now();
-        for (index, urgent) in selection.ordered() {
+        let order: Vec<(u32, bool)> = if selection.capped {
+            selection.ordered().collect()
+        } else {
+            let holders = |index: u32| {
+                slots
+                    .iter()
+                    .filter(|s| {
+                        !blocked.contains(&s.id) && (s.complete || s.bitmap.contains(index))
+                    })
+                    .count()
+            };
+            selection
+                .urgent
+                .iter()
+                .map(|&i| (i, true))
+                .chain(
+                    piece_order::exchange_order(&selection.background, holders, salt)
+                        .into_iter()
+                        .map(|i| (i, false)),
+                )
+                .collect()
+        };
+        for (index, urgent) in order {
             if inflight_pieces.contains(&index) {
                 continue;
             }
@@ -718,6 +749,7 @@ async fn from_peers(
                 }
                 match result {
                     Ok((data, digest)) => {
+                        tracing::debug!(piece = index, parent = %parent_id, "piece stored from a peer");
                         accept_piece(daemon, task, reporter, index, data, digest).await?;
                         last_progress = Instant::now();
                     }

@@ -16,6 +16,7 @@ pub mod mirror;
 pub mod node_report;
 pub mod peer_client;
 pub mod piece;
+pub mod piece_order;
 pub mod piece_server;
 pub mod ratelimit;
 pub mod reader;

@@ -288,7 +288,10 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
         daemon.metrics.upload_rejected.inc();
         return retry_later("busy", "no free upload slot");
     };
-    if !daemon.progress(&id).may_upload(index) {
+    if !daemon
+        .progress(&id)
+        .may_upload(index, daemon.sourcing_since())
+    {
         return retry_later(
             "piece-busy",
             "piece already handed to a peer; ask the peers",
@@ -298,6 +301,7 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
         Ok(found) => found,
         Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
     };
+    tracing::debug!(piece = index, bytes = data.len(), "uploading piece");
     daemon.metrics.upload_bytes.inc_by(data.len() as u64);
     daemon.metrics.upload_pieces.inc();
     task.touch();

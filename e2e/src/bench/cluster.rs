@@ -20,6 +20,8 @@ pub struct Cluster {
     /// dfdaemon upload cap in bytes per second (None: unlimited).
     pub upload_rate: Option<u64>,
     pub max_parents: usize,
+    /// A dfdaemon YAML config every node starts with (tuning runs).
+    pub dfdaemon_config: Option<PathBuf>,
     pub work: PathBuf,
     /// This executable (it also runs the origin, pullers and probes).
     pub bench: PathBuf,
@@ -231,6 +233,10 @@ impl Cluster {
         ];
         if seed {
             args.push("--seed".into());
+        }
+        if let Some(config) = &self.dfdaemon_config {
+            args.push("--config".into());
+            args.push(config.display().to_string());
         }
         if let Some(rate) = self.upload_rate {
             args.push("--upload-rate".into());

@@ -26,6 +26,8 @@ pub struct BenchConfig {
     pub upload_share: f64,
     /// Parents per scheduling answer (the scheduler's --max-parents).
     pub max_parents: usize,
+    /// A dfdaemon YAML config for every node (flags still win).
+    pub dfdaemon_config: Option<std::path::PathBuf>,
     pub work: PathBuf,
 }
 
@@ -177,6 +179,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         topo,
         upload_rate,
         max_parents: config.max_parents,
+        dfdaemon_config: config.dfdaemon_config.clone(),
         work: config.work.clone(),
         bench: std::env::current_exe()?,
     };

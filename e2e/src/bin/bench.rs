@@ -61,6 +61,10 @@ struct RunArgs {
     /// Parents the scheduler offers per answer.
     #[arg(long, default_value_t = 4)]
     max_parents: usize,
+    /// dfdaemon YAML config for every node, to compare tunings (the
+    /// harness's own flags, e.g. addresses and data dirs, still win).
+    #[arg(long)]
+    dfdaemon_config: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Where the JSON report and the PNG plot go.
@@ -181,6 +185,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         task_api: args.task_api,
         upload_share: args.upload_share,
         max_parents: args.max_parents,
+        dfdaemon_config: args.dfdaemon_config.clone(),
         work,
     };
     // Ctrl-C drops the run, which kills every process and deletes every
