@@ -222,8 +222,8 @@ const WANTED_RUN_BYTES: u64 = 16 * 1024 * 1024;
 /// Longest origin range of a full download once its length is known, and
 /// how many such ranges run at once: long enough to stream efficiently,
 /// short enough that a reader's wanted pieces overtake it soon.
-const FULL_RUN_BYTES: u64 = 1024 * 1024 * 1024;
-const FULL_RUNS: usize = 1;
+const FULL_RUN_BYTES: u64 = 32 * 1024 * 1024;
+const FULL_RUNS: usize = 2;
 
 /// The back-to-source run. With the length unknown and everything wanted,
 /// one streamed GET. Otherwise ranged GETs: pieces readers and children
