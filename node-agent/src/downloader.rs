@@ -636,11 +636,14 @@ async fn from_peers(
     let mut pacer = Pacer::new(config.prefetch_rate.as_u64());
     let mut background_inflight: HashSet<u32> = HashSet::new();
     let mut scheduler_lost_since: Option<Instant> = None;
+    let mut stats = ExchangeStats::default();
     let salt = piece_order::salt_for(&daemon.host_id);
     last_progress = Instant::now();
     loop {
+        stats.end_starved();
         let (missing, piece_length) = task.with_meta(|m| (m.missing_pieces(), m.piece_length));
         if missing.is_empty() && inflight.is_empty() {
+            stats.log();
             return Ok(PeerOutcome::Done);
         }
         demand_changes.borrow_and_update();
@@ -735,8 +738,12 @@ async fn from_peers(
             )
             .await;
         }
+        if inflight.len() < config.concurrent_pieces {
+            stats.start_starved();
+        }
         tokio::select! {
             Some((index, parent_id, result)) = inflight.next(), if !inflight.is_empty() => {
+                stats.count(&result);
                 inflight_pieces.remove(&index);
                 background_inflight.remove(&index);
                 if let Some(slot) = slots.iter_mut().find(|s| s.id == parent_id) {
@@ -811,6 +818,62 @@ async fn from_peers(
                 }
             }
         }
+    }
+}
+
+/// How a download from peers went, for tuning: how long it had fewer
+/// pieces in flight than allowed, and how often parents said "later".
+struct ExchangeStats {
+    started: Instant,
+    starved: Duration,
+    starved_since: Option<Instant>,
+    not_ready: u32,
+    busy: u32,
+    piece_busy: u32,
+}
+
+impl Default for ExchangeStats {
+    fn default() -> Self {
+        ExchangeStats {
+            started: Instant::now(),
+            starved: Duration::ZERO,
+            starved_since: None,
+            not_ready: 0,
+            busy: 0,
+            piece_busy: 0,
+        }
+    }
+}
+
+impl ExchangeStats {
+    fn start_starved(&mut self) {
+        self.starved_since = Some(Instant::now());
+    }
+
+    fn end_starved(&mut self) {
+        if let Some(since) = self.starved_since.take() {
+            self.starved += since.elapsed();
+        }
+    }
+
+    fn count<T>(&mut self, result: &Result<T, PeerError>) {
+        match result {
+            Err(PeerError::NotReady) => self.not_ready += 1,
+            Err(PeerError::Busy) => self.busy += 1,
+            Err(PeerError::PieceBusy) => self.piece_busy += 1,
+            _ => {}
+        }
+    }
+
+    fn log(&self) {
+        tracing::debug!(
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            below_concurrency_ms = self.starved.as_millis() as u64,
+            not_ready = self.not_ready,
+            busy = self.busy,
+            piece_busy = self.piece_busy,
+            "pieces from peers done"
+        );
     }
 }
 

@@ -158,14 +158,13 @@ impl PeerClient {
             200 => {}
             404 => return Err(PeerError::NotFound),
             503 => {
-                let busy = resp
-                    .headers()
-                    .get(RETRY_REASON_HEADER)
-                    .is_some_and(|v| v.as_bytes() == b"busy");
-                return Err(if busy {
-                    PeerError::Busy
-                } else {
-                    PeerError::NotReady
+                // The reason decides what to avoid: this parent for a
+                // moment (busy), or only this piece there (piece-busy).
+                let reason = resp.headers().get(RETRY_REASON_HEADER);
+                return Err(match reason.map(|v| v.as_bytes()) {
+                    Some(b"busy") => PeerError::Busy,
+                    Some(b"piece-busy") => PeerError::PieceBusy,
+                    _ => PeerError::NotReady,
                 });
             }
             code => return Err(PeerError::Server(code)),
