@@ -578,8 +578,13 @@ async fn accept_piece(
     Ok(())
 }
 
+/// How long a download leaving the swarm waits for pieces still in flight.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
 /// Before leaving the swarm for the origin, keeps whatever is still
-/// arriving from parents so the origin is asked only for what is missing.
+/// arriving from parents so the origin is asked only for what is missing;
+/// but only briefly: a parent may hold a request for a piece it is itself
+/// still waiting for, and a reader is waiting meanwhile.
 async fn drain<F>(
     daemon: &Daemon,
     task: &Arc<StoredTask>,
@@ -590,7 +595,10 @@ async fn drain<F>(
 where
     F: std::future::Future<Output = PieceResult>,
 {
-    while let Some((index, _, result)) = inflight.next().await {
+    let deadline = Instant::now() + DRAIN_GRACE;
+    while let Ok(Some((index, _, result))) =
+        tokio::time::timeout_at(deadline, inflight.next()).await
+    {
         if let Ok((data, digest)) = result {
             accept_piece(daemon, task, reporter, index, data, digest).await?;
         }

@@ -231,6 +231,23 @@ mod tests {
         assert_eq!(task.meta().missing_pieces(), vec![0, 2]);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_flushes_never_lose_the_metadata_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+        let task = store.get_or_create(&id(3), "http://o/z", None).unwrap();
+        task.set_shape(Some(16), 4).unwrap();
+        let flushes: Vec<_> = (0..64)
+            .map(|_| {
+                let task = task.clone();
+                tokio::spawn(async move { task.flush().await })
+            })
+            .collect();
+        for flush in flushes {
+            flush.await.unwrap().expect("every flush succeeds");
+        }
+    }
+
     #[tokio::test]
     async fn waiting_reader_wakes_when_piece_arrives() {
         let dir = tempfile::tempdir().unwrap();

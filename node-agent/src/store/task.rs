@@ -71,6 +71,9 @@ pub struct StoredTask {
     pins: AtomicUsize,
     removed: AtomicBool,
     last_flush: Mutex<Instant>,
+    /// One flush at a time: concurrent saves would share the metadata's
+    /// temp file, and one rename would find it gone.
+    flushing: Mutex<()>,
 }
 
 /// Keeps a task from garbage collection while alive.
@@ -95,6 +98,7 @@ impl StoredTask {
             pins: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
             last_flush: Mutex::new(Instant::now()),
+            flushing: Mutex::new(()),
         }
     }
 
@@ -375,6 +379,7 @@ impl StoredTask {
         }
         let task = self.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let _one_at_a_time = task.flushing.lock().unwrap_or_else(|e| e.into_inner());
             task.file.sync_data()?;
             let meta = task.lock_meta().clone();
             meta.save(&task.dir.join("meta.json"))
