@@ -204,6 +204,65 @@ async fn downloads_survive_their_parent_being_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_carries_on_when_the_scheduler_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    let size = 48 * MIB;
+    let data = random_bytes(size);
+    let digest = sha256_hex(&data);
+    let url = origin.add("long.bin", data);
+    // Slow enough that the swarm outlives the scheduler by longer than a
+    // daemon would wait for it (a third of the 30 s stall timeout).
+    origin.set_throttle(3 * MIB as u64);
+
+    let mut scheduler = SchedulerProc::start(ip(1, 7), dir.path()).await.unwrap();
+    let seed = DaemonProc::start(
+        spec("seed", ip(2, 7), dir.path(), Some(&scheduler), true),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let daemons = start_daemons(3, 7, dir.path(), Some(&scheduler), &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let refs: Vec<&DaemonProc> = daemons.iter().collect();
+    let download = download_everywhere(&url, &digest, true, &refs, dir.path());
+    let killer = async {
+        // Kill the scheduler once every peer has pieces from the swarm.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut started = 0;
+            for d in &daemons {
+                let done: u64 = tasks(d)
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| t["bytes_done"].as_u64().unwrap_or(0))
+                    .sum();
+                started += usize::from(done > 0);
+            }
+            if started == daemons.len() || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        scheduler.proc.kill();
+        eprintln!("scheduler killed after every peer held pieces");
+    };
+    tokio::join!(download, killer);
+    if origin.bytes_served() != size as u64 {
+        let mut all: Vec<&DaemonProc> = vec![&seed];
+        all.extend(daemons.iter());
+        dump_logs(&all);
+    }
+    assert_eq!(
+        origin.bytes_served(),
+        size as u64,
+        "peers kept exchanging pieces without the scheduler, not fetching from the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_scheduler_downloads_come_from_the_origin() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start("127.0.0.1:0").await.unwrap();

@@ -492,6 +492,62 @@ fn pick_parent(
         .map(|(i, _)| i)
 }
 
+/// How long a child waits for its parents' bitmaps when no scheduler
+/// answers: a hung parent must not hold up the pieces in flight.
+const BITMAP_REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Asks every usable parent which pieces it holds, for when no scheduler
+/// relays it. A parent that does not answer keeps its old bitmap: a real
+/// failure shows on the next piece fetched from it.
+async fn refresh_bitmaps_from_parents(
+    daemon: &Daemon,
+    task: &StoredTask,
+    slots: &mut [ParentSlot],
+    blocked: &HashSet<String>,
+) {
+    let asks = slots
+        .iter()
+        .filter(|s| !s.complete && !blocked.contains(&s.id))
+        .map(|s| async move {
+            let answer = daemon.peers.shape(&s.base, &task.id, Duration::ZERO).await;
+            (s.id.clone(), answer)
+        });
+    let Ok(answers) =
+        tokio::time::timeout(BITMAP_REFRESH_TIMEOUT, futures::future::join_all(asks)).await
+    else {
+        tracing::debug!("parents slow to tell their bitmaps");
+        return;
+    };
+    for (id, answer) in answers {
+        let shape = match answer {
+            Ok(shape) => shape,
+            Err(e) => {
+                tracing::debug!(parent = %id, error = %e, "parent cannot tell its bitmap");
+                continue;
+            }
+        };
+        let Ok(bytes) = hex::decode(&shape.bitmap) else {
+            tracing::debug!(parent = %id, "parent sent a malformed bitmap");
+            continue;
+        };
+        if let Some(slot) = slots.iter_mut().find(|s| s.id == id) {
+            slot.bitmap = Bitmap::from_bytes(bytes);
+            slot.complete = shape.piece_count > 0 && shape.finished_pieces == shape.piece_count;
+        }
+    }
+}
+
+/// Whether every missing piece has a parent that holds it or will: a
+/// complete one, one that is fetching the task from the origin, or one
+/// whose bitmap has it.
+fn parents_cover(slots: &[ParentSlot], blocked: &HashSet<String>, missing: &[u32]) -> bool {
+    missing.iter().all(|&index| {
+        slots.iter().any(|s| {
+            !blocked.contains(&s.id) && (s.complete || s.is_source || s.bitmap.contains(index))
+        })
+    })
+}
+
 /// Learns the content length from the scheduler's answer or a parent.
 async fn ensure_shape(daemon: &Daemon, task: &StoredTask, slots: &[ParentSlot]) -> bool {
     if task.with_meta(|m| m.shape_known()) {
@@ -815,12 +871,18 @@ async fn from_peers(
                         return drain(daemon, task, reporter, &mut inflight, "no parents and no scheduler").await
                     }
                     None => {
-                        // Without the scheduler the parent list goes stale:
-                        // pieces held only by peers not on it never come, and
-                        // a reader waiting for one stalls. Not for long.
+                        // Without the scheduler, parents' bitmaps come from
+                        // the parents themselves, and the swarm carries on.
+                        // Pieces held only by peers not on the list never
+                        // come, though: if some stay uncovered, a reader
+                        // waiting for one would stall. Not for long.
                         let since = *scheduler_lost_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > config.stall_timeout / 3 {
-                            return drain(daemon, task, reporter, &mut inflight, "scheduler unreachable").await;
+                        refresh_bitmaps_from_parents(daemon, task, &mut slots, &blocked).await;
+                        let missing = task.with_meta(|m| m.missing_pieces());
+                        if since.elapsed() > config.stall_timeout / 3
+                            && !parents_cover(&slots, &blocked, &missing)
+                        {
+                            return drain(daemon, task, reporter, &mut inflight, "scheduler unreachable and no parent holds what is missing").await;
                         }
                     }
                 }

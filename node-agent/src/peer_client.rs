@@ -18,6 +18,11 @@ pub struct TaskShapeResponse {
     pub piece_length: u32,
     pub piece_count: u32,
     pub finished_pieces: u32,
+    /// Hex of the parent's finished-piece bitmap: lets a child keep its
+    /// view of a parent fresh while no scheduler answers. Empty from
+    /// daemons that predate it.
+    #[serde(default)]
+    pub bitmap: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -220,14 +220,19 @@ async fn task_shape(
     };
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(state.daemon.config.piece_wait);
     match task.wait_shape(wait).await {
-        Ok(Some((content_length, piece_length))) => Json(TaskShapeResponse {
-            task_id: id,
-            content_length,
-            piece_length,
-            piece_count: crate::piece::piece_count(content_length, piece_length),
-            finished_pieces: task.with_meta(|m| m.finished_pieces()),
-        })
-        .into_response(),
+        Ok(Some((content_length, piece_length))) => {
+            let (finished_pieces, bitmap) =
+                task.with_meta(|m| (m.finished_pieces(), hex::encode(m.bitmap().as_bytes())));
+            Json(TaskShapeResponse {
+                task_id: id,
+                content_length,
+                piece_length,
+                piece_count: crate::piece::piece_count(content_length, piece_length),
+                finished_pieces,
+                bitmap,
+            })
+            .into_response()
+        }
         Ok(None) => not_ready(),
         Err(failure) => failure_response(failure),
     }
@@ -288,10 +293,13 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
         daemon.metrics.upload_rejected.inc();
         return retry_later("busy", "no free upload slot");
     };
-    if !daemon
-        .progress(&id)
-        .may_upload(index, daemon.sourcing_since())
-    {
+    // Handing each fresh piece out once relies on the scheduler telling
+    // children who else holds it; without one, the sourcing daemon serves
+    // every request.
+    let sourcing_since = daemon
+        .sourcing_since()
+        .filter(|_| !daemon.schedulers.is_lost());
+    if !daemon.progress(&id).may_upload(index, sourcing_since) {
         return retry_later(
             "piece-busy",
             "piece already handed to a peer; ask the peers",

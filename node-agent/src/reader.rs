@@ -2,7 +2,7 @@
 //! still arriving: each piece is read as soon as it is stored.
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +91,8 @@ pub fn stream_range(
         c.offset = chunk_end;
         Ok(Some((bytes, c)))
     })
+    // The client only sees a cut body; the reason belongs in our log.
+    .inspect_err(|e| tracing::warn!(error = %e, "stream to the reader cut short"))
 }
 
 /// Waits (up to `timeout`) until a task whose digest is known up front has

@@ -6,6 +6,7 @@
 use proto::scheduler_client::SchedulerClient;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -45,6 +46,8 @@ pub struct SchedulerPool {
     resolved: RwLock<Vec<String>>,
     clients: Mutex<HashMap<String, SchedulerClient<Channel>>>,
     host: RwLock<Option<proto::Host>>,
+    /// Whether the last call found every scheduler unreachable.
+    lost: AtomicBool,
 }
 
 impl SchedulerPool {
@@ -55,6 +58,7 @@ impl SchedulerPool {
             resolved: RwLock::new(Vec::new()),
             clients: Mutex::new(HashMap::new()),
             host: RwLock::new(None),
+            lost: AtomicBool::new(false),
         })
     }
 
@@ -85,6 +89,12 @@ impl SchedulerPool {
         if !addrs.is_empty() {
             *self.resolved.write().unwrap_or_else(|e| e.into_inner()) = addrs;
         }
+    }
+
+    /// True while no scheduler answers (as of the last call): the swarm's
+    /// view of who holds what is then no longer relayed.
+    pub fn is_lost(&self) -> bool {
+        self.is_configured() && self.lost.load(Ordering::Relaxed)
     }
 
     pub fn addresses(&self) -> Vec<String> {
@@ -127,7 +137,11 @@ impl SchedulerPool {
         let mut last_error = String::from("no address resolved");
         for addr in hashring::rank(task_id, &addrs) {
             let client = self.client(addr)?;
-            match rpc(client.clone()).await {
+            let answer = rpc(client.clone()).await;
+            if answer.as_ref().is_ok() || answer.as_ref().is_err_and(|s| !is_transport_failure(s)) {
+                self.lost.store(false, Ordering::Relaxed);
+            }
+            match answer {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) if status.code() == Code::FailedPrecondition => {
                     self.announce_to(addr).await.ok();
@@ -143,6 +157,7 @@ impl SchedulerPool {
                 Err(status) => return Err(SchedulerError::Refused(status)),
             }
         }
+        self.lost.store(true, Ordering::Relaxed);
         Err(SchedulerError::Unreachable(last_error))
     }
 
