@@ -156,11 +156,7 @@ async fn serve(
     let body = data.slice(start as usize..end as usize);
     let throttle = state.throttle.load(Ordering::SeqCst);
     let stats = state.stats.clone();
-    let chunks: Vec<Bytes> = (0..body.len())
-        .step_by(CHUNK)
-        .map(|i| body.slice(i..(i + CHUNK).min(body.len())))
-        .collect();
-    let stream = futures::stream::iter(chunks).then(move |chunk| {
+    let stream = futures::stream::iter(chunks(body)).then(move |chunk| {
         let stats = stats.clone();
         async move {
             if throttle > 0 {
@@ -176,4 +172,13 @@ async fn serve(
         }
     });
     builder.body(Body::from_stream(stream)).unwrap_or_default()
+}
+
+/// `body` as the chunks a streamed response sends: servers here count
+/// bytes as each chunk goes out, so a transfer cut short counts only what
+/// was sent.
+pub fn chunks(body: Bytes) -> impl Iterator<Item = Bytes> + Send {
+    (0..body.len())
+        .step_by(CHUNK)
+        .map(move |i| body.slice(i..(i + CHUNK).min(body.len())))
 }

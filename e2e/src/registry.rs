@@ -14,7 +14,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::origin::{parse_range, sha256_hex};
+use futures::StreamExt;
+
+use crate::origin::{chunks, parse_range, sha256_hex};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -276,14 +278,17 @@ fn serve_blob(
         return builder.body(Body::empty()).unwrap_or_default();
     }
     state.stats.blob_gets.fetch_add(1, Ordering::SeqCst);
-    // Counted as sent: the response body is handed over whole.
-    state
-        .stats
-        .blob_bytes
-        .fetch_add(end - start, Ordering::SeqCst);
-    builder
-        .body(Body::from(data.slice(start as usize..end as usize)))
-        .unwrap_or_default()
+    // Counted as sent, chunk by chunk: a client that drops the connection
+    // mid-blob has not cost the registry the rest.
+    let stats = state.stats.clone();
+    let stream =
+        futures::stream::iter(chunks(data.slice(start as usize..end as usize))).map(move |chunk| {
+            stats
+                .blob_bytes
+                .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(chunk)
+        });
+    builder.body(Body::from_stream(stream)).unwrap_or_default()
 }
 
 #[cfg(test)]
