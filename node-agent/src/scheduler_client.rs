@@ -138,7 +138,7 @@ impl SchedulerPool {
         for addr in hashring::rank(task_id, &addrs) {
             let client = self.client(addr)?;
             let answer = rpc(client.clone()).await;
-            if answer.as_ref().is_ok() || answer.as_ref().is_err_and(|s| !is_transport_failure(s)) {
+            if !matches!(&answer, Err(status) if is_transport_failure(status)) {
                 self.lost.store(false, Ordering::Relaxed);
             }
             match answer {
