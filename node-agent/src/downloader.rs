@@ -548,6 +548,27 @@ fn parents_cover(slots: &[ParentSlot], blocked: &HashSet<String>, missing: &[u32
     })
 }
 
+/// Whether every wanted piece was refused by a parent as missing (it
+/// discarded a damaged copy) and no other parent holds or fetches it: only
+/// the origin can supply those.
+fn only_the_origin_has(
+    slots: &[ParentSlot],
+    blocked: &HashSet<String>,
+    avoid: &PieceAvoidance,
+    wanted: &[u32],
+) -> bool {
+    !wanted.is_empty()
+        && wanted.iter().all(|&index| {
+            let refused = avoid.lacking.iter().any(|(_, i)| *i == index);
+            let candidate = slots.iter().any(|s| {
+                !blocked.contains(&s.id)
+                    && !avoid.lacking.contains(&(s.id.clone(), index))
+                    && (s.complete || s.is_source || s.bitmap.contains(index))
+            });
+            refused && !candidate
+        })
+}
+
 /// Learns the content length from the scheduler's answer or a parent.
 async fn ensure_shape(daemon: &Daemon, task: &StoredTask, slots: &[ParentSlot]) -> bool {
     if task.with_meta(|m| m.shape_known()) {
@@ -727,6 +748,12 @@ async fn from_peers(
             last_progress = Instant::now();
         }
         let now = Instant::now();
+        let wanted: Vec<u32> = selection
+            .urgent
+            .iter()
+            .chain(&selection.background)
+            .copied()
+            .collect();
         let order: Vec<(u32, bool)> = if selection.capped {
             selection.ordered().collect()
         } else {
@@ -783,6 +810,16 @@ async fn from_peers(
                 slots[i].id.clone(),
                 index,
             ));
+        }
+        if inflight.is_empty() && only_the_origin_has(&slots, &blocked, &avoid, &wanted) {
+            return drain(
+                daemon,
+                task,
+                reporter,
+                &mut inflight,
+                "no parent holds the remaining pieces",
+            )
+            .await;
         }
         // Wake up when the next paced prefetch piece may go.
         let prefetch_waits = selection.capped

@@ -266,6 +266,12 @@ impl State {
         check_ids(&req.task_id, &req.host_id)?;
         check_id("parent_host_id", &req.parent_host_id)?;
         self.metrics.parent_failure(req.reason);
+        if req.reason == FailureReason::NotFound as i32 {
+            // The parent is fine; it lacks one piece (e.g. it discarded a
+            // damaged copy) and the child avoids it for that piece only.
+            // Blocking or deposing it would cut the child off the swarm.
+            return self.get_parents(&req.task_id, &req.host_id, now);
+        }
         self.hosts.record_failure(&req.parent_host_id, now);
 
         let parent_alive = self.hosts.is_alive(&req.parent_host_id, now);
@@ -1003,6 +1009,25 @@ mod tests {
         let r = fail_parent(&mut s, "t", "b", "a", FailureReason::Timeout, t0);
         assert_eq!(r.decision(), Decision::BackToSource);
         assert_eq!(source_of(&s, "t"), "b");
+    }
+
+    #[test]
+    fn a_parent_lacking_one_piece_stays_a_parent_and_the_source() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+        register(&mut s, "t", "a", t0);
+        pieces(&mut s, "t", "a", &[0, 1, 2, 3], t0);
+        register(&mut s, "t", "b", t0);
+        let r = fail_parent(&mut s, "t", "b", "a", FailureReason::NotFound, t0);
+        assert_eq!(r.decision(), Decision::FromPeers);
+        assert_eq!(
+            parent_ids(&r),
+            vec!["a"],
+            "a still serves b its other pieces"
+        );
+        assert_eq!(source_of(&s, "t"), "a");
     }
 
     #[test]
