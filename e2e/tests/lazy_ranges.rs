@@ -449,15 +449,23 @@ async fn estargz_ranges_from_three_nodes_take_each_piece_from_the_registry_once(
             s.end - s.start
         );
     }
+    // A shared range may straddle two pieces; each piece must cost at
+    // most one GET.
     let per_shared: Vec<usize> = SHARED
         .iter()
         .map(|&a| {
-            gets.iter()
-                .filter(|g| g.start < a + SHARED_LEN && a < g.end)
-                .count()
+            (a / piece_length..=(a + SHARED_LEN - 1) / piece_length)
+                .map(|p| {
+                    let (start, end) = (p * piece_length, (p + 1) * piece_length);
+                    gets.iter()
+                        .filter(|g| g.start < end && start < g.end)
+                        .count()
+                })
+                .max()
+                .unwrap_or(0)
         })
         .collect();
-    eprintln!("registry GETs covering each shared 50 KB range: {per_shared:?}");
+    eprintln!("most registry GETs for one piece of each shared 50 KB range: {per_shared:?}");
 
     if served > touched_bytes || per_shared.iter().any(|&n| n > 1) {
         for d in nodes.iter().chain([&seed]) {
@@ -476,7 +484,7 @@ async fn estargz_ranges_from_three_nodes_take_each_piece_from_the_registry_once(
     for (a, n) in SHARED.iter().zip(&per_shared) {
         assert!(
             *n <= 1,
-            "the 50 KB range at {a}, read by all 3 nodes, cost {n} registry requests"
+            "a piece of the 50 KB range at {a}, read by all 3 nodes, cost {n} registry requests"
         );
     }
 }

@@ -325,7 +325,11 @@ async fn restarted_daemon_resumes_and_serves_its_cache() {
         let status = dragonfly_e2e::procs::task_status(&a, &task_id)
             .await
             .unwrap();
-        if status["pieces_done"].as_u64().unwrap_or(0) >= 3 || Instant::now() > deadline {
+        // 12 MiB at 8 MiB/s: past the store's 1 s metadata flush interval,
+        // so the pieces are recorded on disk when the daemon dies.
+        if status["bytes_done"].as_u64().unwrap_or(0) >= 12 * MIB as u64
+            || Instant::now() > deadline
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
