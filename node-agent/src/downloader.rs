@@ -416,6 +416,12 @@ impl ParentSlot {
         })
     }
 
+    /// Holds `index`, or will: complete, fetching the task from the
+    /// origin, or with the piece in its bitmap.
+    fn holds_or_fetches(&self, index: u32) -> bool {
+        self.complete || self.is_source || self.bitmap.contains(index)
+    }
+
     fn available(&self, now: Instant, per_parent: usize) -> bool {
         self.inflight < per_parent && self.cooldown_until.is_none_or(|t| t <= now)
     }
@@ -542,9 +548,9 @@ async fn refresh_bitmaps_from_parents(
 /// whose bitmap has it.
 fn parents_cover(slots: &[ParentSlot], blocked: &HashSet<String>, missing: &[u32]) -> bool {
     missing.iter().all(|&index| {
-        slots.iter().any(|s| {
-            !blocked.contains(&s.id) && (s.complete || s.is_source || s.bitmap.contains(index))
-        })
+        slots
+            .iter()
+            .any(|s| !blocked.contains(&s.id) && s.holds_or_fetches(index))
     })
 }
 
@@ -555,18 +561,20 @@ fn only_the_origin_has(
     slots: &[ParentSlot],
     blocked: &HashSet<String>,
     avoid: &PieceAvoidance,
-    wanted: &[u32],
+    mut wanted: impl Iterator<Item = u32>,
 ) -> bool {
-    !wanted.is_empty()
-        && wanted.iter().all(|&index| {
-            let refused = avoid.lacking.iter().any(|(_, i)| *i == index);
-            let candidate = slots.iter().any(|s| {
-                !blocked.contains(&s.id)
-                    && !avoid.lacking.contains(&(s.id.clone(), index))
-                    && (s.complete || s.is_source || s.bitmap.contains(index))
-            });
-            refused && !candidate
-        })
+    let mut any = false;
+    let all = wanted.all(|index| {
+        any = true;
+        let refused = avoid.lacking.iter().any(|(_, i)| *i == index);
+        let candidate = slots.iter().any(|s| {
+            !blocked.contains(&s.id)
+                && !avoid.lacking.contains(&(s.id.clone(), index))
+                && s.holds_or_fetches(index)
+        });
+        refused && !candidate
+    });
+    any && all
 }
 
 /// Learns the content length from the scheduler's answer or a parent.
@@ -748,12 +756,6 @@ async fn from_peers(
             last_progress = Instant::now();
         }
         let now = Instant::now();
-        let wanted: Vec<u32> = selection
-            .urgent
-            .iter()
-            .chain(&selection.background)
-            .copied()
-            .collect();
         let order: Vec<(u32, bool)> = if selection.capped {
             selection.ordered().collect()
         } else {
@@ -811,7 +813,14 @@ async fn from_peers(
                 index,
             ));
         }
-        if inflight.is_empty() && only_the_origin_has(&slots, &blocked, &avoid, &wanted) {
+        if inflight.is_empty()
+            && only_the_origin_has(
+                &slots,
+                &blocked,
+                &avoid,
+                selection.ordered().map(|(i, _)| i),
+            )
+        {
             return drain(
                 daemon,
                 task,
