@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -16,9 +16,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::apply::{self, Change, Existing, Verb};
+use crate::apply::{self, ApplyError, Change, Existing, Verb};
 use crate::build::{self, BuildError, Component, LABEL_COMPONENT, LABEL_INSTANCE, MANAGER};
-use crate::crd::{DragonflyCluster, DragonflyClusterStatus};
+use crate::crd::{DefaultImage, DragonflyCluster, DragonflyClusterStatus};
 use crate::metrics::Metrics;
 use crate::nodes;
 use crate::status::{self, READY};
@@ -40,23 +40,42 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error("DragonflyCluster has no namespace")]
     NoNamespace,
+    /// Writes the API server refused (also in the status and events).
+    #[error("{}", join_failures(.0))]
+    Apply(Vec<ApplyError>),
+}
+
+fn join_failures(f: &[ApplyError]) -> String {
+    f.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A small, fixed set of metric labels for API status codes.
+fn api_reason(code: u16) -> &'static str {
+    match code {
+        403 => "ApiForbidden",
+        404 => "ApiNotFound",
+        409 => "ApiConflict",
+        422 => "ApiInvalid",
+        500..=599 => "ApiServerError",
+        _ => "ApiOther",
+    }
 }
 
 impl Error {
     /// A small, fixed set of metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(s)) => match s.code {
-                403 => "ApiForbidden",
-                404 => "ApiNotFound",
-                409 => "ApiConflict",
-                422 => "ApiInvalid",
-                500..=599 => "ApiServerError",
-                _ => "ApiOther",
-            },
+            Error::Kube(kube::Error::Api(s)) => api_reason(s.code),
             Error::Kube(_) => "ApiUnreachable",
             Error::Build(_) => "Build",
             Error::NoNamespace => "NoNamespace",
+            Error::Apply(f) => f
+                .first()
+                .and_then(ApplyError::code)
+                .map_or("ApiUnreachable", api_reason),
         }
     }
 }
@@ -67,6 +86,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// Injected so tests get stable condition timestamps.
     pub clock: Box<dyn Fn() -> Time + Send + Sync>,
+    /// What unset `spec.image` fields mean: this operator's own data-plane
+    /// image, so an operator upgrade rolls the data plane.
+    pub images: DefaultImage,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -81,6 +103,7 @@ impl Context {
             client,
             metrics,
             clock: Box::new(|| Time(Timestamp::now())),
+            images: DefaultImage::from_env(),
             failures: Mutex::default(),
         }
     }
@@ -177,18 +200,36 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
         return Ok(Action::await_change());
     }
 
-    let bctx = build::Ctx::new(dfc)?;
+    let bctx = build::Ctx::new(dfc, &ctx.images)?;
     let desired = build::desired_objects(&bctx)?;
     let mut existing = apply::observe(&ctx.client, &ns, &bctx.name).await?;
     let plan = apply::plan(desired, &existing, dfc.uid().as_deref().unwrap_or_default());
-    let changes = apply::execute(&ctx.client, &ns, plan, &mut existing).await?;
-    publish_changes(ctx, dfc, &changes).await;
+    let done = apply::execute(&ctx.client, &ns, plan, &mut existing).await;
+    publish_changes(ctx, dfc, &done.changes).await;
 
-    let observed = observe_workloads(ctx, &bctx, &existing).await?;
+    let observed = observe_workloads(ctx, &bctx, &existing).await;
+    if !done.failures.is_empty() {
+        let new = match observed {
+            Ok(o) => status::derive(
+                &dfc.spec,
+                dfc.metadata.generation,
+                &o,
+                dfc.status.as_ref(),
+                &now,
+            ),
+            Err(e) => {
+                warn!(%e, "cannot observe the workloads; reporting the apply failure only");
+                let mut s = dfc.status.clone().unwrap_or_default();
+                s.observed_generation = dfc.metadata.generation;
+                s
+            }
+        };
+        return report_apply_failures(ctx, dfc, &api, new, done.failures, &now).await;
+    }
     let new = status::derive(
         &dfc.spec,
         dfc.metadata.generation,
-        &observed,
+        &observed?,
         dfc.status.as_ref(),
         &now,
     );
@@ -216,6 +257,69 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
     } else {
         REQUEUE_PROGRESSING
     }))
+}
+
+/// Writes the API server refused: `Ready=False, reason=ApplyFailed` with the
+/// server's message per object, a Warning event per object when that is new,
+/// and an error so the controller retries with backoff (5 s doubling to
+/// 5 min), never in a tight loop.
+async fn report_apply_failures(
+    ctx: &Context,
+    dfc: &DragonflyCluster,
+    api: &Api<DragonflyCluster>,
+    mut new: DragonflyClusterStatus,
+    failures: Vec<ApplyError>,
+    now: &Time,
+) -> Result<Action, Error> {
+    let messages: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    status::apply_failed(&mut new, &messages, dfc.metadata.generation, now);
+    let said = |s: Option<&DragonflyClusterStatus>| {
+        status::condition(s, READY).map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let news = said(dfc.status.as_ref()) != said(Some(&new));
+    // The refusal is the error to retry on; a failed status write only loses the report.
+    if let Err(e) = write_status(api, dfc, &new).await {
+        warn!(%e, "could not record the apply failure in the status");
+    }
+    if news {
+        for f in failures.iter().take(5) {
+            let related = ObjectReference {
+                api_version: Some(f.api_version.clone()),
+                kind: Some(f.kind.clone()),
+                name: Some(f.name.clone()),
+                namespace: dfc.namespace(),
+                ..ObjectReference::default()
+            };
+            publish_about(
+                ctx,
+                dfc,
+                EventType::Warning,
+                "ApplyFailed",
+                "Reconciling",
+                Some(f.to_string()),
+                Some(related),
+            )
+            .await;
+        }
+    }
+    Err(Error::Apply(failures))
+}
+
+/// Whether the namespace is being deleted. Best effort: when it cannot be
+/// read, the refusal of the cleanup DaemonSet's creation says it instead.
+async fn namespace_terminating(ctx: &Context, ns: &str) -> bool {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    match api.get_opt(ns).await {
+        Ok(Some(n)) => {
+            n.metadata.deletion_timestamp.is_some()
+                || n.status.and_then(|s| s.phase).as_deref() == Some("Terminating")
+        }
+        Ok(None) => true,
+        Err(e) => {
+            warn!(%e, namespace = ns, "cannot read the namespace");
+            false
+        }
+    }
 }
 
 async fn observe_workloads(
@@ -300,15 +404,58 @@ async fn cleanup(
         return Ok(Action::await_change());
     }
 
-    let bctx = build::Ctx::new(dfc)?;
+    let bctx = build::Ctx::new(dfc, &ctx.images)?;
     let cleanup_ds = build::cleanup_daemonset(&bctx);
     let ds_name = bctx.object_name(Component::Cleanup);
+    let uid = dfc.uid().unwrap_or_default();
+    let mut existing = apply::observe(&ctx.client, ns, &bctx.name).await?;
+    let now = (ctx.clock)();
+    let waited = dfc
+        .meta()
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| now.0.as_second() - t.0.as_second())
+        .unwrap_or(0);
+    let timeout = i64::from(dfc.spec.containerd.cleanup_timeout_seconds);
+
+    // In a terminating namespace nothing new can be created: waiting for
+    // the cleanup DaemonSet would hold the finalizer, and so the namespace, forever.
+    if namespace_terminating(ctx, ns).await {
+        let why = format!(
+            "namespace {ns} is being deleted, so the {ds_name} DaemonSet cannot be created"
+        );
+        return restore_without_cleanup_pods(
+            dfc, ctx, ns, api, &bctx, existing, &why, remaining, waited, timeout,
+        )
+        .await;
+    }
+
     // The cleanup pods run under dfdaemon's ServiceAccount; everything else goes now.
     let desired = build::cleanup_objects(&bctx, &cleanup_ds)?;
-    let mut existing = apply::observe(&ctx.client, ns, &bctx.name).await?;
-    let plan = apply::plan(desired, &existing, dfc.uid().as_deref().unwrap_or_default());
-    let changes = apply::execute(&ctx.client, ns, plan, &mut existing).await?;
-    if changes
+    let plan = apply::plan(desired, &existing, &uid);
+    let done = apply::execute(&ctx.client, ns, plan, &mut existing).await;
+    if !done.failures.is_empty() {
+        // Creating the cleanup objects refused for good (forbidden, invalid):
+        // retrying cannot help, so fall back instead of holding the
+        // finalizer. Anything else (a failed prune, a 5xx) is retried.
+        if done
+            .failures
+            .iter()
+            .any(|f| f.verb == "apply" && (f.is_refused() || f.is_namespace_terminating()))
+        {
+            let why = format!(
+                "creating the cleanup objects was refused ({})",
+                join_failures(&done.failures)
+            );
+            return restore_without_cleanup_pods(
+                dfc, ctx, ns, api, &bctx, existing, &why, remaining, waited, timeout,
+            )
+            .await;
+        }
+        return Err(Error::Apply(done.failures));
+    }
+    if done
+        .changes
         .iter()
         .any(|c| c.kind == "DaemonSet" && c.name == ds_name && c.verb == Verb::Created)
     {
@@ -329,14 +476,6 @@ async fn cleanup(
         let current = s.observed_generation >= d.metadata.generation;
         current.then_some((s.number_ready, s.desired_number_scheduled))
     });
-    let now = (ctx.clock)();
-    let waited = dfc
-        .meta()
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| now.0.as_second() - t.0.as_second())
-        .unwrap_or(0);
-    let timeout = i64::from(dfc.spec.containerd.cleanup_timeout_seconds);
 
     match progress {
         Some((ready, want)) if ready >= want => {
@@ -363,6 +502,80 @@ async fn cleanup(
         }
         _ => return Ok(Action::requeue(REQUEUE_CLEANUP)),
     }
+    set_finalizers(api, dfc, remaining).await?;
+    Ok(Action::await_change())
+}
+
+/// The fallback when the cleanup DaemonSet cannot run (terminating
+/// namespace, or its creation refused): delete everything the cluster owns,
+/// so every dfdaemon gets SIGTERM and restores its own node's hosts.toml on
+/// the way out (`containerd.restore_on_stop`, set by the builder); wait,
+/// within the cleanup timeout, until those pods are gone; then release the
+/// finalizer with a Warning saying which nodes may still need a manual restore.
+#[allow(clippy::too_many_arguments)]
+async fn restore_without_cleanup_pods(
+    dfc: &DragonflyCluster,
+    ctx: &Context,
+    ns: &str,
+    api: &Api<DragonflyCluster>,
+    bctx: &build::Ctx<'_>,
+    mut existing: Existing,
+    why: &str,
+    remaining: Vec<String>,
+    waited: i64,
+    timeout: i64,
+) -> Result<Action, Error> {
+    let uid = dfc.uid().unwrap_or_default();
+    let plan = apply::plan(Vec::new(), &existing, &uid);
+    let done = apply::execute(&ctx.client, ns, plan, &mut existing).await;
+    for f in &done.failures {
+        // The namespace controller deletes them anyway; never block on it.
+        warn!(error = %f, "could not delete an owned object during degraded cleanup");
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!(
+        "{LABEL_INSTANCE}={},{LABEL_COMPONENT}={}",
+        bctx.name,
+        Component::Dfdaemon.as_str()
+    ));
+    let stopping = match pods.list(&lp).await {
+        Ok(l) => l.items.len(),
+        Err(e) => {
+            warn!(%e, "cannot list dfdaemon pods; not waiting for them");
+            0
+        }
+    };
+    if stopping > 0 && waited < timeout {
+        info!(
+            stopping,
+            "{why}; waiting for dfdaemon pods to restore their nodes as they stop"
+        );
+        return Ok(Action::requeue(REQUEUE_CLEANUP));
+    }
+    let restore = format!(
+        "`dfdaemon containerd restore --config-path {}`",
+        dfc.spec.containerd.config_path
+    );
+    let note = if stopping == 0 {
+        format!(
+            "{why}; every dfdaemon stopped and restored its node's containerd mirror config on the way out; a node whose dfdaemon was not running or was killed keeps it: run {restore} there"
+        )
+    } else {
+        format!(
+            "{why}; {stopping} dfdaemon pod(s) still stopping after {timeout}s; their nodes may keep the containerd mirror config: run {restore} there"
+        )
+    };
+    warn!(%note, "releasing the finalizer without the cleanup DaemonSet");
+    // Best effort: a terminating namespace refuses new events too; the log line stays.
+    publish(
+        ctx,
+        dfc,
+        EventType::Warning,
+        "CleanupDegraded",
+        "Deleting",
+        Some(note),
+    )
+    .await;
     set_finalizers(api, dfc, remaining).await?;
     Ok(Action::await_change())
 }
@@ -418,6 +631,7 @@ async fn publish_changes(ctx: &Context, dfc: &DragonflyCluster, changes: &[Chang
         let reason = match c.verb {
             Verb::Created => "Created",
             Verb::Updated => "Updated",
+            Verb::Reverted => "DriftReverted",
             Verb::Deleted => "Deleted",
         };
         let related = ObjectReference {

@@ -1,7 +1,8 @@
 //! The `DragonflyCluster` custom resource (group `p2p.dragonfly.dev`, version `v1alpha1`).
 //!
 //! Defaults live in the schema (so `kubectl get -o yaml` shows them) and in
-//! the `Default` impls (so the Rust side agrees with the API server).
+//! the `Default` impls (so the Rust side agrees with the API server), except
+//! the image, which the operator resolves at reconcile time ([`DefaultImage`]).
 //! Validation that a schema can express (ranges, enums, patterns) is here;
 //! everything else is in `validate.rs` and surfaces as a condition.
 
@@ -55,36 +56,77 @@ pub struct DragonflyClusterSpec {
     pub containerd: ContainerdSpec,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// The data-plane image. Repository and tag have no schema default on
+/// purpose: a default frozen into the stored object at creation would pin
+/// the data plane to the operator version that created it. Unset fields are
+/// resolved at every reconcile from the running operator (see
+/// [`DefaultImage`]), so upgrading the operator rolls the data plane.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageSpec {
-    #[serde(default = "default_repository")]
+    /// Unset: the operator's data-plane repository (`DRAGONFLY_IMAGE_REPOSITORY`,
+    /// else `dragonfly-p2p/dragonfly`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub repository: String,
-    /// Defaults to the operator's own version.
-    #[serde(default = "default_tag")]
+    pub repository: Option<String>,
+    /// Unset: the operator's data-plane tag (`DRAGONFLY_IMAGE_TAG`, else the
+    /// operator's own version), so it follows operator upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub tag: String,
+    pub tag: Option<String>,
     #[serde(default)]
     pub pull_policy: PullPolicy,
     #[serde(default)]
     pub pull_secrets: Vec<LocalObjectReference>,
 }
 
-impl Default for ImageSpec {
-    fn default() -> Self {
-        Self {
-            repository: default_repository(),
-            tag: default_tag(),
-            pull_policy: PullPolicy::default(),
-            pull_secrets: Vec::new(),
-        }
+impl ImageSpec {
+    /// `repository:tag`, each taken from the spec when set, else from `defaults`.
+    pub fn reference(&self, defaults: &DefaultImage) -> String {
+        format!(
+            "{}:{}",
+            self.repository.as_deref().unwrap_or(&defaults.repository),
+            self.tag.as_deref().unwrap_or(&defaults.tag)
+        )
     }
 }
 
-impl ImageSpec {
-    pub fn reference(&self) -> String {
-        format!("{}:{}", self.repository, self.tag)
+/// The data-plane image the running operator stands for: what an unset
+/// `spec.image.repository` / `spec.image.tag` means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultImage {
+    pub repository: String,
+    pub tag: String,
+}
+
+pub const IMAGE_REPOSITORY_ENV: &str = "DRAGONFLY_IMAGE_REPOSITORY";
+pub const IMAGE_TAG_ENV: &str = "DRAGONFLY_IMAGE_TAG";
+
+impl DefaultImage {
+    /// Built into this binary: its own version.
+    pub fn builtin() -> Self {
+        Self {
+            repository: default_repository(),
+            tag: default_tag(),
+        }
+    }
+
+    /// From the operator Deployment's env (set by the chart and manifests),
+    /// falling back to [`DefaultImage::builtin`] for unset or blank values.
+    pub fn from_env() -> Self {
+        Self::from_values(
+            std::env::var(IMAGE_REPOSITORY_ENV).ok(),
+            std::env::var(IMAGE_TAG_ENV).ok(),
+        )
+    }
+
+    pub fn from_values(repository: Option<String>, tag: Option<String>) -> Self {
+        let given = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let builtin = Self::builtin();
+        Self {
+            repository: given(repository).unwrap_or(builtin.repository),
+            tag: given(tag).unwrap_or(builtin.tag),
+        }
     }
 }
 
@@ -363,7 +405,7 @@ pub struct ProblemReport {
 fn default_true() -> bool {
     true
 }
-fn default_repository() -> String {
+pub fn default_repository() -> String {
     "dragonfly-p2p/dragonfly".into()
 }
 pub fn default_tag() -> String {
@@ -436,6 +478,44 @@ mod tests {
         assert_eq!(spec.dfdaemon.proxy_port, 65001);
         assert_eq!(spec.dfdaemon.priority_class_name, "system-node-critical");
         assert!(spec.seed_peer.enabled);
+        assert_eq!(
+            spec.image.tag, None,
+            "the tag is resolved at reconcile time"
+        );
+    }
+
+    #[test]
+    fn generated_schema_has_no_image_default() {
+        // A schema default would be stored in the object at create time and
+        // pin the data plane to that operator version forever.
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(DragonflyCluster::crd()).expect("crd json");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        let image = &spec["image"];
+        assert!(image.is_object(), "{spec}");
+        assert!(
+            image
+                .get("default")
+                .is_none_or(|d| d.get("tag").is_none() && d.get("repository").is_none()),
+            "{image}"
+        );
+        for f in ["repository", "tag"] {
+            assert_eq!(image["properties"][f].get("default"), None, "{f}: {image}");
+        }
+    }
+
+    #[test]
+    fn unset_image_fields_resolve_from_the_operator() {
+        let defaults =
+            DefaultImage::from_values(Some("mirror.example.com/df".into()), Some("1.2.3".into()));
+        let mut image = ImageSpec::default();
+        assert_eq!(image.reference(&defaults), "mirror.example.com/df:1.2.3");
+        image.tag = Some("pinned".into());
+        assert_eq!(image.reference(&defaults), "mirror.example.com/df:pinned");
+        let builtin = DefaultImage::from_values(None, Some("  ".into()));
+        assert_eq!(builtin, DefaultImage::builtin());
+        assert_eq!(builtin.tag, env!("CARGO_PKG_VERSION"));
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct Call {
     pub path: String,
     pub query: String,
     pub body: Option<Value>,
+    /// The call changed what the fake stores (a no-op apply does not).
+    pub changed: bool,
 }
 
 impl Call {
@@ -42,7 +44,8 @@ struct State {
     objects: BTreeMap<String, Value>,
     calls: Vec<Call>,
     rv: u64,
-    failures: Vec<(String, String, u16)>,
+    /// (method, path part, code, Status body override).
+    failures: Vec<(String, String, u16, Option<Value>)>,
 }
 
 #[derive(Clone, Default)]
@@ -78,6 +81,20 @@ impl FakeApi {
         s.objects.insert(path.to_string(), obj);
     }
 
+    /// Take an object away, as another controller (or kubelet) would.
+    pub fn remove(&self, path: &str) -> Option<Value> {
+        self.lock().objects.remove(path)
+    }
+
+    /// Notes of the events published, in order.
+    pub fn event_notes(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path.ends_with("/events"))
+            .filter_map(|c| c.body.as_ref()?.get("note")?.as_str().map(String::from))
+            .collect()
+    }
+
     pub fn object(&self, path: &str) -> Option<Value> {
         self.lock().objects.get(path).cloned()
     }
@@ -92,7 +109,18 @@ impl FakeApi {
     pub fn fail_next(&self, method: &str, path_part: &str, code: u16) {
         self.lock()
             .failures
-            .push((method.into(), path_part.into(), code));
+            .push((method.into(), path_part.into(), code, None));
+    }
+
+    /// Like `fail_next`, answering with this `Status` body (message, reason, details).
+    pub fn fail_next_with(&self, method: &str, path_part: &str, status: Value) {
+        let code = status["code"]
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap_or(500);
+        self.lock()
+            .failures
+            .push((method.into(), path_part.into(), code, Some(status)));
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -108,6 +136,15 @@ impl FakeApi {
         self.calls()
             .iter()
             .filter(|c| c.is_write() && !c.path.contains("/events"))
+            .map(Call::short)
+            .collect()
+    }
+
+    /// Writes that changed something (no-op applies left out), other than events.
+    pub fn mutations(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .filter(|c| c.changed && !c.path.contains("/events"))
             .map(Call::short)
             .collect()
     }
@@ -139,16 +176,26 @@ impl FakeApi {
             path: path.clone(),
             query: query.clone(),
             body: body.clone(),
+            changed: false,
         });
         if let Some(i) = s
             .failures
             .iter()
-            .position(|(m, p, _)| *m == method && path.contains(p.as_str()))
+            .position(|(m, p, _, _)| *m == method && path.contains(p.as_str()))
         {
-            let (_, _, code) = s.failures.remove(i);
-            return status_response(code, "injected failure");
+            let (_, _, code, body) = s.failures.remove(i);
+            return match body {
+                Some(b) => json_response(code, &b),
+                None => status_response(code, "injected failure"),
+            };
         }
-        s.handle(&method, &path, &query, &content_type, body)
+        let rv = s.rv;
+        let resp = s.handle(&method, &path, &query, &content_type, body);
+        let changed = s.rv != rv;
+        if let Some(c) = s.calls.last_mut() {
+            c.changed = changed;
+        }
+        resp
     }
 }
 
@@ -195,8 +242,30 @@ impl State {
                     .map(String::from)
                     .unwrap_or_else(|| format!("generated-{}", self.rv + 1));
                 obj["metadata"]["name"] = name.clone().into();
-                self.store(&format!("{collection}/{name}"), obj.clone());
-                json_response(201, &obj)
+                let key = format!("{collection}/{name}");
+                // Events are recorded, not kept: a repeated name is fine there.
+                if self.objects.contains_key(&key) && !collection.ends_with("/events") {
+                    return status_response(409, "already exists");
+                }
+                let stored = self.store(&key, obj);
+                json_response(201, &stored)
+            }
+            // Replace: guarded by the body's resourceVersion, as the API server does.
+            ("PUT", Some(name)) if sub.is_none() => {
+                let key = format!("{collection}/{name}");
+                let Some(mut obj) = body else {
+                    return status_response(400, "PUT without a JSON body");
+                };
+                let Some(cur) = self.objects.get(&key) else {
+                    return status_response(404, "not found");
+                };
+                let want = obj["metadata"]["resourceVersion"].as_str();
+                if want.is_some_and(|rv| Some(rv) != cur["metadata"]["resourceVersion"].as_str()) {
+                    return status_response(409, "the object has been modified");
+                }
+                obj["metadata"]["uid"] = cur["metadata"]["uid"].clone();
+                let stored = self.store(&key, obj);
+                json_response(200, &stored)
             }
             ("PATCH", Some(name)) => {
                 let key = format!("{collection}/{name}");
@@ -216,12 +285,18 @@ impl State {
                         (None, Some(_)) => return status_response(404, "not found"),
                         (Some(cur), None) => {
                             let mut new = patch.clone();
-                            new["metadata"]["uid"] = cur["metadata"]["uid"].clone();
-                            new["metadata"]["generation"] =
-                                (cur["metadata"]["generation"].as_i64().unwrap_or(1) + 1).into();
+                            for k in ["uid", "resourceVersion", "generation"] {
+                                new["metadata"][k] = cur["metadata"][k].clone();
+                            }
                             if let Some(st) = cur.get("status") {
                                 new["status"] = st.clone();
                             }
+                            // A no-op apply is not written: same resourceVersion.
+                            if new == cur {
+                                return json_response(200, &cur);
+                            }
+                            new["metadata"]["generation"] =
+                                (cur["metadata"]["generation"].as_i64().unwrap_or(1) + 1).into();
                             new
                         }
                         (None, None) => {
@@ -248,7 +323,10 @@ impl State {
                 json_response(200, &stored)
             }
             ("DELETE", Some(name)) => match self.objects.remove(&format!("{collection}/{name}")) {
-                Some(_) => status_response(200, "deleted"),
+                Some(_) => {
+                    self.rv += 1;
+                    status_response(200, "deleted")
+                }
                 None => status_response(404, "not found"),
             },
             _ => status_response(405, "not supported by the fake API server"),
@@ -266,8 +344,11 @@ impl State {
 /// `(collection path, name, subresource)`.
 fn split_path(path: &str) -> (String, Option<&str>, Option<&str>) {
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    // ["", "api", v, "namespaces", ns, plural, ...] or ["", "apis", g, v, "namespaces", ns, plural, ...]
-    let base = if parts.get(1) == Some(&"api") { 6 } else { 7 };
+    // ["", "api", v, "namespaces", ns, plural, ...] or ["", "apis", g, v, "namespaces", ns, plural, ...];
+    // cluster-scoped: ["", "api", v, plural, name, ...] (namespaces themselves included).
+    let prefix = if parts.get(1) == Some(&"api") { 3 } else { 4 };
+    let namespaced = parts.get(prefix) == Some(&"namespaces") && parts.len() > prefix + 2;
+    let base = if namespaced { prefix + 3 } else { prefix + 1 };
     let collection = parts[..base.min(parts.len())].join("/");
     (
         collection,
@@ -342,8 +423,10 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
 
 fn status_response(code: u16, message: &str) -> Response<Body> {
     let reason = match code {
+        403 => "Forbidden",
         404 => "NotFound",
         409 => "Conflict",
+        422 => "Invalid",
         _ => "InternalError",
     };
     let status = if code < 300 { "Success" } else { "Failure" };

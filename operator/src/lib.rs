@@ -9,6 +9,7 @@ pub mod build;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod leader;
 pub mod manifests;
 pub mod metrics;
 pub mod nodes;

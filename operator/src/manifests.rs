@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, Namespace, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec,
+    PodTemplateSpec, ResourceQuota, ResourceQuotaSpec, ResourceRequirements, ScopeSelector,
+    ScopedResourceSelectorRequirement, SeccompProfile, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -18,14 +19,27 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use crate::crd::{DragonflyCluster, DragonflyClusterSpec};
+use crate::build::LABEL_OS;
+use crate::crd::{
+    DefaultImage, DragonflyCluster, DragonflyClusterSpec, IMAGE_REPOSITORY_ENV, IMAGE_TAG_ENV,
+};
 
 pub const NAMESPACE: &str = "dragonfly-system";
 const NAME: &str = "dragonfly-operator";
 
+/// The priority classes that providers restrict to kube-system unless a
+/// ResourceQuota scoped to them exists in the namespace: dfdaemon (and its
+/// cleanup) run as `system-node-critical`; `system-cluster-critical` is
+/// offered for the operator and the control-plane components.
+pub const CRITICAL_PRIORITY_CLASSES: [&str; 2] =
+    ["system-node-critical", "system-cluster-critical"];
+
 pub struct Options {
     pub namespace: String,
     pub image: String,
+    /// The data-plane image an unset `spec.image` means, passed to the
+    /// operator as env, so upgrading the operator upgrades the data plane.
+    pub data_plane: DefaultImage,
 }
 
 impl Default for Options {
@@ -36,6 +50,7 @@ impl Default for Options {
                 "dragonfly-p2p/dragonfly-operator:{}",
                 env!("CARGO_PKG_VERSION")
             ),
+            data_plane: DefaultImage::builtin(),
         }
     }
 }
@@ -43,7 +58,10 @@ impl Default for Options {
 /// `(file name, YAML)` pairs; files sort in apply order.
 pub fn render(opts: &Options) -> anyhow::Result<Vec<(String, String)>> {
     Ok(vec![
-        ("00-namespace.yaml".into(), docs(&[yaml(&namespace(opts))?])),
+        (
+            "00-namespace.yaml".into(),
+            docs(&[yaml(&namespace(opts))?, yaml(&critical_pods_quota(opts))?]),
+        ),
         ("01-crds.yaml".into(), crate::crdgen::crds_yaml()?),
         (
             "02-rbac.yaml".into(),
@@ -126,6 +144,37 @@ fn namespace(o: &Options) -> Namespace {
     }
 }
 
+/// Some providers (GKE among them) admit pods of a `system-*-critical`
+/// priority class outside kube-system only where a ResourceQuota scoped to
+/// that class exists; without it every dfdaemon pod is refused. The limit is
+/// just a ceiling no fleet reaches (two pods per node at most: dfdaemon and
+/// its cleanup).
+pub fn critical_pods_quota(o: &Options) -> ResourceQuota {
+    ResourceQuota {
+        metadata: meta("dragonfly-critical-pods", Some(&o.namespace)),
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(BTreeMap::from([(
+                "pods".to_string(),
+                Quantity("1M".into()),
+            )])),
+            scope_selector: Some(ScopeSelector {
+                match_expressions: Some(vec![ScopedResourceSelectorRequirement {
+                    scope_name: "PriorityClass".into(),
+                    operator: "In".into(),
+                    values: Some(
+                        CRITICAL_PRIORITY_CLASSES
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect(),
+                    ),
+                }]),
+            }),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    }
+}
+
 fn service_account(o: &Options) -> ServiceAccount {
     ServiceAccount {
         metadata: meta(NAME, Some(&o.namespace)),
@@ -198,6 +247,8 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         // Read node reports; `get`/`patch` also let it grant dfdaemon's Role (no escalation).
         rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+        // Cleanup: a terminating namespace cannot get the cleanup DaemonSet.
+        rule(&[""], &["namespaces"], &["get"]),
     ]
 }
 
@@ -268,6 +319,14 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
 fn probe(path: &str) -> k8s_openapi::api::core::v1::Probe {
     k8s_openapi::api::core::v1::Probe {
         http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
@@ -288,13 +347,12 @@ fn deployment(o: &Options) -> Deployment {
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(vec!["run".into()]),
         env: Some(vec![
+            // The leader-election identity: unique per replica.
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
-            EnvVar {
-                name: "RUST_LOG".into(),
-                value: Some("info".into()),
-                ..EnvVar::default()
-            },
+            plain_env(IMAGE_REPOSITORY_ENV, &o.data_plane.repository),
+            plain_env(IMAGE_TAG_ENV, &o.data_plane.tag),
+            plain_env("RUST_LOG", "info"),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("http-admin".into()),
@@ -343,6 +401,10 @@ fn deployment(o: &Options) -> Deployment {
                 spec: Some(PodSpec {
                     service_account_name: Some(NAME.into()),
                     containers: vec![container],
+                    node_selector: Some(BTreeMap::from([(
+                        LABEL_OS.to_string(),
+                        "linux".to_string(),
+                    )])),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
@@ -421,5 +483,70 @@ mod tests {
         let sample: DragonflyCluster =
             serde_yaml::from_str(files[4].1.trim_start_matches("---\n")).expect("sample parses");
         assert!(crate::validate::validate(&sample.spec).is_empty());
+        assert_eq!(
+            sample.spec.image.tag, None,
+            "the sample follows the operator"
+        );
+    }
+
+    fn docs_of(text: &str) -> Vec<serde_json::Value> {
+        text.split("---\n")
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| serde_yaml::from_str(d).expect("yaml"))
+            .collect()
+    }
+
+    #[test]
+    fn operator_deployment_has_identity_image_env_and_runs_on_linux() {
+        let opts = Options {
+            data_plane: DefaultImage::from_values(None, Some("7.7.7".into())),
+            ..Options::default()
+        };
+        let files = render(&opts).expect("render");
+        let dep = docs_of(&files[3].1)
+            .into_iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("Deployment");
+        let pod = &dep["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
+        let env = &pod["containers"][0]["env"];
+        let var = |n: &str| {
+            env.as_array()
+                .and_then(|a| a.iter().find(|e| e["name"] == n).cloned())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            var("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(var(IMAGE_TAG_ENV)["value"], "7.7.7");
+        assert_eq!(
+            var(IMAGE_REPOSITORY_ENV)["value"],
+            "dragonfly-p2p/dragonfly"
+        );
+    }
+
+    #[test]
+    fn critical_priority_quota_ships_in_the_operator_namespace() {
+        let opts = Options {
+            namespace: "p2p".into(),
+            ..Options::default()
+        };
+        let files = render(&opts).expect("render");
+        let quota = docs_of(&files[0].1)
+            .into_iter()
+            .find(|d| d["kind"] == "ResourceQuota")
+            .expect("ResourceQuota");
+        assert_eq!(quota["metadata"]["namespace"], "p2p");
+        let expr = &quota["spec"]["scopeSelector"]["matchExpressions"][0];
+        assert_eq!(expr["scopeName"], "PriorityClass");
+        assert_eq!(expr["operator"], "In");
+        let values = expr["values"].as_array().cloned().unwrap_or_default();
+        // The class the dfdaemon DaemonSet uses by default must be covered.
+        let default_class = crate::crd::DfdaemonSpec::default().priority_class_name;
+        assert!(
+            values.iter().any(|v| *v == default_class.as_str()),
+            "{values:?}"
+        );
     }
 }

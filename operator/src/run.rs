@@ -14,21 +14,22 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::build::{Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER};
+use crate::build::{
+    managed_kinds, Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER,
+};
 use crate::controller::{error_policy, reconcile, Context};
 use crate::crd::DragonflyCluster;
+use crate::leader::{self, Elector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::preheat::{self, Preheat};
 
@@ -81,19 +82,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (mut leader_rx, lease_task) = if args.no_leader_election {
         (always_rx, None)
     } else {
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("{MANAGER}-{}", std::process::id()));
-        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&args.lease_namespace)
-            .with_identity(&identity)
-            .with_duration(15)
-            .with_grace(5)
-            .with_field_manager(MANAGER)
-            .build()
-            .await
-            .context("cannot set up leader election")?;
+        // Unique per replica (holder identity and field manager), so the
+        // conditional writes in `leader` let exactly one replica lead.
+        let identity = leader::identity();
+        let elector = Elector::new(
+            client.clone(),
+            LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity),
+        );
         info!(%identity, lease = %args.lease_name, "waiting for the leader lease");
-        let (rx, task) = manager.watch().await;
+        let (rx, task) = leader::spawn(elector);
         (rx, Some(task))
     };
 
@@ -158,7 +155,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(leader_rx);
     if let Some(task) = lease_task {
         match tokio::time::timeout(Duration::from_secs(5), task).await {
-            Ok(Ok(Ok(_))) => info!("leader lease released"),
+            Ok(Ok(Ok(()))) => info!("leader lease released"),
             Ok(Ok(Err(e))) => warn!(%e, "could not release the leader lease"),
             Ok(Err(e)) => warn!(%e, "lease task failed"),
             Err(_) => warn!("timed out releasing the leader lease"),
@@ -239,32 +236,40 @@ async fn controller(
         "{LABEL_MANAGED_BY}={MANAGER},{LABEL_COMPONENT}={}",
         Component::Dfdaemon.as_str()
     ));
-    Controller::new(
+    let mut controller = Controller::new(
         api::<DragonflyCluster>(&client, namespace),
         watcher::Config::default().any_semantic(),
-    )
-    .owns(api::<Deployment>(&client, namespace), owned.clone())
-    .owns(api::<StatefulSet>(&client, namespace), owned.clone())
-    .owns(api::<DaemonSet>(&client, namespace), owned)
-    // dfdaemon pods belong to a DaemonSet, so map them to their cluster by label:
-    // that is how new node reports reach the status.
-    .watches(api::<Pod>(&client, namespace), dfdaemon_pods, |pod: Pod| {
-        let ns = pod.namespace()?;
-        let instance = pod.labels().get(LABEL_INSTANCE)?.clone();
-        Some(ObjectRef::<DragonflyCluster>::new(&instance).within(&ns))
-    })
-    // Many pods report at once when a DaemonSet rolls; fold them into one reconcile.
-    .with_config(controller::Config::default().debounce(Duration::from_secs(2)))
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
-            // One bad object or a watch hiccup is logged, never fatal.
-            Err(e) => warn!(error = %e, "controller event"),
-        }
-    })
-    .await;
+    );
+    // Every kind the operator applies, so an edit of any owned object (a
+    // `kubectl edit` of a ConfigMap as much as of the DaemonSet) triggers
+    // a reconcile, whose apply reverts it.
+    for ar in managed_kinds() {
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        controller = controller.owns_with(api, ar, owned.clone());
+    }
+    controller
+        // dfdaemon pods belong to a DaemonSet, so map them to their cluster by label:
+        // that is how new node reports reach the status.
+        .watches(api::<Pod>(&client, namespace), dfdaemon_pods, |pod: Pod| {
+            let ns = pod.namespace()?;
+            let instance = pod.labels().get(LABEL_INSTANCE)?.clone();
+            Some(ObjectRef::<DragonflyCluster>::new(&instance).within(&ns))
+        })
+        // Many pods report at once when a DaemonSet rolls; fold them into one reconcile.
+        .with_config(controller::Config::default().debounce(Duration::from_secs(2)))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
+                // One bad object or a watch hiccup is logged, never fatal.
+                Err(e) => warn!(error = %e, "controller event"),
+            }
+        })
+        .await;
 }
 
 async fn forward_signals(stop: watch::Sender<bool>) {

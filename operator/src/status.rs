@@ -128,6 +128,48 @@ pub fn invalid(
     status
 }
 
+/// The API server refused some of the operator's writes: `Ready` says so,
+/// naming each object and quoting the server (the component conditions
+/// beside it still describe what is running).
+pub fn apply_failed(
+    status: &mut DragonflyClusterStatus,
+    failures: &[String],
+    generation: Option<i64>,
+    now: &Time,
+) {
+    const SHOWN: usize = 5;
+    let mut message = failures
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if failures.len() > SHOWN {
+        message.push_str(&format!("; and {} more", failures.len() - SHOWN));
+    }
+    set_condition(
+        &mut status.conditions,
+        Cond {
+            type_: READY,
+            ok: false,
+            reason: "ApplyFailed".into(),
+            message: clip(&message),
+        },
+        generation,
+        now,
+    );
+}
+
+/// Condition messages stay readable and the object small.
+fn clip(s: &str) -> String {
+    const MAX: usize = 2000;
+    if s.chars().count() > MAX {
+        s.chars().take(MAX).collect::<String>() + "…"
+    } else {
+        s.to_string()
+    }
+}
+
 fn deployment_state(want: i32, d: Option<&Deployment>) -> (ComponentStatus, Cond) {
     let st = d.and_then(|d| d.status.clone()).unwrap_or_default();
     let ready = st.ready_replicas.unwrap_or(0);
@@ -500,5 +542,34 @@ mod tests {
         assert!(ready.message.starts_with("spec.dfdaemon.cacheSize:"));
         assert_eq!(cond(&s, SCHEDULER_READY).status, "True");
         assert_eq!(s.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn apply_failure_makes_ready_false_naming_the_objects() {
+        let mut st = derive(
+            &DragonflyClusterSpec::default(),
+            Some(1),
+            &healthy(),
+            None,
+            &t(10),
+        );
+        let failures: Vec<String> = (0..7)
+            .map(|i| format!("apply DaemonSet ds-{i}: is invalid"))
+            .collect();
+        apply_failed(&mut st, &failures, Some(1), &t(20));
+        let c = cond(&st, READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ApplyFailed")
+        );
+        assert!(
+            c.message.starts_with("apply DaemonSet ds-0: is invalid; "),
+            "{}",
+            c.message
+        );
+        assert!(c.message.ends_with("; and 2 more"), "{}", c.message);
+        assert_eq!(c.last_transition_time, t(20));
+        // The component conditions still describe the workloads.
+        assert_eq!(cond(&st, SCHEDULER_READY).status, "True");
     }
 }

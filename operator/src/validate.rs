@@ -29,19 +29,19 @@ pub fn validate(spec: &DragonflyClusterSpec) -> Vec<SpecProblem> {
         })
     };
 
-    if spec.image.repository.trim().is_empty()
-        || spec.image.repository.contains(char::is_whitespace)
-    {
-        bad(
-            "spec.image.repository",
-            format!("{:?} is not an image repository", spec.image.repository),
-        );
+    // Unset image fields are the operator's own; only what the user wrote is checked.
+    if let Some(repo) = &spec.image.repository {
+        if repo.trim().is_empty() || repo.contains(char::is_whitespace) {
+            bad(
+                "spec.image.repository",
+                format!("{repo:?} is not an image repository"),
+            );
+        }
     }
-    if spec.image.tag.trim().is_empty() || spec.image.tag.contains(char::is_whitespace) {
-        bad(
-            "spec.image.tag",
-            format!("{:?} is not an image tag", spec.image.tag),
-        );
+    if let Some(tag) = &spec.image.tag {
+        if tag.trim().is_empty() || tag.contains(char::is_whitespace) {
+            bad("spec.image.tag", format!("{tag:?} is not an image tag"));
+        }
     }
 
     if spec.scheduler.port == spec.scheduler.admin_port {

@@ -34,3 +34,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "dragonfly.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{- /* The operator image is Linux-only: kubernetes.io/os=linux plus the user's selector. */ -}}
+{{- define "dragonfly.nodeSelector" -}}
+{{- toYaml (merge (dict "kubernetes.io/os" "linux") (.Values.nodeSelector | default dict)) -}}
+{{- end -}}

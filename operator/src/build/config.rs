@@ -74,6 +74,12 @@ fn dfdaemon_settings(
     if !seed && !d.labels.is_empty() {
         settings["labels"] = json!(d.labels);
     }
+    if !seed {
+        // Explicit, not left to dfdaemon's default: a dfdaemon stopped by
+        // SIGTERM (uninstall, or a terminating namespace where the cleanup
+        // DaemonSet cannot be created) puts the node's hosts.toml back itself.
+        settings["containerd"] = json!({ "restore_on_stop": true });
+    }
     // A registry listed as http://HOST is plain HTTP upstream; the mirror must know.
     let plain: BTreeMap<String, Value> = spec
         .registries

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::DFDAEMON_FILE;
-use super::scheduler::{non_empty, non_empty_vec, pull_secrets};
-use super::{env_from_field, http_probe, Component, Ctx, CONFIG_HASH};
+use super::scheduler::{non_empty_vec, pull_secrets};
+use super::{env_from_field, http_probe, linux_node_selector, Component, Ctx, CONFIG_HASH};
 
 const C: Component = Component::Dfdaemon;
 pub const DFDAEMON_CONFIG_MOUNT: &str = "/etc/dragonfly";
@@ -154,6 +154,9 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    // The host volumes plus the config volume mounted above;
+                    // the API server refuses a mount of an undeclared volume.
+                    volumes: Some(volumes),
                     ..node_pod_spec(ctx, true)
                 }),
             },
@@ -176,7 +179,7 @@ pub(super) fn node_pod_spec(ctx: &Ctx, needs_api: bool) -> PodSpec {
             .host_network
             .then(|| "ClusterFirstWithHostNet".to_string()),
         image_pull_secrets: pull_secrets(ctx),
-        node_selector: non_empty(d.node_selector.clone()),
+        node_selector: linux_node_selector(&d.node_selector),
         tolerations: non_empty_vec(d.tolerations.clone()),
         priority_class_name: (!d.priority_class_name.is_empty())
             .then(|| d.priority_class_name.clone()),

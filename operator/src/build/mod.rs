@@ -20,7 +20,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::crd::DragonflyCluster;
+use crate::crd::{DefaultImage, DragonflyCluster};
 
 pub use cleanup::cleanup_daemonset;
 pub use dfdaemon::DFDAEMON_CONFIG_MOUNT;
@@ -35,6 +35,9 @@ pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Every image this project ships is Linux-only; without this a mixed
+/// cluster would schedule node pods onto Windows nodes, where they crash-loop.
+pub const LABEL_OS: &str = "kubernetes.io/os";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -70,10 +73,12 @@ pub struct Ctx<'a> {
     pub name: String,
     pub namespace: String,
     owner: OwnerReference,
+    /// What unset `spec.image` fields mean for this operator.
+    images: DefaultImage,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(dfc: &'a DragonflyCluster) -> Result<Self, BuildError> {
+    pub fn new(dfc: &'a DragonflyCluster, images: &DefaultImage) -> Result<Self, BuildError> {
         let namespace = dfc
             .namespace()
             .ok_or(BuildError::MissingMetadata("namespace"))?;
@@ -85,6 +90,7 @@ impl<'a> Ctx<'a> {
             name: dfc.name_any(),
             namespace,
             owner,
+            images: images.clone(),
         })
     }
 
@@ -132,7 +138,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn image(&self) -> String {
-        self.dfc.spec.image.reference()
+        self.dfc.spec.image.reference(&self.images)
     }
 
     pub fn pull_policy(&self) -> Option<String> {
@@ -266,6 +272,13 @@ fn hash_json<T: Serialize>(v: &T) -> String {
     // serde_json output of our own structs is deterministic (BTreeMaps, fixed field order).
     let bytes = serde_json::to_vec(v).unwrap_or_default();
     hex::encode(&Sha256::digest(&bytes)[..12])
+}
+
+/// A pod's node selector: the user's, always with `kubernetes.io/os: linux`.
+fn linux_node_selector(user: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    let mut m = user.clone();
+    m.insert(LABEL_OS.to_string(), "linux".to_string());
+    Some(m)
 }
 
 fn env_from_field(name: &str, path: &str) -> EnvVar {

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
 use super::config::SCHEDULER_FILE;
-use super::{http_probe, Component, Ctx, CONFIG_HASH};
+use super::{http_probe, linux_node_selector, Component, Ctx, CONFIG_HASH};
 
 const C: Component = Component::Scheduler;
 const CONFIG_DIR: &str = "/etc/dragonfly";
@@ -66,7 +66,7 @@ pub fn deployment(ctx: &Ctx, config_hash: &str) -> Deployment {
                     automount_service_account_token: Some(false),
                     containers: vec![container],
                     image_pull_secrets: pull_secrets(ctx),
-                    node_selector: non_empty(s.placement.node_selector.clone()),
+                    node_selector: linux_node_selector(&s.placement.node_selector),
                     tolerations: non_empty_vec(s.placement.tolerations.clone()),
                     priority_class_name: s.placement.priority_class_name.clone(),
                     affinity: Some(spread_over_nodes(ctx)),
@@ -140,10 +140,6 @@ pub(super) fn pull_secrets(
     ctx: &Ctx,
 ) -> Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>> {
     non_empty_vec(ctx.dfc.spec.image.pull_secrets.clone())
-}
-
-pub(super) fn non_empty(m: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
-    (!m.is_empty()).then_some(m)
 }
 
 pub(super) fn non_empty_vec<T>(v: Vec<T>) -> Option<Vec<T>> {

@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::config::DFDAEMON_FILE;
-use super::scheduler::{non_empty, non_empty_vec, port, pull_secrets, svc_port};
-use super::{env_from_field, http_probe, Component, Ctx, CONFIG_HASH};
+use super::scheduler::{non_empty_vec, port, pull_secrets, svc_port};
+use super::{env_from_field, http_probe, linux_node_selector, Component, Ctx, CONFIG_HASH};
 
 const C: Component = Component::SeedPeer;
 pub const DATA_MOUNT: &str = "/var/lib/dragonfly";
@@ -137,7 +137,7 @@ pub fn statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
                     automount_service_account_token: Some(false),
                     containers: vec![container],
                     image_pull_secrets: pull_secrets(ctx),
-                    node_selector: non_empty(s.placement.node_selector.clone()),
+                    node_selector: linux_node_selector(&s.placement.node_selector),
                     tolerations: non_empty_vec(s.placement.tolerations.clone()),
                     priority_class_name: s.placement.priority_class_name.clone(),
                     termination_grace_period_seconds: Some(30),

@@ -2,9 +2,11 @@
 //! assertions for the properties that matter most on a real cluster.
 //! `UPDATE_GOLDEN=1 cargo test -p dragonfly-operator` rewrites the goldens.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::PodSpec;
 use kube::ResourceExt;
 
 use super::*;
@@ -15,6 +17,11 @@ pub(crate) fn fixture(name: &str) -> DragonflyCluster {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.yaml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A build context with the operator's built-in default image.
+pub(crate) fn ctx_of(dfc: &DragonflyCluster) -> Ctx<'_> {
+    Ctx::new(dfc, &DefaultImage::builtin()).expect("ctx")
 }
 
 fn render(objects: &[Desired]) -> String {
@@ -54,21 +61,21 @@ fn daemonset_of(objects: &[Desired]) -> DaemonSet {
 #[test]
 fn golden_default_cluster() {
     let dfc = fixture("default");
-    let objects = desired_objects(&Ctx::new(&dfc).expect("ctx")).expect("build");
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
     check_golden("default", &render(&objects));
 }
 
 #[test]
 fn golden_custom_cluster() {
     let dfc = fixture("custom");
-    let objects = desired_objects(&Ctx::new(&dfc).expect("ctx")).expect("build");
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
     check_golden("custom", &render(&objects));
 }
 
 #[test]
 fn golden_cleanup_daemonset() {
     let dfc = fixture("default");
-    let ctx = Ctx::new(&dfc).expect("ctx");
+    let ctx = ctx_of(&dfc);
     let ds = Desired::of(&cleanup_daemonset(&ctx)).expect("build");
     check_golden("cleanup", &render(&[ds]));
 }
@@ -76,7 +83,7 @@ fn golden_cleanup_daemonset() {
 #[test]
 fn default_cluster_has_every_component_and_owner() {
     let dfc = fixture("default");
-    let objects = desired_objects(&Ctx::new(&dfc).expect("ctx")).expect("build");
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
     let names: Vec<String> = objects
         .iter()
         .map(|d| format!("{}/{}", d.resource.kind, d.name()))
@@ -113,7 +120,7 @@ fn default_cluster_has_every_component_and_owner() {
 #[test]
 fn dfdaemon_daemonset_is_a_node_agent() {
     let dfc = fixture("default");
-    let ds = daemonset_of(&desired_objects(&Ctx::new(&dfc).expect("ctx")).expect("build"));
+    let ds = daemonset_of(&desired_objects(&ctx_of(&dfc)).expect("build"));
     let spec = ds.spec;
     let rolling = spec
         .update_strategy
@@ -173,7 +180,7 @@ fn dfdaemon_daemonset_is_a_node_agent() {
 #[test]
 fn custom_cluster_drops_seed_peers_and_uses_host_network() {
     let dfc = fixture("custom");
-    let objects = desired_objects(&Ctx::new(&dfc).expect("ctx")).expect("build");
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
     assert!(objects.iter().all(|d| !d.name().contains("seed-peer")));
     let ds = daemonset_of(&objects);
     let pod = ds.spec.template.spec.expect("pod spec");
@@ -200,7 +207,7 @@ fn custom_cluster_drops_seed_peers_and_uses_host_network() {
 fn config_change_changes_pod_template_hash() {
     let mut dfc = fixture("default");
     let hash = |dfc: &DragonflyCluster| {
-        let ds = daemonset_of(&desired_objects(&Ctx::new(dfc).expect("ctx")).expect("build"));
+        let ds = daemonset_of(&desired_objects(&ctx_of(dfc)).expect("build"));
         ds.spec
             .template
             .metadata
@@ -218,7 +225,215 @@ fn cluster_without_uid_is_refused_not_panicked() {
     let mut dfc = fixture("default");
     dfc.metadata.uid = None;
     assert!(matches!(
-        Ctx::new(&dfc),
+        Ctx::new(&dfc, &DefaultImage::builtin()),
         Err(BuildError::MissingMetadata("uid"))
     ));
+}
+
+/// `(workload kind/name, pod spec, volume names from claim templates)` of
+/// every workload in `objects`.
+fn pod_specs(objects: &[Desired]) -> Vec<(String, PodSpec, Vec<String>)> {
+    let json = |d: &Desired| serde_json::to_value(&d.object).expect("json");
+    objects
+        .iter()
+        .filter_map(|d| {
+            let id = format!("{}/{}", d.resource.kind, d.name());
+            match d.resource.kind.as_str() {
+                "Deployment" => {
+                    let w: Deployment = serde_json::from_value(json(d)).expect("Deployment");
+                    Some((id, w.spec.template.spec?, vec![]))
+                }
+                "StatefulSet" => {
+                    let w: StatefulSet = serde_json::from_value(json(d)).expect("StatefulSet");
+                    let spec = w.spec;
+                    let claims = spec
+                        .volume_claim_templates
+                        .iter()
+                        .flatten()
+                        .filter_map(|c| c.metadata.name.clone())
+                        .collect();
+                    Some((id, spec.template.spec?, claims))
+                }
+                "DaemonSet" => {
+                    let w: DaemonSet = serde_json::from_value(json(d)).expect("DaemonSet");
+                    Some((id, w.spec.template.spec?, vec![]))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Every workload the operator can build: both fixtures' desired objects
+/// (seed peers on and off, host network on and off) and the cleanup DaemonSet.
+fn all_workloads() -> Vec<(String, PodSpec, Vec<String>)> {
+    let mut out = Vec::new();
+    for name in ["default", "custom"] {
+        let dfc = fixture(name);
+        let ctx = ctx_of(&dfc);
+        let mut objects = desired_objects(&ctx).expect("build");
+        objects.push(Desired::of(&cleanup_daemonset(&ctx)).expect("cleanup"));
+        let specs = pod_specs(&objects);
+        let kinds: BTreeSet<String> = specs
+            .iter()
+            .map(|(id, _, _)| id.split('/').next().unwrap_or_default().to_string())
+            .collect();
+        assert!(
+            kinds.contains("Deployment") && kinds.contains("DaemonSet"),
+            "{kinds:?}"
+        );
+        out.extend(
+            specs
+                .into_iter()
+                .map(|(id, s, c)| (format!("{name}: {id}"), s, c)),
+        );
+    }
+    assert_eq!(
+        out.len(),
+        7,
+        "scheduler x2, seed peer, dfdaemon x2, cleanup x2"
+    );
+    out
+}
+
+/// What the API server checks across a pod spec and the builders' goldens do not:
+/// a mount of an undeclared volume (422), duplicate container or host ports.
+#[test]
+fn every_workload_mounts_declared_volumes_and_uses_each_port_once() {
+    for (id, pod, claims) in all_workloads() {
+        let declared: BTreeSet<String> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.clone())
+            .chain(claims)
+            .collect();
+        let mut container_ports = BTreeSet::new();
+        let mut host_ports = BTreeSet::new();
+        let containers = pod.init_containers.iter().flatten().chain(&pod.containers);
+        for c in containers {
+            for m in c.volume_mounts.iter().flatten() {
+                assert!(
+                    declared.contains(&m.name),
+                    "{id}: container {} mounts volume {:?}, which the pod does not declare ({declared:?})",
+                    c.name,
+                    m.name
+                );
+            }
+            let mut names = BTreeSet::new();
+            for p in c.ports.iter().flatten() {
+                let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+                assert!(
+                    container_ports.insert((p.container_port, proto.clone())),
+                    "{id}: containerPort {} used twice",
+                    p.container_port
+                );
+                if let Some(h) = p.host_port {
+                    assert!(
+                        host_ports.insert((h, proto)),
+                        "{id}: hostPort {h} used twice"
+                    );
+                }
+                if let Some(n) = &p.name {
+                    assert!(names.insert(n.clone()), "{id}: port name {n} used twice");
+                }
+            }
+        }
+        let volume_names: Vec<&String> = pod.volumes.iter().flatten().map(|v| &v.name).collect();
+        let unique: BTreeSet<&&String> = volume_names.iter().collect();
+        assert_eq!(
+            unique.len(),
+            volume_names.len(),
+            "{id}: duplicate volume names"
+        );
+    }
+}
+
+#[test]
+fn every_workload_runs_on_linux_nodes_keeping_user_selectors() {
+    for (id, pod, _) in all_workloads() {
+        let sel = pod.node_selector.clone().unwrap_or_default();
+        assert_eq!(
+            sel.get(LABEL_OS).map(String::as_str),
+            Some("linux"),
+            "{id}: {sel:?}"
+        );
+    }
+    let dfc = fixture("custom");
+    let ds = daemonset_of(&desired_objects(&ctx_of(&dfc)).expect("build"));
+    let sel = ds.spec.template.spec.and_then(|p| p.node_selector);
+    assert_eq!(
+        sel,
+        Some(BTreeMap::from([
+            (LABEL_OS.to_string(), "linux".to_string()),
+            ("pool".to_string(), "gpu".to_string())
+        ]))
+    );
+}
+
+#[test]
+fn dfdaemon_restores_containerd_config_when_it_stops() {
+    let dfc = fixture("default");
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
+    let cm = objects
+        .iter()
+        .find(|d| d.resource.kind == "ConfigMap" && d.name() == "dragonfly-dfdaemon")
+        .expect("dfdaemon ConfigMap");
+    let text = cm.object.data["data"][config::DFDAEMON_FILE]
+        .as_str()
+        .expect("config text");
+    let settings: serde_json::Value = serde_yaml::from_str(text).expect("yaml");
+    assert_eq!(settings["containerd"]["restore_on_stop"], true, "{text}");
+    let seed = objects
+        .iter()
+        .find(|d| d.resource.kind == "ConfigMap" && d.name() == "dragonfly-seed-peer")
+        .expect("seed ConfigMap");
+    assert!(!seed.object.data["data"][config::DFDAEMON_FILE]
+        .as_str()
+        .unwrap_or_default()
+        .contains("containerd"));
+    // The daemon only touches containerd (and so only restores) with --containerd.
+    let ds = daemonset_of(&objects);
+    let pod = ds.spec.template.spec.expect("pod");
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(args.contains(&"--containerd".to_string()), "{args:?}");
+    // Enough time to restore before SIGKILL.
+    assert!(pod.termination_grace_period_seconds.unwrap_or(30) >= 30);
+}
+
+#[test]
+fn unset_image_follows_the_operator_and_a_set_one_is_kept() {
+    let images = DefaultImage::from_values(
+        Some("mirror.example.com/dragonfly".into()),
+        Some("9.9.9".into()),
+    );
+    let images_of = |dfc: &DragonflyCluster| -> BTreeSet<String> {
+        let ctx = Ctx::new(dfc, &images).expect("ctx");
+        let mut objects = desired_objects(&ctx).expect("build");
+        objects.push(Desired::of(&cleanup_daemonset(&ctx)).expect("cleanup"));
+        pod_specs(&objects)
+            .into_iter()
+            .flat_map(|(_, p, _)| {
+                p.init_containers
+                    .into_iter()
+                    .flatten()
+                    .chain(p.containers)
+                    .filter_map(|c| c.image)
+            })
+            .collect()
+    };
+    assert_eq!(
+        images_of(&fixture("default")),
+        BTreeSet::from(["mirror.example.com/dragonfly:9.9.9".to_string()])
+    );
+    assert_eq!(
+        images_of(&fixture("custom")),
+        BTreeSet::from(["registry.example.com/dragonfly:v9".to_string()])
+    );
+    let mut only_repo = fixture("default");
+    only_repo.spec.image.repository = Some("r.example.com/df".into());
+    assert_eq!(
+        images_of(&only_repo),
+        BTreeSet::from(["r.example.com/df:9.9.9".to_string()])
+    );
 }

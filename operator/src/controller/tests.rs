@@ -18,10 +18,19 @@ use crate::fake_api::FakeApi;
 const DFC_PATH: &str =
     "/apis/p2p.dragonfly.dev/v1alpha1/namespaces/dragonfly-system/dragonflyclusters/dragonfly";
 const NS: &str = "dragonfly-system";
+const NS_PATH: &str = "/api/v1/namespaces/dragonfly-system";
+
+fn namespace(phase: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": NS, "uid": "ns-uid"},
+           "status": {"phase": phase}})
+}
 
 fn context(client: kube::Client, now: i64) -> Arc<Context> {
     let mut registry = Registry::default();
     let mut ctx = Context::new(client, Metrics::new(&mut registry));
+    // Independent of the environment the tests run in.
+    ctx.images = DefaultImage::builtin();
     ctx.clock =
         Box::new(move || Time(Timestamp::from_second(now).unwrap_or(Timestamp::UNIX_EPOCH)));
     Arc::new(ctx)
@@ -58,6 +67,7 @@ fn apps(kind: &str, name: &str) -> String {
 /// the cluster as stored (with its resourceVersion), as a watch would deliver it.
 fn setup(dfc: &DragonflyCluster, now: i64) -> (FakeApi, Arc<Context>, DragonflyCluster) {
     let (client, fake) = FakeApi::start();
+    fake.insert(NS_PATH, namespace("Active"));
     fake.insert(DFC_PATH, serde_json::to_value(dfc).expect("json"));
     let dfc = stored(&fake);
     (fake, context(client, now), dfc)
@@ -159,13 +169,15 @@ async fn create_adds_finalizer_applies_everything_and_writes_status() {
 }
 
 #[tokio::test]
-async fn unchanged_cluster_makes_no_writes() {
+async fn unchanged_cluster_changes_nothing() {
     let (fake, ctx, dfc) = created().await;
     run(&dfc, &ctx).await.expect("reconcile");
-    assert_eq!(fake.writes(), Vec::<String>::new());
+    // Every object is applied again (that is what reverts drift), but
+    // server-side apply of the same object is a no-op: nothing changes,
+    // no status write, no event.
+    assert_eq!(fake.writes(), ALL_CREATES);
+    assert_eq!(fake.mutations(), Vec::<String>::new());
     assert_eq!(fake.event_reasons(), Vec::<String>::new());
-    // Reads only: one list per managed kind plus the dfdaemon pods.
-    assert_eq!(fake.calls().len(), build::managed_kinds().len() + 1);
 }
 
 #[tokio::test]
@@ -175,7 +187,7 @@ async fn spec_change_updates_only_what_it_touches() {
     dfc.metadata.generation = Some(2);
     run(&dfc, &ctx).await.expect("reconcile");
     assert_eq!(
-        fake.writes(),
+        fake.mutations(),
         [
             "PATCH configmaps/dragonfly-dfdaemon",
             "PATCH daemonsets/dragonfly-dfdaemon",
@@ -195,6 +207,41 @@ async fn spec_change_updates_only_what_it_touches() {
     );
 }
 
+/// `kubectl edit` of an owned object, spec unchanged: the next reconcile
+/// (which the Owns watch triggers) puts it back.
+#[tokio::test]
+async fn edited_owned_object_is_reverted_without_a_spec_change() {
+    let (fake, ctx, dfc) = created().await;
+    let path = apps("daemonsets", "dragonfly-dfdaemon");
+    let mut edited = fake.object(&path).expect("DaemonSet");
+    let want = edited["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = "evil/dfdaemon:latest".into();
+    edited["spec"]["template"]["spec"]["hostNetwork"] = true.into();
+    fake.insert(&path, edited);
+    let svc = core("configmaps", "dragonfly-scheduler");
+    let mut cm = fake.object(&svc).expect("cm");
+    cm["data"]["scheduler.yaml"] = "listen: 0.0.0.0:1\n".into();
+    fake.insert(&svc, cm);
+
+    run(&dfc, &ctx).await.expect("reconcile");
+    let mut m = fake.mutations();
+    m.sort();
+    assert_eq!(
+        m,
+        [
+            "PATCH configmaps/dragonfly-scheduler",
+            "PATCH daemonsets/dragonfly-dfdaemon"
+        ]
+    );
+    assert_eq!(fake.event_reasons(), ["DriftReverted", "DriftReverted"]);
+    let ds = fake.object(&path).expect("DaemonSet");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        want
+    );
+    assert_eq!(ds["spec"]["template"]["spec"].get("hostNetwork"), None);
+}
+
 #[tokio::test]
 async fn disabling_seed_peers_prunes_their_objects_only() {
     let (fake, ctx, mut dfc) = created().await;
@@ -209,7 +256,7 @@ async fn disabling_seed_peers_prunes_their_objects_only() {
     dfc.spec.seed_peer.enabled = false;
     dfc.metadata.generation = Some(2);
     run(&dfc, &ctx).await.expect("reconcile");
-    let mut writes = fake.writes();
+    let mut writes = fake.mutations();
     let status = writes.pop();
     writes.sort();
     assert_eq!(
@@ -261,7 +308,10 @@ async fn ready_workloads_and_node_reports_make_ready() {
 
     let action = run(&dfc, &ctx).await.expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    assert_eq!(fake.writes(), ["PATCH dragonflyclusters/dragonfly/status"]);
+    assert_eq!(
+        fake.mutations(),
+        ["PATCH dragonflyclusters/dragonfly/status"]
+    );
     assert_eq!(fake.event_reasons(), ["Ready"]);
     let dfc = stored(&fake);
     assert_eq!(condition(&dfc, READY).0, "True");
@@ -321,7 +371,7 @@ async fn deletion_restores_every_node_before_releasing_the_finalizer() {
     // Pass 1: everything but dfdaemon's ServiceAccount goes; the restore DaemonSet starts.
     let action = run(&dfc, &ctx).await.expect("cleanup");
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
-    let writes = fake.writes();
+    let writes = fake.mutations();
     assert_eq!(
         writes.first().map(String::as_str),
         Some("PATCH daemonsets/dragonfly-cleanup")
@@ -356,7 +406,7 @@ async fn deletion_restores_every_node_before_releasing_the_finalizer() {
         run(&dfc, &ctx).await.expect("cleanup"),
         Action::requeue(Duration::from_secs(5))
     );
-    assert_eq!(fake.writes(), Vec::<String>::new());
+    assert_eq!(fake.mutations(), Vec::<String>::new());
 
     // Pass 3: every node restored: the finalizer goes.
     fake.clear_calls();
@@ -365,7 +415,7 @@ async fn deletion_restores_every_node_before_releasing_the_finalizer() {
         json!({"observedGeneration": 1, "desiredNumberScheduled": 2, "numberReady": 2, "currentNumberScheduled": 2, "numberMisscheduled": 0}),
     );
     run(&stored(&fake), &ctx).await.expect("cleanup");
-    assert_eq!(fake.writes(), ["PATCH dragonflyclusters/dragonfly"]);
+    assert_eq!(fake.mutations(), ["PATCH dragonflyclusters/dragonfly"]);
     assert_eq!(fake.event_reasons(), ["NodesRestored"]);
     assert_eq!(stored(&fake).finalizers(), Vec::<String>::new());
 }
@@ -380,7 +430,7 @@ async fn deletion_gives_up_after_the_timeout() {
     );
     run(&stored(&fake), &ctx).await.expect("cleanup");
     assert_eq!(
-        fake.writes().last().map(String::as_str),
+        fake.mutations().last().map(String::as_str),
         Some("PATCH dragonflyclusters/dragonfly")
     );
     assert!(fake
@@ -440,4 +490,150 @@ async fn deleting_an_invalid_cluster_never_mounts_its_paths() {
     assert_eq!(fake.writes(), ["PATCH dragonflyclusters/dragonfly"]);
     assert_eq!(fake.event_reasons(), ["CleanupSkipped"]);
     assert_eq!(stored(&fake).finalizers(), Vec::<String>::new());
+}
+
+/// A dfdaemon pod of the default fixture's cluster, as the DaemonSet makes it.
+fn dfdaemon_pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": NS,
+                        "labels": {"app.kubernetes.io/instance": "dragonfly", "app.kubernetes.io/component": "dfdaemon"}},
+           "spec": {"nodeName": "node-a", "containers": []}})
+}
+
+/// The namespace is being deleted: the cleanup DaemonSet can never be
+/// created, so the finalizer must not wait for it. Everything owned goes
+/// (each dfdaemon restores its node on SIGTERM); once those pods are gone
+/// the finalizer is released with a Warning.
+#[tokio::test]
+async fn terminating_namespace_releases_the_finalizer_once_dfdaemons_stopped() {
+    let (fake, ctx, dfc) = created().await;
+    fake.insert(&core("pods", "d1"), dfdaemon_pod("d1"));
+    fake.insert(NS_PATH, namespace("Terminating"));
+    fake.insert(
+        DFC_PATH,
+        serde_json::to_value(deleting(dfc, 1000)).expect("json"),
+    );
+
+    // Pass 1: no create attempted; every owned object deleted; a dfdaemon is still stopping.
+    let action = run(&stored(&fake), &ctx).await.expect("cleanup");
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    let writes = fake.writes();
+    assert!(writes.iter().all(|w| w.starts_with("DELETE")), "{writes:?}");
+    assert_eq!(writes.len(), 14, "{writes:?}");
+    assert!(fake
+        .object(&apps("daemonsets", "dragonfly-cleanup"))
+        .is_none());
+    assert_eq!(stored(&fake).finalizers(), [FINALIZER]);
+
+    // Pass 2: the dfdaemon pod is gone (it restored its node on the way out).
+    fake.clear_calls();
+    assert!(fake.object(&core("pods", "d1")).is_some());
+    let _ = fake.remove(&core("pods", "d1"));
+    run(&stored(&fake), &ctx).await.expect("cleanup");
+    assert_eq!(fake.mutations(), ["PATCH dragonflyclusters/dragonfly"]);
+    assert_eq!(fake.event_reasons(), ["CleanupDegraded"]);
+    let note = fake.event_notes().join(" ");
+    assert!(
+        note.contains("namespace dragonfly-system is being deleted"),
+        "{note}"
+    );
+    assert!(
+        note.contains("dfdaemon containerd restore --config-path /etc/containerd/certs.d"),
+        "{note}"
+    );
+    assert_eq!(stored(&fake).finalizers(), Vec::<String>::new());
+}
+
+/// The namespace looked fine, but creating the cleanup DaemonSet is refused
+/// (403 "being terminated", a race with namespace deletion): no retry loop.
+#[tokio::test]
+async fn refused_cleanup_daemonset_falls_back_instead_of_hanging() {
+    let (fake, ctx, dfc) = created().await;
+    fake.insert(
+        DFC_PATH,
+        serde_json::to_value(deleting(dfc, 1000)).expect("json"),
+    );
+    fake.fail_next_with(
+        "PATCH",
+        "/daemonsets/dragonfly-cleanup",
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
+               "message": "daemonsets.apps \"dragonfly-cleanup\" is forbidden: unable to create new content in namespace dragonfly-system because it is being terminated",
+               "details": {"name": "dragonfly-cleanup", "group": "apps", "kind": "daemonsets",
+                           "causes": [{"reason": "NamespaceTerminating", "message": "namespace dragonfly-system is being terminated", "field": "metadata.namespace"}]}}),
+    );
+    let action = run(&stored(&fake), &ctx).await.expect("no error loop");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(stored(&fake).finalizers(), Vec::<String>::new());
+    assert_eq!(fake.event_reasons(), ["CleanupDegraded"]);
+    let note = fake.event_notes().join(" ");
+    assert!(note.contains("because it is being terminated"), "{note}");
+    // Nothing of ours is left, dfdaemon's ServiceAccount included.
+    assert!(fake
+        .object(&core("serviceaccounts", "dragonfly-dfdaemon"))
+        .is_none());
+    assert!(fake
+        .object(&apps("daemonsets", "dragonfly-dfdaemon"))
+        .is_none());
+}
+
+/// A write the API server refuses (here 422 for an invalid DaemonSet) lands
+/// in `Ready` and a Warning event naming the object, and is retried with
+/// backoff; the other objects are still applied.
+#[tokio::test]
+async fn apply_refusal_reaches_status_and_events_and_backs_off() {
+    let (fake, ctx, dfc) = setup(&fixture("default"), 1000);
+    let invalid = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422, "reason": "Invalid",
+        "message": "DaemonSet.apps \"dragonfly-dfdaemon\" is invalid: spec.template.spec.containers[0].volumeMounts[3].name: Not found: \"config\""});
+    fake.fail_next_with("PATCH", "/daemonsets/dragonfly-dfdaemon", invalid.clone());
+    let dfc = Arc::new(dfc);
+    let err = tokio::time::timeout(Duration::from_secs(10), reconcile(dfc.clone(), ctx.clone()))
+        .await
+        .expect("bounded")
+        .expect_err("the refusal is an error, for backoff");
+    assert_eq!(err.reason(), "ApiInvalid");
+    assert!(
+        fake.object(&apps("deployments", "dragonfly-scheduler"))
+            .is_some(),
+        "others applied"
+    );
+    let (st, reason, message) = condition(&stored(&fake), READY);
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "ApplyFailed"));
+    assert!(
+        message.starts_with("apply DaemonSet dragonfly-dfdaemon: DaemonSet.apps \"dragonfly-dfdaemon\" is invalid: spec.template.spec.containers[0].volumeMounts[3].name: Not found"),
+        "{message}"
+    );
+    let warnings: Vec<String> = fake
+        .event_reasons()
+        .into_iter()
+        .filter(|r| r == "ApplyFailed")
+        .collect();
+    assert_eq!(warnings, ["ApplyFailed"]);
+    assert!(fake
+        .event_notes()
+        .iter()
+        .any(|n| n.contains("volumeMounts[3].name")));
+    assert_eq!(
+        error_policy(dfc.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+
+    // Same refusal again: same status, so no status write and no new event; longer backoff.
+    fake.clear_calls();
+    fake.fail_next_with("PATCH", "/daemonsets/dragonfly-dfdaemon", invalid);
+    let err = run(&stored(&fake), &ctx).await.expect_err("still refused");
+    assert!(
+        !fake.mutations().iter().any(|w| w.contains("/status")),
+        "{:?}",
+        fake.mutations()
+    );
+    assert_eq!(fake.event_reasons(), Vec::<String>::new());
+    assert_eq!(
+        error_policy(dfc.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+
+    // Fixed: Ready leaves ApplyFailed.
+    fake.clear_calls();
+    run(&stored(&fake), &ctx).await.expect("reconcile");
+    assert_ne!(condition(&stored(&fake), READY).1, "ApplyFailed");
 }

@@ -145,6 +145,14 @@ pub struct PreheatStatus {
     pub images: Vec<ImageStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<UrlStatus>,
+    /// A bounded sample of the blobs: at most 20, failed ones first, then
+    /// those retrying, in progress, pending, and finished. Counts and totals
+    /// for every blob are in `progress` and per image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<BlobStatus>,
+    /// How many blobs `blobs` leaves out.
+    #[serde(default)]
+    pub blobs_omitted: i32,
     /// The peers (pod names) downloading; for `OneSeedPeer` the chosen one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
@@ -196,7 +204,7 @@ pub struct ImageStatus {
     /// One per selected platform (one entry without a platform for a
     /// single-platform image).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub manifests: Vec<ResolvedManifest>,
+    pub manifests: Vec<ManifestStatus>,
     #[serde(default)]
     pub blobs_done: i32,
     #[serde(default)]
@@ -207,21 +215,39 @@ pub struct ImageStatus {
     pub bytes_total: i64,
 }
 
+/// One resolved platform manifest: counts only. The blob list itself stays
+/// in the operator's memory (and is read again by this digest after a
+/// restart), because hundreds of blobs per manifest times 64 images times
+/// 16 platforms would outgrow the 1.5 MiB an object may have.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct ResolvedManifest {
+pub struct ManifestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
     pub digest: String,
-    /// The config blob first, then the layers.
-    pub blobs: Vec<BlobRef>,
+    /// The config blob and the layers.
+    #[serde(default)]
+    pub blob_count: i32,
+    /// Their sizes added up.
+    #[serde(default)]
+    pub bytes: i64,
 }
 
+/// One blob in the status' short list (see `PreheatStatus::blobs`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct BlobRef {
+pub struct BlobStatus {
     pub digest: String,
     pub size: i64,
+    pub state: ItemState,
+    /// Peers holding it whole, out of `status.targets`.
+    #[serde(default)]
+    pub peers_done: i32,
+    /// Bytes held, added up over the peers.
+    #[serde(default)]
+    pub bytes_done: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]

@@ -18,9 +18,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::debug;
 
-use super::crd::{ImageStatus, UrlSource};
+use super::crd::UrlSource;
 use super::reference::ImageRef;
-use super::resolve::Registries;
+use super::resolve::{Registries, Resolution};
 use super::targets::Target;
 
 /// Names the upstream registry of a mirror request.
@@ -89,11 +89,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// From the resolved images (status order = spec order) and the files.
+    /// From the resolved images (in spec order) and the files.
     /// A blob in several images is one download.
     pub fn build(
         images: &[ImageRef],
-        resolved: &[ImageStatus],
+        resolved: &[Resolution],
         urls: &[UrlSource],
         registries: &Registries,
     ) -> Plan {
@@ -105,7 +105,7 @@ impl Plan {
             if let Some(tag) = &image.tag {
                 refs.push(tag.clone());
             }
-            refs.extend(st.digest.iter().cloned());
+            refs.push(st.digest.clone());
             refs.extend(st.manifests.iter().map(|m| m.digest.clone()));
             let mut seen = HashSet::new();
             for reference in refs {
@@ -672,17 +672,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::preheat::crd::{BlobRef, ResolvedManifest};
     use crate::preheat::credentials::Credentials;
+    use crate::preheat::resolve::{BlobRef, ResolvedManifest};
 
     fn d(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))
     }
 
-    fn status(digest: &str, manifests: &[(&str, &[char])]) -> ImageStatus {
-        ImageStatus {
-            reference: "x".into(),
-            digest: Some(digest.into()),
+    fn status(digest: &str, manifests: &[(&str, &[char])]) -> Resolution {
+        Resolution {
+            digest: digest.into(),
             manifests: manifests
                 .iter()
                 .map(|(m, blobs)| ResolvedManifest {
@@ -697,7 +696,6 @@ mod tests {
                         .collect(),
                 })
                 .collect(),
-            ..ImageStatus::default()
         }
     }
 

@@ -62,6 +62,9 @@ pub struct Job {
     registries: Registries,
     dfdaemons: Dfdaemons,
     tracker: Tracker,
+    /// Every image's manifests and blobs, in spec order: the status holds
+    /// only counts (it must stay small), so this is what the plan is built from.
+    resolutions: Option<Vec<Resolution>>,
     auth: HashMap<usize, (Instant, Option<String>)>,
     /// When the next step is due: `poll` after a good tick, the retry
     /// backoff after a transient failure or a troubled tick.
@@ -91,6 +94,7 @@ impl Job {
             registries: Registries::for_images(&validated.images, &hosts, credentials),
             dfdaemons,
             tracker: Tracker::default(),
+            resolutions: None,
             auth: HashMap::new(),
             due: None,
             last_used: Instant::now(),
@@ -145,7 +149,18 @@ impl Job {
                         platforms = %platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
                         "images resolved"
                     );
-                    status::resolved(st, resolved, now);
+                    status::resolved(st, &resolved, now);
+                    self.resolutions = Some(resolved);
+                }
+                Err((i, e)) => return self.registry_failed(st, i, &e, now),
+            }
+        } else if self.resolutions.is_none() {
+            // Resolved by an earlier process (the status says so) whose
+            // blob lists went with it: read them again by digest.
+            match self.reread(st).await {
+                Ok(resolved) => {
+                    info!("blob lists read again by the recorded digests");
+                    self.resolutions = Some(resolved);
                 }
                 Err((i, e)) => return self.registry_failed(st, i, &e, now),
             }
@@ -227,6 +242,30 @@ impl Job {
         }
     }
 
+    /// The blob lists of images the status already records as resolved,
+    /// within `registry_timeout` overall.
+    async fn reread(&self, st: &PreheatStatus) -> Result<Vec<Resolution>, (usize, ResolveError)> {
+        let mut out = Vec::with_capacity(self.images.len());
+        let all = async {
+            for (i, (image, img)) in self.images.iter().zip(&st.images).enumerate() {
+                let digest = img.digest.as_deref().unwrap_or_default();
+                let r = self
+                    .registries
+                    .reread(image, digest, &img.manifests)
+                    .await
+                    .map_err(|e| (i, e))?;
+                out.push(r);
+            }
+            Ok::<(), (usize, ResolveError)>(())
+        };
+        let finished = tokio::time::timeout(self.pace.registry_timeout, all).await;
+        match finished {
+            Ok(Ok(())) => Ok(out),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(self.timed_out(out.len(), "reading the manifests of")),
+        }
+    }
+
     /// The `Authorization` for each image's registry, fetched again once
     /// old, within `registry_timeout` overall.
     async fn refresh_auth(&mut self) -> Result<(), (usize, ResolveError)> {
@@ -270,7 +309,8 @@ impl Job {
 
     /// Drives every target once and folds what they report into `st`.
     async fn tick(&mut self, st: &mut PreheatStatus, targets: &[Target], now: &Time) -> Verdict {
-        let plan = Plan::build(&self.images, &st.images, &self.spec.urls, &self.registries);
+        let resolved = self.resolutions.as_deref().unwrap_or_default();
+        let plan = Plan::build(&self.images, resolved, &self.spec.urls, &self.registries);
         let auth: HashMap<usize, Option<String>> = self
             .auth
             .iter()

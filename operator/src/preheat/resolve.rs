@@ -12,7 +12,7 @@ use oci_client::RegistryOperation;
 use serde::Deserialize;
 use tracing::{debug, info_span, Instrument};
 
-use super::crd::{BlobRef, ResolvedManifest};
+use super::crd::ManifestStatus;
 use super::credentials::{basic_header, Credentials};
 use super::platform::{self, IndexEntry, Platform, PlatformMissing};
 use super::reference::{is_sha256_digest, ImageRef};
@@ -25,7 +25,7 @@ const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+pr
 /// Everything a pull by tag may get back.
 pub const ACCEPT_ANY: &[&str] = &[OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
 const ACCEPT_IMAGE: &[&str] = &[OCI_MANIFEST, DOCKER_MANIFEST];
-/// Bounds one image's share of the status object.
+/// Bounds the work (and memory) one manifest may ask for.
 const MAX_BLOBS_PER_MANIFEST: usize = 512;
 /// One registry round trip, token included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,6 +71,22 @@ impl ResolveError {
             ResolveError::Unreachable { .. } => "RegistryUnreachable",
         }
     }
+}
+
+/// One platform manifest with every blob it names (kept in memory; the
+/// status holds only counts, see `crd::ManifestStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolvedManifest {
+    pub platform: Option<String>,
+    pub digest: String,
+    /// The config blob first, then the layers.
+    pub blobs: Vec<BlobRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlobRef {
+    pub digest: String,
+    pub size: i64,
 }
 
 /// An image as the cluster will hold it.
@@ -216,6 +232,52 @@ impl Registries {
                 }
             };
             Ok(Resolution { digest, manifests })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The blobs of an image resolved earlier in this generation (by a
+    /// previous operator process), read again by the manifest digests the
+    /// status recorded: never by tag, so a tag moved meanwhile changes nothing.
+    pub async fn reread(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        recorded: &[ManifestStatus],
+    ) -> Result<Resolution, ResolveError> {
+        let span = info_span!("reread", image = %image);
+        async move {
+            let mut manifests = Vec::with_capacity(recorded.len());
+            for m in recorded {
+                if !is_sha256_digest(&m.digest) {
+                    return Err(self.unsupported(
+                        image,
+                        format!("recorded manifest {} is not a sha256 digest", m.digest),
+                    ));
+                }
+                let (body, _) = self
+                    .fetch(image, &image.oci_at(&m.digest), ACCEPT_IMAGE)
+                    .await?;
+                let blobs = match parse(&body) {
+                    Ok(Parsed::Image(blobs)) => blobs,
+                    Ok(Parsed::Index(_)) => {
+                        return Err(
+                            self.unsupported(image, format!("{} is an image index", m.digest))
+                        )
+                    }
+                    Err(detail) => return Err(self.unsupported(image, detail)),
+                };
+                manifests.push(ResolvedManifest {
+                    platform: m.platform.clone(),
+                    digest: m.digest.clone(),
+                    blobs,
+                });
+            }
+            Ok(Resolution {
+                digest: digest.to_string(),
+                manifests,
+            })
         }
         .instrument(span)
         .await

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use bytesize::ByteSize;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::crd::{ImageStatus, ItemState, Phase, PreheatSpec, PreheatStatus, Progress, UrlStatus};
+use super::crd::{
+    BlobStatus, ImageStatus, ItemState, ManifestStatus, Phase, PreheatSpec, PreheatStatus,
+    Progress, UrlStatus,
+};
 use super::execute::{Outcome, Owner, Plan, Report};
 use super::resolve::Resolution;
 
@@ -19,6 +22,11 @@ pub const COMPLETE: &str = "Complete";
 pub const FAILED: &str = "Failed";
 /// Bound on any message written to the status.
 const MAX_MESSAGE: usize = 1000;
+/// Blobs listed one by one in the status; the rest are only counted, so a
+/// Preheat of many large images stays far below the object size limit.
+pub const MAX_LISTED_BLOBS: usize = 20;
+/// Bound on a listed blob's message.
+const MAX_BLOB_MESSAGE: usize = 300;
 
 /// What a reconcile should do with a Preheat as it stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,13 +98,23 @@ pub fn start(spec: &PreheatSpec, generation: Option<i64>, now: &Time) -> Preheat
     st
 }
 
-/// Every image resolved: the run is Running.
-pub fn resolved(st: &mut PreheatStatus, resolutions: Vec<Resolution>, now: &Time) {
+/// Every image resolved: the run is Running. The status keeps per-manifest
+/// counts; the blob lists stay with the caller.
+pub fn resolved(st: &mut PreheatStatus, resolutions: &[Resolution], now: &Time) {
     for (img, r) in st.images.iter_mut().zip(resolutions) {
-        img.digest = Some(r.digest);
-        img.manifests = r.manifests;
+        img.digest = Some(r.digest.clone());
+        img.manifests = r
+            .manifests
+            .iter()
+            .map(|m| ManifestStatus {
+                platform: m.platform.clone(),
+                digest: m.digest.clone(),
+                blob_count: count(m.blobs.len()),
+                bytes: m.blobs.iter().map(|b| b.size.max(0)).sum(),
+            })
+            .collect();
         img.state = ItemState::Running;
-        img.blobs_total = count(img.manifests.iter().flat_map(|m| &m.blobs).count());
+        img.blobs_total = count(r.manifests.iter().map(|m| m.blobs.len()).sum());
     }
     let n = st.images.len();
     set_condition(
@@ -225,6 +243,7 @@ pub fn apply_tick(
         }
     }
     set_progress(&mut st.progress, all.0, all.1, all.2, all.3);
+    (st.blobs, st.blobs_omitted) = blob_list(plan, targets, report);
     for (i, img) in st.images.iter_mut().enumerate() {
         let (done, total, bd, bt) = per.get(&Owner::Image(i)).copied().unwrap_or_default();
         (
@@ -310,6 +329,70 @@ pub fn apply_tick(
     }
 }
 
+/// The short list of blobs for the status: every image blob's state across
+/// the targets, the ones needing attention first (failed, then retrying,
+/// then in progress, then pending, then done), at most [`MAX_LISTED_BLOBS`]; and how many
+/// were left out.
+fn blob_list(plan: &Plan, targets: &[String], report: &Report) -> (Vec<BlobStatus>, i32) {
+    let mut all: Vec<BlobStatus> = plan
+        .downloads
+        .iter()
+        .filter(|d| d.owners.iter().any(|o| matches!(o, Owner::Image(_))))
+        .map(|d| {
+            let mut b = BlobStatus {
+                digest: d.key.clone(),
+                size: d.size.unwrap_or(0),
+                ..BlobStatus::default()
+            };
+            let mut failed = false;
+            let mut retrying = false;
+            for t in targets {
+                match report.outcomes.get(&(t.clone(), d.key.clone())) {
+                    Some(Outcome::Done { bytes }) => {
+                        b.peers_done += 1;
+                        b.bytes_done += d.size.unwrap_or(*bytes);
+                    }
+                    Some(Outcome::Running { bytes_done, .. }) => b.bytes_done += bytes_done,
+                    Some(Outcome::Failed {
+                        permanent, message, ..
+                    }) => {
+                        failed |= *permanent;
+                        retrying |= !*permanent;
+                        if b.message.is_empty() {
+                            b.message = clip_to(message, MAX_BLOB_MESSAGE);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            b.state = if failed {
+                ItemState::Failed
+            } else if !targets.is_empty() && b.peers_done == count(targets.len()) {
+                ItemState::Succeeded
+            } else if retrying || b.peers_done > 0 || b.bytes_done > 0 {
+                ItemState::Running
+            } else {
+                ItemState::Pending
+            };
+            b
+        })
+        .collect();
+    // A blob being retried (running, with an error) is more telling than one
+    // merely progressing.
+    let rank = |b: &BlobStatus| match b.state {
+        ItemState::Failed => 0,
+        ItemState::Running if !b.message.is_empty() => 1,
+        ItemState::Running => 2,
+        ItemState::Pending => 3,
+        ItemState::Succeeded => 4,
+    };
+    // Stable: plan order (config first, then layers) within a rank.
+    all.sort_by_key(rank);
+    let omitted = count(all.len().saturating_sub(MAX_LISTED_BLOBS));
+    all.truncate(MAX_LISTED_BLOBS);
+    (all, omitted)
+}
+
 fn set_progress(p: &mut Progress, done: i32, total: i32, bytes_done: i64, bytes_total: i64) {
     let b = |n: i64| ByteSize(u64::try_from(n).unwrap_or(0));
     *p = Progress {
@@ -327,8 +410,12 @@ fn count(n: usize) -> i32 {
 }
 
 fn clip(s: &str) -> String {
-    if s.chars().count() > MAX_MESSAGE {
-        s.chars().take(MAX_MESSAGE).collect::<String>() + "…"
+    clip_to(s, MAX_MESSAGE)
+}
+
+fn clip_to(s: &str, max: usize) -> String {
+    if s.chars().count() > max {
+        s.chars().take(max).collect::<String>() + "…"
     } else {
         s.to_string()
     }
@@ -371,8 +458,9 @@ pub fn condition<'a>(st: &'a PreheatStatus, type_: &str) -> Option<&'a Condition
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::preheat::crd::{BlobRef, ResolvedManifest, UrlSource};
+    use crate::preheat::crd::UrlSource;
     use crate::preheat::execute::{Download, ManifestFetch};
+    use crate::preheat::resolve::{BlobRef, ResolvedManifest};
     use k8s_openapi::jiff::Timestamp;
 
     fn t(secs: i64) -> Time {
@@ -457,7 +545,7 @@ mod tests {
     }
 
     fn running(st: &mut PreheatStatus) {
-        resolved(st, vec![resolution()], &t(20));
+        resolved(st, &[resolution()], &t(20));
     }
 
     const PEERS: &[&str] = &["seed-0", "seed-1"];
@@ -791,5 +879,153 @@ mod tests {
             condition(&st, COMPLETE).map(|c| c.last_transition_time.clone()),
             Some(t(30))
         );
+    }
+
+    /// 64 images (the spec's maximum) on 16 platforms with 64 blobs each:
+    /// 65536 blobs, whose one-by-one list alone would be ~6 MiB, four times
+    /// the 1.5 MiB an object may have. The status keeps counts and totals
+    /// for everything and lists 20 blobs, the failed and unfinished first.
+    #[test]
+    fn status_stays_small_whatever_the_number_of_blobs() {
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        let images: Vec<String> = (0..64)
+            .map(|i| format!("r.example.com/app{i}:v1"))
+            .collect();
+        let spec = PreheatSpec {
+            cluster: "dragonfly".into(),
+            images: images.clone(),
+            ..PreheatSpec::default()
+        };
+        let mut st = start(&spec, Some(1), &t(10));
+        let mut next = 0usize;
+        let resolutions: Vec<Resolution> = (0..64)
+            .map(|_| Resolution {
+                digest: digest(1_000_000 + next),
+                manifests: (0..16)
+                    .map(|p| ResolvedManifest {
+                        platform: Some(format!("linux/arch{p}")),
+                        digest: digest(2_000_000 + next + p),
+                        blobs: (0..64)
+                            .map(|_| {
+                                next += 1;
+                                BlobRef {
+                                    digest: digest(next),
+                                    size: 1 << 20,
+                                }
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        resolved(&mut st, &resolutions, &t(20));
+        let total = 64 * 16 * 64;
+        assert_eq!(st.images.iter().map(|i| i.blobs_total).sum::<i32>(), total);
+        assert_eq!(st.images[0].manifests[0].blob_count, 64);
+        assert_eq!(st.images[0].manifests[0].bytes, 64 << 20);
+
+        let downloads: Vec<Download> = (1..=next)
+            .map(|i| Download {
+                key: digest(i),
+                url: format!("https://r.example.com/v2/app/blobs/{}", digest(i)),
+                digest: Some(digest(i)),
+                size: Some(1 << 20),
+                auth_from: Some(0),
+                owners: vec![Owner::Image((i - 1) / (16 * 64))],
+                label: format!("blob {}", digest(i)),
+            })
+            .collect();
+        let plan = Plan {
+            manifests: vec![],
+            downloads,
+        };
+        let peers: Vec<String> = (0..2)
+            .map(|i| format!("dfdaemon-{i:05}-with-a-long-name"))
+            .collect();
+        // Most blobs done everywhere; a few in progress; two failing (late in plan order).
+        let mut outcomes = Vec::new();
+        for i in 1..=next {
+            for p in &peers {
+                let o = match i {
+                    i if i == next || i == next - 1 => Outcome::Failed {
+                        permanent: false,
+                        reason: "NodeUnreachable",
+                        message: format!("peer {p}: {}", "x".repeat(5000)),
+                    },
+                    i if i > next - 10 => Outcome::Running {
+                        bytes_done: 5,
+                        total: None,
+                    },
+                    _ => Outcome::Done { bytes: 1 << 20 },
+                };
+                outcomes.push(((p.clone(), digest(i)), o));
+            }
+        }
+        let r = Report {
+            outcomes: outcomes.into_iter().collect(),
+            manifests_done: 0,
+            manifest_errors: vec![],
+        };
+        apply_tick(&mut st, &plan, &peers, &r, 6, &t(30));
+
+        assert_eq!(st.blobs.len(), MAX_LISTED_BLOBS);
+        assert_eq!(st.blobs_omitted, total - 20);
+        assert_eq!(st.progress.blobs_total, total * 2);
+        assert_eq!(
+            st.blobs
+                .iter()
+                .take(2)
+                .map(|b| b.digest.clone())
+                .collect::<Vec<_>>(),
+            [digest(next - 1), digest(next)],
+            "the troubled blobs come first"
+        );
+        assert_eq!(st.blobs[0].state, ItemState::Running);
+        assert!(st.blobs[0].message.chars().count() <= MAX_BLOB_MESSAGE + 1);
+        assert!(st.blobs[2..10]
+            .iter()
+            .all(|b| b.state == ItemState::Running));
+        assert!(st.blobs[10..]
+            .iter()
+            .all(|b| b.state == ItemState::Succeeded && b.peers_done == 2));
+        let size = serde_json::to_vec(&st).expect("json").len();
+        assert!(size < 512 * 1024, "status is {size} bytes");
+    }
+
+    #[test]
+    fn a_permanently_failed_blob_is_listed_first_as_failed() {
+        let mut st = start(&spec(), Some(1), &t(10));
+        running(&mut st);
+        let r = report(
+            &[
+                ("seed-0", "sha256:a", Outcome::Done { bytes: 100 }),
+                (
+                    "seed-0",
+                    "sha256:b",
+                    Outcome::Failed {
+                        permanent: true,
+                        reason: "DigestMismatch",
+                        message: "peer seed-0: blob sha256:b: digest mismatch".into(),
+                    },
+                ),
+            ],
+            0,
+        );
+        apply_tick(&mut st, &plan(), &peers(), &r, 2, &t(30));
+        let listed: Vec<(&str, ItemState)> = st
+            .blobs
+            .iter()
+            .map(|b| (b.digest.as_str(), b.state))
+            .collect();
+        // The file is not a blob: it has its own entry under `urls`.
+        assert_eq!(
+            listed,
+            [
+                ("sha256:b", ItemState::Failed),
+                ("sha256:a", ItemState::Running)
+            ]
+        );
+        assert_eq!(st.blobs_omitted, 0);
+        assert!(st.blobs[0].message.contains("digest mismatch"));
     }
 }

@@ -184,7 +184,10 @@ async fn preheats_an_image_and_never_redoes_it() {
     assert_eq!(st.observed_generation, Some(1));
     assert_eq!(st.start_time.as_ref().map(|t| t.0.as_second()), Some(NOW));
     assert_eq!(st.images[0].digest.as_deref(), Some(digest.as_str()));
-    assert_eq!(st.images[0].manifests[0].blobs.len(), 3);
+    assert_eq!(st.images[0].manifests[0].blob_count, 3);
+    assert_eq!(st.images[0].manifests[0].bytes, 510);
+    assert_eq!(st.blobs.len(), 3, "few blobs: all listed");
+    assert_eq!(st.blobs_omitted, 0);
     assert_eq!((st.progress.blobs_done, st.progress.blobs_total), (0, 3));
     assert_eq!(st.progress.bytes_total, 510);
     assert_eq!(st.targets, ["dragonfly-seed-peer-0"]);
@@ -588,6 +591,49 @@ async fn default_platforms_are_the_nodes() {
         .collect();
     posted.sort();
     assert_eq!(posted, [d('c'), d('e')], "only arm64's blobs");
+}
+
+/// The status keeps no blob lists, so after an operator restart (in-memory
+/// runs gone) they are read again by the manifest digests the status
+/// recorded, never by tag: a tag pushed meanwhile changes nothing.
+#[tokio::test]
+async fn a_restarted_operator_reads_blobs_again_by_digest_not_by_tag() {
+    let w = world().await;
+    let blobs = [(d('c'), 10), (d('1'), 200)];
+    let digest = w.registry.put_image("library/app", Some("v1"), &blobs);
+    w.daemon.lock().polls_before_done = 1;
+    w.create(
+        "app",
+        1,
+        json!({"cluster": "dragonfly", "images": [w.image("library/app:v1")], "platforms": ["linux/amd64"]}),
+    );
+    w.reconcile("app").await;
+    assert_eq!(w.status("app").phase, Phase::Running);
+
+    // Restart, and the tag moves to another image.
+    w.ctx.jobs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    w.registry
+        .put_image("library/app", Some("v1"), &[(d('d'), 1), (d('e'), 2)]);
+    let before = w.registry.requests().len();
+    let st = w.until_finished("app").await;
+    assert_eq!(st.phase, Phase::Succeeded, "{}", st.message);
+    assert_eq!(st.images[0].digest.as_deref(), Some(digest.as_str()));
+    let asked: Vec<String> = w.registry.requests()[before..]
+        .iter()
+        .filter(|r| r.contains("/manifests/"))
+        .cloned()
+        .collect();
+    assert_eq!(asked, [format!("GET /v2/library/app/manifests/{digest}")]);
+    let mut posted: Vec<String> = w
+        .daemon
+        .lock()
+        .posts
+        .iter()
+        .filter_map(|p| p["digest"].as_str().map(String::from))
+        .collect();
+    posted.sort();
+    posted.dedup();
+    assert_eq!(posted, [d('1'), d('c')], "the blobs of the recorded digest");
 }
 
 #[tokio::test]
