@@ -35,6 +35,9 @@ if [ "$(id -u)" = 0 ]; then
   step "end to end: lazy pull with the real nydus client through the swarm (builds nydus once, cached outside the repository)"
   SKIP_BUILD=1 e2e/nydus/nydus-e2e.sh
 
+  step "Kubernetes end to end: a real local cluster (3 nodes), install by manifests and by Helm, pulls, Preheat, faults, upgrade, uninstall (builds Kubernetes once, cached outside the repository)"
+  PROFILE=debug e2e/k8s/run.sh
+
   step "multi-host run in network namespaces with faults (fails on failed pulls or wrong bytes, never on timings)"
   PROFILE=debug e2e/bench.sh --hosts 4 --layers 2 --layer-mib 16 --faults all --out target/bench-ci
 else

@@ -62,7 +62,7 @@ libs() {
   local d=$1
   shift
   local lib
-  for lib in $(ldd "$@" 2>/dev/null | awk '/=>/ {print $3} /^\s*\/lib/ {print $1}' | sort -u); do
+  for lib in $(ldd "$@" 2>/dev/null | awk '/=>/ {print $3} /^[ \t]*\/lib/ {print $1}' | sort -u); do
     mkdir -p "$d$(dirname "$lib")"
     cp -L "$lib" "$d$lib"
   done
@@ -99,11 +99,13 @@ layer "$work/coredns" "$work/coredns.tar"
 image coredns v1 '["/coredns"]' "$work/coredns.tar"
 
 echo "images.sh: dragonfly ${tags[*]}" >&2
-rel="$root/target/release"
+# PROFILE=debug reuses the test command's debug build (stripped, so the
+# image stays small); release is the default for people trying it.
+rel="$root/target/${PROFILE:-release}"
 bins=(dfdaemon dfget dragonfly-scheduler dragonfly-operator)
 mkdir -p "$work/df"
 busybox_root "$work/df"
-for b in "${bins[@]}"; do cp "$rel/$b" "$work/df/usr/local/bin/$b"; done
+for b in "${bins[@]}"; do strip -o "$work/df/usr/local/bin/$b" "$rel/$b"; done
 libs "$work/df" "${bins[@]/#/$rel/}"
 mkdir -p "$work/df/etc/ssl/certs"
 cp /etc/ssl/certs/ca-certificates.crt "$work/df/etc/ssl/certs/" 2>/dev/null || true

@@ -44,3 +44,12 @@ start() {
     >"$K8S_RUN/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$K8S_RUN/pids/$name"
 }
+# The anonymous registry, stopped and started again (same storage) by tests.
+registry_stop() {
+  kill -TERM "$(cat "$K8S_RUN/pids/registry")" 2>/dev/null || true
+  wait_for 20 "registry to stop" sh -c "! curl -s --max-time 1 http://$REGISTRY/v2/"
+}
+registry_start() {
+  start registry "$REG" docker-registry serve "$K8S_RUN/registry/public.yaml"
+  wait_for 30 "registry" curl -sf "http://$REGISTRY/v2/"
+}

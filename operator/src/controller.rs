@@ -22,7 +22,7 @@ use crate::crd::{DefaultImage, DragonflyCluster, DragonflyClusterStatus};
 use crate::metrics::Metrics;
 use crate::nodes;
 use crate::status::{self, READY};
-use crate::validate::validate;
+use crate::validate::{validate, validate_name};
 
 /// Held until every node's containerd mirror config is restored.
 pub const FINALIZER: &str = "p2p.dragonfly.dev/cleanup";
@@ -175,7 +175,8 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
     }
 
     let now = (ctx.clock)();
-    let problems = validate(&dfc.spec);
+    let mut problems = validate(&dfc.spec);
+    problems.extend(validate_name(&dfc.name_any()));
     if !problems.is_empty() {
         ctx.metrics.failure("InvalidSpec");
         let new = status::invalid(
@@ -364,6 +365,24 @@ async fn cleanup(
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
+    // A name no derived object can carry never produced any: nothing to
+    // restore (names are immutable), and a cleanup DaemonSet under that
+    // name would be refused forever.
+    if let Some(problem) = validate_name(&dfc.name_any()) {
+        publish(
+            ctx,
+            dfc,
+            EventType::Normal,
+            "CleanupSkipped",
+            "Deleting",
+            Some(format!(
+                "{problem}; nothing was created, nothing to restore"
+            )),
+        )
+        .await;
+        set_finalizers(api, dfc, remaining).await?;
+        return Ok(Action::await_change());
+    }
     if !dfc.spec.containerd.restore_on_delete {
         publish(
             ctx,

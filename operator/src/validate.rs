@@ -19,6 +19,25 @@ impl fmt::Display for SpecProblem {
     }
 }
 
+/// Longest cluster name whose derived objects the API server accepts: the
+/// name is a label value (at most 63 characters), and the seed-peer
+/// StatefulSet's name plus `-` and a 10-character revision hash must be one
+/// too (`controller-revision-hash`), which is the tightest of the limits.
+pub const MAX_CLUSTER_NAME: usize = 63 - "-seed-peer".len() - 11;
+
+/// A problem with the cluster's own name, which every object it owns
+/// derives its name and labels from.
+pub fn validate_name(name: &str) -> Option<SpecProblem> {
+    (name.len() > MAX_CLUSTER_NAME).then(|| SpecProblem {
+        field: "metadata.name".into(),
+        message: format!(
+            "{name:?} is {} characters; a DragonflyCluster's name may have at most {MAX_CLUSTER_NAME} \
+             (its Services, StatefulSet and labels derive from it)",
+            name.len()
+        ),
+    })
+}
+
 /// Every problem in the spec, in field order; empty means valid.
 pub fn validate(spec: &DragonflyClusterSpec) -> Vec<SpecProblem> {
     let mut out = Vec::new();
@@ -210,6 +229,26 @@ mod tests {
     #[test]
     fn default_spec_is_valid() {
         assert_eq!(validate(&DragonflyClusterSpec::default()), vec![]);
+    }
+
+    #[test]
+    fn a_name_too_long_for_derived_objects_is_refused() {
+        assert_eq!(validate_name(&"a".repeat(MAX_CLUSTER_NAME)), None);
+        let long = "a".repeat(MAX_CLUSTER_NAME + 1);
+        let problem = validate_name(&long).expect("too long");
+        assert_eq!(problem.field, "metadata.name");
+        assert!(
+            problem.message.contains("at most 42"),
+            "{}",
+            problem.message
+        );
+        // The tightest limit: StatefulSet name plus revision hash as a label.
+        let sts = format!(
+            "{}-seed-peer-{}",
+            "a".repeat(MAX_CLUSTER_NAME),
+            "0123456789"
+        );
+        assert_eq!(sts.len(), 63);
     }
 
     #[test]

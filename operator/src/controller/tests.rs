@@ -637,3 +637,39 @@ async fn apply_refusal_reaches_status_and_events_and_backs_off() {
     run(&stored(&fake), &ctx).await.expect("reconcile");
     assert_ne!(condition(&stored(&fake), READY).1, "ApplyFailed");
 }
+
+/// A name too long for the objects derived from it: the list calls by
+/// label and the applies would be refused forever. It is reported as an
+/// invalid spec, and deleting it releases the finalizer at once (nothing
+/// was ever created under that name).
+#[tokio::test]
+async fn a_cluster_name_too_long_for_its_objects_is_reported_and_deletable() {
+    let long = "a".repeat(crate::validate::MAX_CLUSTER_NAME + 1);
+    let path = format!("/apis/p2p.dragonfly.dev/v1alpha1/namespaces/{NS}/dragonflyclusters/{long}");
+    let mut dfc = fixture("default");
+    dfc.metadata.name = Some(long.clone());
+    dfc.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let (client, fake) = FakeApi::start();
+    fake.insert(NS_PATH, namespace("Active"));
+    fake.insert(&path, serde_json::to_value(&dfc).expect("json"));
+    let ctx = context(client, 1000);
+    let load = |fake: &FakeApi| -> DragonflyCluster {
+        serde_json::from_value(fake.object(&path).expect("stored")).expect("parses")
+    };
+    run(&load(&fake), &ctx)
+        .await
+        .expect("invalid spec is not an error");
+    assert_eq!(fake.event_reasons(), ["InvalidSpec"]);
+    let (st, reason, message) = condition(&load(&fake), READY);
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.starts_with("metadata.name:"), "{message}");
+
+    fake.clear_calls();
+    fake.insert(
+        &path,
+        serde_json::to_value(deleting(load(&fake), 1000)).expect("json"),
+    );
+    run(&load(&fake), &ctx).await.expect("cleanup");
+    assert_eq!(fake.event_reasons(), ["CleanupSkipped"]);
+    assert_eq!(load(&fake).finalizers(), Vec::<String>::new());
+}
