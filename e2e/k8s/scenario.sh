@@ -148,7 +148,10 @@ install() {
 uninstall() {
   case $mode in
     manifests)
-      kc delete -f "$root/manifests/" --wait --timeout=300s >&2
+      # The clusters first, while the operator that restores the nodes and
+      # its RBAC still exist; then everything the manifests created.
+      kc delete dfc --all --all-namespaces --wait --timeout=300s >&2
+      kc delete -f "$root/manifests/" --ignore-not-found --wait --timeout=300s >&2
       ;;
     helm)
       kc -n "$NSP" delete dfc "$DFC" --wait --timeout=300s >&2
