@@ -369,34 +369,26 @@ async fn cleanup(
     // restore (names are immutable), and a cleanup DaemonSet under that
     // name would be refused forever.
     if let Some(problem) = validate_name(&dfc.name_any()) {
-        publish(
+        return release(
+            api,
             ctx,
             dfc,
             EventType::Normal,
             "CleanupSkipped",
-            "Deleting",
-            Some(format!(
-                "{problem}; nothing was created, nothing to restore"
-            )),
+            format!("{problem}; nothing was created, nothing to restore"),
         )
         .await;
-        set_finalizers(api, dfc, remaining).await?;
-        return Ok(Action::await_change());
     }
     if !dfc.spec.containerd.restore_on_delete {
-        publish(
+        return release(
+            api,
             ctx,
             dfc,
             EventType::Normal,
             "CleanupSkipped",
-            "Deleting",
-            Some(
-                "spec.containerd.restoreOnDelete is false; node mirror config left in place".into(),
-            ),
+            "spec.containerd.restoreOnDelete is false; node mirror config left in place".into(),
         )
         .await;
-        set_finalizers(api, dfc, remaining).await?;
-        return Ok(Action::await_change());
     }
 
     // An invalid spec may name unsafe host paths; never mount them to restore.
@@ -410,17 +402,7 @@ async fn cleanup(
                 .collect::<Vec<_>>()
                 .join("; ")
         );
-        publish(
-            ctx,
-            dfc,
-            EventType::Warning,
-            "CleanupSkipped",
-            "Deleting",
-            Some(note),
-        )
-        .await;
-        set_finalizers(api, dfc, remaining).await?;
-        return Ok(Action::await_change());
+        return release(api, ctx, dfc, EventType::Warning, "CleanupSkipped", note).await;
     }
 
     let bctx = build::Ctx::new(dfc, &ctx.images)?;
@@ -444,7 +426,7 @@ async fn cleanup(
             "namespace {ns} is being deleted, so the {ds_name} DaemonSet cannot be created"
         );
         return restore_without_cleanup_pods(
-            dfc, ctx, ns, api, &bctx, existing, &why, remaining, waited, timeout,
+            dfc, ctx, ns, api, &bctx, existing, &why, waited, timeout,
         )
         .await;
     }
@@ -467,7 +449,7 @@ async fn cleanup(
                 join_failures(&done.failures)
             );
             return restore_without_cleanup_pods(
-                dfc, ctx, ns, api, &bctx, existing, &why, remaining, waited, timeout,
+                dfc, ctx, ns, api, &bctx, existing, &why, waited, timeout,
             )
             .await;
         }
@@ -540,7 +522,6 @@ async fn restore_without_cleanup_pods(
     bctx: &build::Ctx<'_>,
     mut existing: Existing,
     why: &str,
-    remaining: Vec<String>,
     waited: i64,
     timeout: i64,
 ) -> Result<Action, Error> {
@@ -586,15 +567,25 @@ async fn restore_without_cleanup_pods(
     };
     warn!(%note, "releasing the finalizer without the cleanup DaemonSet");
     // Best effort: a terminating namespace refuses new events too; the log line stays.
-    publish(
-        ctx,
-        dfc,
-        EventType::Warning,
-        "CleanupDegraded",
-        "Deleting",
-        Some(note),
-    )
-    .await;
+    release(api, ctx, dfc, EventType::Warning, "CleanupDegraded", note).await
+}
+
+/// Says why the cleanup ends here, then lets the object go.
+async fn release(
+    api: &Api<DragonflyCluster>,
+    ctx: &Context,
+    dfc: &DragonflyCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> Result<Action, Error> {
+    publish(ctx, dfc, type_, reason, "Deleting", Some(note)).await;
+    let remaining = dfc
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
     set_finalizers(api, dfc, remaining).await?;
     Ok(Action::await_change())
 }
