@@ -189,6 +189,8 @@ pub struct DaemonProc {
     pub admin: SocketAddr,
     /// The registry mirror (a fresh free port on every start).
     pub proxy: SocketAddr,
+    /// The local task API (loopback; a fresh free port on every start).
+    pub api: SocketAddr,
 }
 
 impl DaemonProc {
@@ -202,6 +204,7 @@ impl DaemonProc {
         let peer = SocketAddr::new(spec.ip, spec.peer_port);
         let admin = SocketAddr::new(spec.ip, spec.admin_port);
         let proxy = SocketAddr::new(spec.ip, free_port(spec.ip)?);
+        let api = SocketAddr::new(spec.ip, free_port(spec.ip)?);
         let mut args = vec![
             "run".to_string(),
             "--data-dir".into(),
@@ -212,6 +215,8 @@ impl DaemonProc {
             admin.to_string(),
             "--proxy-listen".into(),
             proxy.to_string(),
+            "--api-listen".into(),
+            api.to_string(),
             "--advertise-ip".into(),
             spec.ip.to_string(),
             "--hostname".into(),
@@ -241,6 +246,7 @@ impl DaemonProc {
             peer,
             admin,
             proxy,
+            api,
         })
     }
 
@@ -251,7 +257,13 @@ impl DaemonProc {
         DaemonProc::start(spec, log_dir).await
     }
 
+    /// The local task API, as dfget on the daemon's host reaches it.
     pub fn task_api(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// The peer port, as other hosts (and attackers) reach it.
+    pub fn peer_api(&self) -> String {
         format!("http://{}", self.peer)
     }
 }

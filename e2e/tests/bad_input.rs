@@ -39,7 +39,7 @@ async fn dfget_exit_codes_and_clean_cache() {
     let out = dir.path().join("out");
 
     // Origin 404: exit 2, no output file.
-    let (code, stderr) = dfget(&origin.url("missing.bin"), &out, d.peer, &[])
+    let (code, stderr) = dfget(&origin.url("missing.bin"), &out, d.api, &[])
         .await
         .unwrap();
     assert_eq!(code, 2, "{stderr}");
@@ -48,7 +48,7 @@ async fn dfget_exit_codes_and_clean_cache() {
 
     // Wrong digest: exit 3, no output, nothing left in the daemon's cache.
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let (code, stderr) = dfget(&url, &out, d.peer, &[&format!("--digest={wrong}")])
+    let (code, stderr) = dfget(&url, &out, d.api, &[&format!("--digest={wrong}")])
         .await
         .unwrap();
     assert_eq!(code, 3, "{stderr}");
@@ -71,7 +71,7 @@ async fn dfget_exit_codes_and_clean_cache() {
     assert_eq!(body["failure"]["kind"], "digest_mismatch", "{body}");
 
     // Right digest: exit 0.
-    let (code, stderr) = dfget(&url, &out, d.peer, &[&format!("--digest={digest}")])
+    let (code, stderr) = dfget(&url, &out, d.api, &[&format!("--digest={digest}")])
         .await
         .unwrap();
     assert_eq!(code, 0, "{stderr}");
@@ -91,7 +91,7 @@ async fn dfget_exit_codes_and_clean_cache() {
     assert_eq!(code, 4);
 
     // Malformed input: 1 from dfget, 4xx from the API.
-    let (code, _) = dfget("ftp://nope", &out2, d.peer, &[]).await.unwrap();
+    let (code, _) = dfget("ftp://nope", &out2, d.api, &[]).await.unwrap();
     assert_eq!(code, 1);
     let base = d.task_api();
     let cases = [
@@ -109,19 +109,22 @@ async fn dfget_exit_codes_and_clean_cache() {
             .post(format!("{base}/api/v1/tasks"))
             .json(&serde_json::json!({"url": url, "surprise": 1})),
         client.get(format!("{base}/api/v1/tasks/..%2f..%2fetc")),
-        client.get(format!("{base}/api/v1/tasks/{digest}/pieces/notanumber")),
+        client.get(format!(
+            "{}/api/v1/tasks/{digest}/pieces/notanumber",
+            d.peer_api()
+        )),
     ];
     for case in cases {
         let resp = case.send().await.unwrap();
         assert!(resp.status().is_client_error(), "{:?}", resp.status());
     }
     let unknown = "a".repeat(64);
-    for path in [
-        format!("/api/v1/tasks/{unknown}"),
-        format!("/api/v1/tasks/{unknown}/pieces/0"),
+    for url in [
+        format!("{base}/api/v1/tasks/{unknown}"),
+        format!("{}/api/v1/tasks/{unknown}/pieces/0", d.peer_api()),
     ] {
-        let resp = client.get(format!("{base}{path}")).send().await.unwrap();
-        assert_eq!(resp.status(), 404, "{path}");
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{url}");
     }
 }
 
@@ -140,7 +143,7 @@ async fn corrupt_piece_on_a_parent_is_never_delivered() {
     .await
     .unwrap();
     let out = dir.path().join("a.out");
-    let (code, stderr) = dfget(&url, &out, a.peer, &[&format!("--digest={digest}")])
+    let (code, stderr) = dfget(&url, &out, a.api, &[&format!("--digest={digest}")])
         .await
         .unwrap();
     assert_eq!(code, 0, "{stderr}");
@@ -172,7 +175,7 @@ async fn corrupt_piece_on_a_parent_is_never_delivered() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let out_b = dir.path().join("b.out");
-    let (code, stderr) = dfget(&url, &out_b, b.peer, &[&format!("--digest={digest}")])
+    let (code, stderr) = dfget(&url, &out_b, b.api, &[&format!("--digest={digest}")])
         .await
         .unwrap();
     assert_eq!(

@@ -567,7 +567,18 @@ async fn forward_proxy_mode_shares_blobs_and_tunnels() {
     let digest = registry.push_blob(data.clone());
     let manifest = manifest_for(&digest, data.len());
     registry.push_manifest("proxied/app", "v1", manifest.clone());
-    let node = daemon("node", ip(34, 10), dir.path(), None).await;
+    let spec = DaemonSpec {
+        name: "node".into(),
+        ip: ip(34, 10),
+        scheduler: None,
+        seed: false,
+        data_dir: dir.path().join("node"),
+        // The forward proxy serves the listed hosts only.
+        extra_args: vec!["--forward-proxy-host".into(), "127.0.0.1".into()],
+        peer_port: 0,
+        admin_port: 0,
+    };
+    let node = DaemonProc::start(spec, dir.path()).await.unwrap();
     let via_proxy = reqwest::Client::builder()
         .proxy(reqwest::Proxy::http(format!("http://{}", node.proxy)).unwrap())
         .timeout(Duration::from_secs(60))
@@ -647,4 +658,23 @@ async fn forward_proxy_mode_shares_blobs_and_tunnels() {
     let mut answer = vec![0u8; 12];
     tcp.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"HTTP/1.1 502");
+
+    // Hosts that are not listed are refused, tunnel or plain request.
+    let other = format!(
+        "127.0.0.2:{}",
+        registry.host().rsplit(':').next().unwrap_or("1")
+    );
+    let mut tcp = tokio::net::TcpStream::connect(node.proxy).await.unwrap();
+    tcp.write_all(format!("CONNECT {other} HTTP/1.1\r\nHost: {other}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 12];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 403");
+    let refused = via_proxy
+        .get(format!("http://{other}/v2/proxied/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }

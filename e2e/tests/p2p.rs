@@ -69,7 +69,7 @@ async fn download_everywhere(
     for (i, d) in daemons.iter().enumerate() {
         let out = dir.join(format!("out-{}-{i}", d.spec.name));
         let url = url.to_string();
-        let peer = d.peer;
+        let peer = d.api;
         let digest_arg = format!("--digest={digest}");
         jobs.push(tokio::spawn(async move {
             let extra: Vec<&str> = if by_digest {

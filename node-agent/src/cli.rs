@@ -27,6 +27,23 @@ pub struct RunArgs {
     pub peer_listen: Option<SocketAddr>,
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
+    /// Local task API: unix:/PATH (default unix:/run/dragonfly/dfdaemon.sock)
+    /// or a loopback HOST:PORT.
+    #[arg(long)]
+    pub api_listen: Option<crate::api_address::ApiAddress>,
+    /// Serve the forward proxy for this host (`host` or `host:port`,
+    /// repeatable); without any, the forward proxy is off.
+    #[arg(long = "forward-proxy-host")]
+    pub forward_proxy_hosts: Vec<String>,
+    /// Open connections per listener.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Open connections per listener from one client address.
+    #[arg(long)]
+    pub max_connections_per_client: Option<usize>,
+    /// Deadline for a request's headers (and idle keep-alive), e.g. 30s.
+    #[arg(long)]
+    pub header_timeout: Option<humantime::Duration>,
     #[arg(long, env = "DFDAEMON_ADVERTISE_IP")]
     pub advertise_ip: Option<IpAddr>,
     /// Run as a seed peer.
@@ -101,9 +118,18 @@ impl RunArgs {
             proxy_listen,
             peer_listen,
             admin_listen,
-            upload_limit
+            api_listen,
+            upload_limit,
+            max_connections,
+            max_connections_per_client
         );
-        set!(heartbeat_interval, stall_timeout, piece_wait, piece_timeout);
+        set!(
+            heartbeat_interval,
+            stall_timeout,
+            piece_wait,
+            piece_timeout,
+            header_timeout
+        );
         if self.advertise_ip.is_some() {
             config.advertise_ip = self.advertise_ip;
         }
@@ -130,6 +156,9 @@ impl RunArgs {
         }
         if let Some(path) = self.containerd_config_path {
             config.containerd.config_path = path;
+        }
+        if !self.forward_proxy_hosts.is_empty() {
+            config.mirror.forward_proxy_hosts = self.forward_proxy_hosts;
         }
         if !self.containerd_registries.is_empty() {
             config.containerd.registries = self.containerd_registries;

@@ -26,6 +26,16 @@ pub struct DaemonConfig {
     pub proxy_listen: SocketAddr,
     pub peer_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The local task API (dfget): `unix:/PATH` or a loopback `host:port`.
+    pub api_listen: crate::api_address::ApiAddress,
+    /// Open connections per listener, in all...
+    pub max_connections: usize,
+    /// ...and from one client address.
+    pub max_connections_per_client: usize,
+    /// A request's headers must arrive within this; also how long an idle
+    /// keep-alive connection stays open.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
     /// Address other peers reach this one at (default: the peer-listen
     /// address when it is specific, else the host's address).
     pub advertise_ip: Option<IpAddr>,
@@ -82,6 +92,10 @@ impl Default for DaemonConfig {
             proxy_listen: SocketAddr::from(([0, 0, 0, 0], 65001)),
             peer_listen: SocketAddr::from(([0, 0, 0, 0], 65002)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 40901)),
+            api_listen: Default::default(),
+            max_connections: 1024,
+            max_connections_per_client: 256,
+            header_timeout: Duration::from_secs(30),
             advertise_ip: None,
             seed: false,
             hostname: None,
@@ -123,6 +137,14 @@ pub enum ConfigError {
 }
 
 impl DaemonConfig {
+    pub fn serve_limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            header_timeout: self.header_timeout,
+        }
+    }
+
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -147,6 +169,16 @@ impl DaemonConfig {
         if self.upload_limit == 0 {
             return Err(ConfigError::Invalid(
                 "upload_limit must be at least 1".into(),
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections_per_client == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections settings must be at least 1".into(),
+            ));
+        }
+        if self.header_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "header_timeout must be more than 0".into(),
             ));
         }
         if self.concurrent_pieces == 0 || self.concurrent_pieces_per_parent == 0 {

@@ -89,10 +89,9 @@ pub async fn download(
                     plan = Plan::Source;
                     continue;
                 };
-                let mut seed_request = request.clone();
+                let mut seed_request = request.for_network();
                 seed_request.task_id = Some(task.id.clone());
                 seed_request.seed_request = true;
-                seed_request.output = None;
                 // A lazy reader's seed fetches what the swarm asks for,
                 // not the whole content.
                 seed_request.lazy = !daemon.progress(&task.id).demand.wants_all();
@@ -614,11 +613,14 @@ async fn fetch_verified(
     index: u32,
 ) -> PieceResult {
     let result = async {
-        let (data, digest) = daemon.peers.piece(&base, &task.id, index).await?;
         let expected_len = task.with_meta(|m| {
             let (s, e) = piece_range(index, m.piece_length, m.content_length.unwrap_or(0));
             e.saturating_sub(s)
         });
+        let (data, digest) = daemon
+            .peers
+            .piece(&base, &task.id, index, expected_len)
+            .await?;
         if data.len() as u64 != expected_len {
             return Err(PeerError::Malformed(format!(
                 "piece {index} has {} bytes, expected {expected_len}",

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod announcer;
+pub mod api_address;
 pub mod cli;
 pub mod config;
 pub mod containerd;
@@ -21,8 +22,10 @@ pub mod piece_server;
 pub mod ratelimit;
 pub mod reader;
 pub mod scheduler_client;
+pub mod serve;
 pub mod source;
 pub mod store;
+pub mod task_api;
 pub mod task_id;
 pub mod task_request;
 
@@ -31,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use api_address::ApiAddress;
 use config::DaemonConfig;
 use daemon::Daemon;
 use scheduler_client::SchedulerPool;
@@ -92,6 +96,13 @@ pub async fn run(
     let proxy_listener = tokio::net::TcpListener::bind(config.proxy_listen)
         .await
         .with_context(|| format!("binding registry mirror on {}", config.proxy_listen))?;
+    let api_listener = match &config.api_listen {
+        ApiAddress::Unix(path) => serve::bind_unix(path).map(serve::Listener::Unix),
+        ApiAddress::Tcp(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(serve::Listener::Tcp),
+    }
+    .with_context(|| format!("binding the task API on {}", config.api_listen))?;
     let bound = Bound {
         proxy: proxy_listener.local_addr()?,
         peer: peer_listener.local_addr()?,
@@ -126,6 +137,7 @@ pub async fn run(
         proxy = %bound.proxy,
         peer = %bound.peer,
         admin = %bound.admin,
+        api = %config.api_listen,
         seed = config.seed,
         schedulers = ?config.scheduler,
         "dfdaemon starting"
@@ -134,19 +146,37 @@ pub async fn run(
     let mirror_router = mirror::router(daemon.clone()).context("setting up the registry mirror")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-        })
+    let serve = |name: &'static str, listener: serve::Listener, router: axum::Router| {
+        let refused = daemon
+            .metrics
+            .connections_refused
+            .get_or_create(&metrics::ListenerLabel { listener: name })
+            .clone();
+        tokio::spawn(serve::serve(
+            name,
+            listener,
+            router,
+            config.serve_limits(),
+            Some(refused),
+            stop_rx.clone(),
+        ))
     };
-    let peer_server = serve(peer_listener, piece_server::router(daemon.clone()));
-    let admin_server = serve(admin_listener, admin::router(daemon.clone(), ready.clone()));
-    let proxy_server = serve(proxy_listener, mirror_router);
+    let peer_server = serve(
+        "peer",
+        serve::Listener::Tcp(peer_listener),
+        piece_server::router(daemon.clone()),
+    );
+    let admin_server = serve(
+        "admin",
+        serve::Listener::Tcp(admin_listener),
+        admin::router(daemon.clone(), ready.clone()),
+    );
+    let proxy_server = serve(
+        "mirror",
+        serve::Listener::Tcp(proxy_listener),
+        mirror_router,
+    );
+    let api_server = serve("api", api_listener, task_api::local_router(daemon.clone()));
 
     if schedulers.is_configured() {
         schedulers.refresh().await;
@@ -192,7 +222,11 @@ pub async fn run(
         let _ = peer_server.await;
         let _ = admin_server.await;
         let _ = proxy_server.await;
+        let _ = api_server.await;
     })
     .await;
+    if let ApiAddress::Unix(path) = &config.api_listen {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }

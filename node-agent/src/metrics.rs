@@ -24,6 +24,12 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// mirror, peer, admin or api
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
     pub task: String,
 }
@@ -36,6 +42,8 @@ pub struct Metrics {
     pub upload_bytes: Counter,
     pub upload_pieces: Counter,
     pub upload_rejected: Counter,
+    /// Connections turned away for being over a listener's limits.
+    pub connections_refused: Family<ListenerLabel, Counter>,
     pub tasks: Family<ResultLabel, Counter>,
     pub failures: Family<ReasonLabel, Counter>,
     pub cache_bytes: Gauge<u64, AtomicU64>,
@@ -56,6 +64,12 @@ impl Metrics {
         let upload_bytes = Counter::default();
         let upload_pieces = Counter::default();
         let upload_rejected = Counter::default();
+        let connections_refused = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections turned away for being over a listener's connection limits",
+            connections_refused.clone(),
+        );
         let tasks = Family::<ResultLabel, Counter>::default();
         let failures = Family::<ReasonLabel, Counter>::default();
         let cache_bytes = Gauge::<u64, AtomicU64>::default();
@@ -118,6 +132,7 @@ impl Metrics {
             upload_bytes,
             upload_pieces,
             upload_rejected,
+            connections_refused,
             tasks,
             failures,
             cache_bytes,

@@ -83,6 +83,28 @@ impl PeerError {
     }
 }
 
+/// A body of exactly `expected` bytes, read without holding more.
+async fn read_capped(resp: reqwest::Response, expected: u64) -> Result<Bytes, PeerError> {
+    use futures::StreamExt;
+    let too_long =
+        |n: u64| PeerError::Malformed(format!("piece body of {n} bytes, expected {expected}"));
+    if let Some(announced) = resp.content_length() {
+        if announced != expected {
+            return Err(too_long(announced));
+        }
+    }
+    let mut data = bytes::BytesMut::with_capacity(expected as usize);
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(PeerClient::classify)?;
+        if data.len() as u64 + chunk.len() as u64 > expected {
+            return Err(too_long(data.len() as u64 + chunk.len() as u64));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data.freeze())
+}
+
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
@@ -94,6 +116,9 @@ impl PeerClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(16)
+            // Below the parents' idle deadline (30 s by default), so a
+            // pooled connection is not reused just as the parent drops it.
+            .pool_idle_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             .no_proxy()
             .build()?;
@@ -143,13 +168,16 @@ impl PeerClient {
         }
     }
 
-    /// Fetches one piece; returns its bytes and the digest the parent
-    /// recorded. The caller verifies the bytes against it.
+    /// Fetches one piece of `expected_len` bytes; returns its bytes and the
+    /// digest the parent recorded. The caller verifies the bytes against
+    /// it. A body longer than the piece is cut off as it arrives: a parent
+    /// cannot make this daemon buffer more than one piece.
     pub async fn piece(
         &self,
         base: &str,
         task_id: &str,
         index: u32,
+        expected_len: u64,
     ) -> Result<(Bytes, String), PeerError> {
         let url = format!("{base}/api/v1/tasks/{task_id}/pieces/{index}");
         let resp = self
@@ -180,7 +208,7 @@ impl PeerClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .ok_or_else(|| PeerError::Malformed("piece without digest header".into()))?;
-        let data = resp.bytes().await.map_err(Self::classify)?;
+        let data = read_capped(resp, expected_len).await?;
         Ok((data, digest))
     }
 
@@ -203,5 +231,63 @@ impl PeerClient {
         } else {
             Err(PeerError::Server(resp.status().as_u16()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A parent that answers every request with `head` and then `body`
+    /// bytes of zeros (or forever, with `None`).
+    async fn parent(head: &'static str, body: Option<usize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![0u8; 64 * 1024];
+                    let mut left = body.unwrap_or(usize::MAX);
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if conn.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        left -= n;
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_parent_cannot_make_a_child_buffer_more_than_a_piece() {
+        let client = PeerClient::new(Duration::from_secs(10)).unwrap();
+        let digest = "HTTP/1.1 200 OK\r\nx-dragonfly-piece-digest: sha256:00\r\n";
+        // Announced longer than the piece: refused before reading.
+        let announced: &'static str =
+            Box::leak(format!("{digest}content-length: 1073741824\r\n\r\n").into_boxed_str());
+        let base = parent(announced, Some(1 << 20)).await;
+        let err = client.piece(&base, "t", 0, 1024).await.unwrap_err();
+        assert!(matches!(err, PeerError::Malformed(_)), "{err}");
+        // No length, endless body: cut off once past the piece.
+        let endless: &'static str =
+            Box::leak(format!("{digest}connection: close\r\n\r\n").into_boxed_str());
+        let base = parent(endless, None).await;
+        let err = client.piece(&base, "t", 0, 1024).await.unwrap_err();
+        assert!(matches!(err, PeerError::Malformed(_)), "{err}");
+        // Exactly the piece: fine.
+        let exact: &'static str =
+            Box::leak(format!("{digest}content-length: 1024\r\n\r\n").into_boxed_str());
+        let base = parent(exact, Some(1024)).await;
+        let (data, _) = client.piece(&base, "t", 0, 1024).await.unwrap();
+        assert_eq!(data.len(), 1024);
     }
 }

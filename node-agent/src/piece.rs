@@ -8,6 +8,9 @@ use sha2::{Digest, Sha256};
 /// the delay each hop of the swarm adds.
 pub const MIN_PIECE_LENGTH: u32 = 1024 * 1024;
 pub const MAX_PIECE_LENGTH: u32 = 64 * 1024 * 1024;
+/// Most pieces a task may have: bounds every per-piece table (bitmaps,
+/// digests) whatever length a peer, the scheduler or an origin claims.
+pub const MAX_PIECES: u32 = 1 << 18;
 /// For content of unknown length, which may be large.
 pub const UNKNOWN_LENGTH_PIECE: u32 = 4 * 1024 * 1024;
 /// Aim for at most this many pieces per task.
@@ -21,6 +24,23 @@ pub fn piece_length_for(content_length: Option<u64>) -> u32 {
     };
     let wanted = len.div_ceil(TARGET_PIECES).max(1).next_power_of_two();
     wanted.clamp(MIN_PIECE_LENGTH as u64, MAX_PIECE_LENGTH as u64) as u32
+}
+
+/// Why a task shape (from the origin, a parent or the scheduler) cannot be
+/// used; `None` when it can.
+pub fn shape_error(content_length: Option<u64>, piece_length: u32) -> Option<String> {
+    if piece_length == 0 || piece_length > MAX_PIECE_LENGTH {
+        return Some(format!(
+            "piece length {piece_length} outside 1..={MAX_PIECE_LENGTH}"
+        ));
+    }
+    let count = content_length.map(|len| len.div_ceil(piece_length as u64));
+    match count {
+        Some(count) if count > MAX_PIECES as u64 => Some(format!(
+            "{count} pieces of {piece_length} bytes, more than {MAX_PIECES}"
+        )),
+        _ => None,
+    }
 }
 
 /// Number of pieces of a task, given its length.
@@ -96,6 +116,28 @@ impl FromIterator<u32> for Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_are_bounded() {
+        assert_eq!(
+            shape_error(Some(1 << 30), piece_length_for(Some(1 << 30))),
+            None
+        );
+        assert_eq!(shape_error(None, UNKNOWN_LENGTH_PIECE), None);
+        let largest = MAX_PIECES as u64 * MAX_PIECE_LENGTH as u64;
+        assert_eq!(shape_error(Some(largest), MAX_PIECE_LENGTH), None);
+        assert!(shape_error(Some(largest + 1), MAX_PIECE_LENGTH).is_some());
+        assert!(shape_error(Some(10), 0).is_some());
+        assert!(shape_error(Some(10), MAX_PIECE_LENGTH + 1).is_some());
+        // Our own choice is always acceptable, up to the largest content.
+        for len in [0, 1, 1 << 20, 1 << 40, largest] {
+            assert_eq!(
+                shape_error(Some(len), piece_length_for(Some(len))),
+                None,
+                "{len}"
+            );
+        }
+    }
 
     const MIB: u64 = 1024 * 1024;
 

@@ -1,29 +1,24 @@
-//! The peer-facing HTTP server (default :65002): pieces for other peers, and
-//! the local task API that dfget (and preheat) drive.
+//! The peer-facing HTTP server (default :65002): pieces and task shapes for
+//! other peers, plus the network part of the task API (see `task_api`).
 //!
 //! Peer routes:  GET /api/v1/tasks/{id}/pieces/{n}, GET /api/v1/tasks/{id}/shape
-//! Task API:     POST /api/v1/tasks, GET /api/v1/tasks, GET|DELETE /api/v1/tasks/{id},
-//!               GET /api/v1/tasks/{id}/content
 
 use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-use std::sync::atomic::Ordering;
+use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::daemon::{Daemon, StartError};
+use crate::daemon::Daemon;
 use crate::peer_client::{TaskShapeResponse, PIECE_DIGEST_HEADER, RETRY_REASON_HEADER};
 use crate::ratelimit::RateLimiter;
-use crate::store::{RunState, StoredTask, TaskFailure};
-use crate::task_id::is_valid_task_id;
-use crate::task_request::TaskRequest;
+use crate::store::RunState;
+use crate::task_api::{error, failure_response, find_task, LookupError};
 
 #[derive(Clone)]
 struct AppState {
@@ -38,170 +33,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .upload_rate
         .map(|rate| Arc::new(RateLimiter::new(rate.as_u64())));
     Router::new()
-        .route("/api/v1/tasks", post(create_task).get(list_tasks))
-        .route("/api/v1/tasks/{id}", get(task_status).delete(delete_task))
-        .route("/api/v1/tasks/{id}/content", get(task_content))
         .route("/api/v1/tasks/{id}/shape", get(task_shape))
         .route("/api/v1/tasks/{id}/pieces/{index}", get(piece))
         .with_state(AppState {
-            daemon,
+            daemon: daemon.clone(),
             limiter,
             claims: Claims::default(),
         })
-}
-
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    failure: Option<TaskFailure>,
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            error: message.into(),
-            failure: None,
-        }),
-    )
-        .into_response()
-}
-
-/// A failed download as an HTTP answer: the origin's own 4xx/5xx is
-/// reported as 502 with the details in the body.
-fn failure_response(failure: TaskFailure) -> Response {
-    let status = match failure {
-        TaskFailure::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    (
-        status,
-        Json(ErrorBody {
-            error: failure.to_string(),
-            failure: Some(failure),
-        }),
-    )
-        .into_response()
-}
-
-/// Why a task named in a path cannot be used.
-enum LookupError {
-    InvalidId(String),
-    Unknown(String),
-    Failed(TaskFailure),
-}
-
-impl IntoResponse for LookupError {
-    fn into_response(self) -> Response {
-        match self {
-            LookupError::InvalidId(id) => {
-                error(StatusCode::BAD_REQUEST, format!("invalid task id {id:?}"))
-            }
-            LookupError::Unknown(id) => error(StatusCode::NOT_FOUND, format!("unknown task {id}")),
-            LookupError::Failed(failure) => failure_response(failure),
-        }
-    }
-}
-
-fn find_task(daemon: &Daemon, id: &str) -> Result<Arc<StoredTask>, LookupError> {
-    if !is_valid_task_id(id) {
-        return Err(LookupError::InvalidId(id.to_string()));
-    }
-    if let Some(task) = daemon.store.get(id) {
-        return Ok(task);
-    }
-    // A task dropped because it failed still answers with why, for a while.
-    match daemon.recent_failure(id) {
-        Some(failure) => Err(LookupError::Failed(failure)),
-        None => Err(LookupError::Unknown(id.to_string())),
-    }
-}
-
-async fn create_task(
-    State(state): State<AppState>,
-    body: Result<Json<TaskRequest>, JsonRejection>,
-) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
-    };
-    match state.daemon.start_task(request) {
-        Ok(task) => (StatusCode::ACCEPTED, Json(status_of(&state.daemon, &task))).into_response(),
-        Err(StartError::BadRequest(message)) => error(StatusCode::BAD_REQUEST, message),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// What the task API reports about a task.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TaskStatus {
-    pub task_id: String,
-    pub url: String,
-    /// idle, running, complete or failed
-    pub state: String,
-    pub content_length: Option<u64>,
-    pub piece_length: u32,
-    pub pieces_total: Option<u32>,
-    pub pieces_done: u32,
-    pub bytes_done: u64,
-    pub from_origin: u64,
-    pub from_peers: u64,
-    pub error: Option<TaskFailure>,
-}
-
-fn status_of(daemon: &Daemon, task: &StoredTask) -> TaskStatus {
-    let meta = task.meta();
-    let progress = daemon.progress(&task.id);
-    let (state, error) = match task.run_state() {
-        _ if meta.complete => ("complete", None),
-        RunState::Running => ("running", None),
-        RunState::Failed(f) => ("failed", Some(f)),
-        RunState::Idle => ("idle", None),
-    };
-    TaskStatus {
-        task_id: meta.task_id.clone(),
-        url: meta.url.clone(),
-        state: state.to_string(),
-        content_length: meta.content_length,
-        piece_length: meta.piece_length,
-        pieces_total: meta.piece_count(),
-        pieces_done: meta.finished_pieces(),
-        bytes_done: meta.stored_bytes(),
-        from_origin: progress.from_origin.load(Ordering::Relaxed),
-        from_peers: progress.from_peers.load(Ordering::Relaxed),
-        error,
-    }
-}
-
-async fn list_tasks(State(state): State<AppState>) -> Response {
-    let list: Vec<TaskStatus> = state
-        .daemon
-        .store
-        .list()
-        .iter()
-        .map(|t| status_of(&state.daemon, t))
-        .collect();
-    Json(list).into_response()
-}
-
-async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match find_task(&state.daemon, &id) {
-        Ok(task) => Json(status_of(&state.daemon, &task)).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn delete_task(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    if let Err(e) = find_task(&state.daemon, &id) {
-        return e.into_response();
-    }
-    if state.daemon.store.remove(&id, false) {
-        state.daemon.forget(&id);
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        error(StatusCode::CONFLICT, "task is being read or written")
-    }
+        .merge(crate::task_api::network_router(daemon))
 }
 
 #[derive(Deserialize)]
@@ -393,45 +232,4 @@ impl Drop for UploadClaim {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.key);
     }
-}
-
-#[tracing::instrument(skip(state), fields(content_task = %id))]
-async fn task_content(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let daemon = state.daemon.clone();
-    let task = match find_task(&daemon, &id) {
-        Ok(task) => task,
-        Err(e) => return e.into_response(),
-    };
-    let from_cache = task.is_complete();
-    let length = match task.wait_shape(daemon.config.stall_timeout).await {
-        Ok(Some((length, _))) => length,
-        Ok(None) => {
-            if let RunState::Failed(f) = task.run_state() {
-                return failure_response(f);
-            }
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "content length not known in time",
-            );
-        }
-        Err(failure) => return failure_response(failure),
-    };
-    task.touch();
-    let metrics = daemon.metrics.clone();
-    let on_bytes: Box<dyn Fn(u64) + Send + Sync> = if from_cache {
-        Box::new(move |n| metrics.obtained("cache", n))
-    } else {
-        Box::new(|_| {})
-    };
-    let stall = daemon.config.stall_timeout;
-    let stream = crate::reader::stream_range(task, 0, length, stall, on_bytes)
-        .map(|r| r.map_err(std::io::Error::from));
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    resp
 }

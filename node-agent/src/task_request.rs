@@ -41,16 +41,82 @@ pub struct TaskRequest {
     pub prefetch: bool,
 }
 
+/// Headers a request from another host may carry to the origin: what a
+/// registry fetch needs, nothing that could steer the request elsewhere.
+/// (`x-dragonfly-via` is the mirror's loop guard.)
+pub const NETWORK_HEADERS: &[&str] = &["authorization", "accept", "x-dragonfly-via"];
+
+/// Why a task request from the network is refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NetworkRequestError {
+    #[error("an output file can only be named through the local task API")]
+    Output,
+    #[error("task id {given} does not belong to this request (its own is {own})")]
+    ForeignTaskId { given: String, own: String },
+    #[error("header {0:?} cannot be set from the network")]
+    Header(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
 impl TaskRequest {
     pub fn task_id(&self) -> Result<String, TaskIdError> {
+        Ok(match &self.task_id {
+            Some(id) if self.digest.is_none() => id.clone(),
+            _ => self.own_task_id()?,
+        })
+    }
+
+    /// The id derived from what the request asks for (digest, or URL, tag
+    /// and filtered query), whatever `task_id` it names.
+    pub fn own_task_id(&self) -> Result<String, TaskIdError> {
         if let Some(digest) = &self.digest {
             return task_id::task_id_for_digest(digest);
         }
-        let computed = match &self.filtered_query_params {
-            Some(filtered) => task_id::task_id_for_url(&self.url, filtered, &self.tag)?,
-            None => task_id::task_id_for_url(&self.url, &task_id::default_filtered(), &self.tag)?,
-        };
-        Ok(self.task_id.clone().unwrap_or(computed))
+        match &self.filtered_query_params {
+            Some(filtered) => task_id::task_id_for_url(&self.url, filtered, &self.tag),
+            None => task_id::task_id_for_url(&self.url, &task_id::default_filtered(), &self.tag),
+        }
+    }
+
+    /// What a request from another host may not do: write a file, attach
+    /// itself to another request's task (its pieces would then be trusted
+    /// by everyone fetching that task), or send the origin headers beyond
+    /// [`NETWORK_HEADERS`].
+    pub fn check_from_network(&self) -> Result<(), NetworkRequestError> {
+        if self.output.is_some() {
+            return Err(NetworkRequestError::Output);
+        }
+        let own = self
+            .own_task_id()
+            .map_err(|e| NetworkRequestError::Invalid(e.to_string()))?;
+        if let Some(given) = &self.task_id {
+            if *given != own {
+                return Err(NetworkRequestError::ForeignTaskId {
+                    given: given.clone(),
+                    own,
+                });
+            }
+        }
+        if let Some(name) = self.headers.keys().find(|name| !is_network_header(name)) {
+            return Err(NetworkRequestError::Header(name.clone()));
+        }
+        Ok(())
+    }
+
+    /// The same request as another host may send it: without an output
+    /// file and with only the headers [`NETWORK_HEADERS`] allows.
+    pub fn for_network(&self) -> TaskRequest {
+        TaskRequest {
+            output: None,
+            headers: self
+                .headers
+                .iter()
+                .filter(|(name, _)| is_network_header(name))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..self.clone()
+        }
     }
 
     /// Checks what can be checked before starting anything.
@@ -82,9 +148,62 @@ impl TaskRequest {
     }
 }
 
+fn is_network_header(name: &str) -> bool {
+    NETWORK_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_network_cannot_write_files_or_take_over_tasks() {
+        let own = TaskRequest {
+            url: "http://o/x".into(),
+            headers: [("Authorization".to_string(), "Basic x".to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(own.check_from_network(), Ok(()));
+        let with_own_id = TaskRequest {
+            task_id: Some(own.own_task_id().unwrap()),
+            ..own.clone()
+        };
+        assert_eq!(with_own_id.check_from_network(), Ok(()));
+        let output = TaskRequest {
+            output: Some("/etc/containerd/certs.d/x/hosts.toml".into()),
+            ..own.clone()
+        };
+        assert_eq!(
+            output.check_from_network(),
+            Err(NetworkRequestError::Output)
+        );
+        let foreign = TaskRequest {
+            task_id: Some("ab".repeat(32)),
+            ..own.clone()
+        };
+        assert!(matches!(
+            foreign.check_from_network(),
+            Err(NetworkRequestError::ForeignTaskId { .. })
+        ));
+        // With a digest the id is the digest, whatever task_id says.
+        let digest = TaskRequest {
+            digest: Some(format!("sha256:{}", "cd".repeat(32))),
+            task_id: Some("ab".repeat(32)),
+            ..own.clone()
+        };
+        assert_eq!(digest.task_id().unwrap(), "cd".repeat(32));
+        assert!(digest.check_from_network().is_err());
+        let header = TaskRequest {
+            headers: [("Host".to_string(), "metadata".to_string())].into(),
+            ..own.clone()
+        };
+        assert_eq!(
+            header.check_from_network(),
+            Err(NetworkRequestError::Header("Host".into()))
+        );
+        assert_eq!(header.for_network().check_from_network(), Ok(()));
+        assert!(is_network_header(crate::mirror::VIA_HEADER));
+    }
 
     #[test]
     fn validation() {

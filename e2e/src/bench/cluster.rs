@@ -222,6 +222,10 @@ impl Cluster {
             "0.0.0.0:65002".into(),
             "--admin-listen".into(),
             "0.0.0.0:40901".into(),
+            // Each host's own loopback (its network namespace), where the
+            // puller runs.
+            "--api-listen".into(),
+            "127.0.0.1:65003".into(),
             "--advertise-ip".into(),
             host.ip.to_string(),
             "--hostname".into(),

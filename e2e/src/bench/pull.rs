@@ -23,7 +23,7 @@ pub struct PullTarget {
     pub concurrency: usize,
     /// Attempts per blob (a retry resumes nothing: the blob is fetched again).
     pub attempts: u32,
-    /// Fetch blobs through this dfdaemon task API (`http://127.0.0.1:65002`)
+    /// Fetch blobs through this dfdaemon task API (`http://127.0.0.1:65003`)
     /// instead of GETs to `base`; the manifest still comes from `base`.
     pub task_api: Option<String>,
 }

@@ -102,7 +102,7 @@ impl Cluster {
             let (base, mirror_for) = base_for(host);
             let mut cmd = self.puller(host, &base, mirror_for.as_deref());
             if task_api {
-                cmd.args(["--task-api", "http://127.0.0.1:65002"]);
+                cmd.args(["--task-api", "http://127.0.0.1:65003"]);
             }
             jobs.push(async move { (*host, run_puller(cmd, PULL_TIMEOUT).await) });
         }

@@ -96,7 +96,7 @@ async fn demo(args: Args, dir: PathBuf) -> anyhow::Result<()> {
     let mut jobs = Vec::new();
     for d in &daemons {
         let out = dir.join(format!("{}.out", d.spec.name));
-        let (url, peer, name) = (url.clone(), d.peer, d.spec.name.clone());
+        let (url, peer, name) = (url.clone(), d.api, d.spec.name.clone());
         let digest_arg = format!("--digest={digest}");
         jobs.push(tokio::spawn(async move {
             let result = dfget(&url, &out, peer, &[&digest_arg]).await;

@@ -7,8 +7,9 @@
 use clap::Parser;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use node_agent::piece_server::TaskStatus;
+use node_agent::api_address::ApiAddress;
 use node_agent::store::TaskFailure;
+use node_agent::task_api::TaskStatus;
 use node_agent::task_request::TaskRequest;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -38,9 +39,9 @@ struct Args {
     /// Separates downloads of the same URL into different tasks.
     #[arg(long, default_value = "")]
     tag: String,
-    /// dfdaemon task API address.
-    #[arg(long, default_value = "127.0.0.1:65002", env = "DFGET_DAEMON")]
-    daemon: String,
+    /// The local dfdaemon's task API: unix:/PATH or HOST:PORT.
+    #[arg(long, default_value = "unix:/run/dragonfly/dfdaemon.sock", env = "DFGET_DAEMON", value_parser = ApiAddress::parse_client)]
+    daemon: ApiAddress,
     /// Fail (exit 4) instead of downloading straight from the origin when
     /// the daemon is unreachable.
     #[arg(long)]
@@ -157,12 +158,13 @@ where
 }
 
 async fn via_daemon(args: &Args, request: &TaskRequest) -> Result<u64, Failure> {
-    let http = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
-        .no_proxy()
-        .build()
+        .no_proxy();
+    let (http, base) = args
+        .daemon
+        .client(builder)
         .map_err(|e| Failure::Other(e.to_string()))?;
-    let base = format!("http://{}", args.daemon);
     let resp = http
         .post(format!("{base}/api/v1/tasks"))
         .json(request)

@@ -41,9 +41,11 @@ pub struct MirrorConfig {
     #[serde(with = "humantime_serde")]
     pub range_timeout: Duration,
     /// Forward HTTP proxy on the same port (a runtime configured with
-    /// `image-proxy: http://127.0.0.1:65001`): absolute-URI requests and
-    /// CONNECT tunnels.
-    pub forward_proxy: bool,
+    /// `image-proxy: http://127.0.0.1:65001`), for these hosts only
+    /// (`host`, any port, or `host:port`): absolute-URI requests and
+    /// CONNECT tunnels. Empty (the default): no forward proxy, so the port
+    /// is never an open relay into the cluster network.
+    pub forward_proxy_hosts: Vec<String>,
     /// Regexes over the full URL: matching GETs of a forward-proxied request
     /// go through P2P, everything else passes straight through.
     pub proxy_rules: Vec<String>,
@@ -61,9 +63,26 @@ impl Default for MirrorConfig {
             upstream_timeout: Duration::from_secs(20),
             prefetch: false,
             range_timeout: Duration::from_secs(4),
-            forward_proxy: true,
+            forward_proxy_hosts: Vec::new(),
             proxy_rules: vec!["blobs/sha256.*".into()],
         }
+    }
+}
+
+impl MirrorConfig {
+    /// Whether the forward proxy may reach `host` on `port`.
+    pub fn forward_proxy_allows(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.forward_proxy_hosts.iter().any(|allowed| {
+            let (allowed_host, allowed_port) = match allowed.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => {
+                    (h, p.parse::<u16>().ok())
+                }
+                _ => (allowed.as_str(), None),
+            };
+            let allowed_host = allowed_host.trim_start_matches('[').trim_end_matches(']');
+            allowed_host.eq_ignore_ascii_case(host) && allowed_port.is_none_or(|p| p == port)
+        })
     }
 }
 
@@ -95,4 +114,25 @@ pub enum OfflinePolicy {
     /// Anything the cluster holds (registries without private content):
     /// lets a node that never reached the registry pull during an outage.
     Any,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_proxy_reaches_listed_hosts_only() {
+        let none = MirrorConfig::default();
+        assert!(!none.forward_proxy_allows("registry.example.com", 443));
+        let some = MirrorConfig {
+            forward_proxy_hosts: vec!["registry.example.com".into(), "10.0.0.5:5000".into()],
+            ..Default::default()
+        };
+        assert!(some.forward_proxy_allows("registry.example.com", 443));
+        assert!(some.forward_proxy_allows("REGISTRY.example.com", 80));
+        assert!(some.forward_proxy_allows("10.0.0.5", 5000));
+        assert!(!some.forward_proxy_allows("10.0.0.5", 22));
+        assert!(!some.forward_proxy_allows("169.254.169.254", 80));
+        assert!(!some.forward_proxy_allows("registry.example.com.evil", 443));
+    }
 }

@@ -36,13 +36,16 @@ pub fn is_proxy_request(request: &Request) -> bool {
 }
 
 pub async fn serve(mirror: &Arc<Mirror>, request: Request) -> (&'static str, Response) {
-    if !mirror.config.forward_proxy {
+    if mirror.config.forward_proxy_hosts.is_empty() {
         let resp = oci_error(
             StatusCode::FORBIDDEN,
             "DENIED",
             "forward proxy mode is disabled",
         );
         return ("proxy", resp);
+    }
+    if let Some(refusal) = refuse_target(mirror, request.uri()) {
+        return ("proxy", refusal);
     }
     if request.method() == Method::CONNECT {
         return ("connect", tunnel(request).await);
@@ -63,6 +66,39 @@ pub async fn serve(mirror: &Arc<Mirror>, request: Request) -> (&'static str, Res
         }
     }
     ("proxy", pass_through(mirror, request).await)
+}
+
+/// Only the configured hosts: a forward proxy open to any destination
+/// would relay every pod's traffic to anything the node can reach. The
+/// answer for a target that is not allowed.
+fn refuse_target(mirror: &Mirror, uri: &Uri) -> Option<Response> {
+    let Some(host) = uri.host() else {
+        return Some(oci_error(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            "proxy request without a host",
+        ));
+    };
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    if mirror.config.forward_proxy_allows(host, port) {
+        return None;
+    }
+    tracing::warn!(
+        host,
+        port,
+        "forward proxy request for a host not configured"
+    );
+    Some(oci_error(
+        StatusCode::FORBIDDEN,
+        "DENIED",
+        &format!("the forward proxy does not serve {host}:{port}"),
+    ))
 }
 
 /// Registry blob URLs go through the mirror's blob path (access check,

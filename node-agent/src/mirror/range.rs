@@ -87,7 +87,27 @@ pub fn resolve(specs: &[RangeSpec], len: u64) -> Result<Vec<(u64, u64)>, RangeEr
     if out.is_empty() {
         return Err(RangeError::Unsatisfiable(len));
     }
+    // Overlapping ranges that add up to more than the content would make
+    // one small request answer many times the blob (RFC 9110 §14.2 lets a
+    // server coalesce them): merge them, so no answer exceeds the blob.
+    let total: u64 = out.iter().map(|(s, e)| e - s).sum();
+    if total > len {
+        out = coalesce(out);
+    }
     Ok(out)
+}
+
+/// Sorted, with overlapping and adjacent ranges merged.
+fn coalesce(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
 }
 
 /// `bytes START-END/LEN` for a half-open range.
@@ -99,6 +119,19 @@ pub fn content_range(start: u64, end: u64, len: u64) -> String {
 mod tests {
     use super::*;
     use RangeSpec::*;
+
+    #[test]
+    fn overlapping_ranges_never_answer_more_than_the_blob() {
+        let len = 64 << 20;
+        let many = format!("bytes={}", vec!["0-"; MAX_RANGES].join(","));
+        let resolved = resolve(&parse(&many).unwrap(), len).unwrap();
+        assert_eq!(resolved, vec![(0, len)]);
+        let mixed = resolve(&parse("bytes=10-19,0-14,-5,30-,0-9").unwrap(), 40).unwrap();
+        assert_eq!(mixed, vec![(0, 20), (30, 40)]);
+        // Disjoint ranges keep the order the client asked for.
+        let disjoint = resolve(&parse("bytes=20-29,0-9").unwrap(), 40).unwrap();
+        assert_eq!(disjoint, vec![(20, 30), (0, 10)]);
+    }
 
     #[test]
     fn single_and_multi_ranges() {

@@ -176,6 +176,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hostile_shapes_and_pieces_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+        let task = store.get_or_create(&id(9), "http://o/x", None).unwrap();
+        // Piece length 0 (a division by zero later) and 2^64 one-byte
+        // pieces (tables sized by the count) never become the shape.
+        for (length, piece) in [(Some(10), 0), (Some(u64::MAX), 1), (None, u32::MAX)] {
+            assert!(
+                matches!(
+                    task.set_shape(length, piece),
+                    Err(StoreError::BadShape { .. })
+                ),
+                "{length:?}/{piece}"
+            );
+        }
+        task.set_shape(Some(10), 4).unwrap();
+        // A piece outside the task, or of the wrong size, is not written.
+        for (index, data) in [
+            (3u32, &b"ab"[..]),
+            (1, b"abc"),
+            (2, b"abc"),
+            (u32::MAX, b"a"),
+        ] {
+            let data = Bytes::copy_from_slice(data);
+            let digest = piece_digest(&data);
+            assert!(
+                matches!(
+                    task.write_piece(index, data, digest).await,
+                    Err(StoreError::BadPiece { .. })
+                ),
+                "piece {index}"
+            );
+        }
+        let last = Bytes::from_static(b"ij");
+        task.write_piece(2, last.clone(), piece_digest(&last))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn pieces_survive_reopen_and_corruption_is_caught() {
         let dir = tempfile::tempdir().unwrap();
         {

@@ -38,8 +38,31 @@ pub enum StoreError {
     },
     #[error("task {0}: length not known yet")]
     ShapeUnknown(String),
+    #[error("task {task}: unusable shape: {why}")]
+    BadShape { task: String, why: String },
+    #[error("task {task}: piece {index} of {len} bytes does not fit the task's shape")]
+    BadPiece {
+        task: String,
+        index: u32,
+        len: usize,
+    },
     #[error("task {0} was removed")]
     Removed(String),
+}
+
+/// Whether `len` bytes are piece `index` of the task as far as its shape is
+/// known: inside the piece count, and exactly the piece's length (at most
+/// a piece length while the content length is unknown).
+fn piece_fits(meta: &TaskMeta, index: u32, len: usize) -> bool {
+    let len = len as u64;
+    match meta.content_length {
+        Some(content_length) => {
+            let count = crate::piece::piece_count(content_length, meta.piece_length);
+            let (start, end) = piece_range(index, meta.piece_length, content_length);
+            index < count && len == end - start
+        }
+        None => index < crate::piece::MAX_PIECES && len <= meta.piece_length as u64 && len > 0,
+    }
 }
 
 /// Why a download failed, kept so every waiting reader gets the same answer.
@@ -179,6 +202,12 @@ impl StoredTask {
         content_length: Option<u64>,
         piece_length: u32,
     ) -> Result<(), StoreError> {
+        if let Some(why) = crate::piece::shape_error(content_length, piece_length) {
+            return Err(StoreError::BadShape {
+                task: self.id.clone(),
+                why,
+            });
+        }
         let mut meta = self.lock_meta();
         let conflict = |meta: &TaskMeta| StoreError::ShapeConflict {
             task: self.id.clone(),
@@ -222,6 +251,13 @@ impl StoredTask {
             let meta = self.lock_meta();
             if meta.piece_length == 0 {
                 return Err(StoreError::ShapeUnknown(self.id.clone()));
+            }
+            if !piece_fits(&meta, index, data.len()) {
+                return Err(StoreError::BadPiece {
+                    task: self.id.clone(),
+                    index,
+                    len: data.len(),
+                });
             }
             index as u64 * meta.piece_length as u64
         };

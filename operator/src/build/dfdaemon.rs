@@ -20,6 +20,9 @@ use super::{env_from_field, http_probe, linux_node_selector, Component, Ctx, CON
 
 const C: Component = Component::Dfdaemon;
 pub const DFDAEMON_CONFIG_MOUNT: &str = "/etc/dragonfly";
+/// The node's directory of dfdaemon's local task API socket, mounted at the
+/// same path so `dfget` on the node finds the socket at its default.
+pub const API_SOCKET_DIR: &str = "/run/dragonfly";
 /// The directory holding containerd's config file, mounted read-only here.
 const CONTAINERD_CONFIG_MOUNT: &str = "/host/containerd-config";
 
@@ -59,6 +62,8 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
         format!("0.0.0.0:{}", d.admin_port),
         "--upload-limit".into(),
         d.upload_limit.to_string(),
+        "--api-listen".into(),
+        format!("unix:{API_SOCKET_DIR}/dfdaemon.sock"),
     ];
     if let Some(rate) = &d.upload_rate {
         args.extend(["--upload-rate".into(), rate.clone()]);
@@ -116,11 +121,17 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
         }),
         ..Volume::default()
     });
+    volumes.push(host_path("api-socket", API_SOCKET_DIR, "DirectoryOrCreate"));
     let mut mounts = container.volume_mounts.clone().unwrap_or_default();
     mounts.push(VolumeMount {
         name: "config".into(),
         mount_path: DFDAEMON_CONFIG_MOUNT.into(),
         read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    mounts.push(VolumeMount {
+        name: "api-socket".into(),
+        mount_path: API_SOCKET_DIR.into(),
         ..VolumeMount::default()
     });
     let container = Container {

@@ -42,6 +42,9 @@ pub fn statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
         format!("0.0.0.0:{}", d.admin_port),
         "--upload-limit".into(),
         d.upload_limit.to_string(),
+        // On the pod's own volume: only tools inside the pod use it.
+        "--api-listen".into(),
+        format!("unix:{DATA_MOUNT}/dfdaemon.sock"),
     ];
     if let Some(rate) = &s.upload_rate {
         args.extend(["--upload-rate".into(), rate.clone()]);

@@ -172,8 +172,14 @@ fn dfdaemon_daemonset_is_a_node_agent() {
         [
             "/var/lib/dragonfly",
             "/etc/containerd/certs.d",
-            "/etc/containerd"
+            "/etc/containerd",
+            "/run/dragonfly"
         ]
+    );
+    // The task API only on the node, where dfget looks for it.
+    assert!(
+        args.contains("--api-listen unix:/run/dragonfly/dfdaemon.sock"),
+        "{args}"
     );
 }
 

@@ -269,6 +269,8 @@ impl Dfdaemons {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .timeout(Duration::from_secs(60))
+                // dfdaemon closes idle connections after 30 s; drop them first.
+                .pool_idle_timeout(Duration::from_secs(20))
                 .build()?,
             max_attempts,
         })

@@ -1,0 +1,360 @@
+//! The node agent's ports as an attacker on the network meets them: every
+//! test here plays a pod that can reach 65001/65002/40901 of a node and
+//! tries what the trust model says it cannot do.
+
+use dragonfly_e2e::origin::{random_bytes, sha256_hex, Origin};
+use dragonfly_e2e::procs::{binary, dfget, free_port, DaemonProc, DaemonSpec, Proc};
+use dragonfly_e2e::registry::FakeRegistry;
+use reqwest::StatusCode;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: usize = 1024 * 1024;
+
+fn ip(block: u8, last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, block, last))
+}
+
+fn spec(name: &str, ip: IpAddr, dir: &Path, extra: &[&str]) -> DaemonSpec {
+    DaemonSpec {
+        name: name.into(),
+        ip,
+        scheduler: None,
+        seed: false,
+        data_dir: dir.join(name),
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        peer_port: 0,
+        admin_port: 0,
+    }
+}
+
+fn task_id_of(url: &str) -> String {
+    node_agent::task_request::TaskRequest {
+        url: url.into(),
+        ..Default::default()
+    }
+    .own_task_id()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_cannot_write_files_read_content_or_manage_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    let data = random_bytes(3 * MIB);
+    let url = origin.add("private.bin", data.clone());
+    let d = DaemonProc::start(spec("d", ip(70, 1), dir.path(), &[]), dir.path())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let peer = d.peer_api();
+
+    // A task that names an output file: today's root write anywhere.
+    let target = dir.path().join("hosts.toml");
+    let resp = http
+        .post(format!("{peer}/api/v1/tasks"))
+        .json(&serde_json::json!({ "url": url, "output": target }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("local task API"), "{body}");
+
+    // The content is fetched through the local API (as dfget does)...
+    let out = dir.path().join("out");
+    let (code, stderr) = dfget(&url, &out, d.api, &[]).await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let id = task_id_of(&url);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!target.exists(), "a file was written for the network");
+
+    // ...but the network can neither read it whole nor list, delete or
+    // copy it out.
+    let content = http
+        .get(format!("{peer}/api/v1/tasks/{id}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert!(content.status().is_client_error(), "{}", content.status());
+    let list = http
+        .get(format!("{peer}/api/v1/tasks"))
+        .send()
+        .await
+        .unwrap();
+    assert!(list.status().is_client_error(), "{}", list.status());
+    let delete = http
+        .delete(format!("{peer}/api/v1/tasks/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(delete.status().is_client_error(), "{}", delete.status());
+    let local = http
+        .get(format!("{}/api/v1/tasks/{id}", d.task_api()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(local.status(), StatusCode::OK, "the task is still there");
+
+    // Headers that could steer the origin request are refused.
+    let resp = http
+        .post(format!("{peer}/api/v1/tasks"))
+        .json(&serde_json::json!({ "url": url, "headers": {"Host": "metadata.internal"} }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // The progress a peer sees leaves out the URL's query (signatures).
+    let signed = origin.add("signed.bin", random_bytes(MIB));
+    let signed = format!("{signed}?X-Amz-Signature=secret");
+    let (code, stderr) = dfget(&signed, &dir.path().join("signed"), d.api, &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let status: serde_json::Value = http
+        .get(format!("{peer}/api/v1/tasks/{}", task_id_of(&signed)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown = status["url"].as_str().unwrap_or_default();
+    assert!(!shown.contains("secret"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_cannot_attach_other_bytes_to_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    let real = random_bytes(2 * MIB);
+    let real_url = origin.add("real.bin", real.clone());
+    let evil_url = origin.add("evil.bin", random_bytes(2 * MIB));
+    let d = DaemonProc::start(spec("d", ip(70, 2), dir.path(), &[]), dir.path())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    // The attacker's URL under the task id of the real one.
+    let resp = http
+        .post(format!("{}/api/v1/tasks", d.peer_api()))
+        .json(&serde_json::json!({ "url": evil_url, "task_id": task_id_of(&real_url) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(resp.text().await.unwrap().contains("does not belong"));
+    let out = dir.path().join("out");
+    let (code, stderr) = dfget(&real_url, &out, d.api, &[]).await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sha256_hex(&std::fs::read(&out).unwrap()), sha256_hex(&real));
+    // A task the network may start: its own id, no output. It runs.
+    let resp = http
+        .post(format!("{}/api/v1/tasks", d.peer_api()))
+        .json(&serde_json::json!({ "url": evil_url, "task_id": task_id_of(&evil_url) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+}
+
+/// Starts dfdaemon with exactly `args` (plus a data dir and free ports on
+/// `ip`) and waits until it is ready or has exited.
+async fn raw_daemon(name: &str, ip: IpAddr, dir: &Path, args: &[String]) -> (Proc, SocketAddr) {
+    let port = |ip| free_port(ip).unwrap();
+    let admin = SocketAddr::new(ip, port(ip));
+    let mut all = vec![
+        "run".to_string(),
+        "--data-dir".into(),
+        dir.join(name).display().to_string(),
+        "--proxy-listen".into(),
+        SocketAddr::new(ip, port(ip)).to_string(),
+        "--peer-listen".into(),
+        SocketAddr::new(ip, port(ip)).to_string(),
+        "--admin-listen".into(),
+        admin.to_string(),
+    ];
+    all.extend(args.iter().cloned());
+    let mut proc = Proc::spawn(name, &binary("dfdaemon").unwrap(), &all, dir).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && proc.is_running() {
+        let ready = reqwest::get(format!("http://{admin}/readyz")).await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (proc, admin)
+}
+
+async fn exits_with(proc: &mut Proc, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc.is_running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!proc.is_running(), "daemon kept running");
+    let log = proc.log_tail(20);
+    assert!(log.contains(needle), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_api_stays_on_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    // Never on an address other hosts reach.
+    let (mut open, _) = raw_daemon(
+        "open",
+        ip(70, 3),
+        dir.path(),
+        &["--api-listen".into(), "0.0.0.0:0".into()],
+    )
+    .await;
+    exits_with(&mut open, "must stay on this host").await;
+
+    // On a unix socket, dfget reaches it there...
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    let data = random_bytes(2 * MIB);
+    let url = origin.add("f.bin", data.clone());
+    let socket = dir.path().join("run/api.sock");
+    let api = vec![
+        "--api-listen".to_string(),
+        format!("unix:{}", socket.display()),
+    ];
+    let (mut first, _) = raw_daemon("first", ip(70, 4), dir.path(), &api).await;
+    assert!(first.is_running(), "{}", first.log_tail(20));
+    let out = dir.path().join("out");
+    let status = tokio::process::Command::new(binary("dfget").unwrap())
+        .arg(&url)
+        .arg("-O")
+        .arg(&out)
+        .arg("--daemon")
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--no-direct")
+        .arg("--quiet")
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(sha256_hex(&std::fs::read(&out).unwrap()), sha256_hex(&data));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "socket mode {mode:o}");
+
+    // ...and a second daemon cannot take the live socket over.
+    let (mut second, _) = raw_daemon("second", ip(70, 5), dir.path(), &api).await;
+    exits_with(&mut second, "in use by another running daemon").await;
+    assert!(first.is_running());
+    first.terminate(Duration::from_secs(10));
+}
+
+/// A TCP connection from `from` to `to`.
+async fn connect_from(from: IpAddr, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the server closes `stream` within `within` (reads EOF or reset).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_cannot_take_a_port_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = DaemonProc::start(
+        spec(
+            "d",
+            ip(70, 6),
+            dir.path(),
+            &[
+                "--max-connections-per-client",
+                "8",
+                "--max-connections",
+                "64",
+                "--header-timeout",
+                "2s",
+            ],
+        ),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let attacker = ip(70, 100);
+    for target in [d.admin, d.peer, d.proxy] {
+        let mut idle = Vec::new();
+        for _ in 0..8 {
+            idle.push(connect_from(attacker, target).await);
+        }
+        // One more from the same address is turned away at once...
+        let mut extra = connect_from(attacker, target).await;
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(2)).await,
+            "{target}: ninth connection kept"
+        );
+        // ...while another client is still served.
+        let other = connect_from(ip(70, 101), target).await;
+        drop(other);
+        let health = reqwest::get(format!("http://{}/healthz", d.admin))
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        // A request trickling in is cut off at the header deadline, and
+        // so are the idle connections.
+        let mut slow = idle.pop().unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        let started = Instant::now();
+        assert!(closed_within(&mut slow, Duration::from_secs(6)).await);
+        for mut conn in idle {
+            assert!(closed_within(&mut conn, Duration::from_secs(6)).await);
+        }
+        assert!(started.elapsed() < Duration::from_secs(8));
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", d.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("dfdaemon_connections_refused_total{listener=\"peer\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_ranges_cannot_multiply_a_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FakeRegistry::start("127.0.0.1:0", None).await.unwrap();
+    let data = random_bytes(4 * MIB);
+    let digest = registry.push_blob(data.clone());
+    let d = DaemonProc::start(spec("d", ip(70, 7), dir.path(), &[]), dir.path())
+        .await
+        .unwrap();
+    let url = format!(
+        "http://{}/v2/app/blobs/{digest}?ns={}",
+        d.proxy,
+        registry.host()
+    );
+    let ranges = format!("bytes={}", vec!["0-"; 128].join(","));
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header("Range", ranges)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.len(), data.len(), "one merged range, not 128 copies");
+    assert_eq!(sha256_hex(&body), sha256_hex(&data));
+}

@@ -1,0 +1,276 @@
+//! Serves a router on a listener with the limits a port facing a hostile
+//! network needs: a cap on open connections, in all and per client
+//! address, and a deadline for every request's headers (which also ends
+//! idle keep-alive connections). Idle or slow clients then cannot take a
+//! port away from everyone else.
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// A request's headers must arrive within this, counted from the end
+    /// of the previous request on the connection (or its start).
+    pub header_timeout: Duration,
+}
+
+/// Admits connections within the limits; counts the refused ones.
+struct Gate {
+    name: &'static str,
+    limits: Limits,
+    total: Arc<Semaphore>,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    refused: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+struct Admission {
+    gate: Arc<Gate>,
+    client: Option<IpAddr>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Gate {
+    fn admit(self: &Arc<Self>, client: Option<IpAddr>) -> Option<Admission> {
+        let slot = self.total.clone().try_acquire_owned().ok()?;
+        if let Some(ip) = client {
+            let mut per_client = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+            let open = per_client.entry(ip).or_default();
+            if *open >= self.limits.max_connections_per_client {
+                return None;
+            }
+            *open += 1;
+        }
+        Some(Admission {
+            gate: self.clone(),
+            client,
+            _slot: slot,
+        })
+    }
+
+    fn refuse(&self, client: Option<IpAddr>) {
+        if let Some(counter) = &self.refused {
+            counter.inc();
+        }
+        tracing::debug!(listener = self.name, client = ?client, "connection refused: over the connection limit");
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let Some(ip) = self.client else { return };
+        let mut per_client = self
+            .gate
+            .per_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = per_client.get_mut(&ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                per_client.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A listener `serve` can take connections from.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Serves `router` until `stop` changes; connections open then finish their
+/// current request. `refused` counts connections turned away.
+pub async fn serve(
+    name: &'static str,
+    listener: Listener,
+    router: axum::Router,
+    limits: Limits,
+    refused: Option<prometheus_client::metrics::counter::Counter>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let gate = Arc::new(Gate {
+        name,
+        limits,
+        total: Arc::new(Semaphore::new(limits.max_connections)),
+        per_client: Mutex::new(HashMap::new()),
+        refused,
+    });
+    loop {
+        let accepted = tokio::select! {
+            accepted = accept(&listener) => accepted,
+            _ = stop.changed() => return,
+        };
+        let (io, client) = match accepted {
+            Ok(found) => found,
+            Err(e) => {
+                // Out of file descriptors, typically: let some close.
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(admission) = gate.admit(client) else {
+            gate.refuse(client);
+            continue;
+        };
+        tokio::spawn(connection(
+            io,
+            router.clone(),
+            limits.header_timeout,
+            admission,
+            stop.clone(),
+        ));
+    }
+}
+
+enum Io {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<(Io, Option<IpAddr>)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (stream, peer) = l.accept().await?;
+            let _ = stream.set_nodelay(true);
+            Ok((Io::Tcp(stream), Some(peer.ip())))
+        }
+        Listener::Unix(l) => Ok((Io::Unix(l.accept().await?.0), None)),
+    }
+}
+
+async fn connection(
+    io: Io,
+    router: axum::Router,
+    header_timeout: Duration,
+    admission: Admission,
+    stop: watch::Receiver<bool>,
+) {
+    match io {
+        Io::Tcp(s) => http1(s, router, header_timeout, stop).await,
+        Io::Unix(s) => http1(s, router, header_timeout, stop).await,
+    }
+    drop(admission);
+}
+
+/// HTTP/1.1 only: every client of these ports (containerd, nydusd, peers,
+/// dfget) speaks it, and it keeps the header deadline meaningful.
+async fn http1<S>(
+    stream: S,
+    router: axum::Router,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Binds the unix socket of the local task API: its directory is created,
+/// a stale socket file replaced, a live one (another daemon) never taken
+/// over, and the socket is made reachable by its owner (root) alone.
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another running daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(total: usize, per_client: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            name: "test",
+            limits: Limits {
+                max_connections: total,
+                max_connections_per_client: per_client,
+                header_timeout: Duration::from_secs(1),
+            },
+            total: Arc::new(Semaphore::new(total)),
+            per_client: Mutex::new(HashMap::new()),
+            refused: None,
+        })
+    }
+
+    #[test]
+    fn one_client_cannot_take_every_connection() {
+        let gate = gate(4, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let first = gate.admit(Some(a)).unwrap();
+        let _second = gate.admit(Some(a)).unwrap();
+        assert!(gate.admit(Some(a)).is_none(), "third from the same client");
+        let _other = gate.admit(Some(b)).unwrap();
+        drop(first);
+        let _again = gate.admit(Some(a)).unwrap();
+        let _fourth = gate.admit(Some(b)).unwrap();
+        assert!(gate.admit(None).is_none(), "over the total");
+    }
+
+    #[test]
+    fn places_are_given_back() {
+        let gate = gate(1, 1);
+        for _ in 0..3 {
+            let held = gate.admit(Some([127, 0, 0, 1].into())).unwrap();
+            drop(held);
+        }
+        assert!(gate.per_client.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/api.sock");
+        let live = bind_unix(&path).unwrap();
+        let err = bind_unix(&path).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(live);
+        // The file is left behind with nobody listening: stale, replaced.
+        let _again = bind_unix(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
