@@ -83,6 +83,12 @@ impl FakeRegistry {
         digest
     }
 
+    /// Serves `data` as the blob `digest`, whatever it hashes to: a
+    /// registry (or a path to it) that corrupts content.
+    pub fn push_blob_as(&self, digest: &str, data: Bytes) {
+        self.lock().blobs.insert(digest.to_string(), data);
+    }
+
     /// Stores a manifest under `tag` and its digest; returns the digest.
     pub fn push_manifest(&self, repo: &str, tag: &str, body: Bytes) -> String {
         let digest = sha256_hex(&body);

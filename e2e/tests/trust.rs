@@ -358,3 +358,41 @@ async fn overlapping_ranges_cannot_multiply_a_blob() {
     assert_eq!(body.len(), data.len(), "one merged range, not 128 copies");
     assert_eq!(sha256_hex(&body), sha256_hex(&data));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_failing_its_digest_never_ends_as_a_clean_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FakeRegistry::start("127.0.0.1:0", None).await.unwrap();
+    let good = random_bytes(3 * MIB);
+    let digest = sha256_hex(&good);
+    let mut bad = good.to_vec();
+    bad[2 * MIB] ^= 1;
+    registry.push_blob_as(&digest, bad.into());
+    let d = DaemonProc::start(spec("d", ip(70, 8), dir.path(), &[]), dir.path())
+        .await
+        .unwrap();
+    let url = format!(
+        "http://{}/v2/app/blobs/{digest}?ns={}",
+        d.proxy,
+        registry.host()
+    );
+    let http = reqwest::Client::new();
+    for attempt in 0..2 {
+        let resp = http.get(&url).send().await.unwrap();
+        if !resp.status().is_success() {
+            continue;
+        }
+        // The body is cut before its announced end: containerd sees an
+        // error and retries instead of committing the wrong layer.
+        assert!(
+            resp.bytes().await.is_err(),
+            "attempt {attempt}: corrupt blob delivered whole"
+        );
+    }
+    // The bad copy is gone: once the registry serves the right bytes, the
+    // same request gets them.
+    registry.push_blob_as(&digest, good.clone());
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(sha256_hex(&resp.bytes().await.unwrap()), digest);
+}

@@ -15,6 +15,8 @@ pub enum ReadError {
     Failed(crate::store::TaskFailure),
     #[error("no progress for {0:?} while waiting for piece {1}")]
     Stalled(Duration, u32),
+    #[error("content not verified against its digest within {0:?}")]
+    Unverified(Duration),
     #[error("reading stored piece: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -82,8 +84,12 @@ pub fn stream_range(
             // the daemon has judged the content, so a client that has
             // everything never finds rejected content still cached
             // (Content-Length framing ends the response at the last byte).
-            // Range readers (lazy pull) are not held up.
-            await_verdict(&c.task, c.stall).await;
+            // Range readers (lazy pull) are not held up. Content that
+            // failed its digest (or was not judged in time) never ends as
+            // a clean answer: the body is cut, so the client retries.
+            if let Err(e) = await_verdict(&c.task, c.stall).await {
+                return Err(e);
+            }
         }
         let bytes =
             piece.slice((c.offset - piece_start) as usize..(chunk_end - piece_start) as usize);
@@ -98,10 +104,11 @@ pub fn stream_range(
 /// Waits (up to `timeout`) until a task whose digest is known up front has
 /// been judged: complete and verified, or failed and removed. Streams end
 /// only after this, so a client that finished reading never finds content
-/// the daemon is about to reject still in the cache.
-pub async fn await_verdict(task: &StoredTask, timeout: Duration) {
+/// the daemon is about to reject still in the cache. An error when the
+/// content was rejected or not judged in time.
+pub async fn await_verdict(task: &StoredTask, timeout: Duration) -> Result<(), ReadError> {
     if task.with_meta(|m| m.expected_digest.is_none()) {
-        return;
+        return Ok(());
     }
     let mut rx = task.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -113,7 +120,14 @@ pub async fn await_verdict(task: &StoredTask, timeout: Duration) {
             .await
             .is_err()
         {
-            return;
+            break;
         }
     }
+    if task.is_complete() && !task.is_removed() {
+        return Ok(());
+    }
+    Err(match task.run_state() {
+        crate::store::RunState::Failed(failure) => ReadError::Failed(failure),
+        _ => ReadError::Unverified(timeout),
+    })
 }

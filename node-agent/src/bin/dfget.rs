@@ -237,7 +237,34 @@ async fn via_daemon(args: &Args, request: &TaskRequest) -> Result<u64, Failure> 
     .await;
     poller.abort();
     bar.finish_and_clear();
-    result
+    match result {
+        // The daemon cuts the stream when the download fails (e.g. the
+        // content does not match its digest): ask it why.
+        Err(Failure::Other(cut)) => Err(why_failed(&http, &base, &task_id)
+            .await
+            .unwrap_or(Failure::Other(cut))),
+        other => other,
+    }
+}
+
+/// The failure a daemon recorded for a task, as dfget reports it.
+async fn why_failed(http: &reqwest::Client, base: &str, task_id: &str) -> Option<Failure> {
+    let resp = http
+        .get(format!("{base}/api/v1/tasks/{task_id}"))
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = resp.json().await.ok()?;
+    let failure = body
+        .get("failure")
+        .or_else(|| body.get("error"))
+        .cloned()
+        .and_then(|f| serde_json::from_value::<TaskFailure>(f).ok())?;
+    Some(match failure {
+        f @ TaskFailure::Origin { .. } => Failure::Origin(f.to_string()),
+        f @ TaskFailure::DigestMismatch { .. } => Failure::Digest(f.to_string()),
+        f => Failure::Other(f.to_string()),
+    })
 }
 
 async fn direct(args: &Args, request: &TaskRequest) -> Result<u64, Failure> {
