@@ -87,9 +87,7 @@ pub fn stream_range(
             // Range readers (lazy pull) are not held up. Content that
             // failed its digest (or was not judged in time) never ends as
             // a clean answer: the body is cut, so the client retries.
-            if let Err(e) = await_verdict(&c.task, c.stall).await {
-                return Err(e);
-            }
+            await_verdict(&c.task, c.stall).await?;
         }
         let bytes =
             piece.slice((c.offset - piece_start) as usize..(chunk_end - piece_start) as usize);
