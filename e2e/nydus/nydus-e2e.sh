@@ -265,7 +265,7 @@ start_dfdaemon() { # NAME IP [extra args...]
   shift 2
   "$BIN/dfdaemon" run --data-dir "$WORK/$name/data" --scheduler $SCHED_IP:8002 \
     --proxy-listen "$ip:65001" --peer-listen "$ip:65002" --admin-listen "$ip:40901" \
-    --api-listen "$ip:65003" \
+    --api-listen "$ip:65003" --allow-destination 127.0.0.0/8 \
     --advertise-ip "$ip" --hostname "$name" --cache-size 2GiB --heartbeat-interval 1s "$@" \
     >"$WORK/logs/$name.log" 2>&1 &
   PIDS+=($!)

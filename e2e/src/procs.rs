@@ -217,6 +217,9 @@ impl DaemonProc {
             proxy.to_string(),
             "--api-listen".into(),
             api.to_string(),
+            // The test origins and registries listen on loopback.
+            "--allow-destination".into(),
+            "127.0.0.0/8".into(),
             "--advertise-ip".into(),
             spec.ip.to_string(),
             "--hostname".into(),

@@ -161,16 +161,23 @@ async fn the_network_cannot_attach_other_bytes_to_a_task() {
 }
 
 /// Starts dfdaemon with exactly `args` (plus a data dir and free ports on
-/// `ip`) and waits until it is ready or has exited.
-async fn raw_daemon(name: &str, ip: IpAddr, dir: &Path, args: &[String]) -> (Proc, SocketAddr) {
+/// `ip`) and waits until it is ready or has exited. Returns the admin and
+/// mirror addresses.
+async fn raw_daemon(
+    name: &str,
+    ip: IpAddr,
+    dir: &Path,
+    args: &[String],
+) -> (Proc, SocketAddr, SocketAddr) {
     let port = |ip| free_port(ip).unwrap();
     let admin = SocketAddr::new(ip, port(ip));
+    let proxy = SocketAddr::new(ip, port(ip));
     let mut all = vec![
         "run".to_string(),
         "--data-dir".into(),
         dir.join(name).display().to_string(),
         "--proxy-listen".into(),
-        SocketAddr::new(ip, port(ip)).to_string(),
+        proxy.to_string(),
         "--peer-listen".into(),
         SocketAddr::new(ip, port(ip)).to_string(),
         "--admin-listen".into(),
@@ -186,7 +193,7 @@ async fn raw_daemon(name: &str, ip: IpAddr, dir: &Path, args: &[String]) -> (Pro
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (proc, admin)
+    (proc, admin, proxy)
 }
 
 async fn exits_with(proc: &mut Proc, needle: &str) {
@@ -203,7 +210,7 @@ async fn exits_with(proc: &mut Proc, needle: &str) {
 async fn the_task_api_stays_on_the_host() {
     let dir = tempfile::tempdir().unwrap();
     // Never on an address other hosts reach.
-    let (mut open, _) = raw_daemon(
+    let (mut open, _, _) = raw_daemon(
         "open",
         ip(70, 3),
         dir.path(),
@@ -220,8 +227,10 @@ async fn the_task_api_stays_on_the_host() {
     let api = vec![
         "--api-listen".to_string(),
         format!("unix:{}", socket.display()),
+        "--allow-destination".into(),
+        "127.0.0.0/8".into(),
     ];
-    let (mut first, _) = raw_daemon("first", ip(70, 4), dir.path(), &api).await;
+    let (mut first, _, _) = raw_daemon("first", ip(70, 4), dir.path(), &api).await;
     assert!(first.is_running(), "{}", first.log_tail(20));
     let out = dir.path().join("out");
     let status = tokio::process::Command::new(binary("dfget").unwrap())
@@ -242,7 +251,7 @@ async fn the_task_api_stays_on_the_host() {
     assert_eq!(mode & 0o077, 0, "socket mode {mode:o}");
 
     // ...and a second daemon cannot take the live socket over.
-    let (mut second, _) = raw_daemon("second", ip(70, 5), dir.path(), &api).await;
+    let (mut second, _, _) = raw_daemon("second", ip(70, 5), dir.path(), &api).await;
     exits_with(&mut second, "in use by another running daemon").await;
     assert!(first.is_running());
     first.terminate(Duration::from_secs(10));
@@ -395,4 +404,60 @@ async fn a_blob_failing_its_digest_never_ends_as_a_clean_answer() {
     let resp = http.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(sha256_hex(&resp.bytes().await.unwrap()), digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_goes_to_loopback_or_link_local_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    let url = origin.add("internal.bin", random_bytes(MIB));
+    // A daemon with the default policy (the test helper allows loopback).
+    let api = SocketAddr::new(ip(70, 9), free_port(ip(70, 9)).unwrap());
+    let (mut d, _, mirror) = raw_daemon(
+        "strict",
+        ip(70, 9),
+        dir.path(),
+        &["--api-listen".into(), api.to_string()],
+    )
+    .await;
+    assert!(d.is_running(), "{}", d.log_tail(20));
+    let http = reqwest::Client::new();
+    // Task URLs naming loopback or the metadata endpoint are refused up
+    // front with a clear 400; so is a name that resolves to loopback.
+    for target in [
+        url.clone(),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        url.replace("127.0.0.1", "localhost"),
+    ] {
+        let resp = http
+            .post(format!("http://{api}/api/v1/tasks"))
+            .json(&serde_json::json!({ "url": target }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        if target.contains("localhost") {
+            // Names are checked as they resolve: the task fails, nothing
+            // reaches the origin.
+            continue;
+        }
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{target}: {body}");
+        assert!(body.contains("not a destination"), "{body}");
+    }
+    // The mirror refuses a registry header naming this host's loopback.
+    let resp = http
+        .get(format!("http://{mirror}/v2/x/manifests/latest"))
+        .header("X-Dragonfly-Registry", format!("http://{}", origin.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        origin.requests(),
+        0,
+        "a request reached the loopback origin"
+    );
+    d.terminate(Duration::from_secs(10));
 }

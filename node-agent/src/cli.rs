@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// repeatable); without any, the forward proxy is off.
     #[arg(long = "forward-proxy-host")]
     pub forward_proxy_hosts: Vec<String>,
+    /// A loopback or link-local network (CIDR) origin and registry requests
+    /// may reach after all (repeatable); such addresses are refused otherwise.
+    #[arg(long = "allow-destination")]
+    pub allowed_destinations: Vec<String>,
     /// Open connections per listener.
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -156,6 +160,9 @@ impl RunArgs {
         }
         if let Some(path) = self.containerd_config_path {
             config.containerd.config_path = path;
+        }
+        if !self.allowed_destinations.is_empty() {
+            config.mirror.allowed_destinations = self.allowed_destinations;
         }
         if !self.forward_proxy_hosts.is_empty() {
             config.mirror.forward_proxy_hosts = self.forward_proxy_hosts;

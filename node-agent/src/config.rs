@@ -196,6 +196,8 @@ impl DaemonConfig {
         if let Err(e) = regex::RegexSet::new(&self.mirror.proxy_rules) {
             return Err(ConfigError::Invalid(format!("mirror.proxy_rules: {e}")));
         }
+        crate::destination::DestinationPolicy::new(&self.mirror.allowed_destinations)
+            .map_err(|e| ConfigError::Invalid(format!("mirror.allowed_destinations: {e}")))?;
         if let Some(default) = &self.mirror.default_registry {
             crate::mirror::upstream::parse_registry(default, &self.mirror)
                 .map_err(|e| ConfigError::Invalid(format!("mirror.default_registry: {e}")))?;

@@ -60,6 +60,8 @@ pub struct Daemon {
     pub source: SourceClient,
     pub peers: PeerClient,
     pub uploads: Arc<Semaphore>,
+    /// Where origin and registry requests may go.
+    pub destinations: Arc<crate::destination::DestinationPolicy>,
     /// Whether the registry mirror can serve promptly (`/server/ping`).
     pub mirror_health: Arc<crate::mirror::health::MirrorHealth>,
     progress: Mutex<HashMap<String, Arc<TaskProgress>>>,
@@ -185,6 +187,7 @@ impl Daemon {
         Ok(Arc::new(Daemon {
             source: SourceClient::with_registry_tls(&config.mirror)?.counting(metrics.clone()),
             peers: PeerClient::new(config.piece_timeout)?,
+            destinations: config.mirror.destinations(),
             config,
             host_id,
             store,
@@ -242,6 +245,9 @@ impl Daemon {
         want: impl FnOnce(&crate::demand::Demand),
     ) -> Result<Arc<StoredTask>, StartError> {
         let task_id = request.validate().map_err(StartError::BadRequest)?;
+        self.destinations
+            .check(&request.url)
+            .map_err(|e| StartError::BadRequest(e.to_string()))?;
         let task = self
             .store
             .get_or_create(&task_id, &request.url, request.digest.clone())?;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod containerd;
 pub mod daemon;
 pub mod demand;
+pub mod destination;
 pub mod downloader;
 pub mod hashring;
 pub mod metrics;

@@ -54,9 +54,16 @@ enum Attempt {
 }
 
 impl SourceClient {
+    /// A client that may reach any destination (tests against loopback
+    /// servers); the daemon's comes from [`SourceClient::with_registry_tls`].
     pub fn new() -> Result<Self, reqwest::Error> {
+        let anywhere = crate::destination::DestinationPolicy::new(&[
+            "0.0.0.0/0".to_string(),
+            "::/0".to_string(),
+        ])
+        .unwrap_or_default();
         Ok(SourceClient {
-            http: Self::builder().build()?,
+            http: Self::builder(&Arc::new(anywhere)).build()?,
             per_host: Arc::default(),
             metrics: None,
         })
@@ -75,13 +82,15 @@ impl SourceClient {
                 message: e.to_string(),
             })
         };
+        let destinations = mirror.destinations();
         let mut per_host = std::collections::HashMap::new();
         for (host, settings) in tls_overrides(mirror) {
-            let client = build(with_tls(Self::builder(), &host, settings)?, &host)?;
+            let builder = Self::builder(&destinations);
+            let client = build(with_tls(builder, &host, settings)?, &host)?;
             per_host.insert(host, client);
         }
         Ok(SourceClient {
-            http: build(Self::builder(), "*")?,
+            http: build(Self::builder(&destinations), "*")?,
             per_host: Arc::new(per_host),
             metrics: None,
         })
@@ -116,12 +125,14 @@ impl SourceClient {
         }
     }
 
-    fn builder() -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
+    fn builder(
+        destinations: &Arc<crate::destination::DestinationPolicy>,
+    ) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::limited(10))
-            .no_gzip()
+            .no_gzip();
+        destinations.apply(builder, 10)
     }
 
     /// The client for `url`'s host.

@@ -46,6 +46,12 @@ pub struct MirrorConfig {
     /// CONNECT tunnels. Empty (the default): no forward proxy, so the port
     /// is never an open relay into the cluster network.
     pub forward_proxy_hosts: Vec<String>,
+    /// Networks (CIDR) that origin and registry requests, and the
+    /// redirects they follow, may reach although they are loopback,
+    /// link-local or otherwise this host's own (e.g. a registry on the
+    /// node's localhost). Everything else is reachable; those never are
+    /// unless listed.
+    pub allowed_destinations: Vec<String>,
     /// Regexes over the full URL: matching GETs of a forward-proxied request
     /// go through P2P, everything else passes straight through.
     pub proxy_rules: Vec<String>,
@@ -64,12 +70,22 @@ impl Default for MirrorConfig {
             prefetch: false,
             range_timeout: Duration::from_secs(4),
             forward_proxy_hosts: Vec::new(),
+            allowed_destinations: Vec::new(),
             proxy_rules: vec!["blobs/sha256.*".into()],
         }
     }
 }
 
 impl MirrorConfig {
+    /// The destination policy these settings give (an invalid entry, which
+    /// `DaemonConfig::validate` reports at load, allows nothing extra).
+    pub fn destinations(&self) -> std::sync::Arc<crate::destination::DestinationPolicy> {
+        std::sync::Arc::new(
+            crate::destination::DestinationPolicy::new(&self.allowed_destinations)
+                .unwrap_or_default(),
+        )
+    }
+
     /// Whether the forward proxy may reach `host` on `port`.
     pub fn forward_proxy_allows(&self, host: &str, port: u16) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -45,17 +45,20 @@ pub enum ProxyError {
     Request(#[from] reqwest::Error),
     #[error("upstream {0} failed moments ago ({1}); not waiting on it again yet")]
     FailingFast(String, String),
+    #[error(transparent)]
+    Destination(#[from] crate::destination::DestinationError),
 }
 
 impl ProxyError {
     /// 504 for a timeout, 502 otherwise: both make containerd try its
     /// next host.
     pub fn response(&self) -> Response {
-        let status = match self {
-            ProxyError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
+        let (status, code) = match self {
+            ProxyError::Timeout(..) => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
+            ProxyError::Destination(_) => (StatusCode::FORBIDDEN, "DENIED"),
+            _ => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
         };
-        oci_error(status, "UNAVAILABLE", &self.to_string())
+        oci_error(status, code, &self.to_string())
     }
 }
 
@@ -97,6 +100,7 @@ pub async fn send_within(
 ) -> Result<reqwest::Response, ProxyError> {
     let health = &mirror.daemon.mirror_health;
     let url = ctx.upstream.url(path);
+    mirror.daemon.destinations.check(&url)?;
     if let Some(refusal) = health.fail_fast(&ctx.upstream) {
         if refusal.recheck {
             let (clients, health, upstream) = (

@@ -229,11 +229,11 @@ pub fn tls_overrides(config: &MirrorConfig) -> Vec<(String, &RegistryConfig)> {
 }
 
 fn builder(config: &MirrorConfig) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(config.connect_timeout)
         // A stalled upstream body ends the response instead of hanging it.
-        .read_timeout(config.upstream_timeout)
-        .redirect(reqwest::redirect::Policy::limited(10))
+        .read_timeout(config.upstream_timeout);
+    config.destinations().apply(builder, 10)
 }
 
 #[cfg(test)]
