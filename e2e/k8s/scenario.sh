@@ -9,6 +9,8 @@
 # registry_log / registry_stop / registry_start reach the registry.
 # Every wait is bounded; the first failed check exits non-zero.
 set -euo pipefail
+# A command that fails outside a check ends the scenario: say which.
+trap 'rc=$?; echo "FAIL: scenario.sh line $LINENO: \"$BASH_COMMAND\" exited $rc" >&2' ERR
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 # shellcheck source=lib.sh
@@ -277,7 +279,9 @@ FAULT_SUMS=$("$here/images.sh" app "$REGISTRY" "e2e/fault-$mode" v1 48)
 from=$(log_lines registry)
 deploy_app fault "$REGISTRY/e2e/fault-$mode:v1"
 sleep 1
-victim=$(dfdaemon_pods | head -1)
+# sed reads to the end: `head` closing the pipe early would kill kubectl
+# with SIGPIPE, and pipefail would end the script without a word.
+victim=$(dfdaemon_pods | sed -n 1p)
 kc -n "$NSP" delete pod "$victim" --wait=false >/dev/null
 note "deleted dfdaemon pod $victim mid-pull"
 kc -n "$NSP" delete pod -l app.kubernetes.io/component=scheduler --wait=false >/dev/null
@@ -342,7 +346,7 @@ expect_complaint() { # NAME
   msg=$(kc -n "$NSP" get dfc "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}: {.status.conditions[?(@.type=="Ready")].message}')
   wait_for 60 "a Warning event on $1" sh -c \
     "kubectl -n $NSP get events --field-selector involvedObject.name=$1,type=Warning -o name | grep -q ."
-  events=$(kc -n "$NSP" get events --field-selector "involvedObject.name=$1,type=Warning" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' | head -3)
+  events=$(kc -n "$NSP" get events --field-selector "involvedObject.name=$1,type=Warning" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' | sed -n 1,3p)
   note "  $1: condition '$msg'"
   note "  $1: events: $events"
 }

@@ -157,9 +157,9 @@ layer=$(skopeo inspect --tls-verify=false --creds "$CREDS" --raw "docker://$PRIV
 before=$(blob_bytes private)
 headers=$(curl -s -D - -o /dev/null -H "X-Dragonfly-Registry: http://$PRIVATE" \
   "http://127.0.0.23:65001/v2/team/private/blobs/$layer")
-echo "$headers" | head -n 1 | grep -q " 401" || fail "mirror served a private blob without credentials: $headers"
+echo "$headers" | sed -n 1p | grep -q " 401" || fail "mirror served a private blob without credentials: $headers"
 echo "$headers" | grep -qi '^www-authenticate: Basic realm="dragonfly-e2e"' || fail "challenge not relayed: $headers"
-echo "node 2 without credentials: $(echo "$headers" | head -n 1 | tr -d '\r'), $(echo "$headers" | grep -i '^www-authenticate' | tr -d '\r')"
+echo "node 2 without credentials: $(echo "$headers" | sed -n 1p | tr -d '\r'), $(echo "$headers" | grep -i '^www-authenticate' | tr -d '\r')"
 if ctr -a "$WORK/node2/containerd/containerd.sock" images pull --snapshotter native \
   --hosts-dir "$WORK/node2/certs.d" "$PRIVATE_IMAGE" >"$WORK/logs/pull2-nocreds.log" 2>&1; then
   fail "node 2 pulled the private image without credentials"
