@@ -461,3 +461,67 @@ async fn no_request_goes_to_loopback_or_link_local_unless_allowed() {
     );
     d.terminate(Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_serves_only_the_registries_it_mirrors() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FakeRegistry::start("127.0.0.1:0", None).await.unwrap();
+    let data = random_bytes(MIB);
+    let digest = registry.push_blob(data.clone());
+    // The attacker's registry, which would answer yes to any access check.
+    let attacker = FakeRegistry::start("127.0.0.2:0", None).await.unwrap();
+    let mirrored = format!("http://{}", registry.host());
+    let d = DaemonProc::start(
+        spec("d", ip(70, 10), dir.path(), &["--registry", &mirrored]),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let blob = format!("http://{}/v2/app/blobs/{digest}", d.proxy);
+    let ok = http
+        .get(&blob)
+        .header("X-Dragonfly-Registry", &mirrored)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(sha256_hex(&ok.bytes().await.unwrap()), digest);
+    // The cached blob, asked for through another registry: refused before
+    // anything reaches it.
+    for naming in [
+        (
+            "X-Dragonfly-Registry",
+            format!("http://{}", attacker.host()),
+        ),
+        ("X-Ignored", String::new()),
+    ] {
+        let url = if naming.1.is_empty() {
+            format!("{blob}?ns={}", attacker.host())
+        } else {
+            blob.clone()
+        };
+        let resp = http
+            .get(&url)
+            .header(naming.0, &naming.1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{naming:?}");
+        assert!(resp.text().await.unwrap().contains("does not mirror"));
+    }
+    assert_eq!(
+        attacker
+            .stats()
+            .blob_gets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert_eq!(
+        attacker
+            .stats()
+            .blob_heads
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}

@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// may reach after all (repeatable); such addresses are refused otherwise.
     #[arg(long = "allow-destination")]
     pub allowed_destinations: Vec<String>,
+    /// A registry this node mirrors (HOST, docker.io or URL; repeatable):
+    /// the mirror refuses requests for any other upstream.
+    #[arg(long = "registry")]
+    pub mirrored_registries: Vec<String>,
     /// Open connections per listener.
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -160,6 +164,9 @@ impl RunArgs {
         }
         if let Some(path) = self.containerd_config_path {
             config.containerd.config_path = path;
+        }
+        if !self.mirrored_registries.is_empty() {
+            config.mirror.mirrored_registries = self.mirrored_registries;
         }
         if !self.allowed_destinations.is_empty() {
             config.mirror.allowed_destinations = self.allowed_destinations;

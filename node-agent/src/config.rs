@@ -198,6 +198,10 @@ impl DaemonConfig {
         }
         crate::destination::DestinationPolicy::new(&self.mirror.allowed_destinations)
             .map_err(|e| ConfigError::Invalid(format!("mirror.allowed_destinations: {e}")))?;
+        for entry in &self.mirror.mirrored_registries {
+            crate::mirror::upstream::parse_registry(entry, &self.mirror)
+                .map_err(|e| ConfigError::Invalid(format!("mirror.mirrored_registries: {e}")))?;
+        }
         if let Some(default) = &self.mirror.default_registry {
             crate::mirror::upstream::parse_registry(default, &self.mirror)
                 .map_err(|e| ConfigError::Invalid(format!("mirror.default_registry: {e}")))?;

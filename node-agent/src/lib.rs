@@ -198,6 +198,9 @@ pub async fn run(
         }
     });
 
+    if config.mirror.mirrored_registries.is_empty() {
+        tracing::warn!("no --registry given: the mirror serves any registry a caller names");
+    }
     if config.containerd.enabled {
         // A node whose hosts.toml cannot be written still pulls straight
         // from its registries: keep serving peers, and tell the operator.

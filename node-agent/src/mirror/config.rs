@@ -52,6 +52,11 @@ pub struct MirrorConfig {
     /// node's localhost). Everything else is reachable; those never are
     /// unless listed.
     pub allowed_destinations: Vec<String>,
+    /// The registries this node mirrors (`HOST`, `docker.io` or a URL):
+    /// requests naming any other upstream are refused, so a caller cannot
+    /// point the mirror (and its access checks) at a registry of its own.
+    /// Empty: any registry (a warning at start).
+    pub mirrored_registries: Vec<String>,
     /// Regexes over the full URL: matching GETs of a forward-proxied request
     /// go through P2P, everything else passes straight through.
     pub proxy_rules: Vec<String>,
@@ -71,6 +76,7 @@ impl Default for MirrorConfig {
             range_timeout: Duration::from_secs(4),
             forward_proxy_hosts: Vec::new(),
             allowed_destinations: Vec::new(),
+            mirrored_registries: Vec::new(),
             proxy_rules: vec!["blobs/sha256.*".into()],
         }
     }
@@ -84,6 +90,16 @@ impl MirrorConfig {
             crate::destination::DestinationPolicy::new(&self.allowed_destinations)
                 .unwrap_or_default(),
         )
+    }
+
+    /// Whether this node mirrors `upstream` (by host; the scheme is the
+    /// registry's own business).
+    pub fn mirrors(&self, upstream: &crate::mirror::upstream::Upstream) -> bool {
+        self.mirrored_registries.is_empty()
+            || self.mirrored_registries.iter().any(|entry| {
+                crate::mirror::upstream::parse_registry(entry, self)
+                    .is_ok_and(|allowed| allowed.host == upstream.host)
+            })
     }
 
     /// Whether the forward proxy may reach `host` on `port`.
@@ -150,5 +166,21 @@ mod tests {
         assert!(!some.forward_proxy_allows("10.0.0.5", 22));
         assert!(!some.forward_proxy_allows("169.254.169.254", 80));
         assert!(!some.forward_proxy_allows("registry.example.com.evil", 443));
+    }
+
+    #[test]
+    fn only_mirrored_registries_are_upstreams() {
+        use crate::mirror::upstream::parse_registry;
+        let any = MirrorConfig::default();
+        let evil = parse_registry("http://10.6.6.6:5000", &any).unwrap();
+        assert!(any.mirrors(&evil));
+        let some = MirrorConfig {
+            mirrored_registries: vec!["docker.io".into(), "http://10.0.0.5:5000".into()],
+            ..Default::default()
+        };
+        assert!(!some.mirrors(&evil));
+        assert!(some.mirrors(&parse_registry("docker.io", &some).unwrap()));
+        assert!(some.mirrors(&parse_registry("https://10.0.0.5:5000", &some).unwrap()));
+        assert!(!some.mirrors(&parse_registry("10.0.0.5:5001", &some).unwrap()));
     }
 }

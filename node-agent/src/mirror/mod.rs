@@ -230,6 +230,11 @@ async fn dispatch(
             )
         }
     };
+    if !mirror.config.mirrors(&upstream) {
+        tracing::warn!(upstream = %upstream.host, "request for a registry this node does not mirror");
+        let message = format!("this node does not mirror {}", upstream.host);
+        return (label, oci_error(StatusCode::FORBIDDEN, "DENIED", &message));
+    }
     let ctx = Ctx {
         method: parts.method,
         headers: parts.headers,

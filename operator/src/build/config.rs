@@ -95,6 +95,11 @@ fn dfdaemon_settings(
     if !plain.is_empty() {
         settings["mirror"] = json!({ "registries": plain });
     }
+    // The mirror serves these registries only: a pod cannot point it (and
+    // its access checks) at a registry of its own.
+    if !spec.registries.is_empty() && !spec.registries.iter().any(|r| r == "_default") {
+        settings["mirror"]["mirrored_registries"] = json!(spec.registries);
+    }
     settings
 }
 
