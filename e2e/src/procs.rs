@@ -224,8 +224,6 @@ impl DaemonProc {
             spec.ip.to_string(),
             "--hostname".into(),
             spec.name.clone(),
-            "--cache-size".into(),
-            "4GiB".into(),
             "--heartbeat-interval".into(),
             "1s".into(),
             "--stall-timeout".into(),
@@ -237,6 +235,9 @@ impl DaemonProc {
         }
         if spec.seed {
             args.push("--seed".into());
+        }
+        if !spec.extra_args.iter().any(|a| a == "--cache-size") {
+            args.extend(["--cache-size".into(), "4GiB".into()]);
         }
         args.extend(spec.extra_args.iter().cloned());
         let proc = Proc::spawn(&spec.name, &binary("dfdaemon")?, &args, log_dir)?;

@@ -61,11 +61,17 @@ async fn ping(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    if !state.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting".to_string());
     }
+    if let Some(since) = state.daemon.store.budget().disk_full_since() {
+        let message = format!(
+            "disk full for {}s: no piece can be stored until space is freed",
+            since.elapsed().as_secs()
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, message);
+    }
+    (StatusCode::OK, "ok".to_string())
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

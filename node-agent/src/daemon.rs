@@ -393,6 +393,10 @@ impl Daemon {
                     "download complete"
                 );
                 self.metrics.task_done("success");
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&task.id);
                 task.set_run_state(RunState::Idle);
                 self.report_result(task, true, String::new(), length).await;
                 if let Some(output) = &request.output {
@@ -410,13 +414,15 @@ impl Daemon {
                 task.set_run_state(RunState::Failed(failure.clone()));
                 self.report_result(task, false, failure.to_string(), 0)
                     .await;
+                // Why it failed outlives the task (which the collector may
+                // evict at once when the quota is full).
+                let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+                failures.retain(|_, (_, at)| at.elapsed() < FAILURE_MEMORY);
+                failures.insert(task.id.clone(), (failure.clone(), Instant::now()));
+                drop(failures);
                 // Content that is wrong, or that the origin refuses, must not
                 // stay in the cache; transient failures keep pieces to resume.
                 if !matches!(failure, TaskFailure::Internal { .. }) {
-                    let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-                    failures.retain(|_, (_, at)| at.elapsed() < FAILURE_MEMORY);
-                    failures.insert(task.id.clone(), (failure.clone(), Instant::now()));
-                    drop(failures);
                     self.store.remove(&task.id, true);
                     self.forget(&task.id);
                 }

@@ -189,10 +189,14 @@ pub async fn run(
     let gc_daemon = daemon.clone();
     let mut gc_stop = stop_rx.clone();
     tokio::spawn(async move {
+        let budget = gc_daemon.store.budget().clone();
         loop {
             gc_daemon.collect_garbage().await;
+            // Every interval, and at once when a write finds the quota
+            // full or the disk out of space.
             tokio::select! {
                 _ = tokio::time::sleep(gc_daemon.config.gc_interval) => {}
+                _ = budget.pressure() => {}
                 _ = gc_stop.changed() => break,
             }
         }

@@ -26,8 +26,14 @@ pub struct GcCandidate {
     pub pinned: bool,
 }
 
-pub fn plan_eviction(candidates: &[GcCandidate], quota: u64, marks: Watermarks) -> Vec<String> {
-    let mut used: u64 = candidates.iter().map(|c| c.bytes).sum();
+/// `in_flight`: bytes reserved by writes not yet stored, counted as used.
+pub fn plan_eviction(
+    candidates: &[GcCandidate],
+    in_flight: u64,
+    quota: u64,
+    marks: Watermarks,
+) -> Vec<String> {
+    let mut used: u64 = candidates.iter().map(|c| c.bytes).sum::<u64>() + in_flight;
     if (used as f64) <= quota as f64 * marks.high {
         return Vec::new();
     }
@@ -64,7 +70,7 @@ mod tests {
             high: 0.9,
             low: 0.5,
         };
-        assert!(plan_eviction(&[c("a", 89, 1, false)], 100, marks).is_empty());
+        assert!(plan_eviction(&[c("a", 89, 1, false)], 0, 100, marks).is_empty());
     }
 
     #[test]
@@ -80,8 +86,16 @@ mod tests {
             c("new", 30, 4, false),
         ];
         // 120 used, target 50: drop old (90), mid (60), new (30).
-        assert_eq!(plan_eviction(&tasks, 100, marks), vec!["old", "mid", "new"]);
+        assert_eq!(
+            plan_eviction(&tasks, 0, 100, marks),
+            vec!["old", "mid", "new"]
+        );
         let tasks = [c("a", 50, 1, false), c("b", 50, 2, false)];
-        assert_eq!(plan_eviction(&tasks, 100, marks), vec!["a"]);
+        assert_eq!(plan_eviction(&tasks, 0, 100, marks), vec!["a"]);
+        // Writes waiting for room count: 80 stored is below 90, but with
+        // 15 reserved it is over.
+        let tasks = [c("a", 50, 1, false), c("b", 30, 2, false)];
+        assert!(plan_eviction(&tasks, 0, 100, marks).is_empty());
+        assert_eq!(plan_eviction(&tasks, 15, 100, marks), vec!["a"]);
     }
 }

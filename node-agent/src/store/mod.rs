@@ -2,10 +2,12 @@
 //! data file and its metadata. Survives restarts: completed tasks are served
 //! again and partial ones resume from their recorded pieces.
 
+mod budget;
 mod gc;
 mod meta;
 mod task;
 
+pub use budget::Budget;
 pub use gc::{plan_eviction, GcCandidate, Watermarks};
 pub use meta::TaskMeta;
 pub use task::{PinGuard, RunState, StoreError, StoredTask, TaskFailure};
@@ -19,7 +21,7 @@ use crate::task_id::is_valid_task_id;
 pub struct Store {
     root: PathBuf,
     tasks: Mutex<HashMap<String, Arc<StoredTask>>>,
-    quota: u64,
+    budget: Arc<Budget>,
     watermarks: Watermarks,
 }
 
@@ -30,6 +32,8 @@ impl Store {
         let root = data_dir.join("tasks");
         std::fs::create_dir_all(&root)?;
         let mut tasks = HashMap::new();
+        // Recounted below, once the tasks on disk are known.
+        let budget = Arc::new(Budget::new(quota, 0));
         for entry in std::fs::read_dir(&root)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -37,7 +41,7 @@ impl Store {
             if !is_valid_task_id(&name) {
                 continue;
             }
-            match Self::load_task(&dir) {
+            match Self::load_task(&dir, &budget) {
                 Ok(task) if task.id == name => {
                     tasks.insert(name, Arc::new(task));
                 }
@@ -47,22 +51,38 @@ impl Store {
                 }
             }
         }
-        tracing::info!(root = %root.display(), tasks = tasks.len(), "content store opened");
+        budget.recount(
+            tasks
+                .values()
+                .map(|t: &Arc<StoredTask>| t.with_meta(|m| m.stored_bytes()))
+                .sum(),
+        );
+        tracing::info!(root = %root.display(), tasks = tasks.len(), used = budget.used(), "content store opened");
         Ok(Store {
             root,
             tasks: Mutex::new(tasks),
-            quota,
+            budget,
             watermarks,
         })
     }
 
-    fn load_task(dir: &Path) -> std::io::Result<StoredTask> {
+    fn load_task(dir: &Path, budget: &Arc<Budget>) -> std::io::Result<StoredTask> {
         let meta = TaskMeta::load(&dir.join("meta.json"))?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(dir.join("data"))?;
-        Ok(StoredTask::new(dir.to_path_buf(), file, meta))
+        Ok(StoredTask::new(
+            dir.to_path_buf(),
+            file,
+            meta,
+            budget.clone(),
+        ))
+    }
+
+    /// The quota every piece is written under.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<StoredTask>>> {
@@ -104,7 +124,7 @@ impl Store {
             .open(dir.join("data"))?;
         let meta = TaskMeta::new(task_id, url, expected_digest);
         meta.save(&dir.join("meta.json"))?;
-        let task = Arc::new(StoredTask::new(dir, file, meta));
+        let task = Arc::new(StoredTask::new(dir, file, meta, self.budget.clone()));
         tasks.insert(task_id.to_string(), task.clone());
         Ok(task)
     }
@@ -120,6 +140,7 @@ impl Store {
             }
         };
         let Some(task) = task else { return false };
+        self.budget.uncommit(task.with_meta(|m| m.stored_bytes()));
         let dir = task.mark_removed();
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "removing task directory failed");
@@ -127,12 +148,9 @@ impl Store {
         true
     }
 
-    /// Bytes held by all tasks.
+    /// Bytes held by all tasks, and reserved by writes in progress.
     pub fn used_bytes(&self) -> u64 {
-        self.list()
-            .iter()
-            .map(|t| t.with_meta(|m| m.stored_bytes()))
-            .sum()
+        self.budget.used()
     }
 
     /// Evicts least recently used tasks once usage passes the high watermark,
@@ -151,16 +169,29 @@ impl Store {
                 })
             })
             .collect();
-        let victims = plan_eviction(&candidates, self.quota, self.watermarks);
-        victims
+        let stored: u64 = candidates.iter().map(|c| c.bytes).sum();
+        self.budget.recount(stored);
+        // Writes in progress count as used; on a full disk the quota is
+        // what is held now, so the collector frees space below it.
+        let mut quota = self.budget.quota();
+        if self.budget.disk_full_since().is_some() {
+            quota = quota.min(stored);
+        }
+        let victims = plan_eviction(&candidates, self.budget.in_flight(), quota, self.watermarks);
+        let removed: Vec<String> = victims
             .into_iter()
             .filter(|id| self.remove(id, false))
             .inspect(|id| tracing::info!(task = %id, "evicted from cache"))
-            .collect()
+            .collect();
+        if !removed.is_empty() {
+            self.budget.disk_ok();
+        }
+        self.budget.freed();
+        removed
     }
 
     pub fn quota(&self) -> u64 {
-        self.quota
+        self.budget.quota()
     }
 }
 
@@ -173,6 +204,56 @@ mod tests {
 
     fn id(n: u8) -> String {
         format!("{:064x}", n)
+    }
+
+    #[tokio::test]
+    async fn the_quota_is_a_hard_limit_that_the_collector_makes_room_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let marks = Watermarks {
+            high: 0.9,
+            low: 0.5,
+        };
+        let store = Arc::new(Store::open(dir.path(), 12, marks).unwrap());
+        let old = store.get_or_create(&id(1), "http://o/old", None).unwrap();
+        old.set_shape(Some(8), 4).unwrap();
+        for i in 0..2 {
+            let data = Bytes::from_static(b"abcd");
+            old.write_piece(i, data.clone(), piece_digest(&data))
+                .await
+                .unwrap();
+        }
+        old.mark_complete(8).await.unwrap();
+        // A pinned task (being read) cannot make room: the write fails
+        // instead of passing the quota.
+        let reading = old.pin();
+        let new = store.get_or_create(&id(2), "http://o/new", None).unwrap();
+        // Pinned while written, as a download pins its task.
+        let _writing = new.pin();
+        new.set_shape(Some(8), 4).unwrap();
+        let data = Bytes::from_static(b"efgh");
+        new.write_piece(0, data.clone(), piece_digest(&data))
+            .await
+            .unwrap();
+        let refused = new.write_piece(1, data.clone(), piece_digest(&data)).await;
+        assert!(
+            matches!(refused, Err(StoreError::QuotaFull { .. })),
+            "{refused:?}"
+        );
+        assert!(store.used_bytes() <= 12);
+        // Unpinned, the old task is evicted as soon as a write needs room.
+        drop(reading);
+        let collector = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.budget().pressure().await;
+                store.collect_garbage()
+            })
+        };
+        new.write_piece(1, data.clone(), piece_digest(&data))
+            .await
+            .unwrap();
+        assert_eq!(collector.await.unwrap(), vec![id(1)]);
+        assert_eq!(store.used_bytes(), 8);
     }
 
     #[tokio::test]
@@ -312,7 +393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(
             dir.path(),
-            10,
+            12,
             Watermarks {
                 high: 0.8,
                 low: 0.5,
@@ -331,7 +412,7 @@ mod tests {
                 pins.push(task.pin());
             }
         }
-        // 12 bytes > 8: evict unpinned tasks until <= 5 bytes.
+        // 12 bytes > 9.6: evict unpinned tasks until <= 6 bytes.
         let removed = store.collect_garbage();
         assert_eq!(removed.len(), 2);
         assert!(store.get(&id(1)).is_some());

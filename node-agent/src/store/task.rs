@@ -46,6 +46,10 @@ pub enum StoreError {
         index: u32,
         len: usize,
     },
+    #[error("task {task}: the cache quota of {quota} bytes is full (tasks being read or written cannot be evicted)")]
+    QuotaFull { task: String, quota: u64 },
+    #[error("task {task}: no space left on the disk")]
+    DiskFull { task: String },
     #[error("task {0} was removed")]
     Removed(String),
 }
@@ -97,6 +101,8 @@ pub struct StoredTask {
     /// One flush at a time: concurrent saves would share the metadata's
     /// temp file, and one rename would find it gone.
     flushing: Mutex<()>,
+    /// The store's quota, which every new piece reserves its bytes from.
+    budget: Arc<super::budget::Budget>,
 }
 
 /// Keeps a task from garbage collection while alive.
@@ -109,7 +115,12 @@ impl Drop for PinGuard {
 }
 
 impl StoredTask {
-    pub(super) fn new(dir: PathBuf, file: File, meta: TaskMeta) -> Self {
+    pub(super) fn new(
+        dir: PathBuf,
+        file: File,
+        meta: TaskMeta,
+        budget: Arc<super::budget::Budget>,
+    ) -> Self {
         let (changed, _) = watch::channel(0);
         StoredTask {
             id: meta.task_id.clone(),
@@ -122,6 +133,7 @@ impl StoredTask {
             removed: AtomicBool::new(false),
             last_flush: Mutex::new(Instant::now()),
             flushing: Mutex::new(()),
+            budget,
         }
     }
 
@@ -259,21 +271,56 @@ impl StoredTask {
                     len: data.len(),
                 });
             }
-            index as u64 * meta.piece_length as u64
+            let new_bytes = match meta.digests.get(index as usize) {
+                Some(Some(_)) => 0,
+                _ => data.len() as u64,
+            };
+            (index as u64 * meta.piece_length as u64, new_bytes)
         };
+        let (offset, new_bytes) = offset;
+        // The quota is a hard limit: room first, or no write at all.
+        if new_bytes > 0
+            && !self
+                .budget
+                .reserve(new_bytes, super::budget::ROOM_WAIT)
+                .await
+        {
+            return Err(StoreError::QuotaFull {
+                task: self.id.clone(),
+                quota: self.budget.quota(),
+            });
+        }
         let task = self.clone();
         let len = data.len();
-        tokio::task::spawn_blocking(move || task.file.write_all_at(&data, offset))
+        let written = tokio::task::spawn_blocking(move || task.file.write_all_at(&data, offset))
             .await
-            .map_err(|e| self.io(std::io::Error::other(e)))?
-            .map_err(|e| self.io(e))?;
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = written {
+            self.budget.release(new_bytes);
+            if e.raw_os_error() == Some(28) {
+                // ENOSPC: the collector frees space; readiness reports it.
+                self.budget.disk_full();
+                return Err(StoreError::DiskFull {
+                    task: self.id.clone(),
+                });
+            }
+            return Err(self.io(e));
+        }
+        self.budget.disk_ok();
         {
             let mut meta = self.lock_meta();
             let slot = index as usize;
             if meta.digests.len() <= slot {
                 meta.digests.resize(slot + 1, None);
             }
+            let was_empty = meta.digests[slot].is_none();
             meta.digests[slot] = Some(digest);
+            match (was_empty, new_bytes) {
+                (true, 0) => self.budget.commit_unreserved(len as u64),
+                (true, n) => self.budget.commit(n),
+                (false, n) => self.budget.release(n),
+            }
             tracing::trace!(task = %self.id, index, len, "piece stored");
         }
         self.notify();
@@ -326,8 +373,12 @@ impl StoredTask {
     pub async fn discard_piece(self: &Arc<Self>, index: u32) {
         {
             let mut meta = self.lock_meta();
+            let content_length = meta.content_length.unwrap_or(u64::MAX);
+            let (start, end) = piece_range(index, meta.piece_length, content_length);
             if let Some(slot) = meta.digests.get_mut(index as usize) {
-                *slot = None;
+                if slot.take().is_some() {
+                    self.budget.uncommit(end - start);
+                }
             }
             meta.complete = false;
         }
