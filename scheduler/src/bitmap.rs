@@ -6,7 +6,9 @@ use thiserror::Error;
 /// Upper bound on piece indices a peer may report. At the smallest piece
 /// length (4 MiB) this is 32 TiB of content, far beyond any real blob, and it
 /// bounds the memory one bad request can make us allocate (1 MiB).
-pub const MAX_PIECES: u32 = 1 << 23;
+/// As many as a dfdaemon task may have (`node_agent::piece::MAX_PIECES`):
+/// a peer's bitmap is then at most 32 KiB.
+pub const MAX_PIECES: u32 = 1 << 18;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BitmapError {

@@ -16,6 +16,8 @@ const MAX_FAILURES_KEPT: usize = 32;
 pub struct HostEntry {
     pub host: Host,
     pub last_seen: Instant,
+    /// The address its announcements came from, when known.
+    pub client: Option<std::net::IpAddr>,
     failures: VecDeque<Instant>,
 }
 
@@ -42,10 +44,20 @@ impl Hosts {
     /// Inserts or refreshes a host. Returns whether it was already known,
     /// which tells a host whether it must re-report what it holds.
     pub fn announce(&mut self, host: Host, now: Instant) -> bool {
+        self.announce_from(host, None, now)
+    }
+
+    pub fn announce_from(
+        &mut self,
+        host: Host,
+        client: Option<std::net::IpAddr>,
+        now: Instant,
+    ) -> bool {
         match self.entries.get_mut(&host.id) {
             Some(entry) => {
                 entry.host = host;
                 entry.last_seen = now;
+                entry.client = client.or(entry.client);
                 true
             }
             None => {
@@ -54,12 +66,23 @@ impl Hosts {
                     HostEntry {
                         host,
                         last_seen: now,
+                        client,
                         failures: VecDeque::new(),
                     },
                 );
                 false
             }
         }
+    }
+
+    /// Live hosts announced from `client`.
+    pub fn from_client(&self, client: std::net::IpAddr, now: Instant) -> usize {
+        self.entries
+            .values()
+            .filter(|e| {
+                e.client == Some(client) && now.saturating_duration_since(e.last_seen) <= self.ttl
+            })
+            .count()
     }
 
     pub fn remove(&mut self, id: &str) -> Option<HostEntry> {

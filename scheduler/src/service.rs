@@ -72,11 +72,12 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<AnnounceHostRequest>,
     ) -> Result<Response<AnnounceHostResponse>, Status> {
+        let client = request.remote_addr().map(|a| a.ip());
         let host = request.into_inner().host;
         let host_id = host.as_ref().map(|h| h.id.clone()).unwrap_or_default();
         let heartbeat_interval_ms = self.heartbeat_interval_ms;
         self.call("announce_host", "", &host_id, |s, now| {
-            let known = s.announce_host(host, now)?;
+            let known = s.announce_host_from(host, client, now)?;
             if !known {
                 debug!("new host");
             }

@@ -26,6 +26,20 @@ use crate::tasks::Task;
 /// Ids longer than this are rejected: real ids are digests or short names,
 /// and the state keeps them in memory.
 const MAX_ID_LEN: usize = 1024;
+/// What callers can make the scheduler hold. Its gRPC port is reachable
+/// from every pod, so each thing a call creates is bounded: in all, and
+/// per host or per client address.
+pub const MAX_HOSTS: usize = 20_000;
+/// Host ids announced from one client address (a node runs one dfdaemon;
+/// a restart keeps its id).
+pub const MAX_HOSTS_PER_CLIENT: usize = 8;
+pub const MAX_TASKS: usize = 200_000;
+/// Tasks one host may take part in at once.
+pub const MAX_TASKS_PER_HOST: usize = 20_000;
+const MAX_URL_LEN: usize = 8 * 1024;
+const MAX_LABELS: usize = 32;
+const MAX_FIELD_LEN: usize = 256;
+
 /// A source elected but never seen registering (a triggered seed nobody
 /// reached) stops blocking the task after this long.
 pub const SOURCE_REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +54,8 @@ pub enum ScheduleError {
     HostNotAnnounced,
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error("limit reached: {0}")]
+    Exhausted(String),
 }
 
 impl From<BitmapError> for ScheduleError {
@@ -53,6 +69,7 @@ impl From<ScheduleError> for tonic::Status {
         match e {
             ScheduleError::HostNotAnnounced => tonic::Status::failed_precondition(e.to_string()),
             ScheduleError::InvalidArgument(_) => tonic::Status::invalid_argument(e.to_string()),
+            ScheduleError::Exhausted(_) => tonic::Status::resource_exhausted(e.to_string()),
         }
     }
 }
@@ -81,6 +98,9 @@ pub struct Swept {
 pub struct State {
     hosts: Hosts,
     tasks: HashMap<String, Task>,
+    /// Tasks each host takes part in: counted again at every sweep, raised
+    /// as peers are added in between (so it errs on the strict side).
+    tasks_per_host: HashMap<String, usize>,
     tags: crate::tags::TagBook,
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -98,6 +118,29 @@ fn check_id(what: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+fn check_url(url: &str) -> Result<()> {
+    if url.len() > MAX_URL_LEN {
+        return Err(ScheduleError::InvalidArgument(format!(
+            "url is longer than {MAX_URL_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_host_fields(host: &Host) -> Result<()> {
+    let too_long = [&host.hostname, &host.ip]
+        .into_iter()
+        .chain(host.labels.keys())
+        .chain(host.labels.values())
+        .any(|v| v.len() > MAX_FIELD_LEN);
+    if too_long || host.labels.len() > MAX_LABELS {
+        return Err(ScheduleError::InvalidArgument(format!(
+            "host fields are limited to {MAX_FIELD_LEN} bytes and {MAX_LABELS} labels"
+        )));
+    }
+    Ok(())
+}
+
 fn check_ids(task_id: &str, host_id: &str) -> Result<()> {
     check_id("task_id", task_id)?;
     check_id("host_id", host_id)
@@ -108,6 +151,7 @@ impl State {
         State {
             hosts: Hosts::new(settings.host_ttl),
             tasks: HashMap::new(),
+            tasks_per_host: HashMap::new(),
             tags: crate::tags::TagBook::default(),
             settings,
             metrics,
@@ -118,10 +162,66 @@ impl State {
 
     /// Returns whether the host was already known.
     pub fn announce_host(&mut self, host: Option<Host>, now: Instant) -> Result<bool> {
+        self.announce_host_from(host, None, now)
+    }
+
+    /// Announces a host for a caller at `client` (its address as the
+    /// scheduler sees it).
+    pub fn announce_host_from(
+        &mut self,
+        host: Option<Host>,
+        client: Option<std::net::IpAddr>,
+        now: Instant,
+    ) -> Result<bool> {
         let host = host.ok_or_else(|| ScheduleError::InvalidArgument("host is missing".into()))?;
         check_id("host.id", &host.id)?;
-        let known = self.hosts.announce(host, now);
+        check_host_fields(&host)?;
+        if self.hosts.get(&host.id).is_none() {
+            if self.hosts.len() >= MAX_HOSTS {
+                return Err(ScheduleError::Exhausted(format!(
+                    "{MAX_HOSTS} hosts are known"
+                )));
+            }
+            // Loopback callers share this host (tests, the all-in-one mode).
+            if let Some(ip) = client.filter(|ip| !ip.is_loopback()) {
+                if self.hosts.from_client(ip, now) >= MAX_HOSTS_PER_CLIENT {
+                    return Err(ScheduleError::Exhausted(format!(
+                        "{MAX_HOSTS_PER_CLIENT} hosts already announced from {ip}"
+                    )));
+                }
+            }
+        }
+        let known = self.hosts.announce_from(host, client, now);
         Ok(known)
+    }
+
+    /// Room for `host_id` to take part in `task_id` (a new task, or a new
+    /// peer of one).
+    fn check_room(&self, task_id: &str, host_id: &str) -> Result<()> {
+        let task = self.tasks.get(task_id);
+        if task.is_none() && self.tasks.len() >= MAX_TASKS {
+            return Err(ScheduleError::Exhausted(format!(
+                "{MAX_TASKS} tasks are known"
+            )));
+        }
+        let new_peer = task.is_none_or(|t| !t.peers.contains_key(host_id));
+        if new_peer && self.tasks_per_host.get(host_id).copied().unwrap_or(0) >= MAX_TASKS_PER_HOST
+        {
+            return Err(ScheduleError::Exhausted(format!(
+                "host {host_id} takes part in {MAX_TASKS_PER_HOST} tasks"
+            )));
+        }
+        Ok(())
+    }
+
+    fn count_peer(&mut self, task_id: &str, host_id: &str) {
+        let new_peer = self
+            .tasks
+            .get(task_id)
+            .is_none_or(|t| !t.peers.contains_key(host_id));
+        if new_peer {
+            *self.tasks_per_host.entry(host_id.to_string()).or_default() += 1;
+        }
     }
 
     pub fn leave_host(&mut self, host_id: &str, now: Instant) -> Result<()> {
@@ -158,12 +258,15 @@ impl State {
         now: Instant,
     ) -> Result<ScheduleResponse> {
         check_ids(&req.task_id, &req.host_id)?;
+        check_url(&req.url)?;
         let bitmap = Bitmap::from_bytes(&req.bitmap)?;
         let requester = self
             .hosts
             .alive(&req.host_id, now)
             .ok_or(ScheduleError::HostNotAnnounced)?;
         let labels = requester.host.labels.clone();
+        self.check_room(&req.task_id, &req.host_id)?;
+        self.count_peer(&req.task_id, &req.host_id);
 
         let task = self
             .tasks
@@ -308,7 +411,9 @@ impl State {
 
     pub fn report_pieces(&mut self, req: &ReportPiecesRequest, now: Instant) -> Result<()> {
         check_ids(&req.task_id, &req.host_id)?;
+        check_url(&req.url)?;
         // Validate everything before touching the state.
+        self.check_room(&req.task_id, &req.host_id)?;
         let replacement = if req.replace {
             Some(Bitmap::from_bytes(&req.bitmap)?)
         } else {
@@ -318,6 +423,7 @@ impl State {
             None
         };
 
+        self.count_peer(&req.task_id, &req.host_id);
         let task = self
             .tasks
             .entry(req.task_id.clone())
@@ -416,6 +522,12 @@ impl State {
         let before = self.tasks.len();
         let idle_ttl = self.settings.task_idle_ttl;
         self.tasks.retain(|_, t| !t.is_idle(now, idle_ttl));
+        self.tasks_per_host.clear();
+        for task in self.tasks.values() {
+            for id in task.peers.keys() {
+                *self.tasks_per_host.entry(id.clone()).or_default() += 1;
+            }
+        }
         Swept {
             hosts: expired,
             peers,
@@ -662,6 +774,76 @@ mod tests {
             free_upload_slots: 4,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn callers_cannot_grow_the_state_without_bound() {
+        let mut s = state();
+        let now = Instant::now();
+        let pod: std::net::IpAddr = [10, 244, 1, 7].into();
+        for n in 0..MAX_HOSTS_PER_CLIENT {
+            s.announce_host_from(
+                Some(host(&format!("h{n}"), HostType::Normal)),
+                Some(pod),
+                now,
+            )
+            .unwrap();
+        }
+        let more = s.announce_host_from(Some(host("one-more", HostType::Normal)), Some(pod), now);
+        assert!(matches!(more, Err(ScheduleError::Exhausted(_))), "{more:?}");
+        // A known host keeps announcing; another client is not affected.
+        s.announce_host_from(Some(host("h0", HostType::Normal)), Some(pod), now)
+            .unwrap();
+        s.announce_host_from(
+            Some(host("other", HostType::Normal)),
+            Some([10, 0, 0, 1].into()),
+            now,
+        )
+        .unwrap();
+        // Oversized fields are refused.
+        let mut labelled = host("labelled", HostType::Normal);
+        labelled.labels = (0..=MAX_LABELS)
+            .map(|i| (i.to_string(), "x".into()))
+            .collect();
+        assert!(s.announce_host(Some(labelled), now).is_err());
+        let long_url = RegisterPeerRequest {
+            task_id: "t".into(),
+            host_id: "h0".into(),
+            url: "x".repeat(MAX_URL_LEN + 1),
+            ..Default::default()
+        };
+        assert!(s.register_peer(&long_url, now).is_err());
+        // One host cannot take part in more than its share of tasks, even
+        // by reporting pieces without registering.
+        for n in 0..MAX_TASKS_PER_HOST {
+            let req = ReportPiecesRequest {
+                task_id: format!("t{n}"),
+                host_id: "h1".into(),
+                pieces: vec![0],
+                ..Default::default()
+            };
+            s.report_pieces(&req, now).unwrap();
+        }
+        let over = ReportPiecesRequest {
+            task_id: "t-over".into(),
+            host_id: "h1".into(),
+            pieces: vec![0],
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.report_pieces(&over, now),
+            Err(ScheduleError::Exhausted(_))
+        ));
+        // Others still can.
+        let other = ReportPiecesRequest {
+            host_id: "h2".into(),
+            ..over.clone()
+        };
+        s.report_pieces(&other, now).unwrap();
+        // The count is redone at each sweep, from what is really held.
+        s.leave_task("t0", "h1", now).unwrap();
+        s.sweep(now);
+        s.report_pieces(&over, now).unwrap();
     }
 
     fn announce(s: &mut State, id: &str, ty: HostType, now: Instant) {
