@@ -92,6 +92,21 @@ if a != b:
     sys.exit(1)
 PY
 
+step "chart admission policy equals manifests"
+python3 - "$WORK/render-default.yaml" manifests/02-rbac.yaml <<'PY' || fail "chart ValidatingAdmissionPolicy differs from manifests/02-rbac.yaml"
+import sys, yaml
+def policy(path):
+    found = {d["kind"]: d["spec"] for d in yaml.safe_load_all(open(path))
+             if d and d.get("kind", "").startswith("ValidatingAdmissionPolicy")}
+    if len(found) != 2:
+        sys.exit(f"no admission policy and binding in {path}")
+    return found
+a, b = policy(sys.argv[1]), policy(sys.argv[2])
+if a != b:
+    print("chart:", a, "\nmanifests:", b)
+    sys.exit(1)
+PY
+
 step "structural CRDs; custom resources valid against them"
 cat crds/*.yaml > "$WORK/all-crds.yaml"
 python3 operator/ci/crd_check.py "$WORK/all-crds.yaml" manifests/*.yaml \

@@ -204,6 +204,37 @@ for name in $(node_names); do
   check "$name: hostPort 65001 answers containerd's address ($code)" test "$code" != 000
 done
 
+# --- the node agent's API rights: its own pod, nothing else ------------------
+# RBAC grants it patch on pods; the install's admission policy narrows that
+# to the pod its bound token names. Played as the API server sees the node
+# agent: its service account with the token's pod-name.
+as_node_agent() { # OWN-POD TARGET-POD MERGE-PATCH: prints "STATUS BODY"
+  local body
+  body=$(curl -s -w '\n%{http_code}' --cacert "$K8S_RUN/pki/ca.crt" \
+    --cert "$K8S_RUN/pki/admin.crt" --key "$K8S_RUN/pki/admin.key" \
+    -H "Impersonate-User: system:serviceaccount:$NSP:$DFC-dfdaemon" \
+    -H "Impersonate-Group: system:serviceaccounts" \
+    -H "Impersonate-Group: system:serviceaccounts:$NSP" \
+    -H "Impersonate-Group: system:authenticated" \
+    -H "Impersonate-Extra-authentication.kubernetes.io%2Fpod-name: $1" \
+    -H 'Content-Type: application/merge-patch+json' -X PATCH -d "$3" \
+    "https://$CP_IP:6443/api/v1/namespaces/$NSP/pods/$2")
+  echo "$(echo "$body" | tail -n 1) $(echo "$body" | sed '$d' | jq -r '.message // empty' 2>/dev/null)"
+}
+agent=$(dfdaemon_pods | sed -n 1p)
+operator_pod=$(kc -n "$NSP" get lease dragonfly-operator-leader -o jsonpath='{.spec.holderIdentity}')
+annotate='{"metadata":{"annotations":{"e2e.dragonfly.dev/probe":"1"}}}'
+own=$(as_node_agent "$agent" "$agent" "$annotate")
+check "the node agent may annotate its own pod ($own)" test "${own%% *}" = 200
+other=$(as_node_agent "$agent" "$operator_pod" "$annotate")
+note "  node agent patching the operator's pod: $other"
+check "the node agent may not touch the operator's pod" \
+  sh -c 'case "$1" in 2*) exit 1;; esac; case "$1" in *"own pod only"*) exit 0;; esac; exit 1' _ "$other"
+relabel=$(as_node_agent "$agent" "$agent" '{"metadata":{"labels":{"app.kubernetes.io/component":"scheduler"}}}')
+note "  node agent relabelling its own pod: $relabel"
+check "the node agent may not relabel its own pod (Service hijack)" \
+  sh -c 'case "$1" in 2*) exit 1;; esac; case "$1" in *"labels"*) exit 0;; esac; exit 1' _ "$relabel"
+
 # --- 3. a Deployment on every node pulls through the mirror, once ----------
 APP_SUMS=$("$here/images.sh" app "$REGISTRY" "e2e/app-$mode" v1 16)
 from=$(log_lines registry)

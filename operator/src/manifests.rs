@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, Namespace, PodSecurityContext, PodSpec,
@@ -71,6 +74,8 @@ pub fn render(opts: &Options) -> anyhow::Result<Vec<(String, String)>> {
                 yaml(&cluster_role_binding(opts))?,
                 yaml(&lease_role(opts))?,
                 yaml(&lease_role_binding(opts))?,
+                yaml(&node_agent_policy()?)?,
+                yaml(&node_agent_policy_binding()?)?,
             ]),
         ),
         (
@@ -250,6 +255,53 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         // Cleanup: a terminating namespace cannot get the cleanup DaemonSet.
         rule(&[""], &["namespaces"], &["get"]),
     ]
+}
+
+/// The name of the admission policy that keeps each node agent to its own
+/// pod (cluster-scoped, shared by every install).
+pub const NODE_AGENT_POLICY: &str = "dragonfly-node-agent-own-pod";
+
+/// RBAC lets the node agent patch pods in its namespace (it reports the
+/// node's integration state on its own pod), and cannot say "its own". This
+/// policy can: a request from a `*-dfdaemon` service account may change
+/// only the pod its token was issued for (the `pod-name` the API server
+/// puts in bound service-account tokens), and never a pod's labels (which
+/// select Services and owners). A compromised node agent then cannot touch
+/// the operator's pod or any other.
+pub fn node_agent_policy() -> anyhow::Result<ValidatingAdmissionPolicy> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": NODE_AGENT_POLICY, "labels": labels()},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "operations": ["UPDATE"],
+                "resources": ["pods"],
+            }]},
+            "matchConditions": [{
+                "name": "node-agent-service-account",
+                "expression": "request.userInfo.username.startsWith('system:serviceaccount:') && request.userInfo.username.endsWith('-dfdaemon')",
+            }],
+            "validations": [
+                {
+                    "expression": "has(request.userInfo.extra) && 'authentication.kubernetes.io/pod-name' in request.userInfo.extra && request.userInfo.extra['authentication.kubernetes.io/pod-name'].exists(p, p == object.metadata.name)",
+                    "message": "a node agent may change its own pod only",
+                },
+                {
+                    "expression": "has(object.metadata.labels) == has(oldObject.metadata.labels) && (!has(object.metadata.labels) || object.metadata.labels == oldObject.metadata.labels)",
+                    "message": "a node agent may not change pod labels",
+                },
+            ],
+        },
+    }))?)
+}
+
+pub fn node_agent_policy_binding() -> anyhow::Result<ValidatingAdmissionPolicyBinding> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": NODE_AGENT_POLICY, "labels": labels()},
+        "spec": {"policyName": NODE_AGENT_POLICY, "validationActions": ["Deny"]},
+    }))?)
 }
 
 fn cluster_role() -> ClusterRole {

@@ -1,5 +1,6 @@
-//! dfdaemon's only API right: annotate pods in its namespace (its own, by
-//! convention) with the node's integration problems. See `nodes.rs`.
+//! dfdaemon's only API right: annotate pods in its namespace with the
+//! node's integration problems (see `nodes.rs`); the admission policy of
+//! the install (`manifests::node_agent_policy`) narrows it to its own pod.
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 
@@ -13,7 +14,7 @@ pub fn dfdaemon_role(ctx: &Ctx) -> Role {
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec!["".into()]),
             resources: Some(vec!["pods".into()]),
-            verbs: vec!["get".into(), "patch".into()],
+            verbs: vec!["patch".into()],
             ..PolicyRule::default()
         }]),
     }
