@@ -87,8 +87,9 @@ pub enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
-/// Serves `router` until `stop` changes; connections open then finish their
-/// current request. `refused` counts connections turned away.
+/// Serves `router` until `stop` changes, then returns once the connections
+/// open then have finished their current request. `refused` counts
+/// connections turned away.
 pub async fn serve(
     name: &'static str,
     listener: Listener,
@@ -107,7 +108,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             accepted = accept(&listener) => accepted,
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         };
         let (io, client) = match accepted {
             Ok(found) => found,
@@ -130,6 +131,11 @@ pub async fn serve(
             stop.clone(),
         ));
     }
+    // Connections finish the request they are serving (each was told to
+    // close after it): resolves once every admission is given back, so a
+    // caller bounding this wait drains in-flight answers before exiting.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = gate.total.acquire_many(all).await;
 }
 
 enum Io {
@@ -257,6 +263,48 @@ mod tests {
             drop(held);
         }
         assert!(gate.per_client.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stopping_lets_answers_in_flight_finish() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new().route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }),
+        );
+        let limits = Limits {
+            max_connections: 8,
+            max_connections_per_client: 8,
+            header_timeout: Duration::from_secs(5),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(
+            "test",
+            Listener::Tcp(listener),
+            router,
+            limits,
+            None,
+            stop_rx,
+        ));
+        let request = tokio::spawn(async move {
+            reqwest::get(format!("http://{addr}/slow"))
+                .await?
+                .text()
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop_tx.send(true).unwrap();
+        // The server waits for the answer in flight, and only for it.
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server drained")
+            .unwrap();
+        assert_eq!(request.await.unwrap().unwrap(), "done");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 
     #[tokio::test]
