@@ -48,3 +48,6 @@ if [ -x operator/check.sh ]; then
   step "operator: CRDs, manifests and chart"
   operator/check.sh
 fi
+
+step "fuzzing: every parser of network input, 10 s per cargo-fuzz target (nightly, built once; long runs: fuzz/run.sh SECONDS)"
+fuzz/run.sh 10

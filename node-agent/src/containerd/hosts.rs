@@ -101,14 +101,14 @@ pub fn render(
         .ok_or_else(|| ContainerdError::BadHostsToml("`host` is not a table".into()))?;
     hosts.remove(mirror);
     let mut entry = Table::new();
-    entry.set_position(1);
+    entry.set_position(Some(1));
     let mut capabilities = Array::new();
     capabilities.push("pull");
     capabilities.push("resolve");
     entry.insert("capabilities", value(capabilities));
     if let Some(server) = &registry.server {
         let mut header = Table::new();
-        header.set_position(2);
+        header.set_position(Some(2));
         let mut values = Array::new();
         values.push(server.as_str());
         header.insert(REGISTRY_HEADER, value(values));
@@ -124,7 +124,7 @@ pub fn render(
 
 fn shift_positions(table: &mut Table, by: isize) {
     if let Some(p) = table.position() {
-        table.set_position(p + by);
+        table.set_position(Some(p + by));
     }
     for (_, item) in table.iter_mut() {
         if let Some(t) = item.as_table_mut() {

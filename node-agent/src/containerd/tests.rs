@@ -198,3 +198,13 @@ fn corrupt_hosts_toml_is_reported_and_left_alone() {
         "server = [unterminated"
     );
 }
+
+/// Found by fuzzing (fuzz/known/toml_edit_panic): toml_edit 0.23 panicked
+/// on this input; a broken file must be reported, never crash the daemon.
+#[test]
+fn malformed_toml_is_an_error_not_a_panic() {
+    let text = "\0\0==\n.=";
+    assert!(check(text, None).is_err());
+    let registry = Registry::parse("docker.io").unwrap();
+    assert!(render(text, &registry, MIRROR).is_err());
+}

@@ -157,7 +157,8 @@ fn image_tag(key: &ManifestKey) -> proto::ImageTag {
 
 /// Whether a client sending `accept` takes `media_type` (no Accept, or a
 /// wildcard, takes anything).
-fn accepts(accept: &str, media_type: &str) -> bool {
+#[doc(hidden)] // pub only for the fuzz targets (fuzz/fuzz_targets/manifest.rs)
+pub fn accepts(accept: &str, media_type: &str) -> bool {
     let listed: Vec<&str> = accept
         .split(',')
         .map(|part| part.split(';').next().unwrap_or("").trim())
