@@ -199,15 +199,9 @@ async fn via_daemon(args: &Args, request: &TaskRequest) -> Result<u64, Failure> 
     if !resp.status().is_success() {
         let code = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let failure = body
-            .get("failure")
-            .cloned()
-            .and_then(|f| serde_json::from_value::<TaskFailure>(f).ok());
-        return Err(match failure {
-            Some(f @ TaskFailure::Origin { .. }) => Failure::Origin(f.to_string()),
-            Some(f @ TaskFailure::DigestMismatch { .. }) => Failure::Digest(f.to_string()),
-            _ => Failure::Other(format!("dfdaemon answered {code}: {body}")),
-        });
+        return Err(reported_failure(&body)
+            .and_then(exit_failure)
+            .unwrap_or_else(|| Failure::Other(format!("dfdaemon answered {code}: {body}"))));
     }
     let bar = progress_bar(args.quiet, resp.content_length());
     // Show the share that came from peers while the bytes stream in.
@@ -255,16 +249,27 @@ async fn why_failed(http: &reqwest::Client, base: &str, task_id: &str) -> Option
         .await
         .ok()?;
     let body: serde_json::Value = resp.json().await.ok()?;
-    let failure = body
-        .get("failure")
+    let failure = reported_failure(&body)?;
+    let message = failure.to_string();
+    Some(exit_failure(failure).unwrap_or(Failure::Other(message)))
+}
+
+/// The download failure a task API answer carries: an error body's
+/// `failure`, or a task status's `error`.
+fn reported_failure(body: &serde_json::Value) -> Option<TaskFailure> {
+    body.get("failure")
         .or_else(|| body.get("error"))
         .cloned()
-        .and_then(|f| serde_json::from_value::<TaskFailure>(f).ok())?;
-    Some(match failure {
-        f @ TaskFailure::Origin { .. } => Failure::Origin(f.to_string()),
-        f @ TaskFailure::DigestMismatch { .. } => Failure::Digest(f.to_string()),
-        f => Failure::Other(f.to_string()),
-    })
+        .and_then(|f| serde_json::from_value(f).ok())
+}
+
+/// The failures dfget has an exit code of their own for.
+fn exit_failure(failure: TaskFailure) -> Option<Failure> {
+    match failure {
+        TaskFailure::Origin { .. } => Some(Failure::Origin(failure.to_string())),
+        TaskFailure::DigestMismatch { .. } => Some(Failure::Digest(failure.to_string())),
+        _ => None,
+    }
 }
 
 async fn direct(args: &Args, request: &TaskRequest) -> Result<u64, Failure> {
