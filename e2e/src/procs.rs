@@ -134,6 +134,48 @@ pub async fn wait_ready(url: &str, timeout: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// The test run's cluster CA: one per test process, written to a
+/// directory that lives as long as the process.
+pub fn test_ca() -> &'static (identity::Ca, PathBuf) {
+    static CA: std::sync::OnceLock<(identity::Ca, PathBuf)> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("dragonfly-test-ca-")
+            .tempdir()
+            .expect("a temp dir for the test CA")
+            .keep();
+        let ca = identity::Ca::generate("dragonfly test CA", Duration::from_secs(7 * 86400))
+            .expect("a test CA");
+        ca.write(&dir).expect("writing the test CA");
+        (ca, dir)
+    })
+}
+
+/// A member certificate from the test CA, in the `--tls-dir` layout.
+pub fn member_dir(role: identity::Role, name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let (ca, ca_dir) = test_ca();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = ca_dir.join(format!("{role}-{name}-{n}"));
+    let id = identity::Identity::new(role, name).expect("a valid member name");
+    ca.issue(&id, Duration::from_secs(86400))
+        .and_then(|m| m.write(&dir))
+        .expect("issuing a test member certificate");
+    dir
+}
+
+/// An HTTPS client holding a member certificate of `role`, for calling peer
+/// ports as that member would.
+pub fn member_http(role: identity::Role, name: &str) -> reqwest::Client {
+    let tls = identity::MemberTls::load(&member_dir(role, name)).expect("a test member");
+    let config = tls.client_config(&[identity::Role::Node, identity::Role::Seed]);
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*config).clone())
+        .no_proxy()
+        .build()
+        .expect("an HTTPS client")
+}
+
 pub struct SchedulerProc {
     pub proc: Proc,
     pub grpc: SocketAddr,
@@ -152,6 +194,10 @@ impl SchedulerProc {
         admin: SocketAddr,
         log_dir: &Path,
     ) -> anyhow::Result<SchedulerProc> {
+        let tls_dir = member_dir(
+            identity::Role::Scheduler,
+            &format!("scheduler-{}", grpc.port()),
+        );
         let args = vec![
             "--listen".to_string(),
             grpc.to_string(),
@@ -161,6 +207,8 @@ impl SchedulerProc {
             "1s".into(),
             "--host-ttl".into(),
             "4s".into(),
+            "--tls-dir".into(),
+            tls_dir.display().to_string(),
         ];
         let proc = Proc::spawn("scheduler", &binary("dragonfly-scheduler")?, &args, log_dir)?;
         wait_ready(&format!("http://{admin}/readyz"), Duration::from_secs(20)).await?;
@@ -236,6 +284,17 @@ impl DaemonProc {
         if spec.seed {
             args.push("--seed".into());
         }
+        // Every daemon is a cluster member named after its spec (its host
+        // id), unless the test brings its own identity.
+        if !spec.extra_args.iter().any(|a| a == "--tls-dir") {
+            let role = if spec.seed {
+                identity::Role::Seed
+            } else {
+                identity::Role::Node
+            };
+            args.push("--tls-dir".into());
+            args.push(member_dir(role, &spec.name).display().to_string());
+        }
         if !spec.extra_args.iter().any(|a| a == "--cache-size") {
             args.extend(["--cache-size".into(), "4GiB".into()]);
         }
@@ -266,9 +325,9 @@ impl DaemonProc {
         format!("http://{}", self.api)
     }
 
-    /// The peer port, as other hosts (and attackers) reach it.
+    /// The peer port, as other members (with `member_http`) reach it.
     pub fn peer_api(&self) -> String {
-        format!("http://{}", self.peer)
+        format!("https://{}", self.peer)
     }
 }
 

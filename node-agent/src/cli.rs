@@ -105,6 +105,8 @@ pub struct RunArgs {
     /// HOST, http(s)://HOST[:PORT], docker.io or _default.
     #[arg(long = "containerd-registry")]
     pub containerd_registries: Vec<String>,
+    #[command(flatten)]
+    pub tls: identity::TlsSettings,
 }
 
 impl RunArgs {
@@ -177,6 +179,7 @@ impl RunArgs {
         if !self.containerd_registries.is_empty() {
             config.containerd.registries = self.containerd_registries;
         }
+        config.tls = config.tls.overridden_by(self.tls);
         for label in self.labels {
             let (k, v) = label
                 .split_once('=')

@@ -78,6 +78,10 @@ pub struct DaemonConfig {
     pub mirror: crate::mirror::config::MirrorConfig,
     /// Writing containerd's hosts.toml files at start, restoring at stop.
     pub containerd: crate::containerd::ContainerdConfig,
+    /// The cluster identity (`dir`, `bootstrap`...): with it the peer port
+    /// serves cluster members only, over mutual TLS, and the host id is the
+    /// certificate's name.
+    pub tls: identity::TlsSettings,
 }
 
 impl Default for DaemonConfig {
@@ -116,6 +120,7 @@ impl Default for DaemonConfig {
             filtered_query_params: crate::task_id::default_filtered(),
             mirror: Default::default(),
             containerd: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -209,6 +214,9 @@ impl DaemonConfig {
         self.containerd
             .parsed_registries()
             .map_err(|e| ConfigError::Invalid(format!("containerd.registries: {e}")))?;
+        self.tls
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("tls: {e}")))?;
         Ok(())
     }
 

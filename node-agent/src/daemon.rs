@@ -59,6 +59,8 @@ pub struct Daemon {
     pub metrics: Arc<Metrics>,
     pub source: SourceClient,
     pub peers: PeerClient,
+    /// This member's cluster identity; None: plain HTTP between peers.
+    pub tls: Option<identity::MemberTls>,
     pub uploads: Arc<Semaphore>,
     /// Where origin and registry requests may go.
     pub destinations: Arc<crate::destination::DestinationPolicy>,
@@ -181,12 +183,14 @@ impl Daemon {
         host_id: String,
         store: Arc<Store>,
         schedulers: Arc<SchedulerPool>,
+        tls: Option<identity::MemberTls>,
     ) -> anyhow::Result<Arc<Self>> {
         let uploads = Arc::new(Semaphore::new(config.upload_limit as usize));
         let metrics = Arc::new(Metrics::new());
         Ok(Arc::new(Daemon {
             source: SourceClient::with_registry_tls(&config.mirror)?.counting(metrics.clone()),
-            peers: PeerClient::new(config.piece_timeout)?,
+            peers: PeerClient::new(config.piece_timeout, tls.as_ref())?,
+            tls,
             destinations: config.mirror.destinations(),
             config,
             host_id,

@@ -50,7 +50,8 @@ fn parent_base(parent: &proto::Parent) -> Option<(String, String)> {
     let host = parent.host.as_ref()?;
     let ip: std::net::IpAddr = host.ip.parse().ok()?;
     let addr = std::net::SocketAddr::new(ip, host.peer_port as u16);
-    Some((host.id.clone(), format!("http://{addr}")))
+    // The peer client adds the scheme (https with cluster identity).
+    Some((host.id.clone(), addr.to_string()))
 }
 
 fn shape_of(task: &StoredTask) -> proto::TaskShape {
@@ -95,7 +96,11 @@ pub async fn download(
                 // A lazy reader's seed fetches what the swarm asks for,
                 // not the whole content.
                 seed_request.lazy = !daemon.progress(&task.id).demand.wants_all();
-                match daemon.peers.trigger_seed(&base, &seed_request).await {
+                match daemon
+                    .peers
+                    .trigger_seed(&base, &seed_id, &seed_request)
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(seed = %seed_id, "seed peer asked to fetch the task");
                         plan = Plan::Peers(vec![seed]);
@@ -514,7 +519,10 @@ async fn refresh_bitmaps_from_parents(
         .iter()
         .filter(|s| !s.complete && !blocked.contains(&s.id))
         .map(|s| async move {
-            let answer = daemon.peers.shape(&s.base, &task.id, Duration::ZERO).await;
+            let answer = daemon
+                .peers
+                .shape(&s.base, &s.id, &task.id, Duration::ZERO)
+                .await;
             (s.id.clone(), answer)
         });
     let Ok(answers) =
@@ -586,7 +594,7 @@ async fn ensure_shape(daemon: &Daemon, task: &StoredTask, slots: &[ParentSlot]) 
     for slot in order {
         match daemon
             .peers
-            .shape(&slot.base, &task.id, daemon.config.piece_wait)
+            .shape(&slot.base, &slot.id, &task.id, daemon.config.piece_wait)
             .await
         {
             Ok(shape) => {
@@ -619,7 +627,7 @@ async fn fetch_verified(
         });
         let (data, digest) = daemon
             .peers
-            .piece(&base, &task.id, index, expected_len)
+            .piece(&base, &parent, &task.id, index, expected_len)
             .await?;
         if data.len() as u64 != expected_len {
             return Err(PeerError::Malformed(format!(

@@ -65,6 +65,23 @@ fn host_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// With a cluster identity the host id is the certificate's name, so the
+/// scheduler can check that a caller speaks for itself only; a seed needs
+/// a seed certificate, a node a node one.
+fn member_host_id(tls: &identity::MemberTls, seed: bool) -> anyhow::Result<String> {
+    let id = tls.identity();
+    let wanted = if seed {
+        identity::Role::Seed
+    } else {
+        identity::Role::Node
+    };
+    anyhow::ensure!(
+        id.role == wanted,
+        "the certificate names {id}, but this daemon runs as a {wanted}"
+    );
+    Ok(id.name)
+}
+
 /// Runs dfdaemon until `shutdown` resolves. `on_bound` is told the bound
 /// addresses once the servers listen.
 pub async fn run(
@@ -75,7 +92,15 @@ pub async fn run(
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let host_id = host_id(&config.data_dir)?;
+    let tls = config
+        .tls
+        .load()
+        .await
+        .context("loading the cluster identity (tls)")?;
+    let host_id = match &tls {
+        Some(tls) => member_host_id(tls, config.seed)?,
+        None => host_id(&config.data_dir)?,
+    };
     let store = Arc::new(
         Store::open(
             &config.data_dir,
@@ -110,7 +135,7 @@ pub async fn run(
         admin: admin_listener.local_addr()?,
     };
 
-    let schedulers = SchedulerPool::new(config.scheduler.clone());
+    let schedulers = SchedulerPool::new(config.scheduler.clone(), tls.clone());
     let hostname = config.hostname.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -132,7 +157,21 @@ pub async fn run(
         free_upload_slots: config.upload_limit,
         labels: config.labels.clone().into_iter().collect(),
     });
-    let daemon = Daemon::new(config.clone(), host_id.clone(), store, schedulers.clone())?;
+    let daemon = Daemon::new(
+        config.clone(),
+        host_id.clone(),
+        store,
+        schedulers.clone(),
+        tls.clone(),
+    )?;
+    match &tls {
+        Some(tls) => {
+            tracing::info!(identity = %tls.identity(), "cluster identity: the peer port serves members only, over mutual TLS")
+        }
+        None => tracing::warn!(
+            "no --tls-dir: the peer port is plain HTTP and serves anyone who reaches it"
+        ),
+    }
     tracing::info!(
         host_id = %host_id,
         proxy = %bound.proxy,
@@ -147,7 +186,10 @@ pub async fn run(
     let mirror_router = mirror::router(daemon.clone()).context("setting up the registry mirror")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let serve = |name: &'static str, listener: serve::Listener, router: axum::Router| {
+    let serve = |name: &'static str,
+                 listener: serve::Listener,
+                 router: axum::Router,
+                 tls: Option<tokio_rustls::TlsAcceptor>| {
         let refused = daemon
             .metrics
             .connections_refused
@@ -157,27 +199,44 @@ pub async fn run(
             name,
             listener,
             router,
-            config.serve_limits(),
-            Some(refused),
+            serve::Options {
+                limits: config.serve_limits(),
+                refused: Some(refused),
+                tls,
+            },
             stop_rx.clone(),
         ))
     };
+    // Children, seeds' callers and the operator (Preheat) call the peer
+    // port; nothing else in the cluster may.
+    let peer_tls = tls.as_ref().map(|t| {
+        use identity::Role;
+        t.acceptor(&[Role::Node, Role::Seed, Role::Operator])
+    });
     let peer_server = serve(
         "peer",
         serve::Listener::Tcp(peer_listener),
         piece_server::router(daemon.clone()),
+        peer_tls,
     );
     let admin_server = serve(
         "admin",
         serve::Listener::Tcp(admin_listener),
         admin::router(daemon.clone(), ready.clone()),
+        None,
     );
     let proxy_server = serve(
         "mirror",
         serve::Listener::Tcp(proxy_listener),
         mirror_router,
+        None,
     );
-    let api_server = serve("api", api_listener, task_api::local_router(daemon.clone()));
+    let api_server = serve(
+        "api",
+        api_listener,
+        task_api::local_router(daemon.clone()),
+        None,
+    );
 
     if schedulers.is_configured() {
         schedulers.refresh().await;

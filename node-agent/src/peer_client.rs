@@ -45,6 +45,8 @@ pub enum PeerError {
     DigestMismatch,
     #[error("parent sent a malformed answer: {0}")]
     Malformed(String),
+    #[error("parent is not the member the scheduler named: {0}")]
+    Impostor(String),
 }
 
 impl PeerError {
@@ -64,6 +66,7 @@ impl PeerError {
             PeerError::NotFound => R::NotFound,
             PeerError::DigestMismatch => R::DigestMismatch,
             PeerError::Server(_) | PeerError::Malformed(_) => R::ServerError,
+            PeerError::Impostor(_) => R::DigestMismatch,
             PeerError::NotReady | PeerError::Busy | PeerError::PieceBusy => R::Slow,
         }
     }
@@ -79,6 +82,7 @@ impl PeerError {
             PeerError::Server(_) => "peer_server_error",
             PeerError::DigestMismatch => "peer_digest_mismatch",
             PeerError::Malformed(_) => "peer_malformed",
+            PeerError::Impostor(_) => "peer_impostor",
         }
     }
 }
@@ -107,25 +111,76 @@ async fn read_capped(resp: reqwest::Response, expected: u64) -> Result<Bytes, Pe
 
 #[derive(Clone)]
 pub struct PeerClient {
+    /// To parents: nodes and seeds of this cluster.
     http: reqwest::Client,
+    /// To seeds only: a seed request may carry a caller's credentials,
+    /// which must reach no other member.
+    seeds: reqwest::Client,
+    scheme: &'static str,
+    /// Whether a parent's certificate must name the host the scheduler
+    /// named (with cluster identity).
+    check_identity: bool,
     piece_timeout: Duration,
 }
 
 impl PeerClient {
-    pub fn new(piece_timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(16)
-            // Below the parents' idle deadline (30 s by default), so a
-            // pooled connection is not reused just as the parent drops it.
-            .pool_idle_timeout(Duration::from_secs(20))
-            .tcp_nodelay(true)
-            .no_proxy()
-            .build()?;
+    pub fn new(
+        piece_timeout: Duration,
+        tls: Option<&identity::MemberTls>,
+    ) -> Result<Self, reqwest::Error> {
+        use identity::Role;
+        let client = |servers: &[Role]| {
+            let builder = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .pool_max_idle_per_host(16)
+                // Below the parents' idle deadline (30 s by default), so a
+                // pooled connection is not reused just as the parent drops it.
+                .pool_idle_timeout(Duration::from_secs(20))
+                .tcp_nodelay(true)
+                .no_proxy();
+            match tls {
+                Some(tls) => builder
+                    .use_preconfigured_tls((*tls.client_config(servers)).clone())
+                    .tls_info(true)
+                    .build(),
+                None => builder.build(),
+            }
+        };
         Ok(PeerClient {
-            http,
+            http: client(&[Role::Node, Role::Seed])?,
+            seeds: client(&[Role::Seed])?,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            check_identity: tls.is_some(),
             piece_timeout,
         })
+    }
+
+    /// `http` or `https`, as parents of this cluster are reached.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// The parent's certificate names `host_id`: a member cannot answer in
+    /// the place of another one the scheduler named.
+    fn check_parent(&self, resp: &reqwest::Response, host_id: &str) -> Result<(), PeerError> {
+        if !self.check_identity {
+            return Ok(());
+        }
+        let named = resp
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate())
+            .ok_or_else(|| PeerError::Impostor("no certificate".into()))
+            .and_then(|der| {
+                identity::Identity::from_der(der).map_err(|e| PeerError::Impostor(e.to_string()))
+            })?;
+        if named.name == host_id {
+            Ok(())
+        } else {
+            Err(PeerError::Impostor(format!(
+                "certificate of {named}, expected host {host_id}"
+            )))
+        }
     }
 
     fn classify(e: reqwest::Error) -> PeerError {
@@ -138,16 +193,18 @@ impl PeerClient {
         }
     }
 
-    /// Asks a parent for the task's shape, letting it wait up to `wait` for
+    /// Asks a parent (`base` is its `ip:port`) for the task's shape, letting it wait up to `wait` for
     /// its own origin answer.
     pub async fn shape(
         &self,
         base: &str,
+        host_id: &str,
         task_id: &str,
         wait: Duration,
     ) -> Result<TaskShapeResponse, PeerError> {
         let url = format!(
-            "{base}/api/v1/tasks/{task_id}/shape?wait_ms={}",
+            "{}://{base}/api/v1/tasks/{task_id}/shape?wait_ms={}",
+            self.scheme,
             wait.as_millis()
         );
         let resp = self
@@ -157,6 +214,7 @@ impl PeerClient {
             .send()
             .await
             .map_err(Self::classify)?;
+        self.check_parent(&resp, host_id)?;
         match resp.status().as_u16() {
             200 => resp
                 .json::<TaskShapeResponse>()
@@ -175,11 +233,15 @@ impl PeerClient {
     pub async fn piece(
         &self,
         base: &str,
+        host_id: &str,
         task_id: &str,
         index: u32,
         expected_len: u64,
     ) -> Result<(Bytes, String), PeerError> {
-        let url = format!("{base}/api/v1/tasks/{task_id}/pieces/{index}");
+        let url = format!(
+            "{}://{base}/api/v1/tasks/{task_id}/pieces/{index}",
+            self.scheme
+        );
         let resp = self
             .http
             .get(url)
@@ -187,6 +249,7 @@ impl PeerClient {
             .send()
             .await
             .map_err(Self::classify)?;
+        self.check_parent(&resp, host_id)?;
         match resp.status().as_u16() {
             200 => {}
             404 => return Err(PeerError::NotFound),
@@ -216,16 +279,18 @@ impl PeerClient {
     pub async fn trigger_seed(
         &self,
         base: &str,
+        host_id: &str,
         request: &crate::task_request::TaskRequest,
     ) -> Result<(), PeerError> {
         let resp = self
-            .http
-            .post(format!("{base}/api/v1/tasks"))
+            .seeds
+            .post(format!("{}://{base}/api/v1/tasks", self.scheme))
             .timeout(Duration::from_secs(10))
             .json(request)
             .send()
             .await
             .map_err(Self::classify)?;
+        self.check_parent(&resp, host_id)?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -264,30 +329,30 @@ mod tests {
                 });
             }
         });
-        format!("http://{addr}")
+        addr.to_string()
     }
 
     #[tokio::test]
     async fn a_parent_cannot_make_a_child_buffer_more_than_a_piece() {
-        let client = PeerClient::new(Duration::from_secs(10)).unwrap();
+        let client = PeerClient::new(Duration::from_secs(10), None).unwrap();
         let digest = "HTTP/1.1 200 OK\r\nx-dragonfly-piece-digest: sha256:00\r\n";
         // Announced longer than the piece: refused before reading.
         let announced: &'static str =
             Box::leak(format!("{digest}content-length: 1073741824\r\n\r\n").into_boxed_str());
         let base = parent(announced, Some(1 << 20)).await;
-        let err = client.piece(&base, "t", 0, 1024).await.unwrap_err();
+        let err = client.piece(&base, "h", "t", 0, 1024).await.unwrap_err();
         assert!(matches!(err, PeerError::Malformed(_)), "{err}");
         // No length, endless body: cut off once past the piece.
         let endless: &'static str =
             Box::leak(format!("{digest}connection: close\r\n\r\n").into_boxed_str());
         let base = parent(endless, None).await;
-        let err = client.piece(&base, "t", 0, 1024).await.unwrap_err();
+        let err = client.piece(&base, "h", "t", 0, 1024).await.unwrap_err();
         assert!(matches!(err, PeerError::Malformed(_)), "{err}");
         // Exactly the piece: fine.
         let exact: &'static str =
             Box::leak(format!("{digest}content-length: 1024\r\n\r\n").into_boxed_str());
         let base = parent(exact, Some(1024)).await;
-        let (data, _) = client.piece(&base, "t", 0, 1024).await.unwrap();
+        let (data, _) = client.piece(&base, "h", "t", 0, 1024).await.unwrap();
         assert_eq!(data.len(), 1024);
     }
 }

@@ -48,17 +48,20 @@ pub struct SchedulerPool {
     host: RwLock<Option<proto::Host>>,
     /// Whether the last call found every scheduler unreachable.
     lost: AtomicBool,
+    /// Mutual TLS to schedulers (which must show a scheduler certificate).
+    tls: Option<identity::MemberTls>,
 }
 
 impl SchedulerPool {
     /// `targets` are `host:port` entries; names are resolved to every address.
-    pub fn new(targets: Vec<String>) -> Arc<Self> {
+    pub fn new(targets: Vec<String>, tls: Option<identity::MemberTls>) -> Arc<Self> {
         Arc::new(SchedulerPool {
             targets,
             resolved: RwLock::new(Vec::new()),
             clients: Mutex::new(HashMap::new()),
             host: RwLock::new(None),
             lost: AtomicBool::new(false),
+            tls,
         })
     }
 
@@ -114,7 +117,11 @@ impl SchedulerPool {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(RPC_TIMEOUT)
             .tcp_nodelay(true);
-        let client = SchedulerClient::new(endpoint.connect_lazy());
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(tls_connector(tls, addr)),
+        };
+        let client = SchedulerClient::new(channel);
         clients.insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -263,6 +270,35 @@ impl SchedulerPool {
             .first()
             .map(|s| s.to_string())
     }
+}
+
+/// Dials `addr` and speaks mutual TLS to it, requiring a scheduler's
+/// certificate: a pod that gets in the way cannot play the scheduler.
+fn tls_connector(
+    tls: &identity::MemberTls,
+    addr: &str,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let connector = tls.connector(&[identity::Role::Scheduler]);
+    let addr = addr.to_string();
+    tower::service_fn(move |_: tonic::transport::Uri| {
+        let connector = connector.clone();
+        let addr = addr.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(identity::MEMBER_DNS_NAME)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let stream = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
 }
 
 fn is_transport_failure(status: &Status) -> bool {

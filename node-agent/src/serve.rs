@@ -2,7 +2,9 @@
 //! network needs: a cap on open connections, in all and per client
 //! address, and a deadline for every request's headers (which also ends
 //! idle keep-alive connections). Idle or slow clients then cannot take a
-//! port away from everyone else.
+//! port away from everyone else. With a TLS acceptor (the peer port with a
+//! cluster identity), a connection is served only after a mutual TLS
+//! handshake, and every request carries the caller's identity.
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -81,6 +83,24 @@ impl Drop for Admission {
     }
 }
 
+/// How a listener is served.
+pub struct Options {
+    pub limits: Limits,
+    /// Counts connections turned away.
+    pub refused: Option<prometheus_client::metrics::counter::Counter>,
+    /// Mutual TLS with cluster members.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The cluster member on the other end of a request's connection (a
+/// request extension on listeners served with TLS).
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub identity::Identity);
+
+/// A TLS handshake must finish within this (or the header deadline, if
+/// shorter): a client that opens connections and stalls holds no place.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A listener `serve` can take connections from.
 pub enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -88,16 +108,19 @@ pub enum Listener {
 }
 
 /// Serves `router` until `stop` changes, then returns once the connections
-/// open then have finished their current request. `refused` counts
-/// connections turned away.
+/// open then have finished their current request.
 pub async fn serve(
     name: &'static str,
     listener: Listener,
     router: axum::Router,
-    limits: Limits,
-    refused: Option<prometheus_client::metrics::counter::Counter>,
+    options: Options,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Options {
+        limits,
+        refused,
+        tls,
+    } = options;
     let gate = Arc::new(Gate {
         name,
         limits,
@@ -127,6 +150,7 @@ pub async fn serve(
             io,
             router.clone(),
             limits.header_timeout,
+            tls.clone(),
             admission,
             stop.clone(),
         ));
@@ -158,12 +182,34 @@ async fn connection(
     io: Io,
     router: axum::Router,
     header_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     admission: Admission,
     stop: watch::Receiver<bool>,
 ) {
-    match io {
-        Io::Tcp(s) => http1(s, router, header_timeout, stop).await,
-        Io::Unix(s) => http1(s, router, header_timeout, stop).await,
+    match (io, tls) {
+        (Io::Tcp(s), Some(tls)) => {
+            let deadline = header_timeout.min(HANDSHAKE_TIMEOUT);
+            let stream = match tokio::time::timeout(deadline, tls.accept(s)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = ?admission.client, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client = ?admission.client, "TLS handshake timed out");
+                    return;
+                }
+            };
+            // The verifier refuses certificates without an identity, so
+            // one is always there; checked again rather than assumed.
+            let Some(caller) = identity::peer_identity(stream.get_ref().1) else {
+                return;
+            };
+            let router = router.layer(axum::Extension(PeerIdentity(caller)));
+            http1(stream, router, header_timeout, stop).await
+        }
+        (Io::Tcp(s), None) => http1(s, router, header_timeout, stop).await,
+        (Io::Unix(s), _) => http1(s, router, header_timeout, stop).await,
     }
     drop(admission);
 }
@@ -286,8 +332,11 @@ mod tests {
             "test",
             Listener::Tcp(listener),
             router,
-            limits,
-            None,
+            Options {
+                limits,
+                refused: None,
+                tls: None,
+            },
             stop_rx,
         ));
         let request = tokio::spawn(async move {

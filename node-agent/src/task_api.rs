@@ -133,10 +133,37 @@ async fn create_local(
 }
 
 #[tracing::instrument(skip_all)]
+/// Who may start a download here over the network: the operator
+/// (Preheat) anywhere, other members only on a seed (the seed request of
+/// a node the scheduler sent to it). Without cluster identity, anyone.
+fn may_start_tasks(
+    daemon: &Daemon,
+    caller: Option<&crate::serve::PeerIdentity>,
+) -> Result<(), String> {
+    use identity::Role;
+    if daemon.tls.is_none() {
+        return Ok(());
+    }
+    let Some(crate::serve::PeerIdentity(caller)) = caller else {
+        return Err("no cluster identity on this connection".into());
+    };
+    match caller.role {
+        Role::Operator => Ok(()),
+        Role::Node | Role::Seed if daemon.config.seed => Ok(()),
+        _ => Err(format!("{caller} may not start downloads on this host")),
+    }
+}
+
 async fn create_from_network(
     State(daemon): State<Arc<Daemon>>,
+    caller: Option<axum::Extension<crate::serve::PeerIdentity>>,
     body: Result<Json<TaskRequest>, JsonRejection>,
 ) -> Response {
+    if let Err(why) = may_start_tasks(&daemon, caller.as_ref().map(|c| &c.0)) {
+        daemon.metrics.failure("network_task_refused");
+        tracing::warn!(reason = %why, "task request from the network refused");
+        return error(StatusCode::FORBIDDEN, why);
+    }
     let request = match body {
         Ok(Json(request)) => request,
         Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),

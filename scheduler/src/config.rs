@@ -49,6 +49,9 @@ pub struct Config {
     /// (to nodes resolving a tag while the registry is down).
     #[serde(with = "humantime_serde")]
     pub tag_ttl: Duration,
+    /// The cluster identity: with it the gRPC port speaks mutual TLS with
+    /// members only, and each member speaks for its own host only.
+    pub tls: identity::TlsSettings,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             max_parents: 4,
             task_idle_ttl: Duration::from_secs(600),
             tag_ttl: Duration::from_secs(24 * 3600),
+            tls: Default::default(),
         }
     }
 }
@@ -108,6 +112,9 @@ impl Config {
         if self.max_parents == 0 {
             return Err(ConfigError::Invalid("max-parents must be >= 1".into()));
         }
+        self.tls
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("tls: {e}")))?;
         Ok(())
     }
 }
@@ -142,6 +149,8 @@ pub struct Cli {
     /// Hand out reported tag -> digest answers this long [default: 24h].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub tag_ttl: Option<Duration>,
+    #[command(flatten)]
+    pub tls: identity::TlsSettings,
 }
 
 impl Cli {
@@ -172,6 +181,7 @@ impl Cli {
         if let Some(v) = self.tag_ttl {
             config.tag_ttl = v;
         }
+        config.tls = config.tls.overridden_by(self.tls.clone());
         config.validate()?;
         Ok(config)
     }

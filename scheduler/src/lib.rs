@@ -10,6 +10,7 @@ pub mod admin;
 pub mod bitmap;
 pub mod config;
 pub mod hosts;
+pub mod members;
 pub mod metrics;
 pub mod ranking;
 pub mod service;
@@ -44,11 +45,24 @@ pub struct Server {
     config: Config,
     grpc: TcpListener,
     admin: TcpListener,
+    tls: Option<identity::MemberTls>,
 }
 
 impl Server {
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
+        let tls = config
+            .tls
+            .load()
+            .await
+            .context("loading the cluster identity (tls)")?;
+        if let Some(tls) = &tls {
+            let id = tls.identity();
+            anyhow::ensure!(
+                id.role == identity::Role::Scheduler,
+                "the certificate names {id}, not a scheduler"
+            );
+        }
         let grpc = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -59,6 +73,7 @@ impl Server {
             config,
             grpc,
             admin,
+            tls,
         })
     }
 
@@ -76,6 +91,7 @@ impl Server {
             config,
             grpc,
             admin,
+            tls,
         } = self;
         let metrics = Arc::new(Metrics::new());
         let settings = Settings {
@@ -101,12 +117,35 @@ impl Server {
         let grpc_addr = grpc.local_addr()?;
         let service =
             SchedulerService::new(state.clone(), metrics.clone(), config.heartbeat_interval);
-        let grpc_server = tonic::transport::Server::builder()
-            .add_service(proto::scheduler_server::SchedulerServer::new(service))
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                stopped(stop_rx.clone()),
-            );
+        let grpc_server = async {
+            let router = tonic::transport::Server::builder();
+            match &tls {
+                Some(tls) => {
+                    info!(identity = %tls.identity(), "cluster identity: gRPC serves members only, over mutual TLS");
+                    let mut router = router;
+                    router
+                        .add_service(proto::scheduler_server::SchedulerServer::new(
+                            service.members_only(),
+                        ))
+                        .serve_with_incoming_shutdown(
+                            members::incoming(grpc, tls),
+                            stopped(stop_rx.clone()),
+                        )
+                        .await
+                }
+                None => {
+                    tracing::warn!("no --tls-dir: gRPC is plain and serves anyone who reaches it");
+                    let mut router = router;
+                    router
+                        .add_service(proto::scheduler_server::SchedulerServer::new(service))
+                        .serve_with_incoming_shutdown(
+                            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                            stopped(stop_rx.clone()),
+                        )
+                        .await
+                }
+            }
+        };
         let admin_addr = admin.local_addr()?;
         let admin_router = admin::router(admin::Admin {
             state,

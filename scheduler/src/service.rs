@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use identity::Role;
 use proto::scheduler_server::Scheduler;
 use proto::{
     AnnounceHostRequest, AnnounceHostResponse, Empty, GetParentsRequest, LeaveHostRequest,
@@ -14,6 +15,7 @@ use proto::{
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
+use crate::members::Caller;
 use crate::metrics::Metrics;
 use crate::state::{ScheduleError, SharedState, State};
 
@@ -22,6 +24,21 @@ pub struct SchedulerService {
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     heartbeat_interval_ms: u32,
+    /// Whether callers are cluster members with an identity: then each one
+    /// speaks only for the host its certificate names.
+    members_only: bool,
+}
+
+/// Who called, whichever kind of listener took the connection.
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller {
+            remote: request.remote_addr(),
+            identity: None,
+        })
 }
 
 impl SchedulerService {
@@ -35,7 +52,58 @@ impl SchedulerService {
             metrics,
             heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
+            members_only: false,
         }
+    }
+
+    /// Callers must be cluster members, each speaking for itself only.
+    pub fn members_only(mut self) -> Self {
+        self.members_only = true;
+        self
+    }
+
+    /// The caller may act as `host_id`: its certificate names that host
+    /// (a node or a seed). Refusals are counted like any other answer.
+    fn speaks_for(
+        &self,
+        method: &'static str,
+        caller: &Caller,
+        host_id: &str,
+    ) -> Result<(), Status> {
+        if !self.members_only {
+            return Ok(());
+        }
+        let refused = match &caller.identity {
+            None => Status::unauthenticated("no cluster identity on this connection"),
+            Some(id) if matches!(id.role, Role::Node | Role::Seed) && id.name == host_id => {
+                return Ok(())
+            }
+            Some(id) => {
+                Status::permission_denied(format!("{id} may not speak for host {host_id:?}"))
+            }
+        };
+        debug!(method, caller = ?caller.identity, host_id, error = %refused.message(), "request refused");
+        self.metrics.request(method, refused.code());
+        Err(refused)
+    }
+
+    /// A host announces itself: its own id, and the seed type only with a
+    /// seed certificate (seeds are trusted to fetch for everyone).
+    fn may_announce(&self, caller: &Caller, host: Option<&proto::Host>) -> Result<(), Status> {
+        let Some(host) = host else { return Ok(()) };
+        self.speaks_for("announce_host", caller, &host.id)?;
+        let claims_seed = host.r#type == proto::HostType::Seed as i32;
+        let is_seed = caller.identity.as_ref().map(|id| id.role) == Some(Role::Seed);
+        if self.members_only && claims_seed != is_seed {
+            let refused = Status::permission_denied(if claims_seed {
+                "only a seed certificate may announce a seed"
+            } else {
+                "a seed certificate announces a seed"
+            });
+            self.metrics.request("announce_host", refused.code());
+            return Err(refused);
+        }
+        Ok(())
     }
 
     /// Runs one RPC against the state.
@@ -72,8 +140,10 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<AnnounceHostRequest>,
     ) -> Result<Response<AnnounceHostResponse>, Status> {
-        let client = request.remote_addr().map(|a| a.ip());
+        let caller = caller_of(&request);
+        let client = caller.remote.map(|a| a.ip());
         let host = request.into_inner().host;
+        self.may_announce(&caller, host.as_ref())?;
         let host_id = host.as_ref().map(|h| h.id.clone()).unwrap_or_default();
         let heartbeat_interval_ms = self.heartbeat_interval_ms;
         self.call("announce_host", "", &host_id, |s, now| {
@@ -92,7 +162,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<LeaveHostRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
+        self.speaks_for("leave_host", &caller, &req.host_id)?;
         self.call("leave_host", "", &req.host_id, |s, now| {
             s.leave_host(&req.host_id, now).map(|()| Empty {})
         })
@@ -102,7 +174,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<RegisterPeerRequest>,
     ) -> Result<Response<ScheduleResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
+        self.speaks_for("register_peer", &caller, &req.host_id)?;
         self.call("register_peer", &req.task_id, &req.host_id, |s, now| {
             s.register_peer(&req, now)
         })
@@ -112,7 +186,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<GetParentsRequest>,
     ) -> Result<Response<ScheduleResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
+        self.speaks_for("get_parents", &caller, &req.host_id)?;
         self.call("get_parents", &req.task_id, &req.host_id, |s, now| {
             s.get_parents(&req.task_id, &req.host_id, now)
         })
@@ -122,7 +198,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<ReportPiecesRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
+        self.speaks_for("report_pieces", &caller, &req.host_id)?;
         self.call("report_pieces", &req.task_id, &req.host_id, |s, now| {
             s.report_pieces(&req, now).map(|()| Empty {})
         })
@@ -132,7 +210,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<ReportParentFailureRequest>,
     ) -> Result<Response<ScheduleResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
+        self.speaks_for("report_parent_failure", &caller, &req.host_id)?;
         self.call(
             "report_parent_failure",
             &req.task_id,
@@ -145,7 +225,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<ReportPeerResultRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
+        self.speaks_for("report_peer_result", &caller, &req.host_id)?;
         self.call(
             "report_peer_result",
             &req.task_id,
@@ -158,7 +240,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<LeaveTaskRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
+        self.speaks_for("leave_task", &caller, &req.host_id)?;
         self.call("leave_task", &req.task_id, &req.host_id, |s, now| {
             s.leave_task(&req.task_id, &req.host_id, now)
                 .map(|()| Empty {})
@@ -169,7 +253,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<ReportTagRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
+        self.speaks_for("report_tag", &caller, &req.host_id)?;
         let tag = req
             .tag
             .as_ref()
