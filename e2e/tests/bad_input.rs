@@ -55,6 +55,9 @@ async fn dfget_exit_codes_and_clean_cache() {
     assert!(stderr.contains("digest"), "{stderr}");
     assert!(!out.exists());
     let client = reqwest::Client::new();
+    // The peer port serves cluster members only: a member's malformed
+    // requests are refused all the same.
+    let member = dragonfly_e2e::procs::member_http(identity::Role::Node, "other-node");
     let held = tasks(&d).await.unwrap();
     assert!(
         held.iter().all(|t| t["task_id"] != "0".repeat(64)),
@@ -109,7 +112,7 @@ async fn dfget_exit_codes_and_clean_cache() {
             .post(format!("{base}/api/v1/tasks"))
             .json(&serde_json::json!({"url": url, "surprise": 1})),
         client.get(format!("{base}/api/v1/tasks/..%2f..%2fetc")),
-        client.get(format!(
+        member.get(format!(
             "{}/api/v1/tasks/{digest}/pieces/notanumber",
             d.peer_api()
         )),
@@ -119,11 +122,14 @@ async fn dfget_exit_codes_and_clean_cache() {
         assert!(resp.status().is_client_error(), "{:?}", resp.status());
     }
     let unknown = "a".repeat(64);
-    for url in [
-        format!("{base}/api/v1/tasks/{unknown}"),
-        format!("{}/api/v1/tasks/{unknown}/pieces/0", d.peer_api()),
+    for (http, url) in [
+        (&client, format!("{base}/api/v1/tasks/{unknown}")),
+        (
+            &member,
+            format!("{}/api/v1/tasks/{unknown}/pieces/0", d.peer_api()),
+        ),
     ] {
-        let resp = client.get(&url).send().await.unwrap();
+        let resp = http.get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 404, "{url}");
     }
 }

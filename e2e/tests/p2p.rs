@@ -457,10 +457,21 @@ async fn tasks_are_split_over_scheduler_replicas() {
     // Both replicas own some of the tasks.
     let mut owned = Vec::new();
     for s in [&s1, &s2] {
-        let mut client =
-            proto::scheduler_client::SchedulerClient::connect(format!("http://{}", s.grpc))
-                .await
-                .unwrap();
+        // The gRPC port serves members only: read as the operator does.
+        let tls = identity::MemberTls::load(&dragonfly_e2e::procs::member_dir(
+            identity::Role::Operator,
+            "stat",
+        ))
+        .unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.grpc))
+            .unwrap()
+            .connect_with_connector(node_agent::scheduler_client::tls_connector(
+                &tls,
+                &s.grpc.to_string(),
+            ))
+            .await
+            .unwrap();
+        let mut client = proto::scheduler_client::SchedulerClient::new(channel);
         let stat = client
             .stat(proto::StatRequest::default())
             .await

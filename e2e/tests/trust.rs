@@ -3,7 +3,9 @@
 //! tries what the trust model says it cannot do.
 
 use dragonfly_e2e::origin::{random_bytes, sha256_hex, Origin};
-use dragonfly_e2e::procs::{binary, dfget, free_port, DaemonProc, DaemonSpec, Proc};
+use dragonfly_e2e::procs::{
+    binary, dfget, free_port, member_dir, member_http, DaemonProc, DaemonSpec, Proc, SchedulerProc,
+};
 use dragonfly_e2e::registry::FakeRegistry;
 use reqwest::StatusCode;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -48,7 +50,10 @@ async fn the_network_cannot_write_files_read_content_or_manage_tasks() {
     let d = DaemonProc::start(spec("d", ip(70, 1), dir.path(), &[]), dir.path())
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    // Even a cluster member (here the operator's certificate, which may
+    // start downloads on a node) cannot do these.
+    let http = member_http(identity::Role::Operator, "operator-0");
+    let plain = reqwest::Client::new();
     let peer = d.peer_api();
 
     // A task that names an output file: today's root write anywhere.
@@ -91,7 +96,7 @@ async fn the_network_cannot_write_files_read_content_or_manage_tasks() {
         .await
         .unwrap();
     assert!(delete.status().is_client_error(), "{}", delete.status());
-    let local = http
+    let local = plain
         .get(format!("{}/api/v1/tasks/{id}", d.task_api()))
         .send()
         .await
@@ -136,7 +141,7 @@ async fn the_network_cannot_attach_other_bytes_to_a_task() {
     let d = DaemonProc::start(spec("d", ip(70, 2), dir.path(), &[]), dir.path())
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = member_http(identity::Role::Operator, "operator-0");
     // The attacker's URL under the task id of the real one.
     let resp = http
         .post(format!("{}/api/v1/tasks", d.peer_api()))
@@ -524,4 +529,264 @@ async fn the_mirror_serves_only_the_registries_it_mirrors() {
             .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
+}
+
+/// A client of `tls` that accepts any member as the server.
+fn https_with(tls: &identity::MemberTls) -> reqwest::Client {
+    use identity::Role;
+    let config = tls.client_config(&Role::ALL);
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*config).clone())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_cluster_members_reach_the_peer_port() {
+    use identity::{Ca, Identity, MemberTls, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let d = DaemonProc::start(spec("d", ip(70, 20), dir.path(), &[]), dir.path())
+        .await
+        .unwrap();
+    let unknown = format!("{}/api/v1/tasks/{}/shape", d.peer_api(), "a".repeat(64));
+    // Plain HTTP: the port speaks TLS only.
+    let plain = reqwest::Client::new()
+        .get(unknown.replace("https://", "http://"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    // TLS without a client certificate: the handshake fails.
+    let anonymous = {
+        let (ca, _) = dragonfly_e2e::procs::test_ca();
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        roots
+            .add(
+                rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())
+                    .unwrap(),
+            )
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .resolve(identity::MEMBER_DNS_NAME, d.peer)
+            .build()
+            .unwrap()
+    };
+    let by_name = format!(
+        "https://{}:{}/api/v1/tasks/{}/shape",
+        identity::MEMBER_DNS_NAME,
+        d.peer.port(),
+        "a".repeat(64)
+    );
+    let resp = anonymous
+        .get(&by_name)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(resp.is_err(), "served without a certificate: {resp:?}");
+    // A certificate of another CA, even naming a real role: refused.
+    let other_ca = Ca::generate("someone else", Duration::from_secs(3600)).unwrap();
+    let stranger = MemberTls::from_issued(
+        &other_ca
+            .issue(
+                &Identity::new(Role::Node, "d").unwrap(),
+                Duration::from_secs(3600),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    let resp = https_with(&stranger)
+        .get(&unknown)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(resp.is_err(), "served another CA's member: {resp:?}");
+    // A member of this cluster but of a role that has no business here.
+    let scheduler = MemberTls::load(&member_dir(Role::Scheduler, "s")).unwrap();
+    let resp = https_with(&scheduler)
+        .get(&unknown)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(resp.is_err(), "served a scheduler certificate: {resp:?}");
+    // A node of this cluster is served (the task is unknown: 404), but may
+    // not start downloads on another node; the operator may.
+    let node = member_http(Role::Node, "other");
+    let resp = node.get(&unknown).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let task = serde_json::json!({ "url": "http://127.0.0.1:1/x" });
+    let resp = node
+        .post(format!("{}/api/v1/tasks", d.peer_api()))
+        .json(&task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let operator = member_http(Role::Operator, "op");
+    let resp = operator
+        .post(format!("{}/api/v1/tasks", d.peer_api()))
+        .json(&task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+}
+
+/// A gRPC client to a scheduler holding `tls` (or plain, with None).
+async fn scheduler_client(
+    grpc: SocketAddr,
+    tls: Option<&identity::MemberTls>,
+) -> Result<proto::scheduler_client::SchedulerClient<tonic::transport::Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    let channel = match tls {
+        Some(tls) => {
+            endpoint
+                .connect_with_connector(node_agent::scheduler_client::tls_connector(
+                    tls,
+                    &grpc.to_string(),
+                ))
+                .await
+        }
+        None => endpoint.connect().await,
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(proto::scheduler_client::SchedulerClient::new(channel))
+}
+
+fn announce(id: &str, kind: proto::HostType) -> proto::AnnounceHostRequest {
+    proto::AnnounceHostRequest {
+        host: Some(proto::Host {
+            id: id.into(),
+            hostname: id.into(),
+            ip: "127.0.70.30".into(),
+            peer_port: 1,
+            proxy_port: 2,
+            admin_port: 3,
+            r#type: kind as i32,
+            upload_capacity: 1,
+            free_upload_slots: 1,
+            labels: Default::default(),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_speaks_to_the_scheduler_only_for_itself() {
+    use identity::{MemberTls, Role};
+    use proto::HostType;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerProc::start(ip(70, 30), dir.path()).await.unwrap();
+    // Without a certificate nothing gets through.
+    let plain = match scheduler_client(s.grpc, None).await {
+        Err(_) => None,
+        Ok(mut c) => Some(c.announce_host(announce("n1", HostType::Normal)).await),
+    };
+    assert!(
+        plain.as_ref().is_none_or(|answer| answer.is_err()),
+        "a plain caller was answered: {plain:?}"
+    );
+    let node = MemberTls::load(&member_dir(Role::Node, "n1")).unwrap();
+    let mut c = scheduler_client(s.grpc, Some(&node)).await.unwrap();
+    // Itself: yes.
+    c.announce_host(announce("n1", HostType::Normal))
+        .await
+        .unwrap();
+    // Another host, or a seed: no.
+    let other = c
+        .announce_host(announce("n2", HostType::Normal))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::PermissionDenied, "{other}");
+    let seed = c
+        .announce_host(announce("n1", HostType::Seed))
+        .await
+        .unwrap_err();
+    assert_eq!(seed.code(), tonic::Code::PermissionDenied, "{seed}");
+    // Calls in another host's name: no.
+    let for_other = c
+        .register_peer(proto::RegisterPeerRequest {
+            task_id: "a".repeat(64),
+            host_id: "n2".into(),
+            url: "http://127.0.0.1:1/x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        for_other.code(),
+        tonic::Code::PermissionDenied,
+        "{for_other}"
+    );
+    let leave_other = c
+        .leave_host(proto::LeaveHostRequest {
+            host_id: "n2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(leave_other.code(), tonic::Code::PermissionDenied);
+    // A seed certificate announces a seed.
+    let seed = MemberTls::load(&member_dir(Role::Seed, "seed-0")).unwrap();
+    let mut c = scheduler_client(s.grpc, Some(&seed)).await.unwrap();
+    c.announce_host(announce("seed-0", HostType::Seed))
+        .await
+        .unwrap();
+    // The client side: a member that is not a scheduler cannot play one.
+    let fake = DaemonProc::start(spec("fake", ip(70, 31), dir.path(), &[]), dir.path())
+        .await
+        .unwrap();
+    let mut c = scheduler_client(fake.peer, Some(&node)).await;
+    let answer = match &mut c {
+        Ok(c) => Some(c.stat(proto::StatRequest::default()).await),
+        Err(_) => None,
+    };
+    assert!(
+        answer.as_ref().is_none_or(|a| a.is_err()),
+        "a node's port passed for a scheduler"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_must_be_the_host_the_scheduler_named() {
+    use identity::{MemberTls, Role};
+    use node_agent::peer_client::{PeerClient, PeerError};
+    let dir = tempfile::tempdir().unwrap();
+    let real = DaemonProc::start(spec("real", ip(70, 40), dir.path(), &[]), dir.path())
+        .await
+        .unwrap();
+    let child = MemberTls::load(&member_dir(Role::Node, "child")).unwrap();
+    let peers = PeerClient::new(Duration::from_secs(5), Some(&child)).unwrap();
+    let task = "a".repeat(64);
+    let base = real.peer.to_string();
+    // Named as itself: served (the task is unknown here).
+    let named = peers.shape(&base, "real", &task, Duration::ZERO).await;
+    assert!(matches!(named, Err(PeerError::NotFound)), "{named:?}");
+    // Named as another host: the answer is not taken.
+    let impostor = peers.shape(&base, "victim", &task, Duration::ZERO).await;
+    assert!(
+        matches!(impostor, Err(PeerError::Impostor(_))),
+        "{impostor:?}"
+    );
+    let piece = peers.piece(&base, "victim", &task, 0, 1024).await;
+    assert!(matches!(piece, Err(PeerError::Impostor(_))), "{piece:?}");
+    // A seed request (it may carry a caller's credentials) reaches seed
+    // certificates only: a node never receives it.
+    let request = node_agent::task_request::TaskRequest {
+        url: "http://127.0.0.1:1/x".into(),
+        headers: [("Authorization".to_string(), "Bearer secret".to_string())].into(),
+        ..Default::default()
+    };
+    let sent = peers.trigger_seed(&base, "real", &request).await;
+    assert!(matches!(sent, Err(PeerError::Connect(_))), "{sent:?}");
 }

@@ -274,7 +274,7 @@ impl SchedulerPool {
 
 /// Dials `addr` and speaks mutual TLS to it, requiring a scheduler's
 /// certificate: a pod that gets in the way cannot play the scheduler.
-fn tls_connector(
+pub fn tls_connector(
     tls: &identity::MemberTls,
     addr: &str,
 ) -> impl tower::Service<

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod certs;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use dragonfly_operator::{crdgen, manifests, preheat, run, uninstall};
+use dragonfly_operator::{certs, crdgen, manifests, preheat, run, uninstall};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,9 @@ enum Command {
     /// Run one Preheat against dfdaemons named on the command line, without
     /// Kubernetes; prints the final status as JSON and fails unless it succeeded.
     PreheatLocal(preheat::local::LocalArgs),
+    /// Issue a cluster CA, or a member certificate signed by it, in the
+    /// --tls-dir layout (ca.crt, tls.crt, tls.key).
+    Certs(certs::CertsArgs),
 }
 
 fn init_tracing(json: bool) {
@@ -113,6 +116,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(uninstall::uninstall(args))?;
         }
+        Command::Certs(args) => certs::run(args)?,
         Command::PreheatLocal(args) => {
             init_tracing(cli.log_json);
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -7,6 +7,7 @@ mod dfdaemon;
 mod rbac;
 mod scheduler;
 mod seed_peer;
+mod tls;
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,7 @@ use crate::crd::{DefaultImage, DragonflyCluster};
 
 pub use cleanup::cleanup_daemonset;
 pub use dfdaemon::DFDAEMON_CONFIG_MOUNT;
+pub use tls::{ca_configmap_name, TlsPlan, TLS_DIR};
 
 pub const MANAGER: &str = "dragonfly-operator";
 /// Hash of what the operator last applied; equal hash means nothing to write.
@@ -75,6 +77,8 @@ pub struct Ctx<'a> {
     owner: OwnerReference,
     /// What unset `spec.image` fields mean for this operator.
     images: DefaultImage,
+    /// The cluster identity member pods get (None: plain, as before).
+    tls: Option<TlsPlan>,
 }
 
 impl<'a> Ctx<'a> {
@@ -91,7 +95,14 @@ impl<'a> Ctx<'a> {
             namespace,
             owner,
             images: images.clone(),
+            tls: None,
         })
+    }
+
+    /// Member pods obtain their certificates from the operator's issuer.
+    pub fn with_tls(mut self, plan: Option<TlsPlan>) -> Self {
+        self.tls = plan;
+        self
     }
 
     pub fn object_name(&self, c: Component) -> String {
@@ -217,6 +228,9 @@ pub fn desired_objects(ctx: &Ctx) -> Result<Vec<Desired>, BuildError> {
     out.push(Desired::of(&rbac::dfdaemon_role(ctx))?);
     out.push(Desired::of(&rbac::dfdaemon_role_binding(ctx))?);
 
+    if let Some(plan) = &ctx.tls {
+        out.push(Desired::of(&tls::ca_configmap(ctx, plan))?);
+    }
     out.push(Desired::of(&sched_cm)?);
     if let Some(cm) = &seed_cm {
         out.push(Desired::of(cm)?);
@@ -229,17 +243,22 @@ pub fn desired_objects(ctx: &Ctx) -> Result<Vec<Desired>, BuildError> {
         out.push(Desired::of(&seed_peer::headless_service(ctx))?);
     }
 
-    out.push(Desired::of(&scheduler::deployment(
-        ctx,
-        &config_hash(&sched_cm),
-    ))?);
+    let member = |pod: Option<&mut k8s_openapi::api::core::v1::PodSpec>| {
+        if let (Some(plan), Some(pod)) = (&ctx.tls, pod) {
+            tls::member_pod(ctx, plan, pod);
+        }
+    };
+    let mut deployment = scheduler::deployment(ctx, &config_hash(&sched_cm));
+    member(deployment.spec.template.spec.as_mut());
+    out.push(Desired::of(&deployment)?);
     if let Some(cm) = &seed_cm {
-        out.push(Desired::of(&seed_peer::statefulset(ctx, &config_hash(cm)))?);
+        let mut statefulset = seed_peer::statefulset(ctx, &config_hash(cm));
+        member(statefulset.spec.template.spec.as_mut());
+        out.push(Desired::of(&statefulset)?);
     }
-    out.push(Desired::of(&dfdaemon::daemonset(
-        ctx,
-        &config_hash(&daemon_cm),
-    ))?);
+    let mut daemonset = dfdaemon::daemonset(ctx, &config_hash(&daemon_cm));
+    member(daemonset.spec.template.spec.as_mut());
+    out.push(Desired::of(&daemonset)?);
     Ok(out)
 }
 
