@@ -190,6 +190,21 @@ impl MemberTls {
         Ok(true)
     }
 
+    /// Takes a newly issued certificate held in memory (the operator's own,
+    /// which it signs itself); refused if it names another member.
+    pub fn renew_from(&self, issued: &IssuedMember) -> Result<(), TlsError> {
+        let fresh = Material::from_pem(&issued.cert_pem, &issued.key_pem, &issued.ca_pem, None)?;
+        let identity = self.identity();
+        if fresh.identity != identity {
+            return Err(TlsError::Certificate(format!(
+                "a renewal naming {} for {identity}",
+                fresh.identity
+            )));
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
     /// Re-reads the files every `every` while the returned task runs.
     pub fn spawn_reloader(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let tls = self.clone();
@@ -222,6 +237,18 @@ impl MemberTls {
             }))
             .with_cert_resolver(Arc::new(OwnKey(self.clone())));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// Serves anyone (who then checks this member's certificate): the
+    /// issuer, whose callers have no certificate yet.
+    pub fn server_config_for_anyone(&self) -> Arc<rustls::ServerConfig> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(OwnKey(self.clone())));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     }
 

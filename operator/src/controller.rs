@@ -89,6 +89,12 @@ pub struct Context {
     /// What unset `spec.image` fields mean: this operator's own data-plane
     /// image, so an operator upgrade rolls the data plane.
     pub images: DefaultImage,
+    /// The cluster identity member pods get: the issuer's URL and the
+    /// current CA bundle (None: members run without TLS).
+    pub tls: Option<(
+        String,
+        tokio::sync::watch::Receiver<std::sync::Arc<crate::cluster_ca::CaState>>,
+    )>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -104,8 +110,26 @@ impl Context {
             metrics,
             clock: Box::new(|| Time(Timestamp::now())),
             images: DefaultImage::from_env(),
+            tls: None,
             failures: Mutex::default(),
         }
+    }
+
+    /// Member pods get their identity from the issuer at `issuer_url`.
+    pub fn with_tls(
+        mut self,
+        issuer_url: String,
+        ca: tokio::sync::watch::Receiver<std::sync::Arc<crate::cluster_ca::CaState>>,
+    ) -> Self {
+        self.tls = Some((issuer_url, ca));
+        self
+    }
+
+    fn tls_plan(&self) -> Option<build::TlsPlan> {
+        self.tls.as_ref().map(|(url, ca)| build::TlsPlan {
+            issuer_url: url.clone(),
+            ca_bundle: ca.borrow().bundle.clone(),
+        })
     }
 
     fn backoff(&self, key: &str) -> Duration {
@@ -201,7 +225,7 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
         return Ok(Action::await_change());
     }
 
-    let bctx = build::Ctx::new(dfc, &ctx.images)?;
+    let bctx = build::Ctx::new(dfc, &ctx.images)?.with_tls(ctx.tls_plan());
     let desired = build::desired_objects(&bctx)?;
     let mut existing = apply::observe(&ctx.client, &ns, &bctx.name).await?;
     let plan = apply::plan(desired, &existing, dfc.uid().as_deref().unwrap_or_default());

@@ -7,9 +7,11 @@
 pub mod apply;
 pub mod build;
 pub mod certs;
+pub mod cluster_ca;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod issuer;
 pub mod leader;
 pub mod manifests;
 pub mod metrics;

@@ -80,7 +80,11 @@ pub fn render(opts: &Options) -> anyhow::Result<Vec<(String, String)>> {
         ),
         (
             "03-operator.yaml".into(),
-            docs(&[yaml(&deployment(opts))?, yaml(&metrics_service(opts))?]),
+            docs(&[
+                yaml(&deployment(opts))?,
+                yaml(&metrics_service(opts))?,
+                yaml(&issuer_service(opts))?,
+            ]),
         ),
         (
             "04-dragonflycluster.yaml".into(),
@@ -254,6 +258,8 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         // Cleanup: a terminating namespace cannot get the cleanup DaemonSet.
         rule(&[""], &["namespaces"], &["get"]),
+        // The issuer: which pod and node a member's token belongs to.
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
     ]
 }
 
@@ -405,13 +411,29 @@ fn deployment(o: &Options) -> Deployment {
             plain_env(IMAGE_REPOSITORY_ENV, &o.data_plane.repository),
             plain_env(IMAGE_TAG_ENV, &o.data_plane.tag),
             plain_env("RUST_LOG", "info"),
+            plain_env(
+                "OPERATOR_ISSUER_URL",
+                &format!(
+                    "https://{NAME}.{}.svc:{}",
+                    o.namespace,
+                    crate::issuer::ISSUER_PORT
+                ),
+            ),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http-admin".into()),
-            container_port: 8000,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http-admin".into()),
+                container_port: 8000,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("issuer".into()),
+                container_port: i32::from(crate::issuer::ISSUER_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
         resources: Some(ResourceRequirements {
@@ -473,6 +495,28 @@ fn deployment(o: &Options) -> Deployment {
             ..DeploymentSpec::default()
         },
         ..Deployment::default()
+    }
+}
+
+/// Where member pods get their certificates (every replica issues).
+fn issuer_service(o: &Options) -> Service {
+    Service {
+        metadata: meta(NAME, Some(&o.namespace)),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                NAME.to_string(),
+            )])),
+            ports: Some(vec![ServicePort {
+                name: Some("issuer".into()),
+                port: i32::from(crate::issuer::ISSUER_PORT),
+                target_port: Some(IntOrString::String("issuer".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
     }
 }
 

@@ -49,6 +49,96 @@ pub struct RunArgs {
     /// Skip leader election (a single replica, or local development).
     #[arg(long)]
     pub no_leader_election: bool,
+    /// Address of the certificate issuer (member pods get their cluster
+    /// identity there).
+    #[arg(long, default_value = "0.0.0.0:8443", env = "OPERATOR_ISSUER_LISTEN")]
+    pub issuer_listen: SocketAddr,
+    /// The issuer's URL as member pods reach it [default:
+    /// https://dragonfly-operator.<namespace>.svc:8443].
+    #[arg(long, env = "OPERATOR_ISSUER_URL")]
+    pub issuer_url: Option<String>,
+    /// Build member pods without a cluster identity: their ports are then
+    /// plain and open to every pod (not for production).
+    #[arg(long)]
+    pub no_cluster_identity: bool,
+}
+
+/// What the cluster identity gives the controllers.
+struct ClusterIdentity {
+    issuer_url: String,
+    ca: watch::Receiver<Arc<crate::cluster_ca::CaState>>,
+    /// The operator's own member certificate (issuer and Preheat).
+    tls: identity::MemberTls,
+}
+
+/// Loads or creates the cluster CA, issues this replica its operator
+/// certificate (renewed with the CA, and at two thirds of its life), and
+/// serves the issuer. Every replica does this: the issuer Service reaches
+/// any of them.
+async fn start_cluster_identity(
+    client: &Client,
+    args: &RunArgs,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<ClusterIdentity> {
+    use crate::cluster_ca;
+    let ns = &args.lease_namespace;
+    let state = cluster_ca::ensure(client, ns)
+        .await
+        .context("setting up the cluster CA")?;
+    let (ca_tx, ca_rx) = watch::channel(Arc::new(state));
+    cluster_ca::spawn_keeper(client.clone(), ns.clone(), ca_tx);
+    let name = std::env::var("POD_NAME").unwrap_or_else(|_| "dragonfly-operator".into());
+    let me = identity::Identity::new(identity::Role::Operator, name)?;
+    const OPERATOR_VALIDITY: Duration = Duration::from_secs(7 * 86400);
+    let issue = move |state: &crate::cluster_ca::CaState| {
+        state
+            .ca
+            .issue(&me, OPERATOR_VALIDITY)
+            .map(|m| identity::IssuedMember {
+                ca_pem: state.bundle.clone(),
+                ..m
+            })
+    };
+    let tls = identity::MemberTls::from_issued(&issue(&ca_rx.borrow())?)?;
+    let renewing = tls.clone();
+    let mut changes = ca_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            let left = renewing
+                .not_after()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(left / 3) => {}
+            }
+            let renewed = issue(&changes.borrow_and_update()).and_then(|m| renewing.renew_from(&m));
+            if let Err(e) = renewed {
+                warn!(error = %e, "renewing the operator's certificate failed");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(args.issuer_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.issuer_listen))?;
+    info!(addr = %args.issuer_listen, "certificate issuer listening");
+    let router = crate::issuer::router(Arc::new(crate::issuer::Issuer {
+        client: client.clone(),
+        ca: ca_rx.clone(),
+    }));
+    tokio::spawn(crate::issuer::serve(listener, tls.clone(), router, stop));
+    let issuer_url = args.issuer_url.clone().unwrap_or_else(|| {
+        format!(
+            "https://dragonfly-operator.{ns}.svc:{}",
+            crate::issuer::ISSUER_PORT
+        )
+    });
+    Ok(ClusterIdentity {
+        issuer_url,
+        ca: ca_rx,
+        tls,
+    })
 }
 
 struct AdminState {
@@ -74,6 +164,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_server = tokio::spawn(serve_admin(listener, admin.clone(), stop_rx.clone()));
     tokio::spawn(forward_signals(stop_tx.clone()));
+    let cluster_identity = if args.no_cluster_identity {
+        warn!("--no-cluster-identity: member pods run without TLS, their ports open to every pod");
+        None
+    } else {
+        Some(start_cluster_identity(&client, &args, stop_rx.clone()).await?)
+    };
     // Standby replicas are healthy and ready too: they only wait for the lease.
     admin.ready.store(true, Ordering::Relaxed);
 
@@ -113,7 +209,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if leading {
         metrics.leader.set(1);
         info!("leading; starting the controller");
-        let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+        let mut ctx = Context::new(client.clone(), metrics.clone());
+        if let Some(ci) = &cluster_identity {
+            ctx = ctx.with_tls(ci.issuer_url.clone(), ci.ca.clone());
+        }
+        let ctx = Arc::new(ctx);
         let shutdown = |log: bool| {
             let mut stop = stop_rx.clone();
             let mut lost = leader_rx.clone();
@@ -128,10 +228,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             if !preheats_installed {
                 return;
             }
-            let pctx = Arc::new(preheat::controller::Context::new(
-                client.clone(),
-                metrics.clone(),
-            ));
+            let mut pctx = preheat::controller::Context::new(client.clone(), metrics.clone());
+            pctx.tls = cluster_identity.as_ref().map(|ci| ci.tls.clone());
+            let pctx = Arc::new(pctx);
             let api: Api<Preheat> = match args.watch_namespace.as_deref() {
                 Some(ns) => Api::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),

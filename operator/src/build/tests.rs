@@ -443,3 +443,60 @@ fn unset_image_follows_the_operator_and_a_set_one_is_kept() {
         BTreeSet::from(["r.example.com/df:9.9.9".to_string()])
     );
 }
+
+#[test]
+fn with_tls_every_member_gets_its_identity_from_the_issuer() {
+    let dfc = fixture("default");
+    let plan = TlsPlan {
+        issuer_url: "https://dragonfly-operator.dragonfly-system.svc:8443".into(),
+        ca_bundle: "-----BEGIN CERTIFICATE-----\n".into(),
+    };
+    let ctx = ctx_of(&dfc).with_tls(Some(plan.clone()));
+    let objects = desired_objects(&ctx).expect("build");
+    let ca = objects
+        .iter()
+        .find(|d| d.resource.kind == "ConfigMap" && d.name() == ca_configmap_name(&ctx))
+        .expect("the CA bundle ConfigMap");
+    assert_eq!(ca.object.data["data"]["ca.crt"], plan.ca_bundle.as_str());
+    let specs = pod_specs(&objects);
+    assert_eq!(specs.len(), 3, "scheduler, seed peer, dfdaemon");
+    for (id, pod, _) in specs {
+        let args = pod.containers[0].args.clone().unwrap_or_default();
+        let flag = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        assert_eq!(flag("--tls-dir").as_deref(), Some(TLS_DIR), "{id}");
+        assert_eq!(
+            flag("--tls-bootstrap"),
+            Some(plan.issuer_url.clone()),
+            "{id}"
+        );
+        let volumes = pod.volumes.clone().unwrap_or_default();
+        let token = volumes
+            .iter()
+            .find_map(|v| v.projected.as_ref())
+            .and_then(|p| p.sources.as_ref())
+            .and_then(|s| s.first())
+            .and_then(|s| s.service_account_token.as_ref())
+            .expect("a projected token");
+        assert_eq!(token.audience.as_deref(), Some("dragonfly"), "{id}");
+        let identity_dir = volumes
+            .iter()
+            .find(|v| v.name == "cluster-identity")
+            .and_then(|v| v.empty_dir.as_ref())
+            .expect("an emptyDir for the key");
+        assert_eq!(identity_dir.medium.as_deref(), Some("Memory"), "{id}");
+    }
+    // Without a plan nothing changes (the goldens above).
+    let plain = desired_objects(&ctx_of(&dfc)).expect("build");
+    assert!(pod_specs(&plain)
+        .iter()
+        .all(|(_, pod, _)| !pod.containers[0]
+            .args
+            .clone()
+            .unwrap_or_default()
+            .contains(&"--tls-dir".to_string())));
+}

@@ -76,6 +76,8 @@ pub struct Context {
     pub clock: Box<dyn Fn() -> Time + Send + Sync>,
     /// How often a running Preheat looks at its peers, how it backs off.
     pub pace: Pace,
+    /// The operator's member certificate for the dfdaemons' peer ports.
+    pub tls: Option<identity::MemberTls>,
     jobs: Mutex<HashMap<String, Job>>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -92,6 +94,7 @@ impl Context {
             metrics,
             clock: Box::new(|| Time(Timestamp::now())),
             pace: PACE,
+            tls: None,
             jobs: Mutex::default(),
             failures: Mutex::default(),
         }
@@ -361,6 +364,7 @@ async fn new_job(
         &plain_http_registries(dfc),
         credentials,
         ctx.pace,
+        ctx.tls.as_ref(),
     )
     .map_err(|m| ("Internal", m)))
 }

@@ -230,6 +230,8 @@ pub struct Tracker {
 /// The dfdaemons' HTTP APIs.
 pub struct Dfdaemons {
     http: reqwest::Client,
+    /// Peer ports speak mutual TLS (the operator's member certificate).
+    peer_tls: bool,
     /// Restarts of one failed download before it counts as failed for good.
     pub max_attempts: i32,
 }
@@ -264,16 +266,38 @@ enum Seen {
 }
 
 impl Dfdaemons {
-    pub fn new(max_attempts: i32) -> Result<Self, reqwest::Error> {
+    /// With `tls`, the peer ports are called over mutual TLS as the
+    /// operator, and only nodes and seeds of the cluster are believed.
+    pub fn new(
+        max_attempts: i32,
+        tls: Option<&identity::MemberTls>,
+    ) -> Result<Self, reqwest::Error> {
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            // dfdaemon closes idle connections after 30 s; drop them first.
+            .pool_idle_timeout(Duration::from_secs(20));
+        let builder = match tls {
+            Some(tls) => {
+                use identity::Role;
+                builder
+                    .use_preconfigured_tls((*tls.client_config(&[Role::Node, Role::Seed])).clone())
+            }
+            None => builder,
+        };
         Ok(Dfdaemons {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(60))
-                // dfdaemon closes idle connections after 30 s; drop them first.
-                .pool_idle_timeout(Duration::from_secs(20))
-                .build()?,
+            http: builder.build()?,
+            peer_tls: tls.is_some(),
             max_attempts,
         })
+    }
+
+    /// A target's peer port, as this operator reaches it.
+    fn peer(&self, t: &Target) -> String {
+        match t.peer.strip_prefix("http://") {
+            Some(rest) if self.peer_tls => format!("https://{rest}"),
+            _ => t.peer.clone(),
+        }
     }
 
     /// Looks at every manifest and download on every target once. `auth`
@@ -429,7 +453,7 @@ impl Dfdaemons {
     }
 
     async fn get(&self, t: &Target, id: &str) -> Seen {
-        let url = format!("{}/api/v1/tasks/{id}", t.peer);
+        let url = format!("{}/api/v1/tasks/{id}", self.peer(t));
         let resp = match self.http.get(&url).send().await {
             Ok(r) => r,
             Err(e) => return Seen::Unreachable(error_chain(&e)),
@@ -467,7 +491,7 @@ impl Dfdaemons {
         if let Some(digest) = &d.digest {
             body["digest"] = digest.clone().into();
         }
-        let url = format!("{}/api/v1/tasks", t.peer);
+        let url = format!("{}/api/v1/tasks", self.peer(t));
         let resp = match self.http.post(&url).json(&body).send().await {
             Ok(r) => r,
             Err(e) => return Err(unreachable(t, &error_chain(&e))),
@@ -831,7 +855,7 @@ mod tests {
             manifests: vec![],
             downloads: vec![blob],
         };
-        let daemons = Dfdaemons::new(2).expect("client");
+        let daemons = Dfdaemons::new(2, None).expect("client");
         let mut tracker = Tracker::default();
         let key = |t: &str| (t.to_string(), d('a'));
 

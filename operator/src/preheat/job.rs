@@ -81,10 +81,11 @@ impl Job {
         plain_http: &[String],
         credentials: Credentials,
         pace: Pace,
+        tls: Option<&identity::MemberTls>,
     ) -> Result<Self, String> {
         let mut hosts = spec.insecure_registries.clone();
         hosts.extend(plain_http.iter().cloned());
-        let dfdaemons = Dfdaemons::new(spec.backoff_limit)
+        let dfdaemons = Dfdaemons::new(spec.backoff_limit, tls)
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         Ok(Job {
             id,
@@ -375,6 +376,7 @@ mod tests {
             &[],
             Credentials::default(),
             PACE,
+            None,
         )
         .expect("job");
         let now = Time(Timestamp::UNIX_EPOCH);

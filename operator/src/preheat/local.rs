@@ -50,6 +50,10 @@ pub struct LocalArgs {
     /// Time between looks at the peers.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+    /// An operator member certificate (ca.crt, tls.crt, tls.key) for
+    /// dfdaemons whose peer ports speak mutual TLS.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
 }
 
 fn now() -> Time {
@@ -70,6 +74,10 @@ fn read_spec(path: &PathBuf) -> anyhow::Result<PreheatSpec> {
 /// Runs the Preheat to its end; the status says how it ended.
 pub async fn run(args: LocalArgs) -> anyhow::Result<PreheatStatus> {
     let spec = read_spec(&args.file)?;
+    let tls = match &args.tls_dir {
+        Some(dir) => Some(identity::MemberTls::load(dir).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
     let targets: Vec<Target> = args
         .dfdaemons
         .iter()
@@ -113,6 +121,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<PreheatStatus> {
             backoff_max: BACKOFF_MAX,
             registry_timeout: REGISTRY_TIMEOUT,
         },
+        tls.as_ref(),
     )
     .map_err(anyhow::Error::msg)?;
 
