@@ -10,8 +10,7 @@
 # crashes land in fuzz/artifacts/TARGET (both gitignored); logs in
 # fuzz/target/run-logs/TARGET.log.
 # Env: FUZZ_TARGETS="a b" to run only some; FUZZ_BUILD_TIMEOUT (s, default
-# 3600); FUZZ_JOBS (cargo -j); FUZZ_REPORT_KNOWN=all to stop skipping the
-# bugs already reported (see fuzz/README.md).
+# 3600); FUZZ_JOBS (cargo -j). Bugs found so far: fuzz/known, fuzz/README.md.
 set -uo pipefail
 
 SECONDS_PER_TARGET=${1:-20}

@@ -204,6 +204,35 @@ for name in $(node_names); do
   check "$name: hostPort 65001 answers containerd's address ($code)" test "$code" != 000
 done
 
+# --- 2b. cluster identity: members hold certificates from the issuer -------
+# Each dfdaemon got a certificate naming its node (its host id), the peer
+# port speaks mutual TLS with members only, and the issuer gives nothing
+# to a token that is not a member pod's.
+for pod in $(dfdaemon_pods); do
+  node=$(kc -n "$NSP" get pod "$pod" -o jsonpath='{.spec.nodeName}')
+  check "$pod: cluster identity node/$node" sh -c \
+    "kubectl -n $NSP logs $pod -c dfdaemon 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep 'cluster identity' | grep -q 'identity=node/$node'"
+done
+first=$(node_name 1)
+other_ip=$(node_ip 2)
+code=$(ip netns exec "$first" curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$other_ip:65002/api/v1/tasks" || true)
+check "65002 refuses plain HTTP from another node ($code)" test "$code" = 000
+code=$(ip netns exec "$first" curl -sk -o /dev/null -w '%{http_code}' --max-time 5 "https://$other_ip:65002/api/v1/tasks" || true)
+check "65002 refuses TLS without a member certificate ($code)" test "$code" = 000
+operator_ip=$(kc -n "$NSP" get pods -l app.kubernetes.io/name=dragonfly-operator -o jsonpath='{.items[0].status.podIP}')
+csr=$(openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout /dev/null -subj /CN=probe 2>/dev/null | jq -Rs '{csr: .}')
+ask_issuer() { # TOKEN: prints the HTTP status
+  ip netns exec "$first" curl -sk -o /dev/null -w '%{http_code}' --max-time 10 \
+    -H "Authorization: Bearer $1" -H 'Content-Type: application/json' -d "$csr" \
+    "https://$operator_ip:8443/v1/certificates" || true
+}
+code=$(ask_issuer "$(kc -n e2e create token default --audience dragonfly)")
+check "the issuer refuses a service account that is no member's ($code)" test "$code" = 403
+code=$(ask_issuer "$(kc -n "$NSP" create token "$DFC-dfdaemon" --audience other)")
+check "the issuer refuses a token for another audience ($code)" test "$code" = 401
+code=$(ask_issuer "$(kc -n "$NSP" create token "$DFC-dfdaemon" --audience dragonfly)")
+check "the issuer refuses a member's token not bound to a pod ($code)" test "$code" = 403
+
 # --- the node agent's API rights: its own pod, nothing else ------------------
 # RBAC grants it patch on pods; the install's admission policy narrows that
 # to the pod its bound token names. Played as the API server sees the node

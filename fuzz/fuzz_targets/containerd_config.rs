@@ -23,23 +23,18 @@ use node_agent::containerd::ContainerdError;
 use std::path::Path;
 use toml_edit::{Document, Item, Table};
 
-/// Bugs already reported, skipped so the other invariants keep running.
-/// `FUZZ_REPORT_KNOWN=toml_edit_panic,dotted_hosts` (or `all`) reports
-/// them again instead.
-///
-/// - `toml_edit_panic`: toml_edit 0.23.10 panicked ("all items have spans",
-///   parser/document.rs:491) on some invalid documents, e.g. `==\n.=`,
-///   instead of returning an error. Fixed by moving to 0.25; no longer
-///   skipped.
-/// - `dotted_hosts`: an original hosts.toml that defines hosts with dotted
-///   keys at the root (`host."https://a".capabilities = [...]`) keeps them
-///   above the mirror's `[host."..."]` table, so containerd tries them
-///   first. Such originals skip the order check.
-fn report_known(bug: &str) -> bool {
-    static REPORT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let report = REPORT.get_or_init(|| std::env::var("FUZZ_REPORT_KNOWN").unwrap_or_default());
-    report.split(',').any(|b| b == bug || b == "all")
-}
+// Bugs found here (fuzz/known), both fixed, so nothing is skipped:
+//
+// - `toml_edit_panic`: toml_edit 0.23.10 panicked ("all items have spans",
+//   parser/document.rs:491) on some invalid documents, e.g. `==\n.=`,
+//   instead of returning an error. Fixed by moving to 0.25; no longer
+//   skipped.
+// - `dotted_hosts`: an original hosts.toml that defined hosts with dotted
+//   keys (`host."https://a".capabilities = [...]`) or inline tables kept
+//   them above the mirror's `[host."..."]` table, so containerd tried them
+//   first. Fixed: such hosts become tables placed after the mirror's (unit
+//   test `hosts_written_as_dotted_keys_or_inline_tables_come_after_the_mirror`);
+//   no longer skipped.
 
 /// `text` parsed by toml_edit as the node agent does. (toml_edit 0.23
 /// panicked on some inputs, fuzz/known/toml_edit_panic; 0.25 does not, so
@@ -146,14 +141,6 @@ fn check_render(
             .and_then(|a| a.get(0))
             .and_then(|v| v.as_str());
         assert_eq!(header, Some(server.as_str()), "in\n{rendered}");
-    }
-    let dotted_hosts = parsed
-        .as_table()
-        .get("host")
-        .and_then(Item::as_table)
-        .is_some_and(Table::is_dotted);
-    if dotted_hosts && !report_known("dotted_hosts") {
-        return;
     }
     // containerd orders hosts by where they appear in the file.
     let mirror_at = table_offset(ours)

@@ -82,12 +82,18 @@ pub fn render(
     if let (Some(server), false) = (&registry.server, doc.contains_key("server")) {
         doc.insert("server", value(server.as_str()));
     }
+    // Hosts written as dotted keys (`host."https://a".capabilities = ..`)
+    // or inline tables print where their parent does, above any table we
+    // add: they become tables of their own, placed after ours.
+    let own_tables = own_tables_after_ours(&mut doc, mirror);
     // Ours goes before every table already there (containerd tries hosts
     // in file order) but after the root keys, which print at position 0:
-    // existing tables move two places down to make room.
+    // existing tables move down to make room for ours, its header and the
+    // hosts made tables above.
+    let room = 2 + own_tables.len() as isize;
     for (_, item) in doc.iter_mut() {
         if let Some(table) = item.as_table_mut() {
-            shift_positions(table, 2);
+            shift_positions(table, room);
         }
     }
     let hosts = doc
@@ -99,6 +105,10 @@ pub fn render(
         })
         .as_table_mut()
         .ok_or_else(|| ContainerdError::BadHostsToml("`host` is not a table".into()))?;
+    for (i, (name, mut table)) in own_tables.into_iter().enumerate() {
+        set_positions(&mut table, 3 + i as isize);
+        hosts.insert(&name, Item::Table(table));
+    }
     hosts.remove(mirror);
     let mut entry = Table::new();
     entry.set_position(Some(1));
@@ -120,6 +130,72 @@ pub fn render(
         text.insert_str(0, BANNER);
     }
     Ok(text)
+}
+
+/// Takes out of `host` every entry that is not a table with a header of its
+/// own (dotted keys, inline tables), as such tables, in file order. The
+/// `host` table itself then prints no keys of its own.
+fn own_tables_after_ours(doc: &mut DocumentMut, mirror: &str) -> Vec<(String, Table)> {
+    let Some(hosts) = doc.get_mut("host").and_then(Item::as_table_like_mut) else {
+        return Vec::new();
+    };
+    let names: Vec<String> = hosts
+        .iter()
+        .filter(|(name, item)| {
+            *name != mirror
+                && match item {
+                    Item::Table(t) => t.is_dotted(),
+                    Item::Value(v) => v.is_inline_table(),
+                    _ => false,
+                }
+        })
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let mut out = Vec::new();
+    for name in names {
+        let table = match hosts.remove(&name) {
+            Some(Item::Table(mut t)) => {
+                t.set_dotted(false);
+                t
+            }
+            Some(Item::Value(toml_edit::Value::InlineTable(inline))) => inline.into_table(),
+            _ => continue,
+        };
+        out.push((name, table));
+    }
+    if !out.is_empty() {
+        // A `host` that was dotted (or inline) becomes a plain parent.
+        match doc.get_mut("host") {
+            Some(Item::Table(t)) => {
+                t.set_dotted(false);
+                if t.is_empty() {
+                    t.set_implicit(true);
+                }
+            }
+            Some(item @ Item::Value(_)) => {
+                if let Some(t) = std::mem::take(item).into_table().ok() {
+                    *item = Item::Table(t);
+                }
+                if let Some(t) = item.as_table_mut() {
+                    t.set_implicit(true);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Places `table` (and the tables under it) at `at`.
+fn set_positions(table: &mut Table, at: isize) {
+    table.set_position(Some(at));
+    for (_, item) in table.iter_mut() {
+        if let Some(t) = item.as_table_mut() {
+            if !t.is_dotted() {
+                set_positions(t, at);
+            }
+        }
+    }
 }
 
 fn shift_positions(table: &mut Table, by: isize) {
@@ -171,6 +247,54 @@ mod tests {
             "..",
         ] {
             assert!(Registry::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    /// Where each host's table starts in `text`: containerd tries hosts in
+    /// this order.
+    fn host_order(text: &str) -> Vec<String> {
+        let doc: toml_edit::Document<String> = text.parse().unwrap();
+        let hosts = doc["host"].as_table().unwrap();
+        let mut at: Vec<(usize, String)> = hosts
+            .iter()
+            .map(|(name, item)| {
+                let key = hosts.get_key_value(name).and_then(|(k, _)| k.span());
+                let start = item
+                    .as_table()
+                    .and_then(|t| t.span())
+                    .or(key)
+                    .map(|s| s.start)
+                    .unwrap();
+                (start, name.to_string())
+            })
+            .collect();
+        at.sort();
+        at.into_iter().map(|(_, n)| n).collect()
+    }
+
+    #[test]
+    fn hosts_written_as_dotted_keys_or_inline_tables_come_after_the_mirror() {
+        let registry = Registry::parse("registry.example.com").unwrap();
+        let mirror = "http://127.0.0.1:65001";
+        for original in [
+            "host.\"https://a\".capabilities = [\"pull\"]\n",
+            "host.\"https://a\" = { capabilities = [\"pull\"] }\n",
+            "[host]\n\"https://a\".capabilities = [\"pull\"]\n",
+            "[host]\n\"https://a\" = { capabilities = [\"pull\"] }\n[host.\"https://b\"]\ncapabilities = [\"pull\"]\n",
+            "host = { \"https://a\" = { capabilities = [\"pull\"] } }\n",
+        ] {
+            let rendered = render(original, &registry, mirror).unwrap();
+            let order = host_order(&rendered);
+            assert_eq!(order[0], mirror, "{original:?} gave\n{rendered}");
+            assert!(order.contains(&"https://a".to_string()), "{rendered}");
+            // Kept as it was, and the same bytes when applied again.
+            let doc: toml_edit::DocumentMut = rendered.parse().unwrap();
+            assert_eq!(
+                doc["host"]["https://a"]["capabilities"][0].as_str(),
+                Some("pull"),
+                "{rendered}"
+            );
+            assert_eq!(render(&rendered, &registry, mirror).unwrap(), rendered);
         }
     }
 }
