@@ -340,14 +340,20 @@ fn cluster_role_binding(o: &Options) -> ClusterRoleBinding {
 }
 
 /// Leader election needs leases only in the operator's own namespace.
+/// The leader Lease and the cluster CA Secret, both in the operator's
+/// namespace.
 fn lease_role(o: &Options) -> Role {
     Role {
         metadata: meta(&format!("{NAME}-leader-election"), Some(&o.namespace)),
-        rules: Some(vec![rule(
-            &["coordination.k8s.io"],
-            &["leases"],
-            &["get", "list", "watch", "create", "update", "patch"],
-        )]),
+        rules: Some(vec![
+            rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["get", "list", "watch", "create", "update", "patch"],
+            ),
+            // The cluster CA Secret, in the operator's own namespace only.
+            rule(&[""], &["secrets"], &["get", "create", "update"]),
+        ]),
     }
 }
 

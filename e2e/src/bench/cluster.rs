@@ -25,9 +25,26 @@ pub struct Cluster {
     pub work: PathBuf,
     /// This executable (it also runs the origin, pullers and probes).
     pub bench: PathBuf,
+    /// Whether the swarm started next runs with cluster identity (mutual
+    /// TLS between members), and the CA that signs its certificates.
+    pub tls: std::cell::Cell<bool>,
+    pub ca: identity::Ca,
 }
 
 impl Cluster {
+    /// `--tls-dir DIR` with a certificate for `name`, when TLS is on.
+    fn tls_args(&self, role: identity::Role, name: &str) -> anyhow::Result<Vec<String>> {
+        if !self.tls.get() {
+            return Ok(Vec::new());
+        }
+        let dir = self.work.join("tls").join(format!("{role}-{name}"));
+        let id = identity::Identity::new(role, name)?;
+        self.ca
+            .issue(&id, Duration::from_secs(86400))?
+            .write(&dir)?;
+        Ok(vec!["--tls-dir".into(), dir.display().to_string()])
+    }
+
     pub fn spawn_in(
         &self,
         host: &NetHost,
@@ -191,6 +208,8 @@ impl Cluster {
             "--max-parents".into(),
             self.max_parents.to_string(),
         ];
+        let mut args = args;
+        args.extend(self.tls_args(identity::Role::Scheduler, "scheduler")?);
         let proc = self.spawn_in(host, "scheduler", &binary("dragonfly-scheduler")?, &args)?;
         self.wait_ready(
             host,
@@ -238,6 +257,12 @@ impl Cluster {
         if seed {
             args.push("--seed".into());
         }
+        let role = if seed {
+            identity::Role::Seed
+        } else {
+            identity::Role::Node
+        };
+        args.extend(self.tls_args(role, &host.name)?);
         if let Some(config) = &self.dfdaemon_config {
             args.push("--config".into());
             args.push(config.display().to_string());

@@ -144,6 +144,27 @@ impl BenchReport {
                 s.failed_pulls
             ));
         }
+        let pairs: Vec<(&ScenarioReport, &ScenarioReport)> = self
+            .scenarios
+            .iter()
+            .filter_map(|with| {
+                let base = with.key.strip_suffix("+tls")?;
+                let plain = self.scenarios.iter().find(|s| s.key == base)?;
+                Some((plain, with))
+            })
+            .collect();
+        if !pairs.is_empty() {
+            out.push_str("\nmutual TLS, same run (with / without):\n");
+            for (plain, with) in pairs {
+                out.push_str(&format!(
+                    "  {}: p50 {:.3}  max {:.3}  origin bytes {:.3}\n",
+                    plain.key,
+                    with.p50_s / plain.p50_s.max(1e-9),
+                    with.max_s / plain.max_s.max(1e-9),
+                    with.origin_ratio / plain.origin_ratio.max(1e-9)
+                ));
+            }
+        }
         if !self.faults.is_empty() {
             out.push_str(&format!(
                 "\n{:<22} {:>7} {:>8} {:>8} {:>14} {:>7}\n",

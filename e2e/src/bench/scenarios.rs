@@ -28,7 +28,17 @@ pub struct BenchConfig {
     pub max_parents: usize,
     /// A dfdaemon YAML config for every node (flags still win).
     pub dfdaemon_config: Option<std::path::PathBuf>,
+    /// Cluster identity in the swarm scenarios: on, off, or both in turn
+    /// (each of c and d then runs without and with it, in one run).
+    pub tls: TlsMode,
     pub work: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    On,
+    Off,
+    Both,
 }
 
 pub const ALL_FAULTS: &[&str] = &[
@@ -182,6 +192,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         dfdaemon_config: config.dfdaemon_config.clone(),
         work: config.work.clone(),
         bench: std::env::current_exe()?,
+        tls: std::cell::Cell::new(config.tls != TlsMode::Off),
+        ca: identity::Ca::generate("dragonfly bench CA", Duration::from_secs(7 * 86400))?,
     };
     eprintln!(
         "generating and serving the image ({} x {} MiB)...",
@@ -218,9 +230,23 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         faults: Vec::new(),
     };
 
+    // The swarm scenarios run once per TLS setting asked for.
+    let mut runs: Vec<(String, bool)> = Vec::new();
     for key in &config.scenarios {
+        let swarm = matches!(key.as_str(), "c" | "d");
+        match config.tls {
+            TlsMode::Both if swarm => {
+                runs.push((key.clone(), false));
+                runs.push((key.clone(), true));
+            }
+            mode => runs.push((key.clone(), swarm && mode == TlsMode::On)),
+        }
+    }
+    for (key, tls) in &runs {
+        let key = key.clone();
+        cluster.tls.set(*tls);
         let before = cluster.origin_bytes().await?;
-        eprintln!("scenario {key}...");
+        eprintln!("scenario {key}{}...", if *tls { " (mTLS)" } else { "" });
         let (title, hosts, peer_bytes) = match key.as_str() {
             "a" => {
                 let hosts = cluster
@@ -281,7 +307,13 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
             other => anyhow::bail!("unknown scenario {other:?} (a, b, c or d)"),
         };
         let origin = cluster.origin_bytes().await? - before;
-        let mut s = ScenarioReport::new(key, title, hosts, image_bytes, origin, peer_bytes, t_star);
+        let (key, title) = match (config.tls, tls) {
+            (TlsMode::Both, true) => (format!("{key}+tls"), format!("{title} (mTLS)")),
+            (TlsMode::Both, false) => (key, format!("{title} (plain)")),
+            _ => (key, title.to_string()),
+        };
+        let mut s =
+            ScenarioReport::new(&key, &title, hosts, image_bytes, origin, peer_bytes, t_star);
         if let Some(direct) = report.scenarios.iter().find(|s| s.key == "a") {
             s.speedup_vs_direct = Some(direct.max_s / s.max_s.max(1e-9));
         }
@@ -292,6 +324,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         report.scenarios.push(s);
     }
 
+    cluster.tls.set(config.tls != TlsMode::Off);
     for fault in &config.faults {
         eprintln!("fault {fault}...");
         let r = run_fault(

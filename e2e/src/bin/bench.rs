@@ -65,6 +65,10 @@ struct RunArgs {
     /// harness's own flags, e.g. addresses and data dirs, still win).
     #[arg(long)]
     dfdaemon_config: Option<PathBuf>,
+    /// Cluster identity (mutual TLS between members) in the swarm
+    /// scenarios: on, off, or both (c and d each run without, then with).
+    #[arg(long, value_enum, default_value = "on")]
+    tls: scenarios::TlsMode,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Where the JSON report and the PNG plot go.
@@ -186,6 +190,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         upload_share: args.upload_share,
         max_parents: args.max_parents,
         dfdaemon_config: args.dfdaemon_config.clone(),
+        tls: args.tls,
         work,
     };
     // Ctrl-C drops the run, which kills every process and deletes every
