@@ -173,12 +173,15 @@ fn own_tables_after_ours(doc: &mut DocumentMut, mirror: &str) -> Vec<(String, Ta
                 }
             }
             Some(item @ Item::Value(_)) => {
-                if let Some(t) = std::mem::take(item).into_table().ok() {
-                    *item = Item::Table(t);
-                }
-                if let Some(t) = item.as_table_mut() {
-                    t.set_implicit(true);
-                }
+                // An inline `host = { .. }` (now emptied of hosts) becomes
+                // a table; anything else stays as it was.
+                *item = match std::mem::take(item).into_table() {
+                    Ok(mut t) => {
+                        t.set_implicit(true);
+                        Item::Table(t)
+                    }
+                    Err(unchanged) => unchanged,
+                };
             }
             _ => {}
         }
