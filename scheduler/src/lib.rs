@@ -118,30 +118,24 @@ impl Server {
         let service =
             SchedulerService::new(state.clone(), metrics.clone(), config.heartbeat_interval);
         let grpc_server = async {
-            let router = tonic::transport::Server::builder();
+            let mut builder = tonic::transport::Server::builder();
+            let stop = stopped(stop_rx.clone());
             match &tls {
                 Some(tls) => {
                     info!(identity = %tls.identity(), "cluster identity: gRPC serves members only, over mutual TLS");
-                    let mut router = router;
-                    router
-                        .add_service(proto::scheduler_server::SchedulerServer::new(
-                            service.members_only(),
-                        ))
-                        .serve_with_incoming_shutdown(
-                            members::incoming(grpc, tls),
-                            stopped(stop_rx.clone()),
-                        )
+                    let service =
+                        proto::scheduler_server::SchedulerServer::new(service.members_only());
+                    builder
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(members::incoming(grpc, tls), stop)
                         .await
                 }
                 None => {
                     tracing::warn!("no --tls-dir: gRPC is plain and serves anyone who reaches it");
-                    let mut router = router;
-                    router
+                    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+                    builder
                         .add_service(proto::scheduler_server::SchedulerServer::new(service))
-                        .serve_with_incoming_shutdown(
-                            TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                            stopped(stop_rx.clone()),
-                        )
+                        .serve_with_incoming_shutdown(incoming, stop)
                         .await
                 }
             }
