@@ -120,6 +120,7 @@ async fn through_p2p(mirror: &Arc<Mirror>, headers: &HeaderMap, uri: &Uri) -> Op
                 method: Method::GET,
                 headers: headers.clone(),
                 upstream,
+                query: None,
                 relayed: false,
             };
             return Some(super::blob::serve(mirror, &ctx, &name, &digest).await);

@@ -253,7 +253,10 @@ async fn offline(
 
 /// The body, or an error past `limit` bytes (a manifest that large breaks
 /// the distribution spec, and buffering it would let an upstream use our memory).
-async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes, ManifestError> {
+pub(super) async fn read_limited(
+    resp: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, ManifestError> {
     if resp.content_length().is_some_and(|l| l > limit as u64) {
         return Err(ManifestError::TooLarge(limit));
     }
@@ -290,7 +293,7 @@ mod tests {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ManifestError {
+pub(super) enum ManifestError {
     #[error("upstream manifest is larger than {0} bytes")]
     TooLarge(usize),
     #[error(transparent)]
@@ -298,7 +301,7 @@ enum ManifestError {
 }
 
 impl ManifestError {
-    fn response(&self) -> Response {
+    pub(super) fn response(&self) -> Response {
         match self {
             ManifestError::TooLarge(_) => oci_error(
                 StatusCode::BAD_GATEWAY,

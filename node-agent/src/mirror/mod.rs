@@ -1,6 +1,7 @@
 //! The registry mirror on the proxy port (default :65001): the read side of
-//! the OCI distribution API. Manifests and `/v2/` are forwarded to the
-//! upstream registry; blobs go through the P2P core with their digest as
+//! the OCI distribution API. Manifests, tag lists, referrers and `/v2/` are
+//! forwarded to the upstream registry; writes are refused (`UNSUPPORTED`);
+//! blobs go through the P2P core with their digest as
 //! the task id and are streamed to the client as pieces arrive.
 //!
 //! The upstream comes from the `X-Dragonfly-Registry` header (written into
@@ -12,6 +13,7 @@
 pub mod auth;
 pub mod blob;
 pub mod config;
+pub mod discovery;
 pub mod forward;
 pub mod health;
 pub mod manifest;
@@ -69,6 +71,8 @@ pub struct Ctx {
     pub method: Method,
     pub headers: HeaderMap,
     pub upstream: Upstream,
+    /// The request's query string (`ns`, pagination, filters).
+    pub query: Option<String>,
     /// Already passed through a dfdaemon: forwarded as is, never into P2P.
     pub relayed: bool,
 }
@@ -168,11 +172,7 @@ async fn dispatch(
         Ok(route) => route,
         Err(e) => return ("invalid", route_error(e)),
     };
-    let label = match route {
-        Route::Base => "base",
-        Route::Manifest { .. } => "manifest",
-        Route::Blob { .. } => "blob",
-    };
+    let label = route.label();
     let relayed = match loop_guard(&parts.headers, &mirror.daemon.host_id) {
         Hops::First => false,
         Hops::Relayed => true,
@@ -239,6 +239,7 @@ async fn dispatch(
         method: parts.method,
         headers: parts.headers,
         upstream,
+        query: parts.uri.query().map(str::to_string),
         relayed,
     };
     let resp = match route {
@@ -247,6 +248,10 @@ async fn dispatch(
             manifest::serve(mirror, &ctx, &name, &reference).await
         }
         Route::Blob { name, digest } => blob::serve(mirror, &ctx, &name, &digest).await,
+        Route::Tags { name } => discovery::tags(mirror, &ctx, &name).await,
+        Route::Referrers { name, digest } => {
+            discovery::referrers(mirror, &ctx, &name, &digest).await
+        }
     };
     (label, resp)
 }

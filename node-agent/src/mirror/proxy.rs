@@ -33,6 +33,7 @@ const RELAYED: &[&str] = &[
     "last-modified",
     "ratelimit-limit",
     "ratelimit-remaining",
+    "oci-filters-applied",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,28 @@ pub enum Route {
         name: String,
         digest: String,
     },
+    /// `/v2/<name>/tags/list`: the repository's tags (paginated).
+    Tags {
+        name: String,
+    },
+    /// `/v2/<name>/referrers/<digest>`: manifests whose subject is `digest`.
+    Referrers {
+        name: String,
+        digest: String,
+    },
+}
+
+impl Route {
+    /// The metrics label of the route.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Tags { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,33 +78,52 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         return Ok(Route::Base);
     }
     let rest = rest.strip_prefix('/').ok_or(RouteError::NotFound)?;
-    // The name may contain slashes, so split at the last "/manifests/" or
-    // "/blobs/" segment: references and digests never contain a slash.
+    // The name may contain slashes, so split at the last "/manifests/",
+    // "/blobs/", "/referrers/" or "/tags/" segment: references and digests
+    // never contain a slash.
     let (name, kind, last) = split_route(rest).ok_or(RouteError::NotFound)?;
     validate_name(name)?;
+    let name = name.to_string();
+    let digest = |last: &str| {
+        if is_valid_digest(last) {
+            Ok(last.to_string())
+        } else {
+            Err(RouteError::Digest(last.to_string()))
+        }
+    };
     match kind {
-        "manifests" => Ok(Route::Manifest {
-            name: name.to_string(),
+        Kind::Manifests => Ok(Route::Manifest {
+            name,
             reference: parse_reference(last)?,
         }),
-        _ => {
-            if !is_valid_digest(last) {
-                return Err(RouteError::Digest(last.to_string()));
-            }
-            Ok(Route::Blob {
-                name: name.to_string(),
-                digest: last.to_string(),
-            })
-        }
+        Kind::Blobs => Ok(Route::Blob {
+            name,
+            digest: digest(last)?,
+        }),
+        Kind::Referrers => Ok(Route::Referrers {
+            name,
+            digest: digest(last)?,
+        }),
+        Kind::Tags if last == "list" => Ok(Route::Tags { name }),
+        Kind::Tags => Err(RouteError::NotFound),
     }
 }
 
-fn split_route(rest: &str) -> Option<(&str, &'static str, &str)> {
+enum Kind {
+    Manifests,
+    Blobs,
+    Referrers,
+    Tags,
+}
+
+fn split_route(rest: &str) -> Option<(&str, Kind, &str)> {
     let (head, last) = rest.rsplit_once('/')?;
     let (name, kind) = head.rsplit_once('/')?;
     let kind = match kind {
-        "manifests" => "manifests",
-        "blobs" => "blobs",
+        "manifests" => Kind::Manifests,
+        "blobs" => Kind::Blobs,
+        "referrers" => Kind::Referrers,
+        "tags" => Kind::Tags,
         _ => return None,
     };
     Some((name, kind, last))
@@ -223,10 +264,44 @@ mod tests {
     }
 
     #[test]
+    fn content_discovery_routes() {
+        assert_eq!(
+            parse("/v2/team/app/tags/list"),
+            Ok(Route::Tags {
+                name: "team/app".into()
+            })
+        );
+        // A repository called "tags" still has manifests.
+        assert_eq!(
+            parse("/v2/x/tags/manifests/list"),
+            Ok(Route::Manifest {
+                name: "x/tags".into(),
+                reference: Reference::Tag("list".into())
+            })
+        );
+        assert_eq!(
+            parse(&format!("/v2/a/referrers/{}", d('c'))),
+            Ok(Route::Referrers {
+                name: "a".into(),
+                digest: d('c')
+            })
+        );
+        assert!(matches!(
+            parse("/v2/a/referrers/latest"),
+            Err(RouteError::Digest(_))
+        ));
+        assert!(matches!(parse("/v2/A/tags/list"), Err(RouteError::Name(_))));
+    }
+
+    #[test]
     fn unknown_routes_are_not_found() {
         assert_eq!(parse("/v1/x"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2x"), Err(RouteError::NotFound));
-        assert_eq!(parse("/v2/x/tags/list"), Err(RouteError::NotFound));
+        assert_eq!(parse("/v2/x/tags/other"), Err(RouteError::NotFound));
+        assert_eq!(
+            parse("/v2/x/referrers/"),
+            Err(RouteError::Digest(String::new()))
+        );
         assert_eq!(parse("/v2/x/blobs/uploads/"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2/_catalog"), Err(RouteError::NotFound));
     }
