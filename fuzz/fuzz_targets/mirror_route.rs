@@ -68,6 +68,15 @@ fuzz_target!(|data: &[u8]| {
             check_digest(digest);
             assert_eq!(path, format!("/v2/{name}/blobs/{digest}"));
         }
+        Ok(Route::Tags { name }) => {
+            check_name(name);
+            assert_eq!(path, format!("/v2/{name}/tags/list"));
+        }
+        Ok(Route::Referrers { name, digest }) => {
+            check_name(name);
+            check_digest(digest);
+            assert_eq!(path, format!("/v2/{name}/referrers/{digest}"));
+        }
         Err(_) => {}
     }
     // The pieces on their own, on the whole input.

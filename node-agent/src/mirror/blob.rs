@@ -548,23 +548,21 @@ fn multipart(
     resp
 }
 
+/// 416 for every Range the mirror will not serve: unsatisfiable, invalid
+/// or too many ranges (RFC 9110 §15.5.17 names all three), with the
+/// length in `Content-Range` once it is known.
 fn range_error(e: &RangeError, length: Option<u64>) -> Response {
-    match e {
-        RangeError::Unsatisfiable(_) => {
-            let mut resp = oci_error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "BLOB_UNKNOWN",
-                &e.to_string(),
-            );
-            if let Some(length) = length {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
-                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-            }
-            resp
+    let code = match e {
+        RangeError::Unsatisfiable(_) => "BLOB_UNKNOWN",
+        _ => "UNSUPPORTED",
+    };
+    let mut resp = oci_error(StatusCode::RANGE_NOT_SATISFIABLE, code, &e.to_string());
+    if let Some(length) = length {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
-        _ => oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e.to_string()),
     }
+    resp
 }
 
 /// A failed download: the registry's own refusal keeps its status (401,

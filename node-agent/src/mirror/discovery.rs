@@ -172,6 +172,52 @@ pub fn rewrite_link(
     }
 }
 
+/// The largest tag list the mirror reads whole to page it itself.
+const MAX_TAG_LIST: usize = 8 * 1024 * 1024;
+
+/// The paging a client asked for, parsed from the checked query.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Paging {
+    pub n: Option<usize>,
+    pub last: Option<String>,
+}
+
+impl Paging {
+    fn from_query(query: &str) -> Paging {
+        let mut paging = Paging::default();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "n" => paging.n = v.parse().ok(),
+                "last" => paging.last = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        paging
+    }
+
+    fn is_empty(&self) -> bool {
+        self.n.is_none() && self.last.is_none()
+    }
+}
+
+/// The spec's paging applied to a registry's tag list: only tags after
+/// `last` in lexical order, at most `n`. Registries that ignore `last` (as
+/// distribution 2.x does without `n`) or overshoot `n` still give the
+/// client what it asked for. `true` when tags were cut at `n`.
+pub fn paginate(tags: &mut Vec<String>, paging: &Paging) -> bool {
+    tags.sort();
+    if let Some(last) = &paging.last {
+        tags.retain(|t| t.as_str() > last.as_str());
+    }
+    match paging.n {
+        Some(n) if tags.len() > n => {
+            tags.truncate(n);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// `GET|HEAD /v2/<name>/tags/list`.
 pub async fn tags(mirror: &Mirror, ctx: &Ctx, name: &str) -> Response {
     let query = match tags_query(ctx.query.as_deref()) {
@@ -189,9 +235,70 @@ pub async fn tags(mirror: &Mirror, ctx: &Ctx, name: &str) -> Response {
     };
     note_access(mirror, ctx, name, resp.status());
     let link = next_link(resp.headers(), ctx, &path);
-    let mut out = proxy::relay(resp, ctx.is_head(), None);
+    let paging = Paging::from_query(&query);
+    if resp.status() != StatusCode::OK || ctx.is_head() || paging.is_empty() {
+        let mut out = proxy::relay(resp, ctx.is_head(), None);
+        set_link(out.headers_mut(), link);
+        return out;
+    }
+    let headers = proxy::relayed_headers(resp.headers());
+    let body = match read_limited(resp, MAX_TAG_LIST).await {
+        Ok(body) => body,
+        Err(e) => return e.response(),
+    };
+    let mut list: TagList = match serde_json::from_slice(&body) {
+        Ok(list) => list,
+        Err(e) => {
+            let message = format!("upstream tag list is not valid: {e}");
+            return oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &message);
+        }
+    };
+    let cut = paginate(&mut list.tags, &paging);
+    // Cut here: the next page starts after the last tag kept, unless the
+    // registry paged itself (its link then stands).
+    let link = match (link, cut, list.tags.last(), paging.n) {
+        (Some(link), _, _, _) => Some(link),
+        (None, true, Some(last), Some(n)) => {
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("n", &n.to_string())
+                .append_pair("last", last)
+                .finish();
+            let target = format!("<{path}?{query}>; rel=\"next\"");
+            rewrite_link(&target, &ctx.upstream.host, &path, ns(ctx).as_deref())
+                .and_then(|l| HeaderValue::from_str(&l).ok())
+        }
+        _ => None,
+    };
+    let body = match serde_json::to_vec(&list) {
+        Ok(body) => body,
+        Err(e) => {
+            return oci_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNSUPPORTED",
+                &e.to_string(),
+            )
+        }
+    };
+    let mut out = Response::new(Body::from(body.clone()));
+    *out.headers_mut() = headers;
+    out.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     set_link(out.headers_mut(), link);
     out
+}
+
+/// The body of a tag list (`tags` is null for a repository without tags
+/// on some registries).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TagList {
+    name: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    tags: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `GET|HEAD /v2/<name>/referrers/<digest>`.
@@ -417,6 +524,45 @@ mod tests {
             tags_query(Some(&"x".repeat(4000))),
             Err(QueryError::TooLong)
         );
+    }
+
+    #[test]
+    fn paging_after_last_and_at_most_n() {
+        let tags = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut all = tags(&["a", "b", "c", "d"]);
+        let paging = Paging {
+            n: None,
+            last: Some("b".into()),
+        };
+        assert!(!paginate(&mut all, &paging));
+        assert_eq!(all, tags(&["c", "d"]));
+        let mut all = tags(&["a", "b", "c", "d"]);
+        assert!(paginate(
+            &mut all,
+            &Paging {
+                n: Some(2),
+                last: Some("a".into())
+            }
+        ));
+        assert_eq!(all, tags(&["b", "c"]));
+        let mut all = tags(&["a"]);
+        assert!(!paginate(
+            &mut all,
+            &Paging {
+                n: Some(5),
+                last: None
+            }
+        ));
+        assert_eq!(all, tags(&["a"]));
+        assert_eq!(
+            Paging::from_query("n=3&last=v1"),
+            Paging {
+                n: Some(3),
+                last: Some("v1".into())
+            }
+        );
+        let list: TagList = serde_json::from_str(r#"{"name":"x","tags":null}"#).unwrap();
+        assert!(list.tags.is_empty());
     }
 
     #[test]
