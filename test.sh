@@ -32,6 +32,9 @@ if [ "$(id -u)" = 0 ]; then
   step "end to end: Preheat on real dfdaemons, then pulls with the registry stopped"
   e2e/preheat/preheat-e2e.sh
 
+  step "end to end: the OCI distribution-spec conformance suite through the mirror and against the bare registry, skopeo, crane and oras (tools built once, cached outside the repository)"
+  e2e/oci/conformance-e2e.sh
+
   step "end to end: lazy pull with the real nydus client through the swarm (builds nydus once, cached outside the repository)"
   SKIP_BUILD=1 e2e/nydus/nydus-e2e.sh
 
