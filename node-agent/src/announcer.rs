@@ -56,6 +56,9 @@ async fn report_held_tasks(daemon: &Arc<Daemon>, addr: &str) {
             bitmap: m.bitmap().as_bytes().to_vec(),
             complete: m.complete,
             url: m.url.clone(),
+            // A re-report names no digests: a restarted scheduler records
+            // them again from the task's next back-to-source peer.
+            digests: Vec::new(),
         });
         if req.bitmap.is_empty() {
             continue;

@@ -16,6 +16,7 @@ use crate::daemon::{Daemon, RunEnd};
 use crate::peer_client::PeerError;
 use crate::piece::{piece_digest, piece_range, Bitmap};
 use crate::piece_order;
+use crate::recorded_digests::{self, RecordedDigests, Verdict};
 use crate::store::{StoredTask, TaskFailure};
 use crate::task_request::TaskRequest;
 
@@ -171,12 +172,18 @@ async fn report_parent_failure(
     parent_id: &str,
     error: &PeerError,
 ) -> Option<Plan> {
+    let (piece, claimed_digest) = match error {
+        PeerError::Forged { piece, claimed } => (*piece, claimed.clone()),
+        _ => (0, String::new()),
+    };
     let req = proto::ReportParentFailureRequest {
         task_id: task.id.clone(),
         host_id: daemon.host_id.clone(),
         parent_host_id: parent_id.to_string(),
         reason: error.reason() as i32,
         message: error.to_string(),
+        piece,
+        claimed_digest,
     };
     daemon
         .schedulers
@@ -616,6 +623,7 @@ type PieceResult = (u32, String, Result<(bytes::Bytes, String), PeerError>);
 async fn fetch_verified(
     daemon: Arc<Daemon>,
     task: Arc<StoredTask>,
+    recorded: Arc<RecordedDigests>,
     base: String,
     parent: String,
     index: u32,
@@ -635,16 +643,23 @@ async fn fetch_verified(
                 data.len()
             )));
         }
+        let expected = recorded
+            .expected(&daemon.schedulers, &daemon.host_id, &task.id, index)
+            .await;
         let (data, actual) = tokio::task::spawn_blocking(move || {
             let actual = piece_digest(&data);
             (data, actual)
         })
         .await
         .map_err(|e| PeerError::Malformed(e.to_string()))?;
-        if actual != digest {
-            return Err(PeerError::DigestMismatch);
+        match recorded_digests::judge(&expected, &actual, &digest) {
+            Verdict::Good => Ok((data, actual)),
+            Verdict::Damaged => Err(PeerError::DigestMismatch),
+            Verdict::Forged => Err(PeerError::Forged {
+                piece: index,
+                claimed: digest,
+            }),
         }
-        Ok((data, digest))
     }
     .await;
     (index, parent, result)
@@ -741,6 +756,7 @@ async fn from_peers(
     let mut scheduler_lost_since: Option<Instant> = None;
     let mut stats = ExchangeStats::default();
     let salt = piece_order::salt_for(&daemon.host_id);
+    let recorded = Arc::new(RecordedDigests::default());
     last_progress = Instant::now();
     loop {
         stats.end_starved();
@@ -818,6 +834,7 @@ async fn from_peers(
             inflight.push(fetch_verified(
                 daemon.clone(),
                 task.clone(),
+                recorded.clone(),
                 slots[i].base.clone(),
                 slots[i].id.clone(),
                 index,
@@ -1017,6 +1034,17 @@ impl PieceReporter {
                 while let Ok(more) = rx.try_recv() {
                     pieces.push(more);
                 }
+                // The digests go along: the scheduler keeps the source's
+                // as the reference children check parents against.
+                let digests = task.with_meta(|m| {
+                    pieces
+                        .iter()
+                        .filter_map(|&index| {
+                            let digest = m.digests.get(index as usize)?.clone()?;
+                            Some(proto::PieceDigest { index, digest })
+                        })
+                        .collect()
+                });
                 let req = proto::ReportPiecesRequest {
                     task_id: task.id.clone(),
                     host_id: daemon.host_id.clone(),
@@ -1026,6 +1054,7 @@ impl PieceReporter {
                     bitmap: Vec::new(),
                     complete: false,
                     url: url.clone(),
+                    digests,
                 };
                 let result = daemon.schedulers.report_pieces(req).await;
                 if let Err(e) = result {

@@ -22,6 +22,7 @@ pub mod piece_order;
 pub mod piece_server;
 pub mod ratelimit;
 pub mod reader;
+pub mod recorded_digests;
 pub mod scheduler_client;
 pub mod serve;
 pub mod source;

@@ -43,6 +43,8 @@ pub enum PeerError {
     Server(u16),
     #[error("piece from parent does not match its digest")]
     DigestMismatch,
+    #[error("piece {piece} from parent fails the digest recorded from the origin (the parent claimed {claimed})")]
+    Forged { piece: u32, claimed: String },
     #[error("parent sent a malformed answer: {0}")]
     Malformed(String),
     #[error("parent is not the member the scheduler named: {0}")]
@@ -64,7 +66,7 @@ impl PeerError {
             PeerError::Connect(_) => R::Connect,
             PeerError::Timeout => R::Timeout,
             PeerError::NotFound => R::NotFound,
-            PeerError::DigestMismatch => R::DigestMismatch,
+            PeerError::DigestMismatch | PeerError::Forged { .. } => R::DigestMismatch,
             PeerError::Server(_) | PeerError::Malformed(_) => R::ServerError,
             PeerError::Impostor(_) => R::DigestMismatch,
             PeerError::NotReady | PeerError::Busy | PeerError::PieceBusy => R::Slow,
@@ -81,6 +83,7 @@ impl PeerError {
             PeerError::NotFound => "peer_not_found",
             PeerError::Server(_) => "peer_server_error",
             PeerError::DigestMismatch => "peer_digest_mismatch",
+            PeerError::Forged { .. } => "peer_forged",
             PeerError::Malformed(_) => "peer_malformed",
             PeerError::Impostor(_) => "peer_impostor",
         }

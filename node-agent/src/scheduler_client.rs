@@ -189,6 +189,13 @@ impl SchedulerPool {
         task_rpc!(self, req, report_parent_failure)
     }
 
+    pub async fn get_piece_digests(
+        &self,
+        req: proto::GetPieceDigestsRequest,
+    ) -> Result<proto::GetPieceDigestsResponse, SchedulerError> {
+        task_rpc!(self, req, get_piece_digests)
+    }
+
     pub async fn report_pieces(
         &self,
         req: proto::ReportPiecesRequest,

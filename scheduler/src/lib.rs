@@ -9,9 +9,11 @@
 pub mod admin;
 pub mod bitmap;
 pub mod config;
+pub mod digests;
 pub mod hosts;
 pub mod members;
 pub mod metrics;
+pub mod quarantine;
 pub mod ranking;
 pub mod service;
 pub mod state;

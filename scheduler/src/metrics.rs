@@ -48,6 +48,7 @@ pub struct Metrics {
     source_elections: Counter,
     parent_failures: Family<ReasonLabels, Counter>,
     host_expiries: Counter,
+    quarantines: Counter,
     requests: Family<RequestLabels, Counter>,
 }
 
@@ -74,6 +75,7 @@ impl Metrics {
             source_elections: Counter::default(),
             parent_failures: Family::default(),
             host_expiries: Counter::default(),
+            quarantines: Counter::default(),
             requests: Family::default(),
             registry: Registry::default(),
         };
@@ -101,6 +103,11 @@ impl Metrics {
             m.host_expiries.clone(),
         );
         registry.register(
+            "host_quarantines",
+            "Hosts quarantined for serving pieces that fail the recorded digests",
+            m.quarantines.clone(),
+        );
+        registry.register(
             "requests",
             "gRPC requests by method and status code",
             m.requests.clone(),
@@ -121,6 +128,10 @@ impl Metrics {
 
     pub fn source_elected(&self) {
         self.source_elections.inc();
+    }
+
+    pub fn host_quarantined(&self) {
+        self.quarantines.inc();
     }
 
     pub fn parent_failure(&self, reason: i32) {

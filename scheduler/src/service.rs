@@ -206,6 +206,18 @@ impl Scheduler for SchedulerService {
         })
     }
 
+    async fn get_piece_digests(
+        &self,
+        request: Request<proto::GetPieceDigestsRequest>,
+    ) -> Result<Response<proto::GetPieceDigestsResponse>, Status> {
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        self.speaks_for("get_piece_digests", &caller, &req.host_id)?;
+        self.call("get_piece_digests", &req.task_id, &req.host_id, |s, now| {
+            s.get_piece_digests(&req, now)
+        })
+    }
+
     async fn report_parent_failure(
         &self,
         request: Request<ReportParentFailureRequest>,

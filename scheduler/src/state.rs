@@ -18,8 +18,10 @@ use thiserror::Error;
 use tracing::{debug, info};
 
 use crate::bitmap::{Bitmap, BitmapError, MAX_PIECES};
+use crate::digests::{self, Recorded};
 use crate::hosts::Hosts;
 use crate::metrics::{Gauges, Metrics};
+use crate::quarantine::Quarantine;
 use crate::ranking::{self, Candidate, Requester};
 use crate::tasks::Task;
 
@@ -102,6 +104,10 @@ pub struct State {
     /// as peers are added in between (so it errs on the strict side).
     tasks_per_host: HashMap<String, usize>,
     tags: crate::tags::TagBook,
+    /// Parents that served pieces failing the recorded digests.
+    quarantine: Quarantine,
+    /// Piece digests recorded over all tasks (recounted at every sweep).
+    recorded_digests: usize,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -153,6 +159,8 @@ impl State {
             tasks: HashMap::new(),
             tasks_per_host: HashMap::new(),
             tags: crate::tags::TagBook::default(),
+            quarantine: Quarantine::default(),
+            recorded_digests: 0,
             settings,
             metrics,
         }
@@ -284,6 +292,7 @@ impl State {
         let source = live_source(&self.hosts, task, now);
         let parents = rank_parents(
             &self.hosts,
+            &self.quarantine,
             task,
             &req.host_id,
             &labels,
@@ -299,7 +308,8 @@ impl State {
             back_to_source(task)
         } else if source.is_some() || !parents.is_empty() {
             from_peers(task, parents)
-        } else if let Some(seed) = pick_seed(&self.hosts, task, &req.host_id, now) {
+        } else if let Some(seed) = pick_seed(&self.hosts, &self.quarantine, task, &req.host_id, now)
+        {
             elect(task, &seed.id, now, &self.metrics);
             ScheduleResponse {
                 decision: Decision::TriggerSeed as i32,
@@ -346,6 +356,7 @@ impl State {
         }
         let parents = rank_parents(
             &self.hosts,
+            &self.quarantine,
             task,
             host_id,
             &labels,
@@ -376,6 +387,7 @@ impl State {
             return self.get_parents(&req.task_id, &req.host_id, now);
         }
         self.hosts.record_failure(&req.parent_host_id, now);
+        self.judge_digest_report(req, now);
 
         let parent_alive = self.hosts.is_alive(&req.parent_host_id, now);
         let task = self
@@ -407,6 +419,37 @@ impl State {
         self.get_parents(&req.task_id, &req.host_id, now)
     }
 
+    /// A child says a parent served a piece failing the recorded digest
+    /// under a digest of its own: evidence only when the claimed digest
+    /// really differs from the recorded one.
+    fn judge_digest_report(&mut self, req: &ReportParentFailureRequest, now: Instant) {
+        if req.reason != FailureReason::DigestMismatch as i32 || req.claimed_digest.is_empty() {
+            return;
+        }
+        let lied = self
+            .tasks
+            .get(&req.task_id)
+            .and_then(|t| t.digests.matches(req.piece, &req.claimed_digest))
+            == Some(false);
+        if lied
+            && self
+                .quarantine
+                .accuse(&req.parent_host_id, &req.host_id, now)
+        {
+            self.metrics.host_quarantined();
+            tracing::warn!(
+                parent = %req.parent_host_id,
+                task_id = %req.task_id,
+                piece = req.piece,
+                "host quarantined: served pieces failing the recorded digests"
+            );
+        }
+    }
+
+    pub fn is_quarantined(&self, host_id: &str, now: Instant) -> bool {
+        self.quarantine.is_quarantined(host_id, now)
+    }
+
     // ---- reports -------------------------------------------------------------
 
     pub fn report_pieces(&mut self, req: &ReportPiecesRequest, now: Instant) -> Result<()> {
@@ -422,6 +465,7 @@ impl State {
             }
             None
         };
+        let reported_digests = parse_digests(&req.digests)?;
 
         self.count_peer(&req.task_id, &req.host_id);
         let task = self
@@ -443,7 +487,43 @@ impl State {
         if req.complete {
             peer.complete = true;
         }
+        // Only what the task's source read from the origin is a reference.
+        if task.is_source(&req.host_id) && !reported_digests.is_empty() {
+            let mut conflicts = 0;
+            for (index, digest) in reported_digests {
+                if self.recorded_digests >= digests::MAX_TOTAL {
+                    debug!("piece digest cap reached; not recording more");
+                    break;
+                }
+                match task.digests.record(index, digest) {
+                    Recorded::New => self.recorded_digests += 1,
+                    Recorded::Same => {}
+                    Recorded::Conflict => conflicts += 1,
+                }
+            }
+            if conflicts > 0 {
+                tracing::warn!(task_id = %req.task_id, source = %req.host_id, conflicts, "a source reported other digests than recorded before; the first stay");
+            }
+        }
         Ok(())
+    }
+
+    /// The recorded digests of a range of a task's pieces.
+    pub fn get_piece_digests(
+        &self,
+        req: &proto::GetPieceDigestsRequest,
+        now: Instant,
+    ) -> Result<proto::GetPieceDigestsResponse> {
+        check_ids(&req.task_id, &req.host_id)?;
+        if !self.hosts.is_alive(&req.host_id, now) {
+            return Err(ScheduleError::HostNotAnnounced);
+        }
+        let digests = self
+            .tasks
+            .get(&req.task_id)
+            .map(|t| t.digests.range(req.first, req.count))
+            .unwrap_or_default();
+        Ok(proto::GetPieceDigestsResponse { digests })
     }
 
     pub fn report_peer_result(
@@ -519,9 +599,11 @@ impl State {
         }
 
         self.tags.sweep(now, self.settings.tag_ttl);
+        self.quarantine.sweep(now);
         let before = self.tasks.len();
         let idle_ttl = self.settings.task_idle_ttl;
         self.tasks.retain(|_, t| !t.is_idle(now, idle_ttl));
+        self.recorded_digests = self.tasks.values().map(|t| t.digests.len()).sum();
         self.tasks_per_host.clear();
         for task in self.tasks.values() {
             for id in task.peers.keys() {
@@ -589,11 +671,16 @@ impl State {
                     source_host_id: t.source_id().unwrap_or_default().to_string(),
                     peers,
                     source_elections: t.source_elections,
+                    recorded_digests: t.digests.len() as u32,
                 }
             })
             .collect();
         tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-        StatResponse { hosts, tasks }
+        StatResponse {
+            hosts,
+            tasks,
+            quarantined: self.quarantine.list(Instant::now()),
+        }
     }
 }
 
@@ -618,19 +705,55 @@ fn live_source(hosts: &Hosts, task: &mut Task, now: Instant) -> Option<String> {
 /// A live seed to fetch the task for the requester, chosen by rendezvous
 /// hash so tasks spread over seeds. Seeds that failed as this task's source
 /// lately are passed over.
-fn pick_seed(hosts: &Hosts, task: &Task, requester: &str, now: Instant) -> Option<Host> {
+fn pick_seed(
+    hosts: &Hosts,
+    quarantine: &Quarantine,
+    task: &Task,
+    requester: &str,
+    now: Instant,
+) -> Option<Host> {
     let eligible: Vec<&str> = hosts
         .live_seeds(now)
         .map(|e| e.host.id.as_str())
-        .filter(|id| *id != requester && !task.failed_as_source_recently(id, now))
+        .filter(|id| {
+            *id != requester
+                && !task.failed_as_source_recently(id, now)
+                && !quarantine.is_quarantined(id, now)
+        })
         .collect();
     let chosen = ranking::pick_seed(&task.id, eligible)?;
     hosts.alive(chosen, now).map(|e| e.host.clone())
 }
 
+/// A report's piece digests, checked before anything is recorded.
+fn parse_digests(reported: &[proto::PieceDigest]) -> Result<Vec<(u32, [u8; 32])>> {
+    if reported.len() > MAX_PIECES as usize {
+        return Err(ScheduleError::InvalidArgument(format!(
+            "more than {MAX_PIECES} piece digests"
+        )));
+    }
+    reported
+        .iter()
+        .map(|d| {
+            if d.index >= MAX_PIECES {
+                return Err(BitmapError::PieceOutOfRange(d.index).into());
+            }
+            digests::parse(&d.digest)
+                .map(|raw| (d.index, raw))
+                .ok_or_else(|| {
+                    ScheduleError::InvalidArgument(format!(
+                        "piece {} digest is not sha256:<hex>",
+                        d.index
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// Ranked parents for `requester`, as sent on the wire.
 fn rank_parents(
     hosts: &Hosts,
+    quarantine: &Quarantine,
     task: &Task,
     requester: &str,
     labels: &HashMap<String, String>,
@@ -652,7 +775,11 @@ fn rank_parents(
         .iter()
         .filter_map(|(id, peer)| {
             // Peers of hosts we have not heard from yet are not offered: we
-            // would not know where to send the child.
+            // would not know where to send the child. Quarantined hosts
+            // never are.
+            if quarantine.is_quarantined(id, now) {
+                return None;
+            }
             let entry = hosts.get(id)?;
             Some(Candidate {
                 host: &entry.host,
@@ -666,7 +793,10 @@ fn rank_parents(
         })
         .collect();
     // A triggered seed is the source before it registers as a peer.
-    if let Some(source) = task.source_id().filter(|s| !task.peers.contains_key(*s)) {
+    if let Some(source) = task
+        .source_id()
+        .filter(|s| !task.peers.contains_key(*s) && !quarantine.is_quarantined(s, now))
+    {
         if let Some(entry) = hosts.get(source) {
             candidates.push(Candidate {
                 host: &entry.host,
@@ -846,6 +976,152 @@ mod tests {
         s.report_pieces(&over, now).unwrap();
     }
 
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn report_with_digests(
+        s: &mut State,
+        task: &str,
+        id: &str,
+        pieces: &[(u32, String)],
+        now: Instant,
+    ) {
+        s.report_pieces(
+            &ReportPiecesRequest {
+                task_id: task.into(),
+                host_id: id.into(),
+                shape: Some(TaskShape {
+                    content_length: 400,
+                    piece_length: 100,
+                    piece_count: 4,
+                    known: true,
+                }),
+                pieces: pieces.iter().map(|(i, _)| *i).collect(),
+                digests: pieces
+                    .iter()
+                    .map(|(index, digest)| proto::PieceDigest {
+                        index: *index,
+                        digest: digest.clone(),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
+    }
+
+    fn forged(s: &mut State, task: &str, child: &str, parent: &str, claimed: &str, now: Instant) {
+        s.report_parent_failure(
+            &ReportParentFailureRequest {
+                task_id: task.into(),
+                host_id: child.into(),
+                parent_host_id: parent.into(),
+                reason: FailureReason::DigestMismatch as i32,
+                piece: 1,
+                claimed_digest: claimed.into(),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn digests_come_from_the_source_and_forgers_are_quarantined() {
+        let mut s = state();
+        let now = Instant::now();
+        for id in ["src", "evil", "c1", "c2", "c3"] {
+            announce(&mut s, id, HostType::Normal, now);
+        }
+        assert_eq!(
+            register(&mut s, "t", "src", now).decision(),
+            Decision::BackToSource
+        );
+        report_with_digests(
+            &mut s,
+            "t",
+            "src",
+            &[(0, digest('a')), (1, digest('b'))],
+            now,
+        );
+        // Another peer's digests are not a reference, nor is a second
+        // opinion from the source.
+        register(&mut s, "t", "evil", now);
+        report_with_digests(
+            &mut s,
+            "t",
+            "evil",
+            &[(0, digest('a')), (1, digest('e')), (2, digest('e'))],
+            now,
+        );
+        report_with_digests(&mut s, "t", "src", &[(1, digest('f'))], now);
+        let req = |first, count| proto::GetPieceDigestsRequest {
+            task_id: "t".into(),
+            host_id: "c1".into(),
+            first,
+            count,
+        };
+        let got = s.get_piece_digests(&req(0, 10), now).unwrap().digests;
+        let got: Vec<(u32, &str)> = got.iter().map(|d| (d.index, d.digest.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![(0, digest('a').as_str()), (1, digest('b').as_str())]
+        );
+        assert_eq!(s.stat("t").tasks[0].recorded_digests, 2);
+        // Malformed digests are refused before anything is recorded.
+        let bad = ReportPiecesRequest {
+            task_id: "t".into(),
+            host_id: "src".into(),
+            pieces: vec![3],
+            digests: vec![proto::PieceDigest {
+                index: 3,
+                digest: "md5:x".into(),
+            }],
+            ..Default::default()
+        };
+        assert!(s.report_pieces(&bad, now).is_err());
+        assert!(s
+            .get_piece_digests(
+                &proto::GetPieceDigestsRequest {
+                    host_id: "nobody".into(),
+                    ..req(0, 1)
+                },
+                now
+            )
+            .is_err());
+
+        for c in ["c1", "c2", "c3"] {
+            register(&mut s, "t", c, now);
+        }
+        let offered = |s: &mut State, child: &str| -> Vec<String> {
+            s.get_parents("t", child, now)
+                .unwrap()
+                .parents
+                .iter()
+                .filter_map(|p| p.host.as_ref().map(|h| h.id.clone()))
+                .collect()
+        };
+        assert!(offered(&mut s, "c3").contains(&"evil".to_string()));
+        // A report naming the recorded digest as the claim is no evidence
+        // (the bytes broke on the way); one child's word is not enough.
+        forged(&mut s, "t", "c1", "evil", &digest('b'), now);
+        forged(&mut s, "t", "c2", "evil", &digest('b'), now);
+        assert!(!s.is_quarantined("evil", now));
+        forged(&mut s, "t", "c1", "evil", &digest('e'), now);
+        assert!(!s.is_quarantined("evil", now));
+        assert!(offered(&mut s, "c3").contains(&"evil".to_string()));
+        // A second peer: quarantined for everyone, in every task.
+        forged(&mut s, "t", "c2", "evil", &digest('e'), now);
+        assert!(s.is_quarantined("evil", now));
+        assert!(!offered(&mut s, "c3").contains(&"evil".to_string()));
+        assert_eq!(s.stat("").quarantined, vec!["evil".to_string()]);
+        // Re-announcing does not lift it.
+        announce(&mut s, "evil", HostType::Normal, now);
+        assert!(!offered(&mut s, "c3").contains(&"evil".to_string()));
+    }
+
     fn announce(s: &mut State, id: &str, ty: HostType, now: Instant) {
         s.announce_host(Some(host(id, ty)), now).unwrap();
     }
@@ -890,7 +1166,7 @@ mod tests {
                 host_id: id.into(),
                 parent_host_id: parent.into(),
                 reason: reason as i32,
-                message: String::new(),
+                ..Default::default()
             },
             now,
         )

@@ -98,6 +98,8 @@ pub struct Task {
     source: Option<Source>,
     /// Host id → when it failed as this task's source.
     failed_sources: HashMap<String, Instant>,
+    /// Piece digests as its back-to-source peer reported them.
+    pub digests: crate::digests::PieceDigests,
 }
 
 impl Task {
@@ -111,6 +113,7 @@ impl Task {
             last_active: now,
             source: None,
             failed_sources: HashMap::new(),
+            digests: Default::default(),
         }
     }
 
