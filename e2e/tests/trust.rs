@@ -790,3 +790,126 @@ async fn a_parent_must_be_the_host_the_scheduler_named() {
     let sent = peers.trigger_seed(&base, "real", &request).await;
     assert!(matches!(sent, Err(PeerError::Connect(_))), "{sent:?}");
 }
+
+/// Rewrites a stopped daemon's copy of a task so every piece holds other
+/// bytes and its metadata claims their digests: what a member that wants to
+/// vouch for forged content serves.
+fn forge_stored_task(data_dir: &Path, task_id: &str) {
+    let dir = data_dir.join("tasks").join(task_id);
+    let meta_path = dir.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let mut data = std::fs::read(dir.join("data")).unwrap();
+    let piece_length = meta["piece_length"].as_u64().unwrap() as usize;
+    let mut digests = Vec::new();
+    for piece in data.chunks_mut(piece_length) {
+        for b in piece.iter_mut().step_by(4096) {
+            *b = !*b;
+        }
+        digests.push(serde_json::json!(sha256_hex(piece)));
+    }
+    meta["digests"] = serde_json::Value::Array(digests);
+    std::fs::write(dir.join("data"), &data).unwrap();
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_vouch_for_forged_pieces() {
+    use identity::{MemberTls, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    let data = random_bytes(32 * MIB);
+    let digest = sha256_hex(&data);
+    let url = origin.add("forged.bin", data);
+    let task_id = task_id_of(&url);
+    let scheduler = SchedulerProc::start(ip(71, 1), dir.path()).await.unwrap();
+    let member = |name: &str, last: u8| {
+        let mut s = spec(name, ip(71, last), dir.path(), &[]);
+        s.scheduler = Some(scheduler.grpc);
+        s
+    };
+    // The source reads the file from the origin; the rogue member copies it
+    // from the source, then forges its copy and claims the forged digests.
+    let source = DaemonProc::start(member("source", 10), dir.path())
+        .await
+        .unwrap();
+    let rogue = DaemonProc::start(member("rogue", 11), dir.path())
+        .await
+        .unwrap();
+    for (d, name) in [(&source, "source"), (&rogue, "rogue")] {
+        let (code, err) = dfget(&url, &dir.path().join(format!("{name}.out")), d.api, &[])
+            .await
+            .unwrap();
+        assert_eq!(code, 0, "{name}: {err}");
+    }
+    let mut rogue = rogue;
+    rogue.proc.terminate(Duration::from_secs(5));
+    forge_stored_task(&rogue.spec.data_dir, &task_id);
+    let rogue = rogue.restart(dir.path()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Two nodes download the URL (no content digest to check it against)
+    // while the rogue offers every piece.
+    let children = [
+        DaemonProc::start(member("child-1", 12), dir.path())
+            .await
+            .unwrap(),
+        DaemonProc::start(member("child-2", 13), dir.path())
+            .await
+            .unwrap(),
+    ];
+    let mut jobs = Vec::new();
+    for (i, c) in children.iter().enumerate() {
+        let out = dir.path().join(format!("child-{i}.out"));
+        let (url, api) = (url.clone(), c.api);
+        jobs.push(tokio::spawn(async move {
+            let result = dfget(&url, &out, api, &[]).await.unwrap();
+            (result, std::fs::read(&out).unwrap_or_default())
+        }));
+    }
+    for job in jobs {
+        let ((code, err), bytes) = job.await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            sha256_hex(&bytes),
+            digest,
+            "a child took the rogue's forged bytes"
+        );
+    }
+    let forged_served: u64 = {
+        let metrics = |d: &DaemonProc| {
+            let url = format!("http://{}/metrics", d.admin);
+            async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+        };
+        let mut n = 0;
+        for c in &children {
+            let text = metrics(c).await;
+            n += text
+                .lines()
+                .filter(|l| l.contains("peer_forged") && !l.starts_with('#'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64;
+        }
+        n
+    };
+    assert!(
+        forged_served > 0,
+        "the rogue was never asked: the test proves nothing"
+    );
+
+    // Both children reported it: the scheduler sends nobody to it any more.
+    let node = MemberTls::load(&member_dir(Role::Node, "child-1")).unwrap();
+    let mut c = scheduler_client(scheduler.grpc, Some(&node)).await.unwrap();
+    let stat = c
+        .stat(proto::StatRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stat.quarantined, vec!["rogue".to_string()], "{stat:?}");
+    let task = stat.tasks.iter().find(|t| t.task_id == task_id).unwrap();
+    assert_eq!(
+        task.recorded_digests, 32,
+        "digests recorded from the source"
+    );
+    drop(rogue);
+}

@@ -32,6 +32,9 @@ pub enum Expected {
 pub struct RecordedDigests {
     known: Mutex<HashMap<u32, String>>,
     asked: Mutex<HashMap<u32, Instant>>,
+    /// One question at a time: pieces fetched at once wait for the answer
+    /// instead of falling back to their parent's claim meanwhile.
+    asking: tokio::sync::Mutex<()>,
 }
 
 impl RecordedDigests {
@@ -45,7 +48,14 @@ impl RecordedDigests {
         if let Some(d) = self.lookup(index) {
             return Expected::Recorded(d);
         }
-        if !schedulers.is_configured() || !self.should_ask(index / BLOCK) {
+        if !schedulers.is_configured() {
+            return Expected::Unknown;
+        }
+        let _asking = self.asking.lock().await;
+        if let Some(d) = self.lookup(index) {
+            return Expected::Recorded(d);
+        }
+        if !self.should_ask(index / BLOCK) {
             return Expected::Unknown;
         }
         let req = proto::GetPieceDigestsRequest {
