@@ -913,3 +913,82 @@ async fn a_member_cannot_vouch_for_forged_pieces() {
     );
     drop(rogue);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_slip_pieces_in_before_the_source_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    // The rogue member holds other bytes under the task of this URL (it
+    // fetched them when the URL served them), with their own digests.
+    let url = origin.add("moving.bin", random_bytes(32 * MIB));
+    let first = SchedulerProc::start(ip(72, 1), dir.path()).await.unwrap();
+    let mut rogue_spec = spec("rogue", ip(72, 11), dir.path(), &[]);
+    rogue_spec.scheduler = Some(first.grpc);
+    let mut rogue = DaemonProc::start(rogue_spec.clone(), dir.path())
+        .await
+        .unwrap();
+    let (code, err) = dfget(&url, &dir.path().join("rogue.out"), rogue.api, &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    rogue.proc.terminate(Duration::from_secs(5));
+    drop(first);
+
+    // Now the URL serves the real bytes, slowly; a fresh scheduler elects
+    // the first node to ask as the source, and while it is downloading the
+    // rogue joins, offering every piece.
+    let data = random_bytes(32 * MIB);
+    let digest = sha256_hex(&data);
+    origin.add("moving.bin", data);
+    origin.set_throttle(6 * MIB as u64);
+    let scheduler = SchedulerProc::start(ip(72, 2), dir.path()).await.unwrap();
+    let member = |name: &str, last: u8| {
+        let mut s = spec(name, ip(72, last), dir.path(), &[]);
+        s.scheduler = Some(scheduler.grpc);
+        s
+    };
+    let source = DaemonProc::start(member("source", 10), dir.path())
+        .await
+        .unwrap();
+    let fetch = |api: SocketAddr, name: &str| {
+        let (url, out) = (url.clone(), dir.path().join(format!("{name}.out")));
+        tokio::spawn(async move {
+            let result = dfget(&url, &out, api, &[]).await.unwrap();
+            (result, std::fs::read(&out).unwrap_or_default())
+        })
+    };
+    let source_job = fetch(source.api, "source");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    rogue_spec.scheduler = Some(scheduler.grpc);
+    let rogue = DaemonProc::start(rogue_spec, dir.path()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let child = DaemonProc::start(member("child", 12), dir.path())
+        .await
+        .unwrap();
+    let ((code, err), bytes) = fetch(child.api, "child").await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sha256_hex(&bytes),
+        digest,
+        "the child took the rogue's bytes"
+    );
+    let ((code, err), _) = source_job.await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    let text = reqwest::get(format!("http://{}/metrics", child.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: f64 = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.contains("peer_unverified") || l.contains("peer_forged"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        refused > 0.0,
+        "the rogue was never asked: the test proves nothing\n{}",
+        rogue.proc.log_tail(20)
+    );
+}

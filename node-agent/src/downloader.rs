@@ -16,7 +16,7 @@ use crate::daemon::{Daemon, RunEnd};
 use crate::peer_client::PeerError;
 use crate::piece::{piece_digest, piece_range, Bitmap};
 use crate::piece_order;
-use crate::recorded_digests::{self, RecordedDigests, Verdict};
+use crate::recorded_digests::{self, RecordedDigests, Sender, Verdict};
 use crate::store::{StoredTask, TaskFailure};
 use crate::task_request::TaskRequest;
 
@@ -627,6 +627,8 @@ async fn fetch_verified(
     base: String,
     parent: String,
     index: u32,
+    from_source: bool,
+    source_among_parents: bool,
 ) -> PieceResult {
     let result = async {
         let expected_len = task.with_meta(|m| {
@@ -652,13 +654,18 @@ async fn fetch_verified(
         })
         .await
         .map_err(|e| PeerError::Malformed(e.to_string()))?;
-        match recorded_digests::judge(&expected, &actual, &digest) {
+        let sender = Sender {
+            is_source: from_source,
+            task_has_source: source_among_parents || recorded.any_recorded(),
+        };
+        match recorded_digests::judge(&expected, &actual, &digest, sender) {
             Verdict::Good => Ok((data, actual)),
             Verdict::Damaged => Err(PeerError::DigestMismatch),
             Verdict::Forged => Err(PeerError::Forged {
                 piece: index,
                 claimed: digest,
             }),
+            Verdict::Unverified => Err(PeerError::Unverified(index)),
         }
     }
     .await;
@@ -831,6 +838,7 @@ async fn from_peers(
             }
             slots[i].inflight += 1;
             inflight_pieces.insert(index);
+            let source_among_parents = slots.iter().any(|s| s.is_source);
             inflight.push(fetch_verified(
                 daemon.clone(),
                 task.clone(),
@@ -838,6 +846,8 @@ async fn from_peers(
                 slots[i].base.clone(),
                 slots[i].id.clone(),
                 index,
+                slots[i].is_source,
+                source_among_parents,
             ));
         }
         if inflight.is_empty()
@@ -885,7 +895,7 @@ async fn from_peers(
                 background_inflight.remove(&index);
                 if let Some(slot) = slots.iter_mut().find(|s| s.id == parent_id) {
                     slot.inflight = slot.inflight.saturating_sub(1);
-                    if matches!(result, Err(PeerError::PieceBusy)) {
+                    if matches!(result, Err(PeerError::PieceBusy) | Err(PeerError::Unverified(_))) {
                         avoid.defer(&parent_id, index, Instant::now() + COOLDOWN);
                     } else if result.as_ref().is_err_and(PeerError::is_soft) {
                         slot.cooldown_until = Some(Instant::now() + COOLDOWN);

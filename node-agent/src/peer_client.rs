@@ -45,6 +45,8 @@ pub enum PeerError {
     DigestMismatch,
     #[error("piece {piece} from parent fails the digest recorded from the origin (the parent claimed {claimed})")]
     Forged { piece: u32, claimed: String },
+    #[error("piece {0} has no recorded digest yet; taken from the source only")]
+    Unverified(u32),
     #[error("parent sent a malformed answer: {0}")]
     Malformed(String),
     #[error("parent is not the member the scheduler named: {0}")]
@@ -56,7 +58,7 @@ impl PeerError {
     pub fn is_soft(&self) -> bool {
         matches!(
             self,
-            PeerError::NotReady | PeerError::Busy | PeerError::PieceBusy
+            PeerError::NotReady | PeerError::Busy | PeerError::PieceBusy | PeerError::Unverified(_)
         )
     }
 
@@ -69,7 +71,10 @@ impl PeerError {
             PeerError::DigestMismatch | PeerError::Forged { .. } => R::DigestMismatch,
             PeerError::Server(_) | PeerError::Malformed(_) => R::ServerError,
             PeerError::Impostor(_) => R::DigestMismatch,
-            PeerError::NotReady | PeerError::Busy | PeerError::PieceBusy => R::Slow,
+            PeerError::NotReady
+            | PeerError::Busy
+            | PeerError::PieceBusy
+            | PeerError::Unverified(_) => R::Slow,
         }
     }
 
@@ -84,6 +89,7 @@ impl PeerError {
             PeerError::Server(_) => "peer_server_error",
             PeerError::DigestMismatch => "peer_digest_mismatch",
             PeerError::Forged { .. } => "peer_forged",
+            PeerError::Unverified(_) => "peer_unverified",
             PeerError::Malformed(_) => "peer_malformed",
             PeerError::Impostor(_) => "peer_impostor",
         }

@@ -13,7 +13,7 @@ const BLOCK: u32 = 1024;
 /// A block whose digests were asked for recently is not asked again
 /// sooner: pieces whose digest is not recorded yet fall back to the
 /// parent's claim instead of costing a call each.
-const REASK_AFTER: Duration = Duration::from_secs(1);
+const REASK_AFTER: Duration = Duration::from_millis(100);
 /// A scheduler slower than this to answer does not hold up the piece.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -73,6 +73,15 @@ impl RecordedDigests {
             .map_or(Expected::Unknown, Expected::Recorded)
     }
 
+    /// Whether the source has reported any digest of this task yet.
+    pub fn any_recorded(&self) -> bool {
+        !self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     fn lookup(&self, index: u32) -> Option<String> {
         self.known
             .lock()
@@ -112,10 +121,25 @@ pub enum Verdict {
     /// The bytes fail the recorded digest under a claim of the parent's
     /// own: evidence the scheduler may quarantine the parent on.
     Forged,
+    /// Nothing recorded for this piece yet although the task has a source
+    /// that records: only the source itself is taken at its word, so the
+    /// piece is asked of this parent again later.
+    Unverified,
 }
 
-pub fn judge(expected: &Expected, actual: &str, claimed: &str) -> Verdict {
+/// Where a piece came from, for judging it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender {
+    /// The parent is the task's back-to-source peer.
+    pub is_source: bool,
+    /// The task has a source that records digests (one is a parent, or
+    /// digests of this task are recorded).
+    pub task_has_source: bool,
+}
+
+pub fn judge(expected: &Expected, actual: &str, claimed: &str, sender: Sender) -> Verdict {
     match expected {
+        Expected::Unknown if sender.task_has_source && !sender.is_source => Verdict::Unverified,
         Expected::Recorded(recorded) if actual == recorded => Verdict::Good,
         Expected::Recorded(recorded) if claimed != recorded => Verdict::Forged,
         Expected::Recorded(_) => Verdict::Damaged,
@@ -128,22 +152,62 @@ pub fn judge(expected: &Expected, actual: &str, claimed: &str) -> Verdict {
 mod tests {
     use super::*;
 
+    const ANYONE: Sender = Sender {
+        is_source: false,
+        task_has_source: false,
+    };
+
+    #[test]
+    fn unrecorded_pieces_are_taken_from_the_source_only() {
+        let unknown = Expected::Unknown;
+        let peer = Sender {
+            is_source: false,
+            task_has_source: true,
+        };
+        let source = Sender {
+            is_source: true,
+            task_has_source: true,
+        };
+        assert_eq!(
+            judge(&unknown, "sha256:a", "sha256:a", peer),
+            Verdict::Unverified
+        );
+        assert_eq!(
+            judge(&unknown, "sha256:a", "sha256:a", source),
+            Verdict::Good
+        );
+        let rec = Expected::Recorded("sha256:a".into());
+        assert_eq!(judge(&rec, "sha256:a", "sha256:a", peer), Verdict::Good);
+    }
+
     #[test]
     fn the_record_judges_not_the_parent() {
         let rec = Expected::Recorded("sha256:good".into());
-        assert_eq!(judge(&rec, "sha256:good", "sha256:good"), Verdict::Good);
-        // Right bytes under a wrong claim: the bytes are what counts.
-        assert_eq!(judge(&rec, "sha256:good", "sha256:x"), Verdict::Good);
-        // Forged bytes vouched for by the parent's own digest.
-        assert_eq!(judge(&rec, "sha256:bad", "sha256:bad"), Verdict::Forged);
-        // Bytes that broke under the recorded claim.
-        assert_eq!(judge(&rec, "sha256:bad", "sha256:good"), Verdict::Damaged);
         assert_eq!(
-            judge(&Expected::Unknown, "sha256:a", "sha256:a"),
+            judge(&rec, "sha256:good", "sha256:good", ANYONE),
+            Verdict::Good
+        );
+        // Right bytes under a wrong claim: the bytes are what counts.
+        assert_eq!(
+            judge(&rec, "sha256:good", "sha256:x", ANYONE),
+            Verdict::Good
+        );
+        // Forged bytes vouched for by the parent's own digest.
+        assert_eq!(
+            judge(&rec, "sha256:bad", "sha256:bad", ANYONE),
+            Verdict::Forged
+        );
+        // Bytes that broke under the recorded claim.
+        assert_eq!(
+            judge(&rec, "sha256:bad", "sha256:good", ANYONE),
+            Verdict::Damaged
+        );
+        assert_eq!(
+            judge(&Expected::Unknown, "sha256:a", "sha256:a", ANYONE),
             Verdict::Good
         );
         assert_eq!(
-            judge(&Expected::Unknown, "sha256:a", "sha256:b"),
+            judge(&Expected::Unknown, "sha256:a", "sha256:b", ANYONE),
             Verdict::Damaged
         );
     }
