@@ -914,6 +914,29 @@ async fn a_member_cannot_vouch_for_forged_pieces() {
     drop(rogue);
 }
 
+/// Polls the scheduler's view of a task until `reached` holds (10 s at most).
+async fn await_stat(
+    sched: &mut proto::scheduler_client::SchedulerClient<tonic::transport::Channel>,
+    task_id: &str,
+    what: &str,
+    reached: impl Fn(&proto::TaskStat) -> bool,
+) {
+    for _ in 0..200 {
+        let stat = sched
+            .stat(proto::StatRequest {
+                task_id: task_id.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if stat.tasks.first().is_some_and(&reached) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not seen at the scheduler within 10 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_slip_pieces_in_before_the_source_records_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -958,10 +981,24 @@ async fn a_member_cannot_slip_pieces_in_before_the_source_records_them() {
         })
     };
     let source_job = fetch(source.api, "source");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let tls = identity::MemberTls::load(&member_dir(identity::Role::Node, "child")).unwrap();
+    let mut sched = scheduler_client(scheduler.grpc, Some(&tls)).await.unwrap();
+    let task_id = task_id_of(&url);
+    // Staged in order, each step seen at the scheduler: the source elected
+    // and recording, then the rogue listed with every piece.
+    await_stat(&mut sched, &task_id, "the source recording", |t| {
+        t.source_host_id == "source" && t.recorded_digests > 0
+    })
+    .await;
     rogue_spec.scheduler = Some(scheduler.grpc);
     let rogue = DaemonProc::start(rogue_spec, dir.path()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    await_stat(
+        &mut sched,
+        &task_id,
+        "the rogue offering every piece",
+        |t| t.peers.iter().any(|p| p.host_id == "rogue" && p.complete),
+    )
+    .await;
     let child = DaemonProc::start(member("child", 12), dir.path())
         .await
         .unwrap();

@@ -627,8 +627,7 @@ async fn fetch_verified(
     base: String,
     parent: String,
     index: u32,
-    from_source: bool,
-    source_among_parents: bool,
+    sender: Sender,
 ) -> PieceResult {
     let result = async {
         let expected_len = task.with_meta(|m| {
@@ -654,9 +653,10 @@ async fn fetch_verified(
         })
         .await
         .map_err(|e| PeerError::Malformed(e.to_string()))?;
+        // Digests recorded for the task mean it has a source, listed or not.
         let sender = Sender {
-            is_source: from_source,
-            task_has_source: source_among_parents || recorded.any_recorded(),
+            task_has_source: sender.task_has_source || recorded.any_recorded(),
+            ..sender
         };
         match recorded_digests::judge(&expected, &actual, &digest, sender) {
             Verdict::Good => Ok((data, actual)),
@@ -846,8 +846,10 @@ async fn from_peers(
                 slots[i].base.clone(),
                 slots[i].id.clone(),
                 index,
-                slots[i].is_source,
-                source_among_parents,
+                Sender {
+                    is_source: slots[i].is_source,
+                    task_has_source: source_among_parents,
+                },
             ));
         }
         if inflight.is_empty()
