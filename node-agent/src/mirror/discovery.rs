@@ -455,9 +455,7 @@ fn with_query(path: &str, query: &str) -> String {
 }
 
 fn ns(ctx: &Ctx) -> Option<String> {
-    url::form_urlencoded::parse(ctx.query.as_deref()?.as_bytes())
-        .find(|(k, _)| k == "ns")
-        .map(|(_, v)| v.into_owned())
+    super::ns_param(ctx.query.as_deref())
 }
 
 fn next_link(upstream: &HeaderMap, ctx: &Ctx, path: &str) -> Option<HeaderValue> {

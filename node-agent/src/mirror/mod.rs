@@ -202,11 +202,7 @@ async fn dispatch(
         }
         None => None,
     };
-    let ns = parts.uri.query().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "ns")
-            .map(|(_, v)| v.into_owned())
-    });
+    let ns = ns_param(parts.uri.query());
     let upstream = match upstream::resolve(header_value, ns.as_deref(), &mirror.config) {
         Ok((upstream, from)) => {
             tracing::debug!(upstream = %upstream.host, ?from, "upstream resolved");
@@ -254,6 +250,13 @@ async fn dispatch(
         }
     };
     (label, resp)
+}
+
+/// containerd's `ns` query parameter: the registry a request is for.
+pub(crate) fn ns_param(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Which dfdaemons a request went through, from the loop-guard header.
