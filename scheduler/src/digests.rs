@@ -1,6 +1,12 @@
 //! Piece digests recorded from a task's back-to-source peer, the one that
 //! read the pieces from the origin. Children check what a parent serves
 //! against these, so a parent cannot vouch for its own bytes.
+//!
+//! The current source's word wins: when it reports another digest for a
+//! recorded piece, the origin's content changed under the task (a mutable
+//! URL), so the whole record starts again from that report. The replaced
+//! record is kept (one generation) so that a peer still serving the old
+//! content is told apart from a forger: stale, not lying.
 
 use std::collections::HashMap;
 
@@ -39,13 +45,28 @@ fn format(raw: &[u8; 32]) -> String {
 pub enum Recorded {
     New,
     Same,
-    /// Another digest was recorded first; it stays.
-    Conflict,
+    /// Another digest was recorded before: the record was replaced by this
+    /// one (the previous record is kept as the superseded generation).
+    Replaced,
+}
+
+/// A parent's claimed digest against the record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The recorded digest.
+    Recorded,
+    /// The digest of the content before the source's last replacement: an
+    /// old copy, honestly held.
+    Superseded,
+    /// Neither: a forgery.
+    Other,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct PieceDigests {
     by_piece: HashMap<u32, [u8; 32]>,
+    superseded: HashMap<u32, [u8; 32]>,
+    replacements: u32,
 }
 
 impl PieceDigests {
@@ -56,15 +77,36 @@ impl PieceDigests {
                 Recorded::New
             }
             Some(known) if *known == digest => Recorded::Same,
-            Some(_) => Recorded::Conflict,
+            Some(_) => {
+                self.superseded = std::mem::take(&mut self.by_piece);
+                self.by_piece.insert(index, digest);
+                self.replacements = self.replacements.saturating_add(1);
+                Recorded::Replaced
+            }
         }
     }
 
-    /// Whether `claimed` is the recorded digest of `index`; `None` when
-    /// nothing is recorded (or `claimed` is not a digest at all).
-    pub fn matches(&self, index: u32, claimed: &str) -> Option<bool> {
+    /// How `claimed` stands against the record of `index`; `None` when
+    /// nothing is recorded.
+    pub fn judge(&self, index: u32, claimed: &str) -> Option<Claim> {
         let known = self.by_piece.get(&index)?;
-        Some(parse(claimed).is_some_and(|c| c == *known))
+        let claimed = parse(claimed);
+        Some(match claimed {
+            Some(c) if c == *known => Claim::Recorded,
+            Some(c) if self.superseded.get(&index) == Some(&c) => Claim::Superseded,
+            _ => Claim::Other,
+        })
+    }
+
+    /// Digests held, the superseded generation included (what counts
+    /// against the scheduler's cap).
+    pub fn held(&self) -> usize {
+        self.by_piece.len() + self.superseded.len()
+    }
+
+    /// How often the source replaced the record.
+    pub fn replacements(&self) -> u32 {
+        self.replacements
     }
 
     /// The recorded digests of pieces `first .. first + count`.
@@ -98,15 +140,35 @@ mod tests {
     }
 
     #[test]
-    fn first_digest_stays_and_ranges_are_capped() {
+    fn the_sources_latest_digest_replaces_the_record() {
         let mut p = PieceDigests::default();
         assert_eq!(p.record(0, parse(&d('a')).unwrap()), Recorded::New);
+        assert_eq!(p.record(1, parse(&d('c')).unwrap()), Recorded::New);
         assert_eq!(p.record(0, parse(&d('a')).unwrap()), Recorded::Same);
-        assert_eq!(p.record(0, parse(&d('b')).unwrap()), Recorded::Conflict);
-        assert_eq!(p.matches(0, &d('a')), Some(true));
-        assert_eq!(p.matches(0, &d('b')), Some(false));
-        assert_eq!(p.matches(0, "garbage"), Some(false));
-        assert_eq!(p.matches(1, &d('a')), None);
+        assert_eq!(p.judge(0, &d('a')), Some(Claim::Recorded));
+        assert_eq!(p.judge(0, &d('b')), Some(Claim::Other));
+        assert_eq!(p.judge(0, "garbage"), Some(Claim::Other));
+        assert_eq!(p.judge(2, &d('a')), None);
+        // The content changed: piece 0 now reads 'b'. The whole record
+        // starts again (piece 1's old digest no longer vouches for it).
+        assert_eq!(p.record(0, parse(&d('b')).unwrap()), Recorded::Replaced);
+        assert_eq!(p.replacements(), 1);
+        assert_eq!(p.judge(0, &d('b')), Some(Claim::Recorded));
+        assert_eq!(p.judge(0, &d('a')), Some(Claim::Superseded));
+        assert_eq!(p.judge(0, &d('e')), Some(Claim::Other));
+        assert_eq!(p.judge(1, &d('c')), None);
+        assert_eq!(p.held(), 3);
+        // Only one generation is kept.
+        assert_eq!(p.record(0, parse(&d('e')).unwrap()), Recorded::Replaced);
+        assert_eq!(p.judge(0, &d('a')), Some(Claim::Other));
+        assert_eq!(p.judge(0, &d('b')), Some(Claim::Superseded));
+        assert_eq!(p.held(), 2);
+    }
+
+    #[test]
+    fn ranges_are_capped() {
+        let mut p = PieceDigests::default();
+        assert_eq!(p.record(0, parse(&d('a')).unwrap()), Recorded::New);
         for i in 1..5000 {
             p.record(i, [1; 32]);
         }

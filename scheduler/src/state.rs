@@ -18,7 +18,7 @@ use thiserror::Error;
 use tracing::{debug, info};
 
 use crate::bitmap::{Bitmap, BitmapError, MAX_PIECES};
-use crate::digests::{self, Recorded};
+use crate::digests::{self, Claim, Recorded};
 use crate::hosts::Hosts;
 use crate::metrics::{Gauges, Metrics};
 use crate::quarantine::Quarantine;
@@ -426,11 +426,20 @@ impl State {
         if req.reason != FailureReason::DigestMismatch as i32 || req.claimed_digest.is_empty() {
             return;
         }
-        let lied = self
+        let claim = self
             .tasks
             .get(&req.task_id)
-            .and_then(|t| t.digests.matches(req.piece, &req.claimed_digest))
-            == Some(false);
+            .and_then(|t| t.digests.judge(req.piece, &req.claimed_digest));
+        if claim == Some(Claim::Superseded) {
+            // An old copy of content the origin has since changed: no
+            // forgery, but no parent for this task any more either.
+            if let Some(task) = self.tasks.get_mut(&req.task_id) {
+                task.remove_peer(&req.parent_host_id);
+            }
+            tracing::info!(parent = %req.parent_host_id, task_id = %req.task_id, "parent holds superseded content; dropped from the task");
+            return;
+        }
+        let lied = claim == Some(Claim::Other);
         if lied
             && self
                 .quarantine
@@ -489,20 +498,18 @@ impl State {
         }
         // Only what the task's source read from the origin is a reference.
         if task.is_source(&req.host_id) && !reported_digests.is_empty() {
-            let mut conflicts = 0;
+            let held_before = task.digests.held();
+            let mut replaced = false;
             for (index, digest) in reported_digests {
-                if self.recorded_digests >= digests::MAX_TOTAL {
+                if self.recorded_digests - held_before + task.digests.held() >= digests::MAX_TOTAL {
                     debug!("piece digest cap reached; not recording more");
                     break;
                 }
-                match task.digests.record(index, digest) {
-                    Recorded::New => self.recorded_digests += 1,
-                    Recorded::Same => {}
-                    Recorded::Conflict => conflicts += 1,
-                }
+                replaced |= task.digests.record(index, digest) == Recorded::Replaced;
             }
-            if conflicts > 0 {
-                tracing::warn!(task_id = %req.task_id, source = %req.host_id, conflicts, "a source reported other digests than recorded before; the first stay");
+            self.recorded_digests = self.recorded_digests - held_before + task.digests.held();
+            if replaced {
+                tracing::warn!(task_id = %req.task_id, source = %req.host_id, replacements = task.digests.replacements(), "the source read other content than recorded (the origin changed); its digests replace the record");
             }
         }
         Ok(())
@@ -603,7 +610,7 @@ impl State {
         let before = self.tasks.len();
         let idle_ttl = self.settings.task_idle_ttl;
         self.tasks.retain(|_, t| !t.is_idle(now, idle_ttl));
-        self.recorded_digests = self.tasks.values().map(|t| t.digests.len()).sum();
+        self.recorded_digests = self.tasks.values().map(|t| t.digests.held()).sum();
         self.tasks_per_host.clear();
         for task in self.tasks.values() {
             for id in task.peers.keys() {
@@ -1046,8 +1053,7 @@ mod tests {
             &[(0, digest('a')), (1, digest('b'))],
             now,
         );
-        // Another peer's digests are not a reference, nor is a second
-        // opinion from the source.
+        // Another peer's digests are not a reference.
         register(&mut s, "t", "evil", now);
         report_with_digests(
             &mut s,
@@ -1056,7 +1062,6 @@ mod tests {
             &[(0, digest('a')), (1, digest('e')), (2, digest('e'))],
             now,
         );
-        report_with_digests(&mut s, "t", "src", &[(1, digest('f'))], now);
         let req = |first, count| proto::GetPieceDigestsRequest {
             task_id: "t".into(),
             host_id: "c1".into(),
@@ -1120,6 +1125,52 @@ mod tests {
         // Re-announcing does not lift it.
         announce(&mut s, "evil", HostType::Normal, now);
         assert!(!offered(&mut s, "c3").contains(&"evil".to_string()));
+    }
+
+    #[test]
+    fn a_changed_origin_replaces_the_record_and_old_copies_are_stale_not_forged() {
+        let mut s = state();
+        let now = Instant::now();
+        for id in ["src", "old", "c1", "c2"] {
+            announce(&mut s, id, HostType::Normal, now);
+        }
+        register(&mut s, "t", "src", now);
+        report_with_digests(
+            &mut s,
+            "t",
+            "src",
+            &[(0, digest('a')), (1, digest('b'))],
+            now,
+        );
+        register(&mut s, "t", "old", now);
+        pieces(&mut s, "t", "old", &[0, 1], now);
+        // The origin's content changed; the source read it again.
+        report_with_digests(&mut s, "t", "src", &[(0, digest('c'))], now);
+        let got = s
+            .get_piece_digests(
+                &proto::GetPieceDigestsRequest {
+                    task_id: "t".into(),
+                    host_id: "c1".into(),
+                    first: 0,
+                    count: 10,
+                },
+                now,
+            )
+            .unwrap()
+            .digests;
+        assert_eq!(got.len(), 1, "piece 1's old digest no longer vouches");
+        assert_eq!(got[0].digest, digest('c'));
+        assert_eq!(s.stat("t").tasks[0].recorded_digests, 1);
+        // Two children find the old copy: stale, not forged; the holder is
+        // no parent of the task any more, and no one is quarantined.
+        for c in ["c1", "c2"] {
+            register(&mut s, "t", c, now);
+            forged(&mut s, "t", c, "old", &digest('a'), now);
+        }
+        assert!(!s.is_quarantined("old", now));
+        assert!(s.stat("").quarantined.is_empty());
+        let parents = s.get_parents("t", "c1", now).unwrap();
+        assert!(!parent_ids(&parents).contains(&"old".to_string()));
     }
 
     fn announce(s: &mut State, id: &str, ty: HostType, now: Instant) {
