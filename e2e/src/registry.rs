@@ -9,7 +9,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +34,25 @@ struct Content {
     blobs: HashMap<String, Bytes>,
     /// (repository, tag or digest) -> manifest bytes
     manifests: HashMap<(String, String), Bytes>,
+    /// Blobs linked to each repository, as a real registry scopes them; a
+    /// blob pushed with `push_blob` (unlinked) is served under any name.
+    links: HashMap<String, HashSet<String>>,
+    /// Repositories readable without credentials although `auth` is set.
+    public: HashSet<String>,
+}
+
+impl Content {
+    fn blob_in(&self, repo: &str, digest: &str) -> Option<Bytes> {
+        let linked_elsewhere = self
+            .links
+            .iter()
+            .any(|(r, digests)| r != repo && digests.contains(digest));
+        let linked_here = self.links.get(repo).is_some_and(|d| d.contains(digest));
+        if linked_elsewhere && !linked_here {
+            return None;
+        }
+        self.blobs.get(digest).cloned()
+    }
 }
 
 #[derive(Clone)]
@@ -81,6 +100,23 @@ impl FakeRegistry {
         let digest = sha256_hex(&data);
         self.lock().blobs.insert(digest.clone(), data);
         digest
+    }
+
+    /// Stores a blob linked to `repo`: other repositories answer
+    /// BLOB_UNKNOWN for it unless it is linked to them too.
+    pub fn push_blob_to(&self, repo: &str, data: Bytes) -> String {
+        let digest = self.push_blob(data);
+        self.lock()
+            .links
+            .entry(repo.to_string())
+            .or_default()
+            .insert(digest.clone());
+        digest
+    }
+
+    /// Lets anyone read `repo` without credentials (the rest still need them).
+    pub fn make_public(&self, repo: &str) {
+        self.lock().public.insert(repo.to_string());
     }
 
     /// Serves `data` as the blob `digest`, whatever it hashes to: a
@@ -172,7 +208,20 @@ async fn serve(State(state): State<RegistryState>, request: Request) -> Response
     let method = request.method().clone();
     let headers = request.headers().clone();
     let path = request.uri().path().to_string();
-    if let Some(required) = &state.auth {
+    let repo_of_path = path
+        .strip_prefix("/v2/")
+        .and_then(|rest| rest.rsplit_once('/'))
+        .and_then(|(head, _)| head.rsplit_once('/'))
+        .map(|(repo, _)| repo.to_string());
+    let public = repo_of_path.as_ref().is_some_and(|repo| {
+        state
+            .content
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .public
+            .contains(repo)
+    });
+    if let (Some(required), false) = (&state.auth, public) {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
@@ -236,7 +285,7 @@ async fn serve(State(state): State<RegistryState>, request: Request) -> Response
             };
             builder.body(body).unwrap_or_default()
         }
-        "blobs" => serve_blob(&state, &method, &headers, last),
+        "blobs" => serve_blob(&state, &method, &headers, repo, last),
         _ => oci_error(StatusCode::NOT_FOUND, "NOT_FOUND"),
     }
 }
@@ -245,15 +294,14 @@ fn serve_blob(
     state: &RegistryState,
     method: &Method,
     headers: &axum::http::HeaderMap,
+    repo: &str,
     digest: &str,
 ) -> Response {
     let found = state
         .content
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .blobs
-        .get(digest)
-        .cloned();
+        .blob_in(repo, digest);
     let Some(data) = found else {
         return oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
     };

@@ -1029,3 +1029,185 @@ async fn a_member_cannot_slip_pieces_in_before_the_source_records_them() {
         rogue.proc.log_tail(20)
     );
 }
+
+/// A registry scopes blobs to repositories: a caller allowed to read one
+/// repository (a public one, anonymously) must not get a blob that is only
+/// in another (a private layer), from this node's cache or from the swarm,
+/// with the registry up or down. And what one node saw served without
+/// credentials, a node that never read it may serve during an outage with
+/// the default policy; nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_is_per_blob_and_public_content_survives_an_outage_cluster_wide() {
+    use dragonfly_e2e::registry::basic;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FakeRegistry::start("127.0.0.1:0", Some(("alice", "s3cret")))
+        .await
+        .unwrap();
+    let private = random_bytes(3 * MIB);
+    let private_digest = registry.push_blob_to("private/app", private.clone());
+    let public = random_bytes(MIB);
+    let public_digest = registry.push_blob_to("public/base", public.clone());
+    registry.make_public("public/base");
+    let public_manifest = registry.push_manifest(
+        "public/base",
+        "v1",
+        bytes::Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[{{"digest":"{public_digest}","size":{}}}]}}"#,
+            public.len()
+        )),
+    );
+    let private_manifest = registry.push_manifest(
+        "private/app",
+        "v1",
+        bytes::Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[{{"digest":"{private_digest}","size":{}}}]}}"#,
+            private.len()
+        )),
+    );
+    let mirrored = format!("http://{}", registry.host());
+    let scheduler = SchedulerProc::start(ip(72, 1), dir.path()).await.unwrap();
+    let node = |name: &str, last: u8| {
+        let mut s = spec(name, ip(72, last), dir.path(), &["--registry", &mirrored]);
+        s.scheduler = Some(scheduler.grpc);
+        s
+    };
+    let owner = DaemonProc::start(node("owner", 10), dir.path())
+        .await
+        .unwrap();
+    let other = DaemonProc::start(node("other", 11), dir.path())
+        .await
+        .unwrap();
+    let fresh = DaemonProc::start(node("fresh", 12), dir.path())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    // By tag, then by digest, as containerd asks (the digest is what the
+    // swarm shares).
+    let manifest_ref = |d: &DaemonProc, repo: &str, reference: &str, auth: Option<String>| {
+        let mut req = http
+            .get(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                d.proxy
+            ))
+            .header("X-Dragonfly-Registry", &mirrored)
+            .header("Accept", dragonfly_e2e::registry::OCI_MANIFEST);
+        if let Some(auth) = auth {
+            req = req.header("Authorization", auth);
+        }
+        req.send()
+    };
+    let manifest =
+        |d: &DaemonProc, repo: &str, auth: Option<String>| manifest_ref(d, repo, "v1", auth);
+    let get = |d: &DaemonProc, repo: &str, digest: &str, auth: Option<String>| {
+        let mut req = http
+            .get(format!("http://{}/v2/{repo}/blobs/{digest}", d.proxy))
+            .header("X-Dragonfly-Registry", &mirrored);
+        if let Some(auth) = auth {
+            req = req.header("Authorization", auth);
+        }
+        req.send()
+    };
+    // The owner reads its private layer with its credentials.
+    let resp = get(
+        &owner,
+        "private/app",
+        &private_digest,
+        Some(basic("alice", "s3cret")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap(), private);
+    let resp = manifest(&owner, "private/app", Some(basic("alice", "s3cret")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = manifest_ref(
+        &owner,
+        "private/app",
+        &private_manifest,
+        Some(basic("alice", "s3cret")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Anyone may read the public repository...
+    for d in [&owner, &other] {
+        let resp = manifest(d, "public/base", None).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = manifest_ref(d, "public/base", &public_manifest, None)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = get(d, "public/base", &public_digest, None).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.bytes().await.unwrap(), public);
+    }
+    // ...which gives no private layer asked for under its name: not from the
+    // owner's cache, not through the swarm from another node.
+    for (d, name) in [(&owner, "owner"), (&other, "other")] {
+        let resp = get(d, "public/base", &private_digest, None).await.unwrap();
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{name}: the private layer under a public name"
+        );
+        assert_ne!(body, private, "{name}");
+    }
+    // With the registry down, the default offline policy serves the public
+    // blob each node saw read anonymously, and still not the private one.
+    registry.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (d, name) in [(&owner, "owner"), (&other, "other")] {
+        let resp = get(d, "public/base", &public_digest, None).await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{name}: the public blob offline"
+        );
+        assert_eq!(resp.bytes().await.unwrap(), public, "{name}");
+        let resp = get(d, "public/base", &private_digest, None).await.unwrap();
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap();
+        assert_ne!(status, StatusCode::OK, "{name}: the private layer offline");
+        assert_ne!(body, private, "{name}");
+    }
+    // A node that never read anything: the public image (tag, manifest,
+    // layer) comes from the cluster, which saw it served anonymously; the
+    // private one does not, under its name or the public one.
+    let resp = manifest(&fresh, "public/base", None).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "fresh: the public manifest offline"
+    );
+    assert_eq!(sha256_hex(&resp.bytes().await.unwrap()), public_manifest);
+    let resp = get(&fresh, "public/base", &public_digest, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "fresh: the public layer offline"
+    );
+    assert_eq!(resp.bytes().await.unwrap(), public);
+    let resp = manifest(&fresh, "private/app", None).await.unwrap();
+    assert_ne!(
+        resp.status(),
+        StatusCode::OK,
+        "fresh: the private manifest offline"
+    );
+    for repo in ["private/app", "public/base"] {
+        let resp = get(&fresh, repo, &private_digest, None).await.unwrap();
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap();
+        assert_ne!(
+            status,
+            StatusCode::OK,
+            "fresh: the private layer offline under {repo}"
+        );
+        assert_ne!(body, private);
+    }
+}

@@ -243,6 +243,33 @@ impl SchedulerPool {
         .await
     }
 
+    /// Shares that the registry served an object without credentials.
+    pub async fn report_anonymous_read(
+        &self,
+        req: proto::ReportAnonymousReadRequest,
+    ) -> Result<proto::Empty, SchedulerError> {
+        let key = anonymous_key(req.object.as_ref());
+        self.call(&key, |mut c| {
+            let req = req.clone();
+            async move { c.report_anonymous_read(req).await }
+        })
+        .await
+    }
+
+    /// Whether some dfdaemon recently saw the registry serve an object
+    /// without credentials.
+    pub async fn check_anonymous_read(
+        &self,
+        req: proto::CheckAnonymousReadRequest,
+    ) -> Result<proto::CheckAnonymousReadResponse, SchedulerError> {
+        let key = anonymous_key(req.object.as_ref());
+        self.call(&key, |mut c| {
+            let req = req.clone();
+            async move { c.check_anonymous_read(req).await }
+        })
+        .await
+    }
+
     /// Announces this host to one scheduler; returns whether it knew us.
     pub async fn announce_to(
         &self,
@@ -316,6 +343,12 @@ fn is_transport_failure(status: &Status) -> bool {
 }
 
 /// Tags are spread over scheduler replicas like tasks, by this key.
+fn anonymous_key(object: Option<&proto::RegistryObject>) -> String {
+    object
+        .map(|o| format!("anon:{}", o.digest))
+        .unwrap_or_default()
+}
+
 fn tag_key(tag: Option<&proto::ImageTag>) -> String {
     tag.map(|t| format!("tag:{}", t.name())).unwrap_or_default()
 }

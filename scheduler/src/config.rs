@@ -45,8 +45,9 @@ pub struct Config {
     /// Tasks with no peers are forgotten after this long.
     #[serde(with = "humantime_serde")]
     pub task_idle_ttl: Duration,
-    /// Tag -> digest answers reported by dfdaemons are handed out this long
-    /// (to nodes resolving a tag while the registry is down).
+    /// Tag -> digest answers reported by dfdaemons, and the objects they saw
+    /// their registry serve without credentials, are handed out this long
+    /// (to nodes serving an image while the registry is down).
     #[serde(with = "humantime_serde")]
     pub tag_ttl: Duration,
     /// The cluster identity: with it the gRPC port speaks mutual TLS with
@@ -146,7 +147,8 @@ pub struct Cli {
     /// Forget tasks without peers after this long [default: 10m].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub task_idle_ttl: Option<Duration>,
-    /// Hand out reported tag -> digest answers this long [default: 24h].
+    /// Hand out reported tag -> digest answers, and anonymous reads, this
+    /// long [default: 24h].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub tag_ttl: Option<Duration>,
     #[command(flatten)]

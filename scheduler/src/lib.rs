@@ -7,6 +7,7 @@
 //! `tasks`, `ranking` (facts and pure choices).
 
 pub mod admin;
+pub mod anonymous;
 pub mod bitmap;
 pub mod config;
 pub mod digests;

@@ -291,6 +291,38 @@ impl Scheduler for SchedulerService {
         self.call("resolve_tag", &tag, "", |s, now| s.resolve_tag(&req, now))
     }
 
+    async fn report_anonymous_read(
+        &self,
+        request: Request<proto::ReportAnonymousReadRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        self.speaks_for("report_anonymous_read", &caller, &req.host_id)?;
+        let digest = req
+            .object
+            .as_ref()
+            .map(|o| o.digest.clone())
+            .unwrap_or_default();
+        self.call("report_anonymous_read", &digest, &req.host_id, |s, now| {
+            s.report_anonymous_read(&req, now).map(|()| Empty {})
+        })
+    }
+
+    async fn check_anonymous_read(
+        &self,
+        request: Request<proto::CheckAnonymousReadRequest>,
+    ) -> Result<Response<proto::CheckAnonymousReadResponse>, Status> {
+        let req = request.into_inner();
+        let digest = req
+            .object
+            .as_ref()
+            .map(|o| o.digest.clone())
+            .unwrap_or_default();
+        self.call("check_anonymous_read", &digest, "", |s, now| {
+            s.check_anonymous_read(&req, now)
+        })
+    }
+
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let req = request.into_inner();
         self.call("stat", &req.task_id, "", |s, _| Ok(s.stat(&req.task_id)))

@@ -104,6 +104,7 @@ pub struct State {
     /// as peers are added in between (so it errs on the strict side).
     tasks_per_host: HashMap<String, usize>,
     tags: crate::tags::TagBook,
+    anonymous_reads: crate::anonymous::AnonymousReads,
     /// Parents that served pieces failing the recorded digests.
     quarantine: Quarantine,
     /// Piece digests recorded over all tasks (recounted at every sweep).
@@ -159,6 +160,7 @@ impl State {
             tasks: HashMap::new(),
             tasks_per_host: HashMap::new(),
             tags: crate::tags::TagBook::default(),
+            anonymous_reads: Default::default(),
             quarantine: Quarantine::default(),
             recorded_digests: 0,
             settings,
@@ -606,6 +608,7 @@ impl State {
         }
 
         self.tags.sweep(now, self.settings.tag_ttl);
+        self.anonymous_reads.sweep(now, self.settings.tag_ttl);
         self.quarantine.sweep(now);
         let before = self.tasks.len();
         let idle_ttl = self.settings.task_idle_ttl;
@@ -632,6 +635,31 @@ impl State {
             tasks: self.tasks.len(),
             peers: self.tasks.values().map(|t| t.peers.len()).sum(),
         }
+    }
+
+    /// Records that a member saw its registry serve an object without
+    /// credentials (kept as long as tags).
+    pub fn report_anonymous_read(
+        &mut self,
+        req: &proto::ReportAnonymousReadRequest,
+        now: Instant,
+    ) -> Result<()> {
+        check_id("host_id", &req.host_id)?;
+        self.anonymous_reads.report(req.object.as_ref(), now)
+    }
+
+    pub fn check_anonymous_read(
+        &self,
+        req: &proto::CheckAnonymousReadRequest,
+        now: Instant,
+    ) -> Result<proto::CheckAnonymousReadResponse> {
+        let age = self
+            .anonymous_reads
+            .check(req.object.as_ref(), now, self.settings.tag_ttl)?;
+        Ok(proto::CheckAnonymousReadResponse {
+            readable: age.is_some(),
+            age_ms: age.map_or(0, |a| a.as_millis() as u64),
+        })
     }
 
     /// Records what a tag resolved to at its registry.

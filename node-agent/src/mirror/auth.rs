@@ -1,6 +1,10 @@
-//! Remembers which credentials the upstream let read which repository, so a
-//! blob cached in the cluster is only handed to callers the registry itself
-//! would serve, without asking the registry on every request.
+//! Remembers which credentials the upstream let read what, so content
+//! cached in the cluster is only handed to callers the registry itself would
+//! serve, without asking the registry on every request.
+//!
+//! A blob's yes is for that blob in that repository: a registry scopes blobs
+//! to repositories, so a yes for one repository says nothing about a blob
+//! linked only to another (a private layer asked for under a public name).
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -17,23 +21,39 @@ const MAX_ENTRIES: usize = 16_384;
 pub struct AuthKey {
     pub registry: String,
     pub repository: String,
+    /// The blob's digest, or "" for the repository itself (its manifests
+    /// and listings, which are found under the repository's name).
+    pub object: String,
     /// sha256 of the Authorization header ("" without one): the credential
     /// itself is never kept in memory.
     pub credential: String,
 }
 
 impl AuthKey {
-    pub fn new(registry: &str, repository: &str, authorization: Option<&[u8]>) -> Self {
+    /// The key of a repository's manifests and listings.
+    pub fn repository(registry: &str, repository: &str, authorization: Option<&[u8]>) -> Self {
+        Self::blob(registry, repository, "", authorization)
+    }
+
+    /// The key of one blob read under `repository`.
+    pub fn blob(
+        registry: &str,
+        repository: &str,
+        digest: &str,
+        authorization: Option<&[u8]>,
+    ) -> Self {
         AuthKey {
             registry: registry.to_string(),
             repository: repository.to_string(),
+            object: digest.to_string(),
             credential: authorization
                 .map(|a| hex::encode(Sha256::digest(a)))
                 .unwrap_or_default(),
         }
     }
 
-    fn anonymous(&self) -> AuthKey {
+    /// The same object, asked for without credentials.
+    pub fn anonymous(&self) -> AuthKey {
         AuthKey {
             credential: String::new(),
             ..self.clone()
@@ -106,12 +126,15 @@ mod tests {
     #[test]
     fn fresh_within_ttl_and_denial_forgets() {
         let cache = AuthCache::new(Duration::from_millis(50));
-        let key = AuthKey::new("r", "app", Some(b"Bearer x"));
+        let key = AuthKey::blob("r", "app", "sha256:a", Some(b"Bearer x"));
         assert!(!cache.is_fresh(&key));
         cache.record_allowed(&key);
         assert!(cache.is_fresh(&key));
-        assert!(!cache.is_fresh(&AuthKey::new("r", "app", Some(b"Bearer y"))));
-        assert!(!cache.is_fresh(&AuthKey::new("r", "other", Some(b"Bearer x"))));
+        assert!(!cache.is_fresh(&AuthKey::blob("r", "app", "sha256:a", Some(b"Bearer y"))));
+        assert!(!cache.is_fresh(&AuthKey::blob("r", "other", "sha256:a", Some(b"Bearer x"))));
+        // A yes for one blob (or the repository) is no yes for another blob.
+        assert!(!cache.is_fresh(&AuthKey::blob("r", "app", "sha256:b", Some(b"Bearer x"))));
+        assert!(!cache.is_fresh(&AuthKey::repository("r", "app", Some(b"Bearer x"))));
         std::thread::sleep(Duration::from_millis(60));
         assert!(!cache.is_fresh(&key));
         cache.record_allowed(&key);
@@ -123,9 +146,9 @@ mod tests {
     #[test]
     fn offline_policies() {
         let cache = AuthCache::new(Duration::from_secs(60));
-        let private = AuthKey::new("r", "private", Some(b"Basic abc"));
-        let public_anon = AuthKey::new("r", "public", None);
-        let public_cred = AuthKey::new("r", "public", Some(b"Basic abc"));
+        let private = AuthKey::blob("r", "private", "sha256:p", Some(b"Basic abc"));
+        let public_anon = AuthKey::blob("r", "public", "sha256:q", None);
+        let public_cred = AuthKey::blob("r", "public", "sha256:q", Some(b"Basic abc"));
         cache.record_allowed(&private);
         cache.record_allowed(&public_anon);
         for policy in [OfflinePolicy::Anonymous, OfflinePolicy::Credentials] {
@@ -135,9 +158,13 @@ mod tests {
         assert!(!cache.allowed_offline(&private, OfflinePolicy::Anonymous));
         assert!(cache.allowed_offline(&private, OfflinePolicy::Credentials));
         assert!(!cache.allowed_offline(
-            &AuthKey::new("r", "private", Some(b"Basic other")),
+            &AuthKey::blob("r", "private", "sha256:p", Some(b"Basic other")),
             OfflinePolicy::Credentials
         ));
+        // The private blob asked for under the public name: never read there.
+        for policy in [OfflinePolicy::Anonymous, OfflinePolicy::Credentials] {
+            assert!(!cache.allowed_offline(&AuthKey::blob("r", "public", "sha256:p", None), policy));
+        }
         assert!(!cache.allowed_offline(&public_anon, OfflinePolicy::Deny));
     }
 }

@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use std::sync::Arc;
 
 use super::auth::AuthKey;
+use super::config::OfflinePolicy;
 use super::proxy;
 use super::range::{self, RangeError};
 use super::{oci_error, Ctx, Mirror};
@@ -51,7 +52,8 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
     } else {
         mirror.config.upstream_timeout
     };
-    let upstream_length = match check_access(mirror, ctx, name, &path, check_timeout).await {
+    let upstream_length = match check_access(mirror, ctx, name, digest, &path, check_timeout).await
+    {
         Ok(length) => length,
         Err(resp) => return resp,
     };
@@ -320,17 +322,18 @@ pub(super) async fn start_and_size(
     }
 }
 
-/// Asks the upstream whether the caller may read the blob, unless it said
-/// yes recently. `Ok(Some(length))` when a HEAD told the blob's length; an
+/// Asks the upstream whether the caller may read the blob (or manifest)
+/// `digest` under `name`, unless it said yes for that very object recently. `Ok(Some(length))` when a HEAD told the blob's length; an
 /// error answer (the upstream's own 401/403/404, or 502) otherwise.
 pub(super) async fn check_access(
     mirror: &Mirror,
     ctx: &Ctx,
     name: &str,
+    digest: &str,
     path: &str,
     timeout: std::time::Duration,
 ) -> Result<Option<u64>, Response> {
-    let key = AuthKey::new(&ctx.upstream.host, name, ctx.authorization());
+    let key = AuthKey::blob(&ctx.upstream.host, name, digest, ctx.authorization());
     if mirror.auth.is_fresh(&key) {
         mirror.metrics().auth("cached");
         return Ok(None);
@@ -341,6 +344,7 @@ pub(super) async fn check_access(
     let why = match outcome {
         Ok(resp) if resp.status().is_success() => {
             mirror.auth.record_allowed(&key);
+            super::anonymous::share(mirror, &key);
             mirror.metrics().auth("allowed");
             let length = resp
                 .headers()
@@ -369,6 +373,17 @@ pub(super) async fn check_access(
     {
         mirror.metrics().auth("offline_allowed");
         tracing::warn!(reason = %why, "upstream unavailable; serving from the cluster as the offline policy allows");
+        return Ok(None);
+    }
+    // Public content this node never read: another member may have seen the
+    // registry serve it without credentials.
+    if matches!(
+        mirror.config.offline_policy,
+        OfflinePolicy::Anonymous | OfflinePolicy::Credentials
+    ) && super::anonymous::seen_by_cluster(mirror, &key.anonymous()).await
+    {
+        mirror.metrics().auth("offline_allowed_public");
+        tracing::warn!(reason = %why, "upstream unavailable; serving from the cluster, which saw it read anonymously");
         return Ok(None);
     }
     mirror.metrics().auth("offline_denied");

@@ -478,7 +478,7 @@ fn set_link(headers: &mut HeaderMap, link: Option<HeaderValue>) {
 /// A listing the upstream granted or refused is a read of the repository
 /// like a manifest's: it feeds the same access cache.
 fn note_access(mirror: &Mirror, ctx: &Ctx, name: &str, status: StatusCode) {
-    let key = AuthKey::new(&ctx.upstream.host, name, ctx.authorization());
+    let key = AuthKey::repository(&ctx.upstream.host, name, ctx.authorization());
     match status {
         StatusCode::OK => mirror.auth.record_allowed(&key),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => mirror.auth.record_denied(&key),

@@ -40,7 +40,7 @@ pub async fn serve(
             .unwrap_or("")
             .to_string(),
     };
-    let auth_key = AuthKey::new(&ctx.upstream.host, name, ctx.authorization());
+    let auth_key = AuthKey::repository(&ctx.upstream.host, name, ctx.authorization());
     // A HEAD stays a HEAD: registries such as Docker Hub count manifest
     // GETs against pull rate limits, HEADs not.
     let resp = match proxy::send(mirror, ctx, ctx.method.clone(), &path).await {
@@ -68,8 +68,9 @@ pub async fn serve(
         mirror.auth.record_denied(&auth_key);
     }
     if status == StatusCode::OK {
-        // Reading a manifest proves read access to the repository: blob
-        // checks for the same credentials can skip their upstream HEAD.
+        // Reading a manifest proves read access to the repository (its
+        // manifests, for the offline policy); blobs are checked each on
+        // their own, a registry scoping them to repositories.
         mirror.auth.record_allowed(&auth_key);
     }
     if status == StatusCode::OK && ctx.is_head() && !by_digest {

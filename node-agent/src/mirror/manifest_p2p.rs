@@ -20,8 +20,15 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.o
 
 pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) -> Response {
     let path = format!("/v2/{name}/manifests/{digest}");
-    if let Err(resp) =
-        blob::check_access(mirror, ctx, name, &path, mirror.config.upstream_timeout).await
+    if let Err(resp) = blob::check_access(
+        mirror,
+        ctx,
+        name,
+        digest,
+        &path,
+        mirror.config.upstream_timeout,
+    )
+    .await
     {
         return resp;
     }

@@ -25,7 +25,8 @@ pub struct BlobSourceLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthResultLabel {
-    /// cached, allowed, denied, offline_allowed, offline_denied
+    /// cached, allowed, denied, offline_allowed, offline_allowed_public
+    /// (seen read anonymously by another member), offline_denied
     pub result: &'static str,
 }
 

@@ -10,6 +10,7 @@
 //! dfdaemon sends upstream, so a request that already passed through one is
 //! proxied straight to its registry instead of into the swarm again.
 
+pub mod anonymous;
 pub mod auth;
 pub mod blob;
 pub mod config;
