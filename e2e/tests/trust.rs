@@ -1131,7 +1131,15 @@ async fn access_is_per_blob_and_public_content_survives_an_outage_cluster_wide()
     .await
     .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    // Anyone may read the public repository...
+    // Anyone may read the public repository (the manifest's yes covers
+    // its layer: no access check per blob)...
+    let blob_heads = || {
+        registry
+            .stats()
+            .blob_heads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let heads_before = blob_heads();
     for d in [&owner, &other] {
         let resp = manifest(d, "public/base", None).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
@@ -1143,6 +1151,11 @@ async fn access_is_per_blob_and_public_content_survives_an_outage_cluster_wide()
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.bytes().await.unwrap(), public);
     }
+    assert_eq!(
+        blob_heads(),
+        heads_before,
+        "blobs a read manifest references need no access check"
+    );
     // ...which gives no private layer asked for under its name: not from the
     // owner's cache, not through the swarm from another node.
     for (d, name) in [(&owner, "owner"), (&other, "other")] {

@@ -4,13 +4,16 @@
 //! Input: the body; for the Accept check, the body read as UTF-8.
 //! Invariants: the media type is one of the manifest types or
 //! `application/octet-stream`, the latter exactly for bodies that are not
-//! JSON; an empty Accept or one listing `*/*` or the type takes it.
+//! JSON; an empty Accept or one listing `*/*` or the type takes it; the
+//! references a manifest grants access to are distinct well-formed sha256
+//! digests found in the body, at most `MAX_REFERENCES`.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use node_agent::mirror::manifest::accepts;
 use node_agent::mirror::manifest_p2p::media_type;
+use node_agent::mirror::references::{referenced_digests, MAX_REFERENCES};
 
 const TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
@@ -28,6 +31,17 @@ fuzz_target!(|data: &[u8]| {
         assert!(TYPES.contains(&found), "{found:?}");
     } else {
         assert_eq!(found, "application/octet-stream");
+    }
+
+    let references = referenced_digests(data);
+    assert!(references.len() <= MAX_REFERENCES);
+    if !references.is_empty() {
+        assert!(is_json);
+    }
+    for (i, digest) in references.iter().enumerate() {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 only");
+        assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(!references[..i].contains(digest), "repeated {digest}");
     }
 
     if let Ok(accept) = std::str::from_utf8(data) {

@@ -54,7 +54,7 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
     };
     let upstream_length = match check_access(mirror, ctx, name, digest, &path, check_timeout).await
     {
-        Ok(length) => length,
+        Ok(access) => access.length(),
         Err(resp) => return resp,
     };
     if ctx.is_head() {
@@ -322,9 +322,28 @@ pub(super) async fn start_and_size(
     }
 }
 
+/// Why a caller may read an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// The upstream said yes, now (with the length a HEAD told) or within
+    /// the access cache's TTL.
+    Confirmed { length: Option<u64> },
+    /// The upstream cannot be asked; the offline policy allows it.
+    Offline,
+}
+
+impl Access {
+    pub(super) fn length(self) -> Option<u64> {
+        match self {
+            Access::Confirmed { length } => length,
+            Access::Offline => None,
+        }
+    }
+}
+
 /// Asks the upstream whether the caller may read the blob (or manifest)
-/// `digest` under `name`, unless it said yes for that very object recently. `Ok(Some(length))` when a HEAD told the blob's length; an
-/// error answer (the upstream's own 401/403/404, or 502) otherwise.
+/// `digest` under `name`, unless it said yes for that very object recently;
+/// an error answer (the upstream's own 401/403/404, or 502) when not.
 pub(super) async fn check_access(
     mirror: &Mirror,
     ctx: &Ctx,
@@ -332,11 +351,11 @@ pub(super) async fn check_access(
     digest: &str,
     path: &str,
     timeout: std::time::Duration,
-) -> Result<Option<u64>, Response> {
+) -> Result<Access, Response> {
     let key = AuthKey::blob(&ctx.upstream.host, name, digest, ctx.authorization());
     if mirror.auth.is_fresh(&key) {
         mirror.metrics().auth("cached");
-        return Ok(None);
+        return Ok(Access::Confirmed { length: None });
     }
     let mut headers = proxy::forwarded_headers(&ctx.headers, &mirror.daemon.host_id);
     headers.remove(header::RANGE);
@@ -351,7 +370,7 @@ pub(super) async fn check_access(
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            return Ok(length);
+            return Ok(Access::Confirmed { length });
         }
         Ok(resp) if !resp.status().is_server_error() => {
             if matches!(
@@ -373,7 +392,7 @@ pub(super) async fn check_access(
     {
         mirror.metrics().auth("offline_allowed");
         tracing::warn!(reason = %why, "upstream unavailable; serving from the cluster as the offline policy allows");
-        return Ok(None);
+        return Ok(Access::Offline);
     }
     // Public content this node never read: another member may have seen the
     // registry serve it without credentials.
@@ -384,7 +403,7 @@ pub(super) async fn check_access(
     {
         mirror.metrics().auth("offline_allowed_public");
         tracing::warn!(reason = %why, "upstream unavailable; serving from the cluster, which saw it read anonymously");
-        return Ok(None);
+        return Ok(Access::Offline);
     }
     mirror.metrics().auth("offline_denied");
     Err(oci_error(

@@ -85,6 +85,9 @@ pub async fn serve(
         if let (Some(digest), Some(media_type)) =
             (header("docker-content-digest"), header("content-type"))
         {
+            // The tag's yes covers the manifest it names: containerd's GET
+            // by digest that follows needs no access check of its own.
+            super::references::grant_one(mirror, ctx, name, &digest);
             share_tag(mirror, &key, digest, media_type);
         }
     }
@@ -120,6 +123,13 @@ pub async fn serve(
             .unwrap_or_else(|| super::manifest_p2p::media_type(&manifest.body).to_string());
         share_tag(mirror, &key, digest, media_type);
     }
+    // A tag read proves the manifest it names readable, and with it what
+    // that manifest references: their blob checks need no request of their own.
+    if !by_digest {
+        let digest = crate::piece::piece_digest(&manifest.body);
+        super::references::grant_one(mirror, ctx, name, &digest);
+    }
+    super::references::grant(mirror, ctx, name, &manifest.body);
     mirror.manifests.put(key, manifest);
     let mut out = Response::new(Body::from(body.clone()));
     *out.headers_mut() = headers;

@@ -20,7 +20,7 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.o
 
 pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) -> Response {
     let path = format!("/v2/{name}/manifests/{digest}");
-    if let Err(resp) = blob::check_access(
+    let access = match blob::check_access(
         mirror,
         ctx,
         name,
@@ -30,8 +30,9 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
     )
     .await
     {
-        return resp;
-    }
+        Ok(access) => access,
+        Err(resp) => return resp,
+    };
     let mut headers = blob::origin_headers(ctx, &mirror.daemon.host_id);
     headers.insert("Accept".to_string(), ACCEPT.to_string());
     let request = TaskRequest {
@@ -75,6 +76,10 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         }
     }
     let body = body.freeze();
+    if access != blob::Access::Offline {
+        // Read with the registry's yes: what it references is readable too.
+        super::references::grant(mirror, ctx, name, &body);
+    }
     let mut resp = Response::new(if ctx.is_head() {
         Body::empty()
     } else {

@@ -23,6 +23,7 @@ pub mod manifest_p2p;
 pub mod metrics;
 pub mod proxy;
 pub mod range;
+pub mod references;
 pub mod route;
 pub mod upstream;
 
