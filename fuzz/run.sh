@@ -36,8 +36,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     }
 fi
 if ! cargo +nightly --version >/dev/null 2>&1; then
-    echo "FAIL: no nightly toolchain (rustup toolchain install nightly)" >&2
-    exit 1
+    echo "== installing the nightly toolchain (cargo-fuzz needs it)"
+    timeout 1200 rustup toolchain install nightly --profile minimal || {
+        echo "FAIL: cannot install the nightly toolchain" >&2
+        exit 1
+    }
 fi
 
 mapfile -t ALL < <(cargo fuzz list 2>/dev/null)
