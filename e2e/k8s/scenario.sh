@@ -196,6 +196,14 @@ check "printer columns have real values" sh -c "echo '$columns' | awk '{exit !(\
 configured=$(kc -n "$NSP" get dfc "$DFC" -o jsonpath='{.status.nodesConfigured}')
 check "status: $configured of $NODES nodes configured" test "$configured" = "$NODES"
 
+# The API server took the NetworkPolicies (this cluster's bridge CNI does
+# not enforce them; a CNI with NetworkPolicy support does).
+policies=$(kc -n "$NSP" get networkpolicies -l app.kubernetes.io/instance="$DFC" -o name | sort | tr '\n' ' ')
+check "NetworkPolicies for the scheduler, seed peers and dfdaemons ($policies)" test "$policies" = \
+  "networkpolicy.networking.k8s.io/$DFC-dfdaemon networkpolicy.networking.k8s.io/$DFC-scheduler networkpolicy.networking.k8s.io/$DFC-seed-peer "
+mirror_from=$(kc -n "$NSP" get networkpolicy "$DFC-dfdaemon" -o jsonpath='{range .spec.ingress[?(@.ports[0].port==65001)]}{.from[*].podSelector.matchLabels.app\.kubernetes\.io/name}{end}')
+check "the mirror port is open to the operator only ($mirror_from)" test "$mirror_from" = dragonfly-operator
+
 # --- 2. every node's containerd points at its dfdaemon ----------------------
 for name in $(node_names); do
   hosts=$(node_etc "$name")/certs.d/$REGISTRY/hosts.toml

@@ -225,7 +225,9 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
         return Ok(Action::await_change());
     }
 
-    let bctx = build::Ctx::new(dfc, &ctx.images)?.with_tls(ctx.tls_plan());
+    let bctx = build::Ctx::new(dfc, &ctx.images)?
+        .with_tls(ctx.tls_plan())
+        .with_operator_namespace(std::env::var("POD_NAMESPACE").ok());
     let desired = build::desired_objects(&bctx)?;
     let mut existing = apply::observe(&ctx.client, &ns, &bctx.name).await?;
     let plan = apply::plan(desired, &existing, dfc.uid().as_deref().unwrap_or_default());

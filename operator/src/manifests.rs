@@ -248,6 +248,7 @@ pub fn operator_rules() -> Vec<PolicyRule> {
             &["services", "configmaps", "serviceaccounts"],
             MANAGE,
         ),
+        rule(&["networking.k8s.io"], &["networkpolicies"], MANAGE),
         rule(
             &["rbac.authorization.k8s.io"],
             &["roles", "rolebindings"],

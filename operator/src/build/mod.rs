@@ -4,6 +4,7 @@
 mod cleanup;
 mod config;
 mod dfdaemon;
+mod network_policy;
 mod rbac;
 mod scheduler;
 mod seed_peer;
@@ -79,6 +80,9 @@ pub struct Ctx<'a> {
     images: DefaultImage,
     /// The cluster identity member pods get (None: plain, as before).
     tls: Option<TlsPlan>,
+    /// Where the operator's own pods run (NetworkPolicies let them reach
+    /// the peer and mirror ports to preheat).
+    operator_namespace: Option<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -96,7 +100,14 @@ impl<'a> Ctx<'a> {
             owner,
             images: images.clone(),
             tls: None,
+            operator_namespace: None,
         })
+    }
+
+    /// The namespace of the operator's pods.
+    pub fn with_operator_namespace(mut self, namespace: Option<String>) -> Self {
+        self.operator_namespace = namespace;
+        self
     }
 
     /// Member pods obtain their certificates from the operator's issuer.
@@ -195,13 +206,16 @@ impl Desired {
 
 /// Every kind the operator may own, in apply order (identities and config before workloads).
 pub fn managed_kinds() -> Vec<ApiResource> {
-    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, rbac::v1 as rbac};
+    use k8s_openapi::api::{
+        apps::v1 as apps, core::v1 as core, networking::v1 as networking, rbac::v1 as rbac,
+    };
     vec![
         ApiResource::erase::<core::ServiceAccount>(&()),
         ApiResource::erase::<rbac::Role>(&()),
         ApiResource::erase::<rbac::RoleBinding>(&()),
         ApiResource::erase::<core::ConfigMap>(&()),
         ApiResource::erase::<core::Service>(&()),
+        ApiResource::erase::<networking::NetworkPolicy>(&()),
         ApiResource::erase::<apps::Deployment>(&()),
         ApiResource::erase::<apps::StatefulSet>(&()),
         ApiResource::erase::<apps::DaemonSet>(&()),
@@ -242,6 +256,21 @@ pub fn desired_objects(ctx: &Ctx) -> Result<Vec<Desired>, BuildError> {
     if spec.seed_peer.enabled {
         out.push(Desired::of(&seed_peer::headless_service(ctx))?);
     }
+    // Before the workloads, so no pod of theirs starts unguarded.
+    out.push(Desired::of(&network_policy::network_policy(
+        ctx,
+        Component::Scheduler,
+    ))?);
+    if spec.seed_peer.enabled {
+        out.push(Desired::of(&network_policy::network_policy(
+            ctx,
+            Component::SeedPeer,
+        ))?);
+    }
+    out.push(Desired::of(&network_policy::network_policy(
+        ctx,
+        Component::Dfdaemon,
+    ))?);
 
     let member = |pod: Option<&mut k8s_openapi::api::core::v1::PodSpec>| {
         if let (Some(plan), Some(pod)) = (&ctx.tls, pod) {

@@ -102,6 +102,9 @@ fn default_cluster_has_every_component_and_owner() {
             "Service/dragonfly-scheduler",
             "Service/dragonfly-scheduler-headless",
             "Service/dragonfly-seed-peer-headless",
+            "NetworkPolicy/dragonfly-scheduler",
+            "NetworkPolicy/dragonfly-seed-peer",
+            "NetworkPolicy/dragonfly-dfdaemon",
             "Deployment/dragonfly-scheduler",
             "StatefulSet/dragonfly-seed-peer",
             "DaemonSet/dragonfly-dfdaemon",
@@ -499,4 +502,123 @@ fn with_tls_every_member_gets_its_identity_from_the_issuer() {
             .clone()
             .unwrap_or_default()
             .contains(&"--tls-dir".to_string())));
+}
+
+/// Who may reach which port of each component, as the NetworkPolicies say:
+/// `(port, sources)`, a source being `pods:<labels>` or `operator:<ns>`,
+/// `anyone` for a rule without `from`.
+fn policy_rules(objects: &[Desired], name: &str) -> Vec<(i32, Vec<String>)> {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let d = objects
+        .iter()
+        .find(|d| d.resource.kind == "NetworkPolicy" && d.name() == name)
+        .unwrap_or_else(|| panic!("NetworkPolicy {name}"));
+    let policy: NetworkPolicy =
+        serde_json::from_value(serde_json::to_value(&d.object).expect("json")).expect("policy");
+    let spec = policy.spec.expect("spec");
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let mut out = Vec::new();
+    for rule in spec.ingress.unwrap_or_default() {
+        let sources: Vec<String> = match &rule.from {
+            None => vec!["anyone".into()],
+            Some(from) => from
+                .iter()
+                .map(|peer| {
+                    let labels = |sel: &Option<
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+                    >| {
+                        sel.as_ref()
+                            .and_then(|s| s.match_labels.clone())
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    match &peer.namespace_selector {
+                        Some(_) => format!(
+                            "operator:{}:{}",
+                            labels(&peer.namespace_selector),
+                            labels(&peer.pod_selector)
+                        ),
+                        None => format!("pods:{}", labels(&peer.pod_selector)),
+                    }
+                })
+                .collect(),
+        };
+        for port in rule.ports.unwrap_or_default() {
+            match port.port {
+                Some(IntOrString::Int(p)) => out.push((p, sources.clone())),
+                other => panic!("{name}: port {other:?}"),
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn network_policies_open_each_port_to_who_needs_it_only() {
+    let dfc = fixture("default");
+    let ctx = ctx_of(&dfc).with_operator_namespace(Some("ops".into()));
+    let objects = desired_objects(&ctx).expect("build");
+    let members =
+        "pods:app.kubernetes.io/instance=dragonfly,app.kubernetes.io/name=dragonfly".to_string();
+    let operator =
+        "operator:kubernetes.io/metadata.name=ops:app.kubernetes.io/name=dragonfly-operator"
+            .to_string();
+    let anyone = "anyone".to_string();
+    let spec = &dfc.spec;
+    let mut scheduler = vec![
+        (spec.scheduler.port, vec![members.clone()]),
+        (spec.scheduler.admin_port, vec![anyone.clone()]),
+    ];
+    scheduler.sort();
+    assert_eq!(policy_rules(&objects, "dragonfly-scheduler"), scheduler);
+    let d = &spec.dfdaemon;
+    let mut seed = vec![
+        (d.peer_port, vec![members.clone(), operator.clone()]),
+        // The mirror: the operator (preheat) only; containerd comes from the
+        // pod's own node, which a NetworkPolicy cannot block.
+        (d.proxy_port, vec![operator.clone()]),
+        (d.admin_port, vec![anyone.clone()]),
+    ];
+    seed.sort();
+    assert_eq!(policy_rules(&objects, "dragonfly-seed-peer"), seed);
+    // Nodes dial each other at node addresses, which CNIs may masquerade:
+    // the peer port is left to mutual TLS.
+    let mut node = vec![
+        (d.peer_port, vec![anyone.clone()]),
+        (d.proxy_port, vec![operator.clone()]),
+        (d.admin_port, vec![anyone.clone()]),
+    ];
+    node.sort();
+    assert_eq!(policy_rules(&objects, "dragonfly-dfdaemon"), node);
+    // Each policy selects its own component's pods only.
+    for d in objects
+        .iter()
+        .filter(|d| d.resource.kind == "NetworkPolicy")
+    {
+        let selector = d.object.data["spec"]["podSelector"]["matchLabels"].clone();
+        let component = d.name().trim_start_matches("dragonfly-").to_string();
+        assert_eq!(selector["app.kubernetes.io/component"], component.as_str());
+        assert_eq!(selector["app.kubernetes.io/instance"], "dragonfly");
+    }
+    // Not knowing its namespace, the operator is matched in any namespace.
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
+    let rules = policy_rules(&objects, "dragonfly-dfdaemon");
+    assert!(rules.iter().any(|(port, from)| *port == d.proxy_port
+        && from == &vec!["operator::app.kubernetes.io/name=dragonfly-operator".to_string()]));
+    // Host-network dfdaemons call from node addresses: the member-only
+    // ports open up rather than cut the swarm off; the mirror stays closed.
+    let mut host = fixture("default");
+    host.spec.dfdaemon.host_network = true;
+    let objects = desired_objects(&ctx_of(&host)).expect("build");
+    let rules = policy_rules(&objects, "dragonfly-scheduler");
+    assert!(rules.contains(&(host.spec.scheduler.port, vec![anyone.clone()])));
+    let rules = policy_rules(&objects, "dragonfly-seed-peer");
+    assert!(rules.contains(&(d.peer_port, vec![anyone.clone()])));
+    assert!(!rules
+        .iter()
+        .any(|(port, from)| *port == d.proxy_port && from.contains(&anyone)));
 }
