@@ -55,6 +55,31 @@ fn parent_base(parent: &proto::Parent) -> Option<(String, String)> {
     Some((host.id.clone(), addr.to_string()))
 }
 
+/// What a seed is asked to fetch for `request`: the request as the network
+/// may carry it, under this task's id. `None` when this node must fetch it
+/// itself: a caller's credentials never cross the network in clear, so
+/// without cluster identity (plain HTTP to the seed) a download that carries
+/// them is not delegated.
+fn seed_request_for(
+    request: &TaskRequest,
+    task_id: &str,
+    lazy: bool,
+    over_tls: bool,
+) -> Option<TaskRequest> {
+    let mut seed_request = request.for_network();
+    let carries_credentials = seed_request
+        .headers
+        .keys()
+        .any(|name| name.eq_ignore_ascii_case("authorization"));
+    if carries_credentials && !over_tls {
+        return None;
+    }
+    seed_request.task_id = Some(task_id.to_string());
+    seed_request.seed_request = true;
+    seed_request.lazy = lazy;
+    Some(seed_request)
+}
+
 fn shape_of(task: &StoredTask) -> proto::TaskShape {
     task.with_meta(|m| m.proto_shape())
 }
@@ -91,12 +116,16 @@ pub async fn download(
                     plan = Plan::Source;
                     continue;
                 };
-                let mut seed_request = request.for_network();
-                seed_request.task_id = Some(task.id.clone());
-                seed_request.seed_request = true;
                 // A lazy reader's seed fetches what the swarm asks for,
                 // not the whole content.
-                seed_request.lazy = !daemon.progress(&task.id).demand.wants_all();
+                let lazy = !daemon.progress(&task.id).demand.wants_all();
+                let over_tls = daemon.peers.scheme() == "https";
+                let Some(seed_request) = seed_request_for(request, &task.id, lazy, over_tls) else {
+                    tracing::info!(seed = %seed_id, "a download with the caller's credentials is not handed to a seed over plain HTTP; fetching from the origin");
+                    daemon.metrics.failure("seed_skipped_plain_credentials");
+                    plan = Plan::Source;
+                    continue;
+                };
                 match daemon
                     .peers
                     .trigger_seed(&base, &seed_id, &seed_request)
@@ -1079,5 +1108,52 @@ impl PieceReporter {
 
     fn report(&self, index: u32) {
         let _ = self.tx.send(index);
+    }
+}
+
+#[cfg(test)]
+mod seed_request_tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> TaskRequest {
+        TaskRequest {
+            url: "https://registry.example/v2/app/blobs/sha256:00".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            output: Some("/root/out".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn credentials_reach_a_seed_over_mutual_tls_only() {
+        let private = request(&[
+            ("authorization", "Basic YWxpY2U6czNjcmV0"),
+            ("Accept", "*/*"),
+        ]);
+        assert!(seed_request_for(&private, "t1", false, false).is_none());
+        let sent = seed_request_for(&private, "t1", true, true).expect("over TLS");
+        assert_eq!(
+            sent.headers.get("authorization").map(String::as_str),
+            Some("Basic YWxpY2U6czNjcmV0")
+        );
+        assert_eq!(sent.task_id.as_deref(), Some("t1"));
+        assert!(sent.seed_request && sent.lazy);
+        assert_eq!(
+            sent.output, None,
+            "a local output path never leaves the node"
+        );
+    }
+
+    #[test]
+    fn public_downloads_go_to_seeds_either_way() {
+        let public = request(&[("Accept", "*/*"), ("X-Secret-Token", "local only")]);
+        for over_tls in [false, true] {
+            let sent = seed_request_for(&public, "t2", false, over_tls).expect("delegated");
+            assert!(!sent.headers.contains_key("X-Secret-Token"));
+            assert!(!sent.lazy);
+        }
     }
 }
