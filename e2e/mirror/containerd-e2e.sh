@@ -17,9 +17,11 @@
 #     (node 2's pull again takes 0 blob bytes from it); without them the
 #     mirror answers the registry's 401 and no blob bytes leave it, although
 #     the blobs are cached in the cluster;
-#  7. the first registry is stopped; node 3 (offline policy `any`) still pulls
-#     the image by digest from its peers and runs it, and by tag, which it
-#     never resolved itself (the scheduler knows what the tag pointed to);
+#  7. the first registry is stopped; node 3, which never reached it, still
+#     pulls the image by digest from its peers and runs it, and by tag, which
+#     it never resolved itself (the scheduler knows what the tag pointed to),
+#     with the default offline policy: the other nodes saw the registry serve
+#     that image without credentials;
 #  8. stopping the dfdaemons restores certs.d byte for byte.
 #
 # Bytes are counted from the registry's own access log, not our metrics.
@@ -101,14 +103,13 @@ for n in 1 2 3; do
 done
 
 start_dfdaemon seed 127.0.0.21 --seed
+# Every node with the default offline policy (anonymous): node 3 never
+# reaches the registry before the outage, and serves what the cluster saw
+# served without credentials.
 for n in 1 2 3; do
-  extra=()
-  # Node 3 never reaches the registry before the outage: it may serve
-  # what the cluster holds without asking it.
-  [ "$n" = 3 ] && extra=(--offline-policy any)
   start_dfdaemon "node$n" "127.0.0.2$((n + 1))" --containerd \
     --containerd-config-path "$WORK/node$n/certs.d" --containerd-registry "http://$REGISTRY" \
-    --containerd-registry "http://$PRIVATE" "${extra[@]}"
+    --containerd-registry "http://$PRIVATE"
 done
 sleep 1.5 # one heartbeat: the scheduler knows every host
 
@@ -181,6 +182,11 @@ curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null && fail "registry stil
 start=$(date +%s.%N)
 ctr_pull 3 "$REGISTRY/library/app@$digest"
 echo "node 3 pulled $REGISTRY/library/app@$digest in $(echo "$(date +%s.%N) - $start" | bc) s with the registry down"
+curl -fsS "http://127.0.0.24:40901/metrics" >"$WORK/node3.metrics"
+grep mirror_auth_checks "$WORK/node3.metrics" || true
+public=$(awk '/mirror_auth_checks_total\{.*result="offline_allowed_public"/ {s += $NF} END {print s + 0}' "$WORK/node3.metrics")
+echo "node 3 served $public objects the cluster saw read without credentials (default offline policy)"
+[ "$public" -gt 0 ] || fail "node 3 pulled without the cluster's anonymous reads: another policy at work?"
 out=$(ctr -a "$WORK/node3/containerd/containerd.sock" run --rm --snapshotter native "$REGISTRY/library/app@$digest" e2e-run3 2>&1) ||
   fail "ctr run on node 3: $out"
 echo "$out"
