@@ -128,9 +128,10 @@ log "scheduler, a seed peer and two nodes with containerd"
 start_scheduler "$SCHEDULER_IP"
 start_dfdaemon seed "$SEED_IP" --seed
 for n in 1 2; do
-  # The nodes never reach the registry before the outage: they may serve
-  # what the cluster holds without asking it.
-  start_dfdaemon "node$n" "127.0.0.3$((n + 1))" --containerd --offline-policy any \
+  # The nodes never reach the registry before the outage; with the default
+  # offline policy they serve what the cluster saw served without
+  # credentials (the seed's preheat read it anonymously).
+  start_dfdaemon "node$n" "127.0.0.3$((n + 1))" --containerd \
     --containerd-config-path "$WORK/node$n/certs.d" --containerd-registry "http://$REGISTRY"
 done
 sleep 1.5 # one heartbeat: the scheduler knows every host
