@@ -70,6 +70,11 @@ pub fn grant_one(mirror: &Mirror, ctx: &Ctx, name: &str, digest: &str) {
         return;
     }
     let key = AuthKey::blob(&ctx.upstream.host, name, digest, ctx.authorization());
+    // Known already: the scheduler heard of it within the access TTL, so a
+    // pod restarting in a loop does not turn into a stream of reports.
+    if mirror.auth.is_fresh(&key) {
+        return;
+    }
     mirror.auth.record_allowed(&key);
     super::anonymous::share(mirror, &key);
 }
