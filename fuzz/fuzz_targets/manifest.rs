@@ -40,7 +40,12 @@ fuzz_target!(|data: &[u8]| {
     }
     for (i, digest) in references.iter().enumerate() {
         let hex = digest.strip_prefix("sha256:").expect("sha256 only");
-        assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
         assert!(!references[..i].contains(digest), "repeated {digest}");
     }
 
