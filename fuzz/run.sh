@@ -10,7 +10,10 @@
 # crashes land in fuzz/artifacts/TARGET (both gitignored); logs in
 # fuzz/target/run-logs/TARGET.log.
 # Env: FUZZ_TARGETS="a b" to run only some; FUZZ_BUILD_TIMEOUT (s, default
-# 3600); FUZZ_JOBS (cargo -j). Bugs found so far: fuzz/known, fuzz/README.md.
+# 3600); FUZZ_JOBS (cargo -j); FUZZ_RUNS=N to stop each target after N
+# executions (within SECONDS_PER_TARGET); FUZZ_SANITIZER (cargo fuzz -s:
+# address by default, none for long runs of safe Rust at several times the
+# speed). Bugs found so far: fuzz/known, fuzz/README.md.
 set -uo pipefail
 
 SECONDS_PER_TARGET=${1:-20}
@@ -26,6 +29,13 @@ BUILD_TIMEOUT=${FUZZ_BUILD_TIMEOUT:-3600}
 FUZZ_FLAGS=(--debug-assertions)
 if [ -n "${FUZZ_JOBS:-}" ]; then
     FUZZ_FLAGS+=(--jobs "$FUZZ_JOBS")
+fi
+if [ -n "${FUZZ_SANITIZER:-}" ]; then
+    FUZZ_FLAGS+=(--sanitizer "$FUZZ_SANITIZER")
+fi
+RUN_FLAGS=()
+if [ -n "${FUZZ_RUNS:-}" ]; then
+    RUN_FLAGS+=(-runs="$FUZZ_RUNS")
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -78,7 +88,7 @@ for t in "${TARGETS[@]}"; do
     timeout --kill-after=10 $((SECONDS_PER_TARGET + 60)) \
         "$BIN/$t" "${dirs[@]}" \
         -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
-        -print_final_stats=1 -artifact_prefix="artifacts/$t/" "${extra[@]}" >"$log" 2>&1
+        -print_final_stats=1 -artifact_prefix="artifacts/$t/" "${extra[@]}" "${RUN_FLAGS[@]}" >"$log" 2>&1
     rc=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
     crash=$(grep -o 'Test unit written to [^ ]*' "$log" | tail -1 | sed 's/Test unit written to //')
