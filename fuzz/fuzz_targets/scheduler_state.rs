@@ -130,6 +130,7 @@ fuzz_target!(|data: &[u8]| {
                     shape: shape(&mut input),
                     bitmap: input.bytes(64),
                     seed_request: input.byte().unwrap_or(0) % 2 == 1,
+                    no_seed: input.byte().unwrap_or(0) % 2 == 1,
                 };
                 state.register_peer(&req, now).ok()
             }

@@ -55,6 +55,11 @@ fn parent_base(parent: &proto::Parent) -> Option<(String, String)> {
     Some((host.id.clone(), addr.to_string()))
 }
 
+/// Whether seeds are reached over mutual TLS (the cluster identity).
+fn over_tls(daemon: &Daemon) -> bool {
+    daemon.peers.scheme() == "https"
+}
+
 /// What a seed is asked to fetch for `request`: the request as the network
 /// may carry it, under this task's id. `None` when this node must fetch it
 /// itself: a caller's credentials never cross the network in clear, so
@@ -119,8 +124,11 @@ pub async fn download(
                 // A lazy reader's seed fetches what the swarm asks for,
                 // not the whole content.
                 let lazy = !daemon.progress(&task.id).demand.wants_all();
-                let over_tls = daemon.peers.scheme() == "https";
-                let Some(seed_request) = seed_request_for(request, &task.id, lazy, over_tls) else {
+                let Some(seed_request) =
+                    seed_request_for(request, &task.id, lazy, over_tls(daemon))
+                else {
+                    // Registered with no_seed, so only a scheduler that
+                    // ignores the field gets here: fetch it ourselves.
                     tracing::info!(seed = %seed_id, "a download with the caller's credentials is not handed to a seed over plain HTTP; fetching from the origin");
                     daemon.metrics.failure("seed_skipped_plain_credentials");
                     plan = Plan::Source;
@@ -178,6 +186,8 @@ async fn register(
         shape: Some(shape_of(task)),
         bitmap: task.with_meta(|m| m.bitmap()).as_bytes().to_vec(),
         seed_request: request.seed_request,
+        // Not handed to a seed: the scheduler elects this node instead.
+        no_seed: seed_request_for(request, &task.id, false, over_tls(daemon)).is_none(),
     };
     daemon
         .schedulers

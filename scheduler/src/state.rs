@@ -310,7 +310,9 @@ impl State {
             back_to_source(task)
         } else if source.is_some() || !parents.is_empty() {
             from_peers(task, parents)
-        } else if let Some(seed) = pick_seed(&self.hosts, &self.quarantine, task, &req.host_id, now)
+        } else if let Some(seed) = (!req.no_seed)
+            .then(|| pick_seed(&self.hosts, &self.quarantine, task, &req.host_id, now))
+            .flatten()
         {
             elect(task, &seed.id, now, &self.metrics);
             ScheduleResponse {
@@ -1369,6 +1371,33 @@ mod tests {
             Decision::BackToSource
         );
         assert_eq!(elections(&s, "t"), 1);
+    }
+
+    #[test]
+    fn a_peer_that_keeps_its_credentials_is_elected_instead_of_a_seed() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "seed", HostType::Seed, t0);
+        announce(&mut s, "a", HostType::Normal, t0);
+        announce(&mut s, "b", HostType::Normal, t0);
+        let a = s
+            .register_peer(
+                &RegisterPeerRequest {
+                    task_id: "t".into(),
+                    host_id: "a".into(),
+                    url: "http://origin/private".into(),
+                    no_seed: true,
+                    ..Default::default()
+                },
+                t0,
+            )
+            .unwrap();
+        assert_eq!(a.decision(), Decision::BackToSource);
+        assert_eq!(source_of(&s, "t"), "a");
+        // The others take it from that source, as from any.
+        let b = register(&mut s, "t", "b", t0);
+        assert_eq!(b.decision(), Decision::FromPeers);
+        assert_eq!(parent_ids(&b), vec!["a"]);
     }
 
     #[test]
