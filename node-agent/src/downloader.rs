@@ -60,6 +60,16 @@ fn over_tls(daemon: &Daemon) -> bool {
     daemon.peers.scheme() == "https"
 }
 
+/// Whether this node keeps `request` from seeds: it carries credentials and
+/// seeds are reached over plain HTTP.
+fn keeps_from_seeds(request: &TaskRequest, over_tls: bool) -> bool {
+    !over_tls
+        && request
+            .headers
+            .keys()
+            .any(|name| name.eq_ignore_ascii_case("authorization"))
+}
+
 /// What a seed is asked to fetch for `request`: the request as the network
 /// may carry it, under this task's id. `None` when this node must fetch it
 /// itself: a caller's credentials never cross the network in clear, so
@@ -71,14 +81,10 @@ fn seed_request_for(
     lazy: bool,
     over_tls: bool,
 ) -> Option<TaskRequest> {
-    let mut seed_request = request.for_network();
-    let carries_credentials = seed_request
-        .headers
-        .keys()
-        .any(|name| name.eq_ignore_ascii_case("authorization"));
-    if carries_credentials && !over_tls {
+    if keeps_from_seeds(request, over_tls) {
         return None;
     }
+    let mut seed_request = request.for_network();
     seed_request.task_id = Some(task_id.to_string());
     seed_request.seed_request = true;
     seed_request.lazy = lazy;
@@ -187,7 +193,7 @@ async fn register(
         bitmap: task.with_meta(|m| m.bitmap()).as_bytes().to_vec(),
         seed_request: request.seed_request,
         // Not handed to a seed: the scheduler elects this node instead.
-        no_seed: seed_request_for(request, &task.id, false, over_tls(daemon)).is_none(),
+        no_seed: keeps_from_seeds(request, over_tls(daemon)),
     };
     daemon
         .schedulers

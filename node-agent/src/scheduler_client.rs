@@ -342,13 +342,14 @@ fn is_transport_failure(status: &Status) -> bool {
     )
 }
 
-/// Tags are spread over scheduler replicas like tasks, by this key.
+/// Anonymous reads are spread over scheduler replicas like tasks, by this key.
 fn anonymous_key(object: Option<&proto::RegistryObject>) -> String {
     object
         .map(|o| format!("anon:{}", o.digest))
         .unwrap_or_default()
 }
 
+/// Tags are spread over scheduler replicas like tasks, by this key.
 fn tag_key(tag: Option<&proto::ImageTag>) -> String {
     tag.map(|t| format!("tag:{}", t.name())).unwrap_or_default()
 }
