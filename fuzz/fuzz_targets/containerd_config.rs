@@ -23,7 +23,7 @@ use node_agent::containerd::ContainerdError;
 use std::path::Path;
 use toml_edit::{Document, Item, Table};
 
-// Bugs found here (fuzz/known), both fixed, so nothing is skipped:
+// Bugs found here (fuzz/known), all fixed, so nothing is skipped:
 //
 // - `toml_edit_panic`: toml_edit 0.23.10 panicked ("all items have spans",
 //   parser/document.rs:491) on some invalid documents, e.g. `==\n.=`,
@@ -35,6 +35,10 @@ use toml_edit::{Document, Item, Table};
 //   first. Fixed: such hosts become tables placed after the mirror's (unit
 //   test `hosts_written_as_dotted_keys_or_inline_tables_come_after_the_mirror`);
 //   no longer skipped.
+// - `array_of_tables_host`: a host defined through an array of tables
+//   (`[[host.NAME.FIELD]]`) kept its position above the mirror's table.
+//   Fixed: arrays of tables move down with the other tables (unit test
+//   `hosts_defined_through_arrays_of_tables_come_after_the_mirror`).
 
 /// `text` parsed by toml_edit as the node agent does. (toml_edit 0.23
 /// panicked on some inputs, fuzz/known/toml_edit_panic; 0.25 does not, so

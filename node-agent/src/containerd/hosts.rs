@@ -201,13 +201,22 @@ fn set_positions(table: &mut Table, at: isize) {
     }
 }
 
+/// Moves `table` and every table under it down by `by`, arrays of tables
+/// (`[[host.NAME.FIELD]]`) included: each prints at its own position, so one
+/// left behind would keep its host above the mirror.
 fn shift_positions(table: &mut Table, by: isize) {
     if let Some(p) = table.position() {
         table.set_position(Some(p + by));
     }
     for (_, item) in table.iter_mut() {
-        if let Some(t) = item.as_table_mut() {
-            shift_positions(t, by);
+        match item {
+            Item::Table(t) => shift_positions(t, by),
+            Item::ArrayOfTables(array) => {
+                for t in array.iter_mut() {
+                    shift_positions(t, by);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -297,6 +306,28 @@ mod tests {
                 Some("pull"),
                 "{rendered}"
             );
+            assert_eq!(render(&rendered, &registry, mirror).unwrap(), rendered);
+        }
+    }
+
+    #[test]
+    fn hosts_defined_through_arrays_of_tables_come_after_the_mirror() {
+        let registry = Registry::parse("registry.example.com").unwrap();
+        let mirror = "http://127.0.0.1:65001";
+        for original in [
+            // The fuzzer's input (fuzz/known/array_of_tables_host).
+            "# HTq ts0`\n[[host.ght.ghst]] #[dfohst}f\n",
+            "[[host.\"https://a\".extra]]\nk = 1\n[[host.\"https://a\".extra]]\nk = 2\n",
+            "[host.\"https://b\"]\ncapabilities = [\"pull\"]\n[[host.\"https://a\".x.y]]\nk = 1\n",
+        ] {
+            let rendered = render(original, &registry, mirror).unwrap();
+            let doc: toml_edit::Document<String> = rendered.parse().unwrap();
+            let hosts = doc["host"].as_table().unwrap();
+            let mirror_at = hosts[mirror].as_table().unwrap().span().unwrap().start;
+            let arrays = rendered.match_indices("[[").map(|(at, _)| at);
+            for at in arrays {
+                assert!(mirror_at < at, "{original:?} gave\n{rendered}");
+            }
             assert_eq!(render(&rendered, &registry, mirror).unwrap(), rendered);
         }
     }
