@@ -18,10 +18,11 @@ use crate::piece::{piece_digest, piece_range, Bitmap};
 use crate::piece_order;
 use crate::recorded_digests::{self, RecordedDigests, Sender, Verdict};
 use crate::store::{StoredTask, TaskFailure};
+use crate::swarm::{
+    describe_parents, merge_parents, only_the_origin_has, parent_base, parents_cover, pick_parent,
+    ParentSlot, PieceAvoidance, COOLDOWN,
+};
 use crate::task_request::TaskRequest;
-
-/// How long a parent that said "not now" is left alone.
-const COOLDOWN: Duration = Duration::from_millis(150);
 
 enum Plan {
     Source,
@@ -45,14 +46,6 @@ fn plan_from(resp: proto::ScheduleResponse) -> Plan {
         },
         _ => Plan::Peers(resp.parents),
     }
-}
-
-fn parent_base(parent: &proto::Parent) -> Option<(String, String)> {
-    let host = parent.host.as_ref()?;
-    let ip: std::net::IpAddr = host.ip.parse().ok()?;
-    let addr = std::net::SocketAddr::new(ip, host.peer_port as u16);
-    // The peer client adds the scheme (https with cluster identity).
-    Some((host.id.clone(), addr.to_string()))
 }
 
 /// Whether seeds are reached over mutual TLS (the cluster identity).
@@ -448,112 +441,6 @@ impl Pacer {
     }
 }
 
-struct ParentSlot {
-    id: String,
-    base: String,
-    bitmap: Bitmap,
-    complete: bool,
-    is_source: bool,
-    inflight: usize,
-    cooldown_until: Option<Instant>,
-}
-
-impl ParentSlot {
-    fn from_proto(parent: &proto::Parent) -> Option<ParentSlot> {
-        let (id, base) = parent_base(parent)?;
-        Some(ParentSlot {
-            id,
-            base,
-            bitmap: Bitmap::from_bytes(parent.bitmap.clone()),
-            complete: parent.complete,
-            is_source: parent.is_source,
-            inflight: 0,
-            cooldown_until: None,
-        })
-    }
-
-    /// Holds `index`, or will: complete, fetching the task from the
-    /// origin, or with the piece in its bitmap.
-    fn holds_or_fetches(&self, index: u32) -> bool {
-        self.complete || self.is_source || self.bitmap.contains(index)
-    }
-
-    fn available(&self, now: Instant, per_parent: usize) -> bool {
-        self.inflight < per_parent && self.cooldown_until.is_none_or(|t| t <= now)
-    }
-}
-
-/// Merges a fresh parent list into the current one, keeping the in-flight
-/// counts of parents we are still fetching from.
-fn merge_parents(slots: &mut Vec<ParentSlot>, fresh: &[proto::Parent], blocked: &HashSet<String>) {
-    let mut next: Vec<ParentSlot> = Vec::new();
-    for parent in fresh {
-        let Some(mut slot) = ParentSlot::from_proto(parent) else {
-            continue;
-        };
-        if blocked.contains(&slot.id) {
-            continue;
-        }
-        if let Some(old) = slots.iter().find(|s| s.id == slot.id) {
-            slot.inflight = old.inflight;
-            slot.cooldown_until = old.cooldown_until;
-        }
-        next.push(slot);
-    }
-    for old in slots.drain(..) {
-        if old.inflight > 0 && !next.iter().any(|s| s.id == old.id) {
-            next.push(old);
-        }
-    }
-    *slots = next;
-}
-
-/// Pieces not to ask a given parent for: it said it lacks them, or it is
-/// sending them to someone else right now (ask again shortly).
-#[derive(Default)]
-struct PieceAvoidance {
-    lacking: HashSet<(String, u32)>,
-    deferred: std::collections::HashMap<(String, u32), Instant>,
-}
-
-impl PieceAvoidance {
-    fn defer(&mut self, parent: &str, index: u32, until: Instant) {
-        self.deferred.insert((parent.to_string(), index), until);
-    }
-
-    fn avoids(&self, parent: &str, index: u32, now: Instant) -> bool {
-        let key = (parent.to_string(), index);
-        self.lacking.contains(&key) || self.deferred.get(&key).is_some_and(|until| *until > now)
-    }
-}
-
-/// The parent to ask for `index`: one that has it (least busy, seeds and
-/// sources last so they are not everyone's first choice), else the source,
-/// which will have it soon.
-fn pick_parent(
-    slots: &[ParentSlot],
-    index: u32,
-    per_parent: usize,
-    now: Instant,
-    avoid: &PieceAvoidance,
-) -> Option<usize> {
-    let usable = |s: &ParentSlot| s.available(now, per_parent) && !avoid.avoids(&s.id, index, now);
-    let holders = slots
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| usable(s) && (s.complete || s.bitmap.contains(index)))
-        .min_by_key(|(_, s)| (s.inflight, s.is_source));
-    if let Some((i, _)) = holders {
-        return Some(i);
-    }
-    slots
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| usable(s) && s.is_source)
-        .min_by_key(|(_, s)| s.inflight)
-        .map(|(i, _)| i)
-}
-
 /// How long a child waits for its parents' bitmaps when no scheduler
 /// answers: a hung parent must not hold up the pieces in flight.
 const BITMAP_REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -600,40 +487,6 @@ async fn refresh_bitmaps_from_parents(
             slot.complete = shape.piece_count > 0 && shape.finished_pieces == shape.piece_count;
         }
     }
-}
-
-/// Whether every missing piece has a parent that holds it or will: a
-/// complete one, one that is fetching the task from the origin, or one
-/// whose bitmap has it.
-fn parents_cover(slots: &[ParentSlot], blocked: &HashSet<String>, missing: &[u32]) -> bool {
-    missing.iter().all(|&index| {
-        slots
-            .iter()
-            .any(|s| !blocked.contains(&s.id) && s.holds_or_fetches(index))
-    })
-}
-
-/// Whether every wanted piece was refused by a parent as missing (it
-/// discarded a damaged copy) and no other parent holds or fetches it: only
-/// the origin can supply those.
-fn only_the_origin_has(
-    slots: &[ParentSlot],
-    blocked: &HashSet<String>,
-    avoid: &PieceAvoidance,
-    mut wanted: impl Iterator<Item = u32>,
-) -> bool {
-    let mut any = false;
-    let all = wanted.all(|index| {
-        any = true;
-        let refused = avoid.lacking.iter().any(|(_, i)| *i == index);
-        let candidate = slots.iter().any(|s| {
-            !blocked.contains(&s.id)
-                && !avoid.lacking.contains(&(s.id.clone(), index))
-                && s.holds_or_fetches(index)
-        });
-        refused && !candidate
-    });
-    any && all
 }
 
 /// Learns the content length from the scheduler's answer or a parent.
@@ -923,6 +776,17 @@ async fn from_peers(
             && background_inflight.is_empty()
             && !pacer.ready(Instant::now());
         if last_progress.elapsed() > config.stall_timeout {
+            // Why the swarm stalled is what an operator needs to see here.
+            tracing::warn!(
+                stats = %stats.summary(),
+                parents = %describe_parents(&slots, &blocked, now),
+                inflight = inflight.len(),
+                missing = missing.len(),
+                deferred = avoid.deferred.len(),
+                lacking = avoid.lacking.len(),
+                scheduler_lost = scheduler_lost_since.is_some(),
+                "no piece from peers for the stall timeout"
+            );
             return drain(
                 daemon,
                 task,
@@ -994,6 +858,7 @@ async fn from_peers(
                 match get_parents(daemon, task).await {
                     Some(Plan::Peers(fresh)) => {
                         scheduler_lost_since = None;
+                        stats.parent_lists += 1;
                         merge_parents(&mut slots, &fresh, &blocked)
                     }
                     Some(_) => return drain(daemon, task, reporter, &mut inflight, "elected back-to-source").await,
@@ -1001,6 +866,7 @@ async fn from_peers(
                         return drain(daemon, task, reporter, &mut inflight, "no parents and no scheduler").await
                     }
                     None => {
+                        stats.scheduler_misses += 1;
                         // Without the scheduler, parents' bitmaps come from
                         // the parents themselves, and the swarm carries on.
                         // Pieces held only by peers not on the list never
@@ -1030,6 +896,11 @@ struct ExchangeStats {
     not_ready: u32,
     busy: u32,
     piece_busy: u32,
+    unverified: u32,
+    stored: u32,
+    failed: u32,
+    parent_lists: u32,
+    scheduler_misses: u32,
 }
 
 impl Default for ExchangeStats {
@@ -1041,6 +912,11 @@ impl Default for ExchangeStats {
             not_ready: 0,
             busy: 0,
             piece_busy: 0,
+            unverified: 0,
+            stored: 0,
+            failed: 0,
+            parent_lists: 0,
+            scheduler_misses: 0,
         }
     }
 }
@@ -1061,8 +937,25 @@ impl ExchangeStats {
             Err(PeerError::NotReady) => self.not_ready += 1,
             Err(PeerError::Busy) => self.busy += 1,
             Err(PeerError::PieceBusy) => self.piece_busy += 1,
-            _ => {}
+            Err(PeerError::Unverified(_)) => self.unverified += 1,
+            Ok(_) => self.stored += 1,
+            Err(_) => self.failed += 1,
         }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} s: {} stored, {} not ready, {} busy, {} piece busy, {} unverified, {} failed; {} parent lists, {} scheduler misses",
+            self.started.elapsed().as_secs(),
+            self.stored,
+            self.not_ready,
+            self.busy,
+            self.piece_busy,
+            self.unverified,
+            self.failed,
+            self.parent_lists,
+            self.scheduler_misses,
+        )
     }
 
     fn log(&self) {

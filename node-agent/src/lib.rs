@@ -27,6 +27,7 @@ pub mod scheduler_client;
 pub mod serve;
 pub mod source;
 pub mod store;
+pub mod swarm;
 pub mod task_api;
 pub mod task_id;
 pub mod task_request;
