@@ -19,8 +19,8 @@ use crate::piece_order;
 use crate::recorded_digests::{self, RecordedDigests, Sender, Verdict};
 use crate::store::{StoredTask, TaskFailure};
 use crate::swarm::{
-    describe_parents, merge_parents, only_the_origin_has, parent_base, parents_cover, pick_parent,
-    ParentSlot, PieceAvoidance, COOLDOWN,
+    describe_parents, holders_of, merge_parents, only_the_origin_has, parent_base, parents_cover,
+    pick_parent, ParentSlot, PieceAvoidance, COOLDOWN,
 };
 use crate::task_request::TaskRequest;
 
@@ -690,14 +690,7 @@ async fn from_peers(
         let order: Vec<(u32, bool)> = if selection.capped {
             selection.ordered().collect()
         } else {
-            let holders = |index: u32| {
-                slots
-                    .iter()
-                    .filter(|s| {
-                        !blocked.contains(&s.id) && (s.complete || s.bitmap.contains(index))
-                    })
-                    .count()
-            };
+            let holders = |index: u32| holders_of(&slots, &blocked, index);
             selection
                 .urgent
                 .iter()

@@ -3,31 +3,53 @@
 //! If every peer of a swarm asked for the lowest missing piece first, they
 //! would all hold the same pieces at the same time, have nothing to trade,
 //! and queue on whichever parent got the next piece first. So a full
-//! download asks for the pieces its parents hold fewest copies of first
-//! (rarest first, ties broken differently on every host), which spreads
-//! distinct pieces over the swarm for peers to exchange. Two exceptions: the
-//! lowest missing piece goes first, so a reader streaming the content keeps
-//! moving; and pieces no parent holds yet come last in ascending order,
-//! which is the order the back-to-source peer fetches them in.
+//! download asks first for the pieces that parents still downloading hold
+//! fewest copies of (rarest first, ties broken differently on every host),
+//! which spreads distinct pieces over the swarm for peers to exchange.
+//! Pieces only complete parents hold come next, in an order of this host's
+//! own: complete parents (seeds, nodes that finished) hold everything, so
+//! counting them would make every piece nobody else has look rarest and
+//! send the whole swarm to their uplinks while the children's sit idle.
+//! Two exceptions: the lowest missing piece goes first, so a reader
+//! streaming the content keeps moving; and pieces no parent holds yet come
+//! last in ascending order, which is the order the back-to-source peer
+//! fetches them in.
 
-/// A full download's piece order. `missing` is ascending; `holders(i)` is
-/// how many known parents hold piece `i`; `salt` differs per host.
-pub fn exchange_order(missing: &[u32], holders: impl Fn(u32) -> usize, salt: u64) -> Vec<u32> {
+/// Who among a download's parents holds one piece.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holders {
+    /// Parents still downloading the task whose bitmap has the piece.
+    pub downloading: usize,
+    /// Complete parents (they hold every piece).
+    pub complete: usize,
+}
+
+/// A full download's piece order. `missing` is ascending; `holders(i)` says
+/// who among the known parents holds piece `i`; `salt` differs per host.
+pub fn exchange_order(missing: &[u32], holders: impl Fn(u32) -> Holders, salt: u64) -> Vec<u32> {
     let Some((&first, rest)) = missing.split_first() else {
         return Vec::new();
     };
-    let mut held: Vec<(usize, u64, u32)> = Vec::new();
+    let mut traded: Vec<(usize, u64, u32)> = Vec::new();
+    let mut from_complete: Vec<(u64, u32)> = Vec::new();
     let mut unheld: Vec<u32> = Vec::new();
     for &index in rest {
+        let tie = mix(salt ^ u64::from(index));
         match holders(index) {
-            0 => unheld.push(index),
-            n => held.push((n, mix(salt ^ u64::from(index)), index)),
+            Holders {
+                downloading: 0,
+                complete: 0,
+            } => unheld.push(index),
+            Holders { downloading: 0, .. } => from_complete.push((tie, index)),
+            Holders { downloading, .. } => traded.push((downloading, tie, index)),
         }
     }
-    held.sort_unstable();
+    traded.sort_unstable();
+    from_complete.sort_unstable();
     let mut order = Vec::with_capacity(missing.len());
     order.push(first);
-    order.extend(held.into_iter().map(|(_, _, index)| index));
+    order.extend(traded.into_iter().map(|(_, _, index)| index));
+    order.extend(from_complete.into_iter().map(|(_, index)| index));
     order.extend(unheld);
     order
 }
@@ -52,13 +74,20 @@ fn mix(mut x: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn downloading(n: usize) -> Holders {
+        Holders {
+            downloading: n,
+            complete: 0,
+        }
+    }
+
     #[test]
     fn lowest_first_then_rarest_then_unheld_ascending() {
         // Piece 5 has one holder, 2 and 3 have three, 4 and 6 have none.
         let holders = |i: u32| match i {
-            5 => 1,
-            2 | 3 => 3,
-            _ => 0,
+            5 => downloading(1),
+            2 | 3 => downloading(3),
+            _ => Holders::default(),
         };
         let order = exchange_order(&[1, 2, 3, 4, 5, 6], holders, salt_for("a"));
         assert_eq!(order[0], 1);
@@ -70,10 +99,34 @@ mod tests {
     }
 
     #[test]
+    fn pieces_only_complete_parents_hold_come_after_the_traded_ones_in_a_host_order() {
+        // A seed and a finished node hold everything; two children hold 7
+        // and 9. The children's pieces first, then the rest, spread.
+        let holders = |i: u32| Holders {
+            downloading: usize::from(i == 7 || i == 9),
+            complete: 2,
+        };
+        let missing: Vec<u32> = (0..64).collect();
+        let a = exchange_order(&missing, holders, salt_for("host-a"));
+        let b = exchange_order(&missing, holders, salt_for("host-b"));
+        assert_eq!(a[0], 0);
+        let mut traded = a[1..3].to_vec();
+        traded.sort();
+        assert_eq!(traded, vec![7, 9]);
+        // Not ascending, and not the same on two hosts: two children do
+        // not both ask the seed for the same next piece.
+        assert_ne!(&a[3..8], &[1, 2, 3, 4, 5]);
+        assert_ne!(a[3..], b[3..]);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, missing, "every missing piece exactly once");
+    }
+
+    #[test]
     fn hosts_break_ties_differently() {
         let missing: Vec<u32> = (0..64).collect();
-        let a = exchange_order(&missing, |_| 2, salt_for("host-a"));
-        let b = exchange_order(&missing, |_| 2, salt_for("host-b"));
+        let a = exchange_order(&missing, |_| downloading(2), salt_for("host-a"));
+        let b = exchange_order(&missing, |_| downloading(2), salt_for("host-b"));
         assert_eq!(a[0], 0);
         assert_eq!(b[0], 0);
         assert_ne!(a, b);
@@ -84,7 +137,7 @@ mod tests {
 
     #[test]
     fn empty_and_single() {
-        assert!(exchange_order(&[], |_| 1, 0).is_empty());
-        assert_eq!(exchange_order(&[9], |_| 1, 0), vec![9]);
+        assert!(exchange_order(&[], |_| downloading(1), 0).is_empty());
+        assert_eq!(exchange_order(&[9], |_| downloading(1), 0), vec![9]);
     }
 }

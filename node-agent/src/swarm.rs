@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::piece::Bitmap;
+use crate::piece_order::Holders;
 
 /// How long a parent that said "not now" is left alone.
 pub const COOLDOWN: Duration = Duration::from_millis(150);
@@ -107,9 +108,23 @@ impl PieceAvoidance {
     }
 }
 
-/// The parent to ask for `index`: one that has it (least busy, seeds and
-/// sources last so they are not everyone's first choice), else the source,
-/// which will have it soon.
+/// Who among the usable parents holds `index`, for the piece order.
+pub fn holders_of(slots: &[ParentSlot], blocked: &HashSet<String>, index: u32) -> Holders {
+    let mut holders = Holders::default();
+    for s in slots.iter().filter(|s| !blocked.contains(&s.id)) {
+        if s.complete {
+            holders.complete += 1;
+        } else if s.bitmap.contains(index) {
+            holders.downloading += 1;
+        }
+    }
+    holders
+}
+
+/// The parent to ask for `index`: one that has it, preferring parents still
+/// downloading (their uplinks are otherwise idle, while complete parents
+/// and sources are everyone's candidates), then the least busy; else the
+/// source, which will have it soon.
 pub fn pick_parent(
     slots: &[ParentSlot],
     index: u32,
@@ -122,7 +137,7 @@ pub fn pick_parent(
         .iter()
         .enumerate()
         .filter(|(_, s)| usable(s) && (s.complete || s.bitmap.contains(index)))
-        .min_by_key(|(_, s)| (s.inflight, s.is_source));
+        .min_by_key(|(_, s)| (s.complete || s.is_source, s.inflight, s.is_source));
     if let Some((i, _)) = holders {
         return Some(i);
     }
@@ -258,13 +273,52 @@ mod tests {
         assert_eq!(picked(&s, 0, now, &avoid), Some("a"));
         s[1].inflight = 1;
         assert_eq!(picked(&s, 0, now, &avoid), Some("b"));
+        // Holders still downloading go first while they have room.
         s[2].inflight = 1;
+        assert_eq!(picked(&s, 0, now, &avoid), Some("a"));
+        s[1].inflight = 2;
+        s[2].inflight = 2;
         assert_eq!(picked(&s, 0, now, &avoid), Some("source"));
         // Nobody lists piece 5, but the source will have it.
         assert_eq!(picked(&s, 5, now, &avoid), Some("source"));
         // At the per-parent cap a parent is not asked.
         s[0].inflight = 2;
+        assert_eq!(picked(&s, 0, now, &avoid), None);
         assert_eq!(picked(&s, 5, now, &avoid), None);
+    }
+
+    #[test]
+    fn a_child_holding_the_piece_goes_before_complete_parents() {
+        let now = Instant::now();
+        let avoid = PieceAvoidance::default();
+        let mut s = slots(&[
+            parent("seed", &[], true, false),
+            parent("child", &[4], false, false),
+        ]);
+        assert_eq!(picked(&s, 4, now, &avoid), Some("child"));
+        s[1].inflight = 1;
+        assert_eq!(picked(&s, 4, now, &avoid), Some("child"));
+        // Full: the complete parent.
+        s[1].inflight = 2;
+        assert_eq!(picked(&s, 4, now, &avoid), Some("seed"));
+        // What only the seed holds goes to the seed.
+        s[1].inflight = 0;
+        assert_eq!(picked(&s, 5, now, &avoid), Some("seed"));
+        let none = HashSet::new();
+        assert_eq!(
+            holders_of(&s, &none, 4),
+            Holders {
+                downloading: 1,
+                complete: 1
+            }
+        );
+        assert_eq!(
+            holders_of(&s, &none, 5),
+            Holders {
+                downloading: 0,
+                complete: 1
+            }
+        );
     }
 
     #[test]
