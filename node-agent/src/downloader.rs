@@ -687,10 +687,13 @@ async fn from_peers(
             last_progress = Instant::now();
         }
         let now = Instant::now();
+        // Without a scheduler no record vouches for a child's copy: only
+        // the source's pieces are taken, so it is not put last then.
+        let complete_last = !daemon.schedulers.is_lost();
         let order: Vec<(u32, bool)> = if selection.capped {
             selection.ordered().collect()
         } else {
-            let holders = |index: u32| holders_of(&slots, &blocked, index);
+            let holders = |index: u32| holders_of(&slots, &blocked, index, complete_last);
             selection
                 .urgent
                 .iter()
@@ -716,10 +719,12 @@ async fn from_peers(
             }
             let Some(i) = pick_parent(
                 &slots,
+                &blocked,
                 index,
                 config.concurrent_pieces_per_parent,
                 now,
                 &avoid,
+                complete_last,
             ) else {
                 continue;
             };
@@ -799,7 +804,14 @@ async fn from_peers(
                 background_inflight.remove(&index);
                 if let Some(slot) = slots.iter_mut().find(|s| s.id == parent_id) {
                     slot.inflight = slot.inflight.saturating_sub(1);
-                    if matches!(result, Err(PeerError::PieceBusy) | Err(PeerError::Unverified(_))) {
+                    if matches!(result, Err(PeerError::Unverified(_))) {
+                        avoid.defer(&parent_id, index, Instant::now() + COOLDOWN);
+                        // With a scheduler, the record catches up within
+                        // moments; without one it never will.
+                        if daemon.schedulers.is_lost() {
+                            avoid.source_only.insert(index);
+                        }
+                    } else if matches!(result, Err(PeerError::PieceBusy)) {
                         avoid.defer(&parent_id, index, Instant::now() + COOLDOWN);
                     } else if result.as_ref().is_err_and(PeerError::is_soft) {
                         slot.cooldown_until = Some(Instant::now() + COOLDOWN);

@@ -90,11 +90,16 @@ pub fn merge_parents(
 }
 
 /// Pieces not to ask a given parent for: it said it lacks them, or it is
-/// sending them to someone else right now (ask again shortly).
+/// sending them to someone else right now (ask again shortly); and pieces
+/// to ask of the source only, whose digest no record vouches for yet.
 #[derive(Default)]
 pub struct PieceAvoidance {
     pub lacking: HashSet<(String, u32)>,
     pub deferred: HashMap<(String, u32), Instant>,
+    /// A parent's copy came back unverified (nothing recorded for it, e.g.
+    /// the scheduler is gone): only the source is taken at its word, so
+    /// other parents are not asked again while a source is listed.
+    pub source_only: HashSet<u32>,
 }
 
 impl PieceAvoidance {
@@ -108,36 +113,55 @@ impl PieceAvoidance {
     }
 }
 
-/// Who among the usable parents holds `index`, for the piece order.
-pub fn holders_of(slots: &[ParentSlot], blocked: &HashSet<String>, index: u32) -> Holders {
+/// Who among the usable parents holds `index`, for the piece order. With
+/// `complete_last` off, complete parents count as any other holder.
+pub fn holders_of(
+    slots: &[ParentSlot],
+    blocked: &HashSet<String>,
+    index: u32,
+    complete_last: bool,
+) -> Holders {
     let mut holders = Holders::default();
     for s in slots.iter().filter(|s| !blocked.contains(&s.id)) {
-        if s.complete {
+        if s.complete && complete_last {
             holders.complete += 1;
-        } else if s.bitmap.contains(index) {
+        } else if s.complete || s.bitmap.contains(index) {
             holders.downloading += 1;
         }
     }
     holders
 }
 
-/// The parent to ask for `index`: one that has it, preferring parents still
-/// downloading (their uplinks are otherwise idle, while complete parents
-/// and sources are everyone's candidates), then the least busy; else the
-/// source, which will have it soon.
+/// The parent to ask for `index`: one that has it, preferring (with
+/// `complete_last`) parents still downloading, whose uplinks are otherwise
+/// idle while complete parents and sources are everyone's candidates; then
+/// the least busy, sources last; else the source, which will have it soon.
 pub fn pick_parent(
     slots: &[ParentSlot],
+    blocked: &HashSet<String>,
     index: u32,
     per_parent: usize,
     now: Instant,
     avoid: &PieceAvoidance,
+    complete_last: bool,
 ) -> Option<usize> {
-    let usable = |s: &ParentSlot| s.available(now, per_parent) && !avoid.avoids(&s.id, index, now);
+    let source_only = avoid.source_only.contains(&index)
+        && slots
+            .iter()
+            .any(|s| s.is_source && !blocked.contains(&s.id));
+    let usable = |s: &ParentSlot| {
+        s.available(now, per_parent)
+            && !avoid.avoids(&s.id, index, now)
+            && (s.is_source || !source_only)
+    };
     let holders = slots
         .iter()
         .enumerate()
         .filter(|(_, s)| usable(s) && (s.complete || s.bitmap.contains(index)))
-        .min_by_key(|(_, s)| (s.complete || s.is_source, s.inflight, s.is_source));
+        .min_by_key(|(_, s)| {
+            let everyones = complete_last && (s.complete || s.is_source);
+            (everyones, s.inflight, s.is_source)
+        });
     if let Some((i, _)) = holders {
         return Some(i);
     }
@@ -247,7 +271,8 @@ mod tests {
         now: Instant,
         avoid: &PieceAvoidance,
     ) -> Option<&'a str> {
-        pick_parent(slots, index, 2, now, avoid).map(|i| slots[i].id.as_str())
+        pick_parent(slots, &HashSet::new(), index, 2, now, avoid, true)
+            .map(|i| slots[i].id.as_str())
     }
 
     #[test]
@@ -304,21 +329,58 @@ mod tests {
         // What only the seed holds goes to the seed.
         s[1].inflight = 0;
         assert_eq!(picked(&s, 5, now, &avoid), Some("seed"));
+        // Without a scheduler, the least busy holder, the source last.
+        s[1].inflight = 1;
+        let i = pick_parent(&s, &HashSet::new(), 4, 2, now, &avoid, false);
+        assert_eq!(i.map(|i| s[i].id.as_str()), Some("seed"));
         let none = HashSet::new();
         assert_eq!(
-            holders_of(&s, &none, 4),
+            holders_of(&s, &none, 4, false),
+            Holders {
+                downloading: 2,
+                complete: 0
+            }
+        );
+        assert_eq!(
+            holders_of(&s, &none, 4, true),
             Holders {
                 downloading: 1,
                 complete: 1
             }
         );
         assert_eq!(
-            holders_of(&s, &none, 5),
+            holders_of(&s, &none, 5, true),
             Holders {
                 downloading: 0,
                 complete: 1
             }
         );
+    }
+
+    #[test]
+    fn an_unverified_piece_goes_to_the_source_while_one_is_listed() {
+        let now = Instant::now();
+        let mut avoid = PieceAvoidance::default();
+        let s = slots(&[
+            parent("seed", &[], true, true),
+            parent("child", &[4], false, false),
+        ]);
+        assert_eq!(picked(&s, 4, now, &avoid), Some("child"));
+        // The child's copy could not be verified (no record reachable).
+        avoid.defer("child", 4, now + COOLDOWN);
+        avoid.source_only.insert(4);
+        assert_eq!(picked(&s, 4, now, &avoid), Some("seed"));
+        assert_eq!(picked(&s, 4, now + COOLDOWN, &avoid), Some("seed"));
+        // Other pieces are not concerned.
+        assert_eq!(picked(&s, 5, now, &avoid), Some("seed"));
+        // With the source blocked, or no source, the holders are asked
+        // again after the cooldown.
+        let blocked: HashSet<String> = ["seed".to_string()].into();
+        let i = pick_parent(&s, &blocked, 4, 2, now + COOLDOWN, &avoid, true);
+        assert_eq!(i.map(|i| s[i].id.as_str()), Some("child"));
+        let children = slots(&[parent("child", &[4], false, false)]);
+        assert_eq!(picked(&children, 4, now, &avoid), None);
+        assert_eq!(picked(&children, 4, now + COOLDOWN, &avoid), Some("child"));
     }
 
     #[test]
