@@ -1,55 +1,21 @@
 //! The daemon's shared context and the task life cycle: start a download (or
 //! join the one running), finish it (verify, report, copy out), fail it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::config::DaemonConfig;
+use crate::downloader::{self, DownloadContext, SwarmSettings};
 use crate::metrics::Metrics;
 use crate::peer_client::PeerClient;
 use crate::scheduler_client::SchedulerPool;
 use crate::source::SourceClient;
 use crate::store::{RunState, Store, StoredTask, TaskFailure};
+use crate::task::{RunEnd, TaskProgress, Tasks};
 use crate::task_request::TaskRequest;
-
-/// Where a task's bytes came from, for status and metrics.
-#[derive(Default)]
-pub struct TaskProgress {
-    pub from_origin: AtomicU64,
-    pub from_peers: AtomicU64,
-    /// Set while this daemon downloads the task from the origin.
-    pub sourcing: std::sync::atomic::AtomicBool,
-    /// When each piece was last handed to a peer while this daemon was
-    /// fetching from the origin.
-    handed_out: Mutex<HashMap<u32, Instant>>,
-    pub started: Mutex<Option<Instant>>,
-    pub finished: Mutex<Option<Instant>>,
-    /// Which pieces the current (or next) run must fetch.
-    pub demand: crate::demand::Demand,
-    /// The request behind the latest run, so a want arriving later (a
-    /// reader's range, a peer asking the source) can start another run.
-    request: Mutex<Option<TaskRequest>>,
-    /// The scheduler made this daemon the task's back-to-source peer; it
-    /// then fetches pieces its children ask for even when no local reader
-    /// wants them.
-    pub elected_source: std::sync::atomic::AtomicBool,
-    /// Where each piece this daemon stored came from ("origin", "peer"),
-    /// so range answers can be counted by source.
-    piece_sources: Mutex<HashMap<u32, &'static str>>,
-}
-
-/// How a download run ended without failing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunEnd {
-    /// Every piece is stored; the content length.
-    Complete(u64),
-    /// Every wanted piece is stored and nothing more was asked for.
-    Partial,
-}
 
 pub struct Daemon {
     pub config: DaemonConfig,
@@ -66,20 +32,9 @@ pub struct Daemon {
     pub destinations: Arc<crate::destination::DestinationPolicy>,
     /// Whether the registry mirror can serve promptly (`/server/ping`).
     pub mirror_health: Arc<crate::mirror::health::MirrorHealth>,
-    progress: Mutex<HashMap<String, Arc<TaskProgress>>>,
-    /// Tasks this daemon is fetching from the origin, and since when at
-    /// least one has been.
-    sourcing: Mutex<(usize, Option<Instant>)>,
-    /// Why recently removed tasks failed, so a caller arriving just after
-    /// the removal still learns the reason instead of "unknown task".
-    failures: Mutex<HashMap<String, (TaskFailure, Instant)>>,
+    /// Every task's runtime state.
+    pub tasks: Arc<Tasks>,
 }
-
-/// See [`TaskProgress::may_upload`].
-const OTHER_TASK_HANDOFF: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How long the reason of a removed task's failure is kept.
-const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -89,95 +44,7 @@ pub enum StartError {
     Store(#[from] std::io::Error),
 }
 
-impl TaskProgress {
-    /// While this daemon fetches anything from the origin, its uplink must
-    /// not starve that download (its acknowledgements queue behind the
-    /// uploads): a piece of the task being fetched is handed out once, so
-    /// the uplink carries one copy of every fresh piece and the children
-    /// swap the rest; a piece of another task at most once per
-    /// `OTHER_TASK_HANDOFF`. Returns whether `index` may be sent now.
-    pub fn may_upload(&self, index: u32, sourcing_since: Option<Instant>) -> bool {
-        let Some(since) = sourcing_since else {
-            return true;
-        };
-        let this_task = self.sourcing.load(Ordering::SeqCst);
-        let now = Instant::now();
-        let mut handed = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
-        match handed.get(&index) {
-            Some(at)
-                if *at >= since && (this_task || now.duration_since(*at) < OTHER_TASK_HANDOFF) =>
-            {
-                false
-            }
-            _ => {
-                handed.insert(index, now);
-                true
-            }
-        }
-    }
-
-    pub fn record_piece_source(&self, index: u32, source: &'static str) {
-        self.piece_sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(index, source);
-    }
-
-    /// "origin" if any of `pieces` came from the origin, else "peer" if any
-    /// came from a peer, else "local".
-    pub fn source_of(&self, pieces: &[u32]) -> &'static str {
-        let sources = self.piece_sources.lock().unwrap_or_else(|e| e.into_inner());
-        let mut found = "local";
-        for index in pieces {
-            match sources.get(index) {
-                Some(&"origin") => return "origin",
-                Some(&"peer") => found = "peer",
-                _ => {}
-            }
-        }
-        found
-    }
-
-    pub fn set_sourcing(&self, on: bool) {
-        self.sourcing.store(on, Ordering::SeqCst);
-    }
-}
-
-/// Counts one task as fetched from the origin until dropped.
-pub struct SourcingGuard {
-    daemon: Arc<Daemon>,
-}
-
-impl Drop for SourcingGuard {
-    fn drop(&mut self) {
-        let mut sourcing = self
-            .daemon
-            .sourcing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        sourcing.0 = sourcing.0.saturating_sub(1);
-        if sourcing.0 == 0 {
-            sourcing.1 = None;
-        }
-    }
-}
-
 impl Daemon {
-    /// Marks a task as fetched from the origin for as long as the guard lives.
-    pub fn sourcing_guard(self: &Arc<Self>) -> SourcingGuard {
-        let mut sourcing = self.sourcing.lock().unwrap_or_else(|e| e.into_inner());
-        sourcing.0 += 1;
-        sourcing.1.get_or_insert_with(Instant::now);
-        SourcingGuard {
-            daemon: self.clone(),
-        }
-    }
-
-    /// Since when this daemon has been fetching anything from the origin.
-    pub fn sourcing_since(&self) -> Option<Instant> {
-        self.sourcing.lock().unwrap_or_else(|e| e.into_inner()).1
-    }
-
     pub fn new(
         config: DaemonConfig,
         host_id: String,
@@ -199,28 +66,8 @@ impl Daemon {
             metrics,
             uploads,
             mirror_health: Arc::default(),
-            progress: Mutex::new(HashMap::new()),
-            sourcing: Mutex::new((0, None)),
-            failures: Mutex::new(HashMap::new()),
+            tasks: Arc::default(),
         }))
-    }
-
-    /// Why a task removed after failing failed (recent failures only).
-    pub fn recent_failure(&self, task_id: &str) -> Option<TaskFailure> {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures
-            .get(task_id)
-            .filter(|(_, at)| at.elapsed() < FAILURE_MEMORY)
-            .map(|(f, _)| f.clone())
-    }
-
-    pub fn progress(&self, task_id: &str) -> Arc<TaskProgress> {
-        self.progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(task_id.to_string())
-            .or_default()
-            .clone()
     }
 
     /// Starts downloading the task `request` names, unless it is already
@@ -262,7 +109,7 @@ impl Daemon {
             }
             return Ok(task);
         }
-        let progress = self.progress(&task_id);
+        let progress = self.tasks.get_or_insert(&task_id);
         want(&progress.demand);
         if request.seed_request {
             // The scheduler elected this seed when it told a peer to
@@ -270,10 +117,10 @@ impl Daemon {
             // registered.
             progress.elected_source.store(true, Ordering::SeqCst);
         }
-        *progress.request.lock().unwrap_or_else(|e| e.into_inner()) = Some(TaskRequest {
+        progress.set_request(Some(TaskRequest {
             output: None,
             ..request.clone()
-        });
+        }));
         self.ensure_run(&task, request);
         Ok(task)
     }
@@ -285,7 +132,7 @@ impl Daemon {
         if task.is_complete() {
             return;
         }
-        let progress = self.progress(&task.id);
+        let progress = self.tasks.get_or_insert(&task.id);
         let piece_length = task.with_meta(|m| m.shape_known().then_some(m.piece_length));
         for &(start, end) in ranges {
             progress.demand.want_bytes(start, end, piece_length);
@@ -298,7 +145,9 @@ impl Daemon {
     /// (lazy pulls: one origin read serves every node); returns whether the
     /// piece is on its way.
     pub fn want_piece_for_peer(self: &Arc<Self>, task: &Arc<StoredTask>, index: u32) -> bool {
-        let progress = self.progress(&task.id);
+        let Some(progress) = self.tasks.get(&task.id) else {
+            return false;
+        };
         if !progress.elected_source.load(Ordering::SeqCst)
             || task.with_meta(|m| m.piece_count().is_none_or(|n| index >= n))
         {
@@ -317,12 +166,7 @@ impl Daemon {
     /// Starts a run with the latest request when none is going; false when
     /// there is no request to run (e.g. after a restart).
     fn resume(self: &Arc<Self>, task: &Arc<StoredTask>) -> bool {
-        let progress = self.progress(&task.id);
-        let request = progress
-            .request
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let request = self.tasks.get(&task.id).and_then(|p| p.request());
         match request {
             Some(request) => {
                 self.ensure_run(task, request);
@@ -338,17 +182,29 @@ impl Daemon {
         if task.is_complete() || task.is_removed() || !task.try_claim_run() {
             return;
         }
-        let progress = self.progress(&task.id);
+        let progress = self.tasks.get_or_insert(&task.id);
         *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let daemon = self.clone();
+        let context = DownloadContext {
+            host_id: self.host_id.clone(),
+            settings: SwarmSettings::from(&self.config),
+            schedulers: self.schedulers.clone(),
+            metrics: self.metrics.clone(),
+            source: self.source.clone(),
+            peers: self.peers.clone(),
+            tasks: self.tasks.clone(),
+            progress: progress.clone(),
+        };
         let pin = task.pin();
         let span = tracing::info_span!("task", task = %task.id, url = %request.url);
         let task_for_run = task.clone();
         tokio::spawn(
             async move {
                 let _pin = pin;
-                let result = crate::downloader::download(&daemon, &task_for_run, &request).await;
-                daemon.finish(&task_for_run, &request, result).await;
+                let result = downloader::download(&context, &task_for_run, &request).await;
+                daemon
+                    .finish(&task_for_run, &progress, &request, result)
+                    .await;
             }
             .instrument(span),
         );
@@ -357,10 +213,10 @@ impl Daemon {
     async fn finish(
         self: &Arc<Self>,
         task: &Arc<StoredTask>,
+        progress: &TaskProgress,
         request: &TaskRequest,
         result: Result<RunEnd, TaskFailure>,
     ) {
-        let progress = self.progress(&task.id);
         let result = match result {
             Ok(RunEnd::Complete(length)) => self.verify_and_complete(task, request, length).await,
             Ok(RunEnd::Partial) => {
@@ -381,11 +237,7 @@ impl Daemon {
         progress.demand.reset();
         if result.is_ok() {
             // Complete: no run will need the request (and its credentials).
-            progress
-                .request
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            progress.set_request(None);
         }
         *progress.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         match result {
@@ -397,10 +249,7 @@ impl Daemon {
                     "download complete"
                 );
                 self.metrics.task_done("success");
-                self.failures
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&task.id);
+                self.tasks.clear_failure(&task.id);
                 task.set_run_state(RunState::Idle);
                 self.report_result(task, true, String::new(), length).await;
                 if let Some(output) = &request.output {
@@ -418,12 +267,7 @@ impl Daemon {
                 task.set_run_state(RunState::Failed(failure.clone()));
                 self.report_result(task, false, failure.to_string(), 0)
                     .await;
-                // Why it failed outlives the task (which the collector may
-                // evict at once when the quota is full).
-                let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-                failures.retain(|_, (_, at)| at.elapsed() < FAILURE_MEMORY);
-                failures.insert(task.id.clone(), (failure.clone(), Instant::now()));
-                drop(failures);
+                self.tasks.remember_failure(&task.id, failure.clone());
                 // Content that is wrong, or that the origin refuses, must not
                 // stay in the cache; transient failures keep pieces to resume.
                 if !matches!(failure, TaskFailure::Internal { .. }) {
@@ -502,10 +346,7 @@ impl Daemon {
     /// Drops what the daemon kept in memory about a task that left the
     /// store (progress, the request behind it, per-task metrics).
     pub fn forget(&self, task_id: &str) {
-        self.progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(task_id);
+        self.tasks.forget(task_id);
         self.metrics.forget_task(task_id);
     }
 

@@ -12,17 +12,61 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::daemon::{Daemon, RunEnd};
-use crate::peer_client::PeerError;
+use crate::config::DaemonConfig;
+use crate::metrics::Metrics;
+use crate::peer_client::{PeerClient, PeerError};
 use crate::piece::{piece_digest, piece_range, Bitmap};
 use crate::piece_order;
 use crate::recorded_digests::{self, RecordedDigests, Sender, Verdict};
+use crate::scheduler_client::SchedulerPool;
+use crate::source::SourceClient;
 use crate::store::{StoredTask, TaskFailure};
 use crate::swarm::{
     describe_parents, holders_of, merge_parents, only_the_origin_has, parent_base, parents_cover,
     pick_parent, ParentSlot, PieceAvoidance, COOLDOWN,
 };
+use crate::task::{RunEnd, TaskProgress, Tasks};
 use crate::task_request::TaskRequest;
+
+/// What one task's download works with: the ctx's clients, its tuning,
+/// and the task's own runtime state. Handed over by whoever starts the run.
+pub struct DownloadContext {
+    pub host_id: String,
+    pub settings: SwarmSettings,
+    pub schedulers: Arc<SchedulerPool>,
+    pub metrics: Arc<Metrics>,
+    pub source: SourceClient,
+    pub peers: PeerClient,
+    /// For the ctx-wide "fetching from the origin" mark.
+    pub tasks: Arc<Tasks>,
+    pub progress: Arc<TaskProgress>,
+}
+
+/// The ctx settings a download uses.
+#[derive(Debug, Clone, Copy)]
+pub struct SwarmSettings {
+    pub piece_wait: Duration,
+    pub concurrent_pieces: usize,
+    pub concurrent_pieces_per_parent: usize,
+    pub stall_timeout: Duration,
+    pub parent_refresh: Duration,
+    pub prefetch_rate: u64,
+    pub lazy_linger: Duration,
+}
+
+impl From<&DaemonConfig> for SwarmSettings {
+    fn from(config: &DaemonConfig) -> Self {
+        SwarmSettings {
+            piece_wait: config.piece_wait,
+            concurrent_pieces: config.concurrent_pieces,
+            concurrent_pieces_per_parent: config.concurrent_pieces_per_parent,
+            stall_timeout: config.stall_timeout,
+            parent_refresh: config.parent_refresh,
+            prefetch_rate: config.prefetch_rate.as_u64(),
+            lazy_linger: config.lazy_linger,
+        }
+    }
+}
 
 enum Plan {
     Source,
@@ -49,8 +93,8 @@ fn plan_from(resp: proto::ScheduleResponse) -> Plan {
 }
 
 /// Whether seeds are reached over mutual TLS (the cluster identity).
-fn over_tls(daemon: &Daemon) -> bool {
-    daemon.peers.scheme() == "https"
+fn over_tls(ctx: &DownloadContext) -> bool {
+    ctx.peers.scheme() == "https"
 }
 
 /// Whether this node keeps `request` from seeds: it carries credentials and
@@ -91,20 +135,25 @@ fn shape_of(task: &StoredTask) -> proto::TaskShape {
 /// Downloads the missing pieces of `task` its demand covers: all of them,
 /// or (lazy pull) those readers and peers ask for.
 pub async fn download(
-    daemon: &Arc<Daemon>,
+    ctx: &DownloadContext,
     task: &Arc<StoredTask>,
     request: &TaskRequest,
 ) -> Result<RunEnd, TaskFailure> {
-    let reporter = PieceReporter::start(daemon.clone(), task.clone(), request.url.clone());
-    let mut plan = match register(daemon, task, request).await {
+    let reporter = PieceReporter::start(
+        ctx.schedulers.clone(),
+        ctx.host_id.clone(),
+        task.clone(),
+        request.url.clone(),
+    );
+    let mut plan = match register(ctx, task, request).await {
         Some(resp) => {
             adopt_shape(task, resp.shape.as_ref());
             plan_from(resp)
         }
         None => {
-            if daemon.schedulers.is_configured() {
+            if ctx.schedulers.is_configured() {
                 tracing::warn!("no scheduler reachable; downloading straight from the origin");
-                daemon.metrics.failure("scheduler_unreachable");
+                ctx.metrics.failure("scheduler_unreachable");
             }
             Plan::Source
         }
@@ -113,7 +162,7 @@ pub async fn download(
         match plan {
             Plan::Source => {
                 tracing::info!("downloading from the origin (back-to-source)");
-                return back_to_source(daemon, task, request, &reporter).await;
+                return back_to_source(ctx, task, request, &reporter).await;
             }
             Plan::TriggerSeed(seed) => {
                 let Some((seed_id, base)) = parent_base(&seed) else {
@@ -122,36 +171,31 @@ pub async fn download(
                 };
                 // A lazy reader's seed fetches what the swarm asks for,
                 // not the whole content.
-                let lazy = !daemon.progress(&task.id).demand.wants_all();
-                let Some(seed_request) =
-                    seed_request_for(request, &task.id, lazy, over_tls(daemon))
+                let lazy = !ctx.progress.demand.wants_all();
+                let Some(seed_request) = seed_request_for(request, &task.id, lazy, over_tls(ctx))
                 else {
                     // Registered with no_seed, so only a scheduler that
                     // ignores the field gets here: fetch it ourselves.
                     tracing::info!(seed = %seed_id, "a download with the caller's credentials is not handed to a seed over plain HTTP; fetching from the origin");
-                    daemon.metrics.failure("seed_skipped_plain_credentials");
+                    ctx.metrics.failure("seed_skipped_plain_credentials");
                     plan = Plan::Source;
                     continue;
                 };
-                match daemon
-                    .peers
-                    .trigger_seed(&base, &seed_id, &seed_request)
-                    .await
-                {
+                match ctx.peers.trigger_seed(&base, &seed_id, &seed_request).await {
                     Ok(()) => {
                         tracing::info!(seed = %seed_id, "seed peer asked to fetch the task");
                         plan = Plan::Peers(vec![seed]);
                     }
                     Err(e) => {
                         tracing::warn!(seed = %seed_id, error = %e, "seed peer unavailable");
-                        daemon.metrics.failure("seed_trigger");
-                        plan = report_parent_failure(daemon, task, &seed_id, &e)
+                        ctx.metrics.failure("seed_trigger");
+                        plan = report_parent_failure(ctx, task, &seed_id, &e)
                             .await
                             .unwrap_or(Plan::Source);
                     }
                 }
             }
-            Plan::Peers(parents) => match from_peers(daemon, task, parents, &reporter).await? {
+            Plan::Peers(parents) => match from_peers(ctx, task, parents, &reporter).await? {
                 PeerOutcome::Done => {
                     return task
                         .with_meta(|m| m.content_length)
@@ -174,38 +218,37 @@ pub async fn download(
 }
 
 async fn register(
-    daemon: &Daemon,
+    ctx: &DownloadContext,
     task: &StoredTask,
     request: &TaskRequest,
 ) -> Option<proto::ScheduleResponse> {
     let req = proto::RegisterPeerRequest {
         task_id: task.id.clone(),
-        host_id: daemon.host_id.clone(),
+        host_id: ctx.host_id.clone(),
         url: request.url.clone(),
         shape: Some(shape_of(task)),
         bitmap: task.with_meta(|m| m.bitmap()).as_bytes().to_vec(),
         seed_request: request.seed_request,
         // Not handed to a seed: the scheduler elects this node instead.
-        no_seed: keeps_from_seeds(request, over_tls(daemon)),
+        no_seed: keeps_from_seeds(request, over_tls(ctx)),
     };
-    daemon
-        .schedulers
+    ctx.schedulers
         .register_peer(req)
         .await
         .map_err(|e| tracing::debug!(error = %e, "register failed"))
         .ok()
 }
 
-async fn get_parents(daemon: &Daemon, task: &StoredTask) -> Option<Plan> {
+async fn get_parents(ctx: &DownloadContext, task: &StoredTask) -> Option<Plan> {
     let req = proto::GetParentsRequest {
         task_id: task.id.clone(),
-        host_id: daemon.host_id.clone(),
+        host_id: ctx.host_id.clone(),
     };
-    daemon.schedulers.get_parents(req).await.ok().map(plan_from)
+    ctx.schedulers.get_parents(req).await.ok().map(plan_from)
 }
 
 async fn report_parent_failure(
-    daemon: &Daemon,
+    ctx: &DownloadContext,
     task: &StoredTask,
     parent_id: &str,
     error: &PeerError,
@@ -216,15 +259,14 @@ async fn report_parent_failure(
     };
     let req = proto::ReportParentFailureRequest {
         task_id: task.id.clone(),
-        host_id: daemon.host_id.clone(),
+        host_id: ctx.host_id.clone(),
         parent_host_id: parent_id.to_string(),
         reason: error.reason() as i32,
         message: error.to_string(),
         piece,
         claimed_digest,
     };
-    daemon
-        .schedulers
+    ctx.schedulers
         .report_parent_failure(req)
         .await
         .ok()
@@ -241,24 +283,24 @@ fn adopt_shape(task: &StoredTask, shape: Option<&proto::TaskShape>) {
 }
 
 async fn back_to_source(
-    daemon: &Arc<Daemon>,
+    ctx: &DownloadContext,
     task: &Arc<StoredTask>,
     request: &TaskRequest,
     reporter: &PieceReporter,
 ) -> Result<RunEnd, TaskFailure> {
-    let progress = daemon.progress(&task.id);
+    let progress = &ctx.progress;
     progress.elected_source.store(true, Ordering::SeqCst);
     let on_piece = |index: u32, bytes: u64| {
-        daemon.metrics.obtained("origin", bytes);
-        daemon.metrics.origin_bytes(&task.id, bytes);
+        ctx.metrics.obtained("origin", bytes);
+        ctx.metrics.origin_bytes(&task.id, bytes);
         progress.from_origin.fetch_add(bytes, Ordering::Relaxed);
         progress.record_piece_source(index, "origin");
         tracing::debug!(piece = index, "piece stored from the origin");
         reporter.report(index);
     };
-    let _sourcing = daemon.sourcing_guard();
+    let _sourcing = ctx.tasks.sourcing_guard();
     progress.set_sourcing(true);
-    let result = source_on_demand(daemon, task, request, &on_piece).await;
+    let result = source_on_demand(ctx, task, request, &on_piece).await;
     progress.set_sourcing(false);
     result
 }
@@ -279,29 +321,28 @@ const FULL_RUNS: usize = 2;
 /// asked for first (a few at once), then the rest of a full download in
 /// longer ranges, or a paced prefetch one piece at a time.
 async fn source_on_demand(
-    daemon: &Arc<Daemon>,
+    ctx: &DownloadContext,
     task: &Arc<StoredTask>,
     request: &TaskRequest,
     on_piece: &(dyn Fn(u32, u64) + Send + Sync),
 ) -> Result<RunEnd, TaskFailure> {
-    let demand = &daemon.progress(&task.id).demand;
+    let demand = &ctx.progress.demand;
     let mut changes = demand.subscribe();
     let mut inflight = FuturesUnordered::new();
     let mut fetching: HashSet<u32> = HashSet::new();
     let mut background_runs: HashSet<u32> = HashSet::new();
-    let mut pacer = Pacer::new(daemon.config.prefetch_rate.as_u64());
+    let mut pacer = Pacer::new(ctx.settings.prefetch_rate);
     loop {
         let shape_known = task.with_meta(|m| m.shape_known());
         if !shape_known && demand.wants_all() && inflight.is_empty() {
-            return daemon
+            return ctx
                 .source
                 .fetch_missing(task, &request.url, &request.headers, on_piece)
                 .await
                 .map(RunEnd::Complete);
         }
         if !shape_known {
-            daemon
-                .source
+            ctx.source
                 .learn_shape(task, &request.url, &request.headers)
                 .await?;
             continue;
@@ -327,7 +368,7 @@ async fn source_on_demand(
                     break;
                 }
                 fetching.extend(run.0..=run.1);
-                inflight.push(fetch_origin_run(daemon, task, request, run, on_piece));
+                inflight.push(fetch_origin_run(ctx, task, request, run, on_piece));
             }
         }
         let mut pacing = false;
@@ -341,7 +382,7 @@ async fn source_on_demand(
                     }
                     fetching.extend(run.0..=run.1);
                     background_runs.insert(run.0);
-                    inflight.push(fetch_origin_run(daemon, task, request, run, on_piece));
+                    inflight.push(fetch_origin_run(ctx, task, request, run, on_piece));
                 }
             }
         } else if let Some(&next) = background.first() {
@@ -353,13 +394,7 @@ async fn source_on_demand(
                     pacer.spend(piece_length as u64, now);
                     fetching.insert(next);
                     background_runs.insert(next);
-                    inflight.push(fetch_origin_run(
-                        daemon,
-                        task,
-                        request,
-                        (next, next),
-                        on_piece,
-                    ));
+                    inflight.push(fetch_origin_run(ctx, task, request, (next, next), on_piece));
                 } else {
                     pacing = true;
                 }
@@ -367,7 +402,7 @@ async fn source_on_demand(
         }
         if inflight.is_empty() && !pacing {
             // Nothing wanted: linger for more wants, then end the run.
-            match tokio::time::timeout(daemon.config.lazy_linger, changes.changed()).await {
+            match tokio::time::timeout(ctx.settings.lazy_linger, changes.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => return Ok(RunEnd::Partial),
             }
@@ -387,13 +422,13 @@ async fn source_on_demand(
 }
 
 async fn fetch_origin_run<'a>(
-    daemon: &'a Daemon,
+    ctx: &'a DownloadContext,
     task: &'a Arc<StoredTask>,
     request: &'a TaskRequest,
     run: (u32, u32),
     on_piece: &'a (dyn Fn(u32, u64) + Send + Sync),
 ) -> ((u32, u32), Result<(), TaskFailure>) {
-    let result = daemon
+    let result = ctx
         .source
         .fetch_run(task, &request.url, &request.headers, run, on_piece)
         .await;
@@ -449,7 +484,7 @@ const BITMAP_REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
 /// relays it. A parent that does not answer keeps its old bitmap: a real
 /// failure shows on the next piece fetched from it.
 async fn refresh_bitmaps_from_parents(
-    daemon: &Daemon,
+    ctx: &DownloadContext,
     task: &StoredTask,
     slots: &mut [ParentSlot],
     blocked: &HashSet<String>,
@@ -458,7 +493,7 @@ async fn refresh_bitmaps_from_parents(
         .iter()
         .filter(|s| !s.complete && !blocked.contains(&s.id))
         .map(|s| async move {
-            let answer = daemon
+            let answer = ctx
                 .peers
                 .shape(&s.base, &s.id, &task.id, Duration::ZERO)
                 .await;
@@ -490,16 +525,16 @@ async fn refresh_bitmaps_from_parents(
 }
 
 /// Learns the content length from the scheduler's answer or a parent.
-async fn ensure_shape(daemon: &Daemon, task: &StoredTask, slots: &[ParentSlot]) -> bool {
+async fn ensure_shape(ctx: &DownloadContext, task: &StoredTask, slots: &[ParentSlot]) -> bool {
     if task.with_meta(|m| m.shape_known()) {
         return true;
     }
     let mut order: Vec<&ParentSlot> = slots.iter().collect();
     order.sort_by_key(|s| !s.is_source);
     for slot in order {
-        match daemon
+        match ctx
             .peers
-            .shape(&slot.base, &slot.id, &task.id, daemon.config.piece_wait)
+            .shape(&slot.base, &slot.id, &task.id, ctx.settings.piece_wait)
             .await
         {
             Ok(shape) => {
@@ -519,7 +554,7 @@ async fn ensure_shape(daemon: &Daemon, task: &StoredTask, slots: &[ParentSlot]) 
 type PieceResult = (u32, String, Result<(bytes::Bytes, String), PeerError>);
 
 async fn fetch_verified(
-    daemon: Arc<Daemon>,
+    ctx: &DownloadContext,
     task: Arc<StoredTask>,
     recorded: Arc<RecordedDigests>,
     base: String,
@@ -532,7 +567,7 @@ async fn fetch_verified(
             let (s, e) = piece_range(index, m.piece_length, m.content_length.unwrap_or(0));
             e.saturating_sub(s)
         });
-        let (data, digest) = daemon
+        let (data, digest) = ctx
             .peers
             .piece(&base, &parent, &task.id, index, expected_len)
             .await?;
@@ -543,7 +578,7 @@ async fn fetch_verified(
             )));
         }
         let expected = recorded
-            .expected(&daemon.schedulers, &daemon.host_id, &task.id, index)
+            .expected(&ctx.schedulers, &ctx.host_id, &task.id, index)
             .await;
         let (data, actual) = tokio::task::spawn_blocking(move || {
             let actual = piece_digest(&data);
@@ -572,7 +607,7 @@ async fn fetch_verified(
 
 /// Stores a verified piece from a parent and tells the scheduler.
 async fn accept_piece(
-    daemon: &Daemon,
+    ctx: &DownloadContext,
     task: &Arc<StoredTask>,
     reporter: &PieceReporter,
     index: u32,
@@ -585,8 +620,8 @@ async fn accept_piece(
         .map_err(|e| TaskFailure::Internal {
             message: e.to_string(),
         })?;
-    daemon.metrics.obtained("peer", len);
-    let progress = daemon.progress(&task.id);
+    ctx.metrics.obtained("peer", len);
+    let progress = &ctx.progress;
     progress.from_peers.fetch_add(len, Ordering::Relaxed);
     progress.record_piece_source(index, "peer");
     reporter.report(index);
@@ -601,7 +636,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// but only briefly: a parent may hold a request for a piece it is itself
 /// still waiting for, and a reader is waiting meanwhile.
 async fn drain<F>(
-    daemon: &Daemon,
+    ctx: &DownloadContext,
     task: &Arc<StoredTask>,
     reporter: &PieceReporter,
     inflight: &mut FuturesUnordered<F>,
@@ -615,32 +650,32 @@ where
         tokio::time::timeout_at(deadline, inflight.next()).await
     {
         if let Ok((data, digest)) = result {
-            accept_piece(daemon, task, reporter, index, data, digest).await?;
+            accept_piece(ctx, task, reporter, index, data, digest).await?;
         }
     }
     Ok(PeerOutcome::BackToSource(why))
 }
 
 async fn from_peers(
-    daemon: &Arc<Daemon>,
+    ctx: &DownloadContext,
     task: &Arc<StoredTask>,
     parents: Vec<proto::Parent>,
     reporter: &PieceReporter,
 ) -> Result<PeerOutcome, TaskFailure> {
-    let config = &daemon.config;
+    let config = &ctx.settings;
     let mut blocked: HashSet<String> = HashSet::new();
     let mut slots: Vec<ParentSlot> = Vec::new();
     merge_parents(&mut slots, &parents, &blocked);
 
     let mut last_progress = Instant::now();
-    while !ensure_shape(daemon, task, &slots).await {
+    while !ensure_shape(ctx, task, &slots).await {
         if last_progress.elapsed() > config.stall_timeout {
             return Ok(PeerOutcome::BackToSource(
                 "no parent knows the task's length",
             ));
         }
         tokio::time::sleep(config.parent_refresh).await;
-        match get_parents(daemon, task).await {
+        match get_parents(ctx, task).await {
             Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
             Some(_) => return Ok(PeerOutcome::BackToSource("elected back-to-source")),
             None if slots.is_empty() => {
@@ -654,13 +689,13 @@ async fn from_peers(
     let mut inflight_pieces: HashSet<u32> = HashSet::new();
     let mut avoid = PieceAvoidance::default();
     let mut refresh_at = Instant::now() + config.parent_refresh;
-    let demand = &daemon.progress(&task.id).demand;
+    let demand = &ctx.progress.demand;
     let mut demand_changes = demand.subscribe();
-    let mut pacer = Pacer::new(config.prefetch_rate.as_u64());
+    let mut pacer = Pacer::new(config.prefetch_rate);
     let mut background_inflight: HashSet<u32> = HashSet::new();
     let mut scheduler_lost_since: Option<Instant> = None;
     let mut stats = ExchangeStats::default();
-    let salt = piece_order::salt_for(&daemon.host_id);
+    let salt = piece_order::salt_for(&ctx.host_id);
     let recorded = Arc::new(RecordedDigests::default());
     last_progress = Instant::now();
     loop {
@@ -689,7 +724,7 @@ async fn from_peers(
         let now = Instant::now();
         // Without a scheduler no record vouches for a child's copy: only
         // the source's pieces are taken, so it is not put last then.
-        let complete_last = !daemon.schedulers.is_lost();
+        let complete_last = !ctx.schedulers.is_lost();
         let order: Vec<(u32, bool)> = if selection.capped {
             selection.ordered().collect()
         } else {
@@ -736,7 +771,7 @@ async fn from_peers(
             inflight_pieces.insert(index);
             let source_among_parents = slots.iter().any(|s| s.is_source);
             inflight.push(fetch_verified(
-                daemon.clone(),
+                ctx,
                 task.clone(),
                 recorded.clone(),
                 slots[i].base.clone(),
@@ -757,7 +792,7 @@ async fn from_peers(
             )
         {
             return drain(
-                daemon,
+                ctx,
                 task,
                 reporter,
                 &mut inflight,
@@ -785,14 +820,7 @@ async fn from_peers(
                 scheduler_lost = scheduler_lost_since.is_some(),
                 "no piece from peers for the stall timeout"
             );
-            return drain(
-                daemon,
-                task,
-                reporter,
-                &mut inflight,
-                "no progress from peers",
-            )
-            .await;
+            return drain(ctx, task, reporter, &mut inflight, "no progress from peers").await;
         }
         if inflight.len() < config.concurrent_pieces {
             stats.start_starved();
@@ -808,7 +836,7 @@ async fn from_peers(
                         avoid.defer(&parent_id, index, Instant::now() + COOLDOWN);
                         // With a scheduler, the record catches up within
                         // moments; without one it never will.
-                        if daemon.schedulers.is_lost() {
+                        if ctx.schedulers.is_lost() {
                             avoid.source_only.insert(index);
                         }
                     } else if matches!(result, Err(PeerError::PieceBusy)) {
@@ -820,24 +848,24 @@ async fn from_peers(
                 match result {
                     Ok((data, digest)) => {
                         tracing::debug!(piece = index, parent = %parent_id, "piece stored from a peer");
-                        accept_piece(daemon, task, reporter, index, data, digest).await?;
+                        accept_piece(ctx, task, reporter, index, data, digest).await?;
                         last_progress = Instant::now();
                     }
                     Err(e) if e.is_soft() => {}
                     Err(PeerError::NotFound) => {
                         // The parent lacks this piece (e.g. it discarded a
                         // damaged copy): ask others, keep it for the rest.
-                        daemon.metrics.failure(PeerError::NotFound.metric_label());
+                        ctx.metrics.failure(PeerError::NotFound.metric_label());
                         avoid.lacking.insert((parent_id.clone(), index));
-                        match report_parent_failure(daemon, task, &parent_id, &PeerError::NotFound).await {
+                        match report_parent_failure(ctx, task, &parent_id, &PeerError::NotFound).await {
                             Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
-                            Some(_) => return drain(daemon, task, reporter, &mut inflight, "elected back-to-source: no parent holds a piece").await,
+                            Some(_) => return drain(ctx, task, reporter, &mut inflight, "elected back-to-source: no parent holds a piece").await,
                             None => {}
                         }
                     }
                     Err(e) => {
                         tracing::warn!(parent = %parent_id, piece = index, error = %e, "parent failed; avoiding it");
-                        daemon.metrics.failure(e.metric_label());
+                        ctx.metrics.failure(e.metric_label());
                         blocked.insert(parent_id.clone());
                         // Blocked parents stay listed only while pieces from
                         // them are still in flight, and are never picked again.
@@ -845,11 +873,11 @@ async fn from_peers(
                             slot.cooldown_until = Some(Instant::now() + Duration::from_secs(3600));
                         }
                         slots.retain(|s| !blocked.contains(&s.id) || s.inflight > 0);
-                        match report_parent_failure(daemon, task, &parent_id, &e).await {
+                        match report_parent_failure(ctx, task, &parent_id, &e).await {
                             Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
-                            Some(_) => return drain(daemon, task, reporter, &mut inflight, "elected back-to-source after a parent failed").await,
+                            Some(_) => return drain(ctx, task, reporter, &mut inflight, "elected back-to-source after a parent failed").await,
                             None if slots.iter().all(|s| blocked.contains(&s.id)) => {
-                                return drain(daemon, task, reporter, &mut inflight, "every parent failed and no scheduler answers").await
+                                return drain(ctx, task, reporter, &mut inflight, "every parent failed and no scheduler answers").await
                             }
                             None => {}
                         }
@@ -860,15 +888,15 @@ async fn from_peers(
             _ = tokio::time::sleep_until(pacer.next), if prefetch_waits => {}
             _ = tokio::time::sleep_until(refresh_at) => {
                 refresh_at = Instant::now() + config.parent_refresh;
-                match get_parents(daemon, task).await {
+                match get_parents(ctx, task).await {
                     Some(Plan::Peers(fresh)) => {
                         scheduler_lost_since = None;
                         stats.parent_lists += 1;
                         merge_parents(&mut slots, &fresh, &blocked)
                     }
-                    Some(_) => return drain(daemon, task, reporter, &mut inflight, "elected back-to-source").await,
+                    Some(_) => return drain(ctx, task, reporter, &mut inflight, "elected back-to-source").await,
                     None if slots.iter().all(|s| blocked.contains(&s.id)) => {
-                        return drain(daemon, task, reporter, &mut inflight, "no parents and no scheduler").await
+                        return drain(ctx, task, reporter, &mut inflight, "no parents and no scheduler").await
                     }
                     None => {
                         stats.scheduler_misses += 1;
@@ -878,12 +906,12 @@ async fn from_peers(
                         // come, though: if some stay uncovered, a reader
                         // waiting for one would stall. Not for long.
                         let since = *scheduler_lost_since.get_or_insert_with(Instant::now);
-                        refresh_bitmaps_from_parents(daemon, task, &mut slots, &blocked).await;
+                        refresh_bitmaps_from_parents(ctx, task, &mut slots, &blocked).await;
                         let missing = task.with_meta(|m| m.missing_pieces());
                         if since.elapsed() > config.stall_timeout / 3
                             && !parents_cover(&slots, &blocked, &missing)
                         {
-                            return drain(daemon, task, reporter, &mut inflight, "scheduler unreachable and no parent holds what is missing").await;
+                            return drain(ctx, task, reporter, &mut inflight, "scheduler unreachable and no parent holds what is missing").await;
                         }
                     }
                 }
@@ -981,7 +1009,12 @@ struct PieceReporter {
 }
 
 impl PieceReporter {
-    fn start(daemon: Arc<Daemon>, task: Arc<StoredTask>, url: String) -> Self {
+    fn start(
+        schedulers: Arc<SchedulerPool>,
+        host_id: String,
+        task: Arc<StoredTask>,
+        url: String,
+    ) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -1002,7 +1035,7 @@ impl PieceReporter {
                 });
                 let req = proto::ReportPiecesRequest {
                     task_id: task.id.clone(),
-                    host_id: daemon.host_id.clone(),
+                    host_id: host_id.clone(),
                     shape: Some(shape_of(&task)),
                     pieces,
                     replace: false,
@@ -1011,7 +1044,7 @@ impl PieceReporter {
                     url: url.clone(),
                     digests,
                 };
-                let result = daemon.schedulers.report_pieces(req).await;
+                let result = schedulers.report_pieces(req).await;
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "piece report not delivered");
                 }

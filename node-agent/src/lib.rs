@@ -28,6 +28,7 @@ pub mod serve;
 pub mod source;
 pub mod store;
 pub mod swarm;
+pub mod task;
 pub mod task_api;
 pub mod task_id;
 pub mod task_request;

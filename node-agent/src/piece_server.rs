@@ -109,7 +109,8 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
         // The back-to-source peer of a lazily read task fetches what its
         // children ask for; a full download will bring every piece anyway.
         let coming = daemon.want_piece_for_peer(&task, index)
-            || (task.run_state() == RunState::Running && daemon.progress(&id).demand.wants_all());
+            || (task.run_state() == RunState::Running
+                && daemon.tasks.get(&id).is_some_and(|p| p.demand.wants_all()));
         if !coming {
             if !task.with_meta(|m| m.shape_known()) {
                 // Just created (its run may not even have started): it
@@ -136,9 +137,16 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
     // children who else holds it; without one, the sourcing daemon serves
     // every request.
     let sourcing_since = daemon
+        .tasks
         .sourcing_since()
         .filter(|_| !daemon.schedulers.is_lost());
-    if !daemon.progress(&id).may_upload(index, sourcing_since) {
+    // Created here for a complete task no run has touched since start: its
+    // hand-outs count too.
+    if !daemon
+        .tasks
+        .get_or_insert(&id)
+        .may_upload(index, sourcing_since)
+    {
         return retry_later(
             "piece-busy",
             "piece already handed to a peer; ask the peers",

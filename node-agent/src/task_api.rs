@@ -107,7 +107,7 @@ pub(crate) fn find_task(daemon: &Daemon, id: &str) -> Result<Arc<StoredTask>, Lo
         return Ok(task);
     }
     // A task dropped because it failed still answers with why, for a while.
-    match daemon.recent_failure(id) {
+    match daemon.tasks.recent_failure(id) {
         Some(failure) => Err(LookupError::Failed(failure)),
         None => Err(LookupError::Unknown(id.to_string())),
     }
@@ -196,7 +196,12 @@ pub struct TaskStatus {
 fn status_of(daemon: &Daemon, task: &StoredTask) -> TaskStatus {
     let meta = task.meta();
     let url = meta.url.clone();
-    let progress = daemon.progress(&task.id);
+    let (from_origin, from_peers) = daemon.tasks.get(&task.id).map_or((0, 0), |p| {
+        (
+            p.from_origin.load(Ordering::Relaxed),
+            p.from_peers.load(Ordering::Relaxed),
+        )
+    });
     let (state, error) = match task.run_state() {
         _ if meta.complete => ("complete", None),
         RunState::Running => ("running", None),
@@ -212,8 +217,8 @@ fn status_of(daemon: &Daemon, task: &StoredTask) -> TaskStatus {
         pieces_total: meta.piece_count(),
         pieces_done: meta.finished_pieces(),
         bytes_done: meta.stored_bytes(),
-        from_origin: progress.from_origin.load(Ordering::Relaxed),
-        from_peers: progress.from_peers.load(Ordering::Relaxed),
+        from_origin,
+        from_peers,
         error,
     }
 }

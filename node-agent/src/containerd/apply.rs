@@ -10,8 +10,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::error::ContainerdError;
 use super::hosts::{self, Registry};
-use super::ContainerdError;
 
 pub const BACKUP_DIR: &str = ".dragonfly-backup";
 /// Inside a registry's backup: the original directory's files, or nothing

@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::path::Path;
 use toml_edit::{DocumentMut, Item};
 
-use super::ContainerdError;
+use super::error::ContainerdError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {

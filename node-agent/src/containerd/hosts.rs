@@ -5,7 +5,7 @@
 
 use toml_edit::{value, Array, DocumentMut, Item, Table};
 
-use super::ContainerdError;
+use super::error::ContainerdError;
 
 /// The header the mirror reads its upstream from.
 pub const REGISTRY_HEADER: &str = "X-Dragonfly-Registry";

@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod check;
+pub mod error;
 pub mod hosts;
 
 use clap::{Args, Subcommand};
@@ -18,22 +19,8 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use error::ContainerdError;
 pub use hosts::Registry;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerdError {
-    #[error("invalid registry {0:?}: {1}")]
-    BadRegistry(String, String),
-    #[error("invalid hosts.toml: {0}")]
-    BadHostsToml(String),
-    #[error("invalid containerd config: {0}")]
-    BadConfig(String),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
 
 /// The `containerd:` section of the dfdaemon config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

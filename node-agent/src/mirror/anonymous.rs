@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::auth::AuthKey;
-use super::Mirror;
+use super::state::Mirror;
 
 /// A scheduler slower than this does not hold up the offline answer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);

@@ -14,7 +14,7 @@ use super::auth::AuthKey;
 use super::config::OfflinePolicy;
 use super::proxy;
 use super::range::{self, RangeError};
-use super::{oci_error, Ctx, Mirror};
+use super::state::{oci_error, Ctx, Mirror};
 use crate::daemon::StartError;
 use crate::store::{StoredTask, TaskFailure};
 use crate::task_id::task_id_for_digest;
@@ -266,7 +266,11 @@ fn count_range(
             inner(n);
             let done = sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
             if done >= total && done - n < total {
-                let source = mirror.daemon.progress(&task.id).source_of(&missing);
+                let source = mirror
+                    .daemon
+                    .tasks
+                    .get(&task.id)
+                    .map_or("local", |p| p.source_of(&missing));
                 mirror.metrics().range_served(source);
             }
         })
@@ -426,7 +430,7 @@ pub(super) fn origin_headers(
     {
         out.insert("Authorization".to_string(), auth.to_string());
     }
-    out.insert(super::VIA_HEADER.to_string(), host_id.to_string());
+    out.insert(super::state::VIA_HEADER.to_string(), host_id.to_string());
     out
 }
 
@@ -489,13 +493,12 @@ fn count_whole_blob(
                 }
             };
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await;
-            let progress = mirror.daemon.progress(&task.id);
-            let origin = progress
-                .from_origin
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let peers = progress
-                .from_peers
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let (origin, peers) = mirror.daemon.tasks.get(&task.id).map_or((0, 0), |p| {
+                (
+                    p.from_origin.load(std::sync::atomic::Ordering::Relaxed),
+                    p.from_peers.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            });
             let label = match (origin > 0, peers > 0) {
                 (true, false) => "origin",
                 (false, true) => "peer",

@@ -92,16 +92,6 @@ impl MirrorConfig {
         )
     }
 
-    /// Whether this node mirrors `upstream` (by host; the scheme is the
-    /// registry's own business).
-    pub fn mirrors(&self, upstream: &crate::mirror::upstream::Upstream) -> bool {
-        self.mirrored_registries.is_empty()
-            || self.mirrored_registries.iter().any(|entry| {
-                crate::mirror::upstream::parse_registry(entry, self)
-                    .is_ok_and(|allowed| allowed.host == upstream.host)
-            })
-    }
-
     /// Whether the forward proxy may reach `host` on `port`.
     pub fn forward_proxy_allows(&self, host: &str, port: u16) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -166,21 +156,5 @@ mod tests {
         assert!(!some.forward_proxy_allows("10.0.0.5", 22));
         assert!(!some.forward_proxy_allows("169.254.169.254", 80));
         assert!(!some.forward_proxy_allows("registry.example.com.evil", 443));
-    }
-
-    #[test]
-    fn only_mirrored_registries_are_upstreams() {
-        use crate::mirror::upstream::parse_registry;
-        let any = MirrorConfig::default();
-        let evil = parse_registry("http://10.6.6.6:5000", &any).unwrap();
-        assert!(any.mirrors(&evil));
-        let some = MirrorConfig {
-            mirrored_registries: vec!["docker.io".into(), "http://10.0.0.5:5000".into()],
-            ..Default::default()
-        };
-        assert!(!some.mirrors(&evil));
-        assert!(some.mirrors(&parse_registry("docker.io", &some).unwrap()));
-        assert!(some.mirrors(&parse_registry("https://10.0.0.5:5000", &some).unwrap()));
-        assert!(!some.mirrors(&parse_registry("10.0.0.5:5001", &some).unwrap()));
     }
 }

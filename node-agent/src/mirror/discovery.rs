@@ -14,7 +14,7 @@ use super::manifest::read_limited;
 use super::manifest_cache::MAX_MANIFEST;
 use super::proxy;
 use super::route::parse_reference;
-use super::{oci_error, Ctx, Mirror};
+use super::state::{oci_error, Ctx, Mirror};
 
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 /// Set when the answer was filtered by `artifactType`.
@@ -455,7 +455,7 @@ fn with_query(path: &str, query: &str) -> String {
 }
 
 fn ns(ctx: &Ctx) -> Option<String> {
-    super::ns_param(ctx.query.as_deref())
+    super::state::ns_param(ctx.query.as_deref())
 }
 
 fn next_link(upstream: &HeaderMap, ctx: &Ctx, path: &str) -> Option<HeaderValue> {

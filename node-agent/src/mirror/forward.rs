@@ -13,8 +13,8 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
 use super::route::{self, Route};
+use super::state::{oci_error, Ctx, Hops, Mirror};
 use super::upstream::Upstream;
-use super::{oci_error, Ctx, Hops, Mirror};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded either way.
 const HOP_BY_HOP: &[&str] = &[
@@ -50,7 +50,7 @@ pub async fn serve(mirror: &Arc<Mirror>, request: Request) -> (&'static str, Res
     if request.method() == Method::CONNECT {
         return ("connect", tunnel(request).await);
     }
-    let hops = super::loop_guard(request.headers(), &mirror.daemon.host_id);
+    let hops = super::state::loop_guard(request.headers(), &mirror.daemon.host_id);
     if hops == Hops::Loop {
         let resp = oci_error(StatusCode::LOOP_DETECTED, "UNSUPPORTED", "proxy loop");
         return ("proxy", resp);
@@ -143,7 +143,10 @@ async fn url_task(mirror: &Arc<Mirror>, caller: &HeaderMap, uri: &Uri) -> Respon
     {
         headers.insert("Authorization".to_string(), auth.to_string());
     }
-    headers.insert(super::VIA_HEADER.to_string(), mirror.daemon.host_id.clone());
+    headers.insert(
+        super::state::VIA_HEADER.to_string(),
+        mirror.daemon.host_id.clone(),
+    );
     let task_request = crate::task_request::TaskRequest {
         url: uri.to_string(),
         headers,
@@ -199,7 +202,7 @@ async fn pass_through(mirror: &Mirror, request: Request) -> Response {
     let url = parts.uri.to_string();
     let mut headers = end_to_end(&parts.headers);
     headers.append(
-        HeaderName::from_static(super::VIA_HEADER),
+        HeaderName::from_static(super::state::VIA_HEADER),
         match header::HeaderValue::from_str(&mirror.daemon.host_id) {
             Ok(v) => v,
             Err(_) => header::HeaderValue::from_static("dfdaemon"),

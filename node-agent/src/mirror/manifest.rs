@@ -13,7 +13,7 @@ use super::auth::AuthKey;
 use super::manifest_cache::{CachedManifest, ManifestKey, MAX_MANIFEST};
 use super::proxy::{self, ProxyError};
 use super::route::Reference;
-use super::{oci_error, Ctx, Mirror};
+use super::state::{oci_error, Ctx, Mirror};
 
 pub async fn serve(
     mirror: &std::sync::Arc<Mirror>,

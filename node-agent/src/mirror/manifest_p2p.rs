@@ -10,8 +10,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::sync::Arc;
 
+use super::blob;
 use super::manifest_cache::MAX_MANIFEST;
-use super::{blob, oci_error, Ctx, Mirror};
+use super::state::{oci_error, Ctx, Mirror};
 use crate::task_request::TaskRequest;
 
 /// Every manifest type a back-to-source fetch accepts: the registry must

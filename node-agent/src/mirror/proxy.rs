@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::Response;
 use futures::StreamExt;
 
-use super::{oci_error, Ctx, Mirror, VIA_HEADER};
+use super::state::{oci_error, Ctx, Mirror, VIA_HEADER};
 
 /// Caller headers sent on to the upstream.
 const FORWARDED: &[HeaderName] = &[

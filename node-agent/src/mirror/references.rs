@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::auth::AuthKey;
-use super::{Ctx, Mirror};
+use super::state::{Ctx, Mirror};
 
 /// References taken from one manifest; an index of more platforms than
 /// this still works, the rest checked one by one.

@@ -236,6 +236,17 @@ fn builder(config: &MirrorConfig) -> reqwest::ClientBuilder {
     config.destinations().apply(builder, 10)
 }
 
+impl MirrorConfig {
+    /// Whether this node mirrors `upstream` (by host; the scheme is the
+    /// registry's own business).
+    pub fn mirrors(&self, upstream: &Upstream) -> bool {
+        self.mirrored_registries.is_empty()
+            || self.mirrored_registries.iter().any(|entry| {
+                parse_registry(entry, self).is_ok_and(|allowed| allowed.host == upstream.host)
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,5 +380,20 @@ mod tests {
         );
         let clients = Clients::new(&config).unwrap();
         assert!(clients.for_upstream(&up("https", "skip.example")).is_ok());
+    }
+
+    #[test]
+    fn only_mirrored_registries_are_upstreams() {
+        let any = MirrorConfig::default();
+        let evil = parse_registry("http://10.6.6.6:5000", &any).unwrap();
+        assert!(any.mirrors(&evil));
+        let some = MirrorConfig {
+            mirrored_registries: vec!["docker.io".into(), "http://10.0.0.5:5000".into()],
+            ..Default::default()
+        };
+        assert!(!some.mirrors(&evil));
+        assert!(some.mirrors(&parse_registry("docker.io", &some).unwrap()));
+        assert!(some.mirrors(&parse_registry("https://10.0.0.5:5000", &some).unwrap()));
+        assert!(!some.mirrors(&parse_registry("10.0.0.5:5001", &some).unwrap()));
     }
 }
