@@ -13,18 +13,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::DaemonConfig;
+use crate::exchange::{Answer, Exchange, ExchangeLimits, ListOutcome, PieceAsk, SchedulerReply};
 use crate::metrics::Metrics;
+use crate::pacer::Pacer;
 use crate::peer_client::{PeerClient, PeerError};
 use crate::piece::{piece_digest, piece_range, Bitmap};
-use crate::piece_order;
 use crate::recorded_digests::{self, RecordedDigests, Sender, Verdict};
 use crate::scheduler_client::SchedulerPool;
 use crate::source::SourceClient;
 use crate::store::{StoredTask, TaskFailure};
-use crate::swarm::{
-    describe_parents, holders_of, merge_parents, only_the_origin_has, parent_base, parents_cover,
-    pick_parent, ParentSlot, PieceAvoidance, COOLDOWN,
-};
+use crate::swarm::{parent_base, ParentSlot};
 use crate::task::{RunEnd, TaskProgress, Tasks};
 use crate::task_request::TaskRequest;
 
@@ -452,30 +450,6 @@ fn split_run((first, last): (u32, u32), max: u32) -> Vec<(u32, u32)> {
     out
 }
 
-/// Spaces background work so it averages `bytes_per_sec`.
-struct Pacer {
-    bytes_per_sec: u64,
-    next: Instant,
-}
-
-impl Pacer {
-    fn new(bytes_per_sec: u64) -> Self {
-        Pacer {
-            bytes_per_sec: bytes_per_sec.max(1),
-            next: Instant::now(),
-        }
-    }
-
-    fn ready(&self, now: Instant) -> bool {
-        self.next <= now
-    }
-
-    fn spend(&mut self, bytes: u64, now: Instant) {
-        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
-        self.next = self.next.max(now) + cost;
-    }
-}
-
 /// How long a child waits for its parents' bitmaps when no scheduler
 /// answers: a hung parent must not hold up the pieces in flight.
 const BITMAP_REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -486,18 +460,14 @@ const BITMAP_REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
 async fn refresh_bitmaps_from_parents(
     ctx: &DownloadContext,
     task: &StoredTask,
-    slots: &mut [ParentSlot],
-    blocked: &HashSet<String>,
+    exchange: &mut Exchange,
 ) {
-    let asks = slots
-        .iter()
-        .filter(|s| !s.complete && !blocked.contains(&s.id))
-        .map(|s| async move {
-            let answer = ctx
-                .peers
-                .shape(&s.base, &s.id, &task.id, Duration::ZERO)
-                .await;
-            (s.id.clone(), answer)
+    let asks = exchange
+        .parents_to_ask()
+        .into_iter()
+        .map(|(id, base)| async move {
+            let answer = ctx.peers.shape(&base, &id, &task.id, Duration::ZERO).await;
+            (id, answer)
         });
     let Ok(answers) =
         tokio::time::timeout(BITMAP_REFRESH_TIMEOUT, futures::future::join_all(asks)).await
@@ -517,10 +487,8 @@ async fn refresh_bitmaps_from_parents(
             tracing::debug!(parent = %id, "parent sent a malformed bitmap");
             continue;
         };
-        if let Some(slot) = slots.iter_mut().find(|s| s.id == id) {
-            slot.bitmap = Bitmap::from_bytes(bytes);
-            slot.complete = shape.piece_count > 0 && shape.finished_pieces == shape.piece_count;
-        }
+        let complete = shape.piece_count > 0 && shape.finished_pieces == shape.piece_count;
+        exchange.parent_told(&id, Bitmap::from_bytes(bytes), complete);
     }
 }
 
@@ -557,11 +525,14 @@ async fn fetch_verified(
     ctx: &DownloadContext,
     task: Arc<StoredTask>,
     recorded: Arc<RecordedDigests>,
-    base: String,
-    parent: String,
-    index: u32,
-    sender: Sender,
+    ask: PieceAsk,
 ) -> PieceResult {
+    let PieceAsk {
+        index,
+        parent,
+        base,
+        sender,
+    } = ask;
     let result = async {
         let expected_len = task.with_meta(|m| {
             let (s, e) = piece_range(index, m.piece_length, m.content_length.unwrap_or(0));
@@ -663,46 +634,31 @@ async fn from_peers(
     reporter: &PieceReporter,
 ) -> Result<PeerOutcome, TaskFailure> {
     let config = &ctx.settings;
-    let mut blocked: HashSet<String> = HashSet::new();
-    let mut slots: Vec<ParentSlot> = Vec::new();
-    merge_parents(&mut slots, &parents, &blocked);
-
-    let mut last_progress = Instant::now();
-    while !ensure_shape(ctx, task, &slots).await {
-        if last_progress.elapsed() > config.stall_timeout {
-            return Ok(PeerOutcome::BackToSource(
-                "no parent knows the task's length",
-            ));
-        }
-        tokio::time::sleep(config.parent_refresh).await;
-        match get_parents(ctx, task).await {
-            Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
-            Some(_) => return Ok(PeerOutcome::BackToSource("elected back-to-source")),
-            None if slots.is_empty() => {
-                return Ok(PeerOutcome::BackToSource("no scheduler and no parents"))
-            }
-            None => {}
-        }
+    let mut exchange = Exchange::new(
+        &parents,
+        ExchangeLimits {
+            concurrent_pieces: config.concurrent_pieces,
+            per_parent: config.concurrent_pieces_per_parent,
+            stall_timeout: config.stall_timeout,
+            prefetch_rate: config.prefetch_rate,
+        },
+        &ctx.host_id,
+    );
+    if let Some(why) = learn_shape_from_parents(ctx, task, &mut exchange).await {
+        return Ok(PeerOutcome::BackToSource(why));
     }
+    exchange.begin(Instant::now());
 
     let mut inflight = FuturesUnordered::new();
-    let mut inflight_pieces: HashSet<u32> = HashSet::new();
-    let mut avoid = PieceAvoidance::default();
     let mut refresh_at = Instant::now() + config.parent_refresh;
     let demand = &ctx.progress.demand;
     let mut demand_changes = demand.subscribe();
-    let mut pacer = Pacer::new(config.prefetch_rate);
-    let mut background_inflight: HashSet<u32> = HashSet::new();
-    let mut scheduler_lost_since: Option<Instant> = None;
-    let mut stats = ExchangeStats::default();
-    let salt = piece_order::salt_for(&ctx.host_id);
     let recorded = Arc::new(RecordedDigests::default());
-    last_progress = Instant::now();
     loop {
-        stats.end_starved();
+        exchange.stats.end_starved();
         let (missing, piece_length) = task.with_meta(|m| (m.missing_pieces(), m.piece_length));
         if missing.is_empty() && inflight.is_empty() {
-            stats.log();
+            exchange.stats.log();
             return Ok(PeerOutcome::Done);
         }
         demand_changes.borrow_and_update();
@@ -712,206 +668,80 @@ async fn from_peers(
                 // Lazy run with nothing wanted: wait for more, then end.
                 match tokio::time::timeout(config.lazy_linger, demand_changes.changed()).await {
                     Ok(Ok(())) => {
-                        last_progress = Instant::now();
+                        exchange.progressed(Instant::now());
                         continue;
                     }
                     _ => return Ok(PeerOutcome::Partial),
                 }
             }
-            // Idle is not a stall.
-            last_progress = Instant::now();
+            exchange.progressed(Instant::now());
         }
-        let now = Instant::now();
         // Without a scheduler no record vouches for a child's copy: only
         // the source's pieces are taken, so it is not put last then.
         let complete_last = !ctx.schedulers.is_lost();
-        let order: Vec<(u32, bool)> = if selection.capped {
-            selection.ordered().collect()
-        } else {
-            let holders = |index: u32| holders_of(&slots, &blocked, index, complete_last);
-            selection
-                .urgent
-                .iter()
-                .map(|&i| (i, true))
-                .chain(
-                    piece_order::exchange_order(&selection.background, holders, salt)
-                        .into_iter()
-                        .map(|i| (i, false)),
-                )
-                .collect()
-        };
-        for (index, urgent) in order {
-            if inflight_pieces.contains(&index) {
-                continue;
-            }
-            if inflight.len() >= config.concurrent_pieces {
-                break;
-            }
-            // A prefetch goes one paced piece at a time.
-            let paced = !urgent && selection.capped;
-            if paced && (!background_inflight.is_empty() || !pacer.ready(now)) {
-                break;
-            }
-            let Some(i) = pick_parent(
-                &slots,
-                &blocked,
-                index,
-                config.concurrent_pieces_per_parent,
-                now,
-                &avoid,
-                complete_last,
-            ) else {
-                continue;
-            };
-            if paced {
-                pacer.spend(piece_length as u64, now);
-                background_inflight.insert(index);
-            }
-            slots[i].inflight += 1;
-            inflight_pieces.insert(index);
-            let source_among_parents = slots.iter().any(|s| s.is_source);
-            inflight.push(fetch_verified(
-                ctx,
-                task.clone(),
-                recorded.clone(),
-                slots[i].base.clone(),
-                slots[i].id.clone(),
-                index,
-                Sender {
-                    is_source: slots[i].is_source,
-                    task_has_source: source_among_parents,
-                },
-            ));
+        for ask in exchange.next_asks(&selection, piece_length, complete_last, Instant::now()) {
+            inflight.push(fetch_verified(ctx, task.clone(), recorded.clone(), ask));
         }
-        if inflight.is_empty()
-            && only_the_origin_has(
-                &slots,
-                &blocked,
-                &avoid,
-                selection.ordered().map(|(i, _)| i),
-            )
-        {
-            return drain(
-                ctx,
-                task,
-                reporter,
-                &mut inflight,
-                "no parent holds the remaining pieces",
-            )
-            .await;
+        if exchange.only_the_origin_has(&selection) {
+            let why = "no parent holds the remaining pieces";
+            return drain(ctx, task, reporter, &mut inflight, why).await;
         }
-        // Wake up when the next paced prefetch piece may go.
-        let prefetch_waits = selection.capped
-            && selection
-                .background
-                .iter()
-                .any(|i| !inflight_pieces.contains(i))
-            && background_inflight.is_empty()
-            && !pacer.ready(Instant::now());
-        if last_progress.elapsed() > config.stall_timeout {
+        let prefetch_due = exchange.prefetch_due(&selection, Instant::now());
+        if exchange.stalled(Instant::now()) {
             // Why the swarm stalled is what an operator needs to see here.
+            let report = exchange.stall_report(Instant::now());
             tracing::warn!(
-                stats = %stats.summary(),
-                parents = %describe_parents(&slots, &blocked, now),
-                inflight = inflight.len(),
+                stats = %report.stats,
+                parents = %report.parents,
+                inflight = report.inflight,
                 missing = missing.len(),
-                deferred = avoid.deferred.len(),
-                lacking = avoid.lacking.len(),
-                scheduler_lost = scheduler_lost_since.is_some(),
+                deferred = report.deferred,
+                lacking = report.lacking,
+                scheduler_lost = report.scheduler_lost,
                 "no piece from peers for the stall timeout"
             );
-            return drain(ctx, task, reporter, &mut inflight, "no progress from peers").await;
+            let why = "no progress from peers";
+            return drain(ctx, task, reporter, &mut inflight, why).await;
         }
-        if inflight.len() < config.concurrent_pieces {
-            stats.start_starved();
+        if exchange.below_concurrency() {
+            exchange.stats.start_starved();
         }
         tokio::select! {
-            Some((index, parent_id, result)) = inflight.next(), if !inflight.is_empty() => {
-                stats.count(&result);
-                inflight_pieces.remove(&index);
-                background_inflight.remove(&index);
-                if let Some(slot) = slots.iter_mut().find(|s| s.id == parent_id) {
-                    slot.inflight = slot.inflight.saturating_sub(1);
-                    if matches!(result, Err(PeerError::Unverified(_))) {
-                        avoid.defer(&parent_id, index, Instant::now() + COOLDOWN);
-                        // With a scheduler, the record catches up within
-                        // moments; without one it never will.
-                        if ctx.schedulers.is_lost() {
-                            avoid.source_only.insert(index);
-                        }
-                    } else if matches!(result, Err(PeerError::PieceBusy)) {
-                        avoid.defer(&parent_id, index, Instant::now() + COOLDOWN);
-                    } else if result.as_ref().is_err_and(PeerError::is_soft) {
-                        slot.cooldown_until = Some(Instant::now() + COOLDOWN);
-                    }
-                }
-                match result {
-                    Ok((data, digest)) => {
-                        tracing::debug!(piece = index, parent = %parent_id, "piece stored from a peer");
+            Some((index, parent, result)) = inflight.next(), if !inflight.is_empty() => {
+                let lost = ctx.schedulers.is_lost();
+                let answer = exchange.on_answer(index, &parent, &result, lost, Instant::now());
+                match (answer, result) {
+                    (Answer::Store, Ok((data, digest))) => {
+                        tracing::debug!(piece = index, parent = %parent, "piece stored from a peer");
                         accept_piece(ctx, task, reporter, index, data, digest).await?;
-                        last_progress = Instant::now();
                     }
-                    Err(e) if e.is_soft() => {}
-                    Err(PeerError::NotFound) => {
-                        // The parent lacks this piece (e.g. it discarded a
-                        // damaged copy): ask others, keep it for the rest.
-                        ctx.metrics.failure(PeerError::NotFound.metric_label());
-                        avoid.lacking.insert((parent_id.clone(), index));
-                        match report_parent_failure(ctx, task, &parent_id, &PeerError::NotFound).await {
-                            Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
-                            Some(_) => return drain(ctx, task, reporter, &mut inflight, "elected back-to-source: no parent holds a piece").await,
-                            None => {}
+                    (Answer::Lacking | Answer::Failed, Err(error)) => {
+                        if answer == Answer::Failed {
+                            tracing::warn!(parent = %parent, piece = index, error = %error, "parent failed; avoiding it");
+                        }
+                        ctx.metrics.failure(error.metric_label());
+                        let reply = report_parent_failure(ctx, task, &parent, &error).await;
+                        if let Some(why) = exchange.after_report(answer, reply_of(reply)) {
+                            return drain(ctx, task, reporter, &mut inflight, why).await;
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(parent = %parent_id, piece = index, error = %e, "parent failed; avoiding it");
-                        ctx.metrics.failure(e.metric_label());
-                        blocked.insert(parent_id.clone());
-                        // Blocked parents stay listed only while pieces from
-                        // them are still in flight, and are never picked again.
-                        for slot in slots.iter_mut().filter(|s| s.id == parent_id) {
-                            slot.cooldown_until = Some(Instant::now() + Duration::from_secs(3600));
-                        }
-                        slots.retain(|s| !blocked.contains(&s.id) || s.inflight > 0);
-                        match report_parent_failure(ctx, task, &parent_id, &e).await {
-                            Some(Plan::Peers(fresh)) => merge_parents(&mut slots, &fresh, &blocked),
-                            Some(_) => return drain(ctx, task, reporter, &mut inflight, "elected back-to-source after a parent failed").await,
-                            None if slots.iter().all(|s| blocked.contains(&s.id)) => {
-                                return drain(ctx, task, reporter, &mut inflight, "every parent failed and no scheduler answers").await
-                            }
-                            None => {}
-                        }
-                    }
+                    _ => {}
                 }
             }
             _ = demand_changes.changed() => {}
-            _ = tokio::time::sleep_until(pacer.next), if prefetch_waits => {}
+            _ = sleep_until_some(prefetch_due), if prefetch_due.is_some() => {}
             _ = tokio::time::sleep_until(refresh_at) => {
                 refresh_at = Instant::now() + config.parent_refresh;
-                match get_parents(ctx, task).await {
-                    Some(Plan::Peers(fresh)) => {
-                        scheduler_lost_since = None;
-                        stats.parent_lists += 1;
-                        merge_parents(&mut slots, &fresh, &blocked)
-                    }
-                    Some(_) => return drain(ctx, task, reporter, &mut inflight, "elected back-to-source").await,
-                    None if slots.iter().all(|s| blocked.contains(&s.id)) => {
-                        return drain(ctx, task, reporter, &mut inflight, "no parents and no scheduler").await
-                    }
-                    None => {
-                        stats.scheduler_misses += 1;
-                        // Without the scheduler, parents' bitmaps come from
-                        // the parents themselves, and the swarm carries on.
-                        // Pieces held only by peers not on the list never
-                        // come, though: if some stay uncovered, a reader
-                        // waiting for one would stall. Not for long.
-                        let since = *scheduler_lost_since.get_or_insert_with(Instant::now);
-                        refresh_bitmaps_from_parents(ctx, task, &mut slots, &blocked).await;
+                let reply = reply_of(get_parents(ctx, task).await);
+                match exchange.on_parent_list(reply, Instant::now()) {
+                    ListOutcome::Merged => {}
+                    ListOutcome::Leave(why) => return drain(ctx, task, reporter, &mut inflight, why).await,
+                    ListOutcome::SchedulerLost => {
+                        // Parents' bitmaps come from the parents themselves.
+                        refresh_bitmaps_from_parents(ctx, task, &mut exchange).await;
                         let missing = task.with_meta(|m| m.missing_pieces());
-                        if since.elapsed() > config.stall_timeout / 3
-                            && !parents_cover(&slots, &blocked, &missing)
-                        {
-                            return drain(ctx, task, reporter, &mut inflight, "scheduler unreachable and no parent holds what is missing").await;
+                        if let Some(why) = exchange.after_parents_asked(&missing, Instant::now()) {
+                            return drain(ctx, task, reporter, &mut inflight, why).await;
                         }
                     }
                 }
@@ -920,87 +750,42 @@ async fn from_peers(
     }
 }
 
-/// How a download from peers went, for tuning: how long it had fewer
-/// pieces in flight than allowed, and how often parents said "later".
-struct ExchangeStats {
-    started: Instant,
-    starved: Duration,
-    starved_since: Option<Instant>,
-    not_ready: u32,
-    busy: u32,
-    piece_busy: u32,
-    unverified: u32,
-    stored: u32,
-    failed: u32,
-    parent_lists: u32,
-    scheduler_misses: u32,
-}
-
-impl Default for ExchangeStats {
-    fn default() -> Self {
-        ExchangeStats {
-            started: Instant::now(),
-            starved: Duration::ZERO,
-            starved_since: None,
-            not_ready: 0,
-            busy: 0,
-            piece_busy: 0,
-            unverified: 0,
-            stored: 0,
-            failed: 0,
-            parent_lists: 0,
-            scheduler_misses: 0,
-        }
+/// A scheduler's answer as the exchange sees it.
+fn reply_of(plan: Option<Plan>) -> SchedulerReply {
+    match plan {
+        Some(Plan::Peers(parents)) => SchedulerReply::Parents(parents),
+        Some(_) => SchedulerReply::Elsewhere,
+        None => SchedulerReply::Silent,
     }
 }
 
-impl ExchangeStats {
-    fn start_starved(&mut self) {
-        self.starved_since = Some(Instant::now());
+async fn sleep_until_some(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     }
+}
 
-    fn end_starved(&mut self) {
-        if let Some(since) = self.starved_since.take() {
-            self.starved += since.elapsed();
+/// Waits until the task's length is known, from the scheduler's answer or
+/// a parent; `Some(reason)` to go to the origin instead.
+async fn learn_shape_from_parents(
+    ctx: &DownloadContext,
+    task: &StoredTask,
+    exchange: &mut Exchange,
+) -> Option<&'static str> {
+    let started = Instant::now();
+    while !ensure_shape(ctx, task, exchange.slots()).await {
+        if started.elapsed() > ctx.settings.stall_timeout {
+            return Some("no parent knows the task's length");
+        }
+        tokio::time::sleep(ctx.settings.parent_refresh).await;
+        match get_parents(ctx, task).await {
+            Some(Plan::Peers(fresh)) => exchange.merge(&fresh),
+            Some(_) => return Some("elected back-to-source"),
+            None if exchange.slots().is_empty() => return Some("no scheduler and no parents"),
+            None => {}
         }
     }
-
-    fn count<T>(&mut self, result: &Result<T, PeerError>) {
-        match result {
-            Err(PeerError::NotReady) => self.not_ready += 1,
-            Err(PeerError::Busy) => self.busy += 1,
-            Err(PeerError::PieceBusy) => self.piece_busy += 1,
-            Err(PeerError::Unverified(_)) => self.unverified += 1,
-            Ok(_) => self.stored += 1,
-            Err(_) => self.failed += 1,
-        }
-    }
-
-    fn summary(&self) -> String {
-        format!(
-            "{} s: {} stored, {} not ready, {} busy, {} piece busy, {} unverified, {} failed; {} parent lists, {} scheduler misses",
-            self.started.elapsed().as_secs(),
-            self.stored,
-            self.not_ready,
-            self.busy,
-            self.piece_busy,
-            self.unverified,
-            self.failed,
-            self.parent_lists,
-            self.scheduler_misses,
-        )
-    }
-
-    fn log(&self) {
-        tracing::debug!(
-            elapsed_ms = self.started.elapsed().as_millis() as u64,
-            below_concurrency_ms = self.starved.as_millis() as u64,
-            not_ready = self.not_ready,
-            busy = self.busy,
-            piece_busy = self.piece_busy,
-            "pieces from peers done"
-        );
-    }
+    None
 }
 
 /// Sends finished pieces to the scheduler in batches, off the download path.

@@ -128,7 +128,7 @@ pub enum Verdict {
 }
 
 /// Where a piece came from, for judging it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sender {
     /// The parent is the task's back-to-source peer.
     pub is_source: bool,
