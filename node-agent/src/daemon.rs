@@ -262,7 +262,7 @@ impl Daemon {
                 self.metrics.failure(match failure {
                     TaskFailure::Origin { .. } => "origin_status",
                     TaskFailure::DigestMismatch { .. } => "digest_mismatch",
-                    TaskFailure::Internal { .. } => "internal",
+                    TaskFailure::Internal { .. } | TaskFailure::Other => "internal",
                 });
                 task.set_run_state(RunState::Failed(failure.clone()));
                 self.report_result(task, false, failure.to_string(), 0)

@@ -483,12 +483,15 @@ async fn refresh_bitmaps_from_parents(
                 continue;
             }
         };
-        let Ok(bytes) = hex::decode(&shape.bitmap) else {
+        let Some(bitmap) = hex::decode(&shape.bitmap)
+            .ok()
+            .and_then(|bytes| Bitmap::from_bytes(&bytes).ok())
+        else {
             tracing::debug!(parent = %id, "parent sent a malformed bitmap");
             continue;
         };
         let complete = shape.piece_count > 0 && shape.finished_pieces == shape.piece_count;
-        exchange.parent_told(&id, Bitmap::from_bytes(bytes), complete);
+        exchange.parent_told(&id, bitmap, complete);
     }
 }
 

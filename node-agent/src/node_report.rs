@@ -3,26 +3,11 @@
 //! (`p2p.dragonfly.dev/node-report`), which the operator gathers into the
 //! DragonflyCluster status (condition NodesConfigured, per-node problems).
 
-use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
 
-pub const REPORT_ANNOTATION: &str = "p2p.dragonfly.dev/node-report";
+pub use wire::node_report::{NodeProblem, NodeReport};
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeProblem {
-    /// Stable CamelCase code, e.g. NoConfigPath.
-    pub code: String,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeReport {
-    /// The mirror's hosts.toml files are in place.
-    pub configured: bool,
-    pub problems: Vec<NodeProblem>,
-}
 
 /// `no_config_path` -> `NoConfigPath`.
 pub fn camel_code(code: &str) -> String {
@@ -98,8 +83,7 @@ impl PodTarget {
         }
         let client = builder.build().map_err(ReportError::Client)?;
         let value = serde_json::to_string(report).unwrap_or_default();
-        let patch =
-            serde_json::json!({ "metadata": { "annotations": { REPORT_ANNOTATION: value } } });
+        let patch = serde_json::json!({ "metadata": { "annotations": { wire::node_report::ANNOTATION: value } } });
         let url = format!(
             "{}/api/v1/namespaces/{}/pods/{}",
             self.api, self.namespace, self.pod
@@ -215,7 +199,7 @@ mod tests {
             "dragonfly/dfdaemon-x Bearer t0ken application/merge-patch+json"
         );
         let patch: serde_json::Value = serde_json::from_str(&seen[0].1).unwrap();
-        let annotation = patch["metadata"]["annotations"][REPORT_ANNOTATION]
+        let annotation = patch["metadata"]["annotations"][wire::node_report::ANNOTATION]
             .as_str()
             .unwrap();
         let parsed: serde_json::Value = serde_json::from_str(annotation).unwrap();

@@ -10,7 +10,7 @@ pub const MIN_PIECE_LENGTH: u32 = 1024 * 1024;
 pub const MAX_PIECE_LENGTH: u32 = 64 * 1024 * 1024;
 /// Most pieces a task may have: bounds every per-piece table (bitmaps,
 /// digests) whatever length a peer, the scheduler or an origin claims.
-pub const MAX_PIECES: u32 = 1 << 18;
+pub use wire::MAX_PIECES;
 /// For content of unknown length, which may be large.
 pub const UNKNOWN_LENGTH_PIECE: u32 = 4 * 1024 * 1024;
 /// Aim for at most this many pieces per task.
@@ -70,48 +70,7 @@ pub fn piece_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
-/// A set of piece indices packed as bits (piece i is bit i % 8 of byte i / 8),
-/// the encoding the scheduler contract uses.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Bitmap(Vec<u8>);
-
-impl Bitmap {
-    pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        Bitmap(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    pub fn set(&mut self, index: u32) {
-        let byte = index as usize / 8;
-        if self.0.len() <= byte {
-            self.0.resize(byte + 1, 0);
-        }
-        self.0[byte] |= 1 << (index % 8);
-    }
-
-    pub fn contains(&self, index: u32) -> bool {
-        self.0
-            .get(index as usize / 8)
-            .is_some_and(|b| b & (1 << (index % 8)) != 0)
-    }
-
-    pub fn count(&self) -> u32 {
-        self.0.iter().map(|b| b.count_ones()).sum()
-    }
-}
-
-impl FromIterator<u32> for Bitmap {
-    fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Self {
-        let mut bitmap = Bitmap::default();
-        for index in iter {
-            bitmap.set(index);
-        }
-        bitmap
-    }
-}
+pub use wire::Bitmap;
 
 #[cfg(test)]
 mod tests {
@@ -163,15 +122,6 @@ mod tests {
         assert_eq!(pieces_for_range(3, 9, 4), 0..3);
         assert_eq!(pieces_for_range(4, 8, 4), 1..2);
         assert_eq!(pieces_for_range(5, 5, 4), 0..0);
-    }
-
-    #[test]
-    fn bitmap_roundtrip() {
-        let bitmap: Bitmap = [0, 3, 9].into_iter().collect();
-        assert!(bitmap.contains(0) && bitmap.contains(3) && bitmap.contains(9));
-        assert!(!bitmap.contains(1) && !bitmap.contains(100));
-        assert_eq!(bitmap.count(), 3);
-        assert_eq!(bitmap.as_bytes(), &[0b0000_1001, 0b0000_0010]);
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl ParentSlot {
         Some(ParentSlot {
             id,
             base,
-            bitmap: Bitmap::from_bytes(parent.bitmap.clone()),
+            bitmap: Bitmap::from_bytes(&parent.bitmap).unwrap_or_default(),
             complete: parent.complete,
             is_source: parent.is_source,
             inflight: 0,
@@ -214,7 +214,7 @@ pub fn describe_parents(slots: &[ParentSlot], blocked: &HashSet<String>, now: In
         let held = if s.complete {
             "complete".to_string()
         } else {
-            format!("{} pieces", s.bitmap.count())
+            format!("{} pieces", s.bitmap.count(0))
         };
         let cooling = s.cooldown_until.is_some_and(|t| t > now);
         out.push(format!(
@@ -241,10 +241,7 @@ mod tests {
     use super::*;
 
     fn parent(id: &str, pieces: &[u32], complete: bool, is_source: bool) -> proto::Parent {
-        let mut bitmap = Bitmap::default();
-        for &i in pieces {
-            bitmap.set(i);
-        }
+        let bitmap: Bitmap = pieces.iter().copied().collect();
         proto::Parent {
             host: Some(proto::Host {
                 id: id.into(),

@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -27,6 +26,7 @@ use crate::daemon::{Daemon, StartError};
 use crate::store::{RunState, StoredTask, TaskFailure};
 use crate::task_id::is_valid_task_id;
 use crate::task_request::TaskRequest;
+pub use wire::task::{ErrorBody, TaskState, TaskStatus};
 
 /// The routes of the local task API.
 pub fn local_router(daemon: Arc<Daemon>) -> Router {
@@ -43,13 +43,6 @@ pub fn network_router(daemon: Arc<Daemon>) -> Router {
         .route("/api/v1/tasks", post(create_from_network))
         .route("/api/v1/tasks/{id}", get(network_task_status))
         .with_state(daemon)
-}
-
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    failure: Option<TaskFailure>,
 }
 
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -176,23 +169,6 @@ async fn create_from_network(
     start(&daemon, request)
 }
 
-/// What the task API reports about a task.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TaskStatus {
-    pub task_id: String,
-    pub url: String,
-    /// idle, running, complete or failed
-    pub state: String,
-    pub content_length: Option<u64>,
-    pub piece_length: u32,
-    pub pieces_total: Option<u32>,
-    pub pieces_done: u32,
-    pub bytes_done: u64,
-    pub from_origin: u64,
-    pub from_peers: u64,
-    pub error: Option<TaskFailure>,
-}
-
 fn status_of(daemon: &Daemon, task: &StoredTask) -> TaskStatus {
     let meta = task.meta();
     let url = meta.url.clone();
@@ -203,15 +179,15 @@ fn status_of(daemon: &Daemon, task: &StoredTask) -> TaskStatus {
         )
     });
     let (state, error) = match task.run_state() {
-        _ if meta.complete => ("complete", None),
-        RunState::Running => ("running", None),
-        RunState::Failed(f) => ("failed", Some(f)),
-        RunState::Idle => ("idle", None),
+        _ if meta.complete => (TaskState::Complete, None),
+        RunState::Running => (TaskState::Running, None),
+        RunState::Failed(f) => (TaskState::Failed, Some(f)),
+        RunState::Idle => (TaskState::Idle, None),
     };
     TaskStatus {
         task_id: meta.task_id.clone(),
         url,
-        state: state.to_string(),
+        state,
         content_length: meta.content_length,
         piece_length: meta.piece_length,
         pieces_total: meta.piece_count(),

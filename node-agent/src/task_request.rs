@@ -44,7 +44,7 @@ pub struct TaskRequest {
 /// Headers a request from another host may carry to the origin: what a
 /// registry fetch needs, nothing that could steer the request elsewhere.
 /// (`x-dragonfly-via` is the mirror's loop guard.)
-pub const NETWORK_HEADERS: &[&str] = &["authorization", "accept", "x-dragonfly-via"];
+pub const NETWORK_HEADERS: &[&str] = &["authorization", "accept", wire::headers::VIA];
 
 /// Why a task request from the network is refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -202,7 +202,7 @@ mod tests {
             Err(NetworkRequestError::Header("Host".into()))
         );
         assert_eq!(header.for_network().check_from_network(), Ok(()));
-        assert!(is_network_header(crate::mirror::VIA_HEADER));
+        assert!(is_network_header(wire::headers::VIA));
     }
 
     #[test]

@@ -19,11 +19,10 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use serde::Deserialize;
+use wire::node_report::{NodeReport, ANNOTATION};
 
 use crate::crd::ProblemReport;
 
-pub const REPORT_ANNOTATION: &str = "p2p.dragonfly.dev/node-report";
 /// Caps that keep one misbehaving node from bloating the status object.
 const MAX_PROBLEMS_PER_NODE: usize = 10;
 const MAX_MESSAGE_CHARS: usize = 300;
@@ -36,21 +35,13 @@ pub enum NodeState {
     Problems(Vec<ProblemReport>),
 }
 
-#[derive(Deserialize)]
-struct Report {
-    #[serde(default)]
-    configured: bool,
-    #[serde(default)]
-    problems: Vec<ProblemReport>,
-}
-
 /// The node a dfdaemon pod runs on and what it reported; pods not yet
 /// scheduled are skipped.
 pub fn read_report(pod: &Pod) -> Option<(String, NodeState)> {
     let node = pod.spec.as_ref()?.node_name.clone()?;
-    let state = match pod.annotations().get(REPORT_ANNOTATION) {
+    let state = match pod.annotations().get(ANNOTATION) {
         None => NodeState::Pending,
-        Some(raw) => match serde_json::from_str::<Report>(raw) {
+        Some(raw) => match serde_json::from_str::<NodeReport>(raw) {
             Ok(r) if !r.problems.is_empty() => NodeState::Problems(
                 r.problems
                     .into_iter()
@@ -67,7 +58,7 @@ pub fn read_report(pod: &Pod) -> Option<(String, NodeState)> {
             Err(e) => NodeState::Problems(vec![ProblemReport {
                 code: "MalformedReport".into(),
                 message: truncate(
-                    &format!("{REPORT_ANNOTATION} is not valid JSON: {e}"),
+                    &format!("{ANNOTATION} is not valid JSON: {e}"),
                     MAX_MESSAGE_CHARS,
                 ),
             }]),
@@ -94,10 +85,8 @@ mod tests {
             ..Pod::default()
         };
         if let Some(r) = report {
-            p.metadata.annotations = Some(BTreeMap::from([(
-                REPORT_ANNOTATION.to_string(),
-                r.to_string(),
-            )]));
+            p.metadata.annotations =
+                Some(BTreeMap::from([(ANNOTATION.to_string(), r.to_string())]));
         }
         p
     }

@@ -8,7 +8,6 @@
 
 pub mod admin;
 pub mod anonymous;
-pub mod bitmap;
 pub mod config;
 pub mod digests;
 pub mod hosts;

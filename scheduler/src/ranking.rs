@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use proto::Host;
 
-use crate::bitmap::Bitmap;
+use wire::bitmap::Bitmap;
 
 /// Availability dominates: a parent without the pieces we need is useless
 /// however close or idle it is.

@@ -17,13 +17,13 @@ use proto::{
 use thiserror::Error;
 use tracing::{debug, info};
 
-use crate::bitmap::{Bitmap, BitmapError, MAX_PIECES};
 use crate::digests::{self, Claim, Recorded};
 use crate::hosts::Hosts;
 use crate::metrics::{Gauges, Metrics};
 use crate::quarantine::Quarantine;
 use crate::ranking::{self, Candidate, Requester};
 use crate::tasks::Task;
+use wire::bitmap::{Bitmap, BitmapError, MAX_PIECES};
 
 /// Ids longer than this are rejected: real ids are digests or short names,
 /// and the state keeps them in memory.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use proto::TaskShape;
 
-use crate::bitmap::Bitmap;
+use wire::bitmap::Bitmap;
 
 /// How long a peer avoids a parent it reported as failing.
 pub const BLOCK_TTL: Duration = Duration::from_secs(60);

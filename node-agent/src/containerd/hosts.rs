@@ -7,9 +7,6 @@ use toml_edit::{value, Array, DocumentMut, Item, Table};
 
 use super::error::ContainerdError;
 
-/// The header the mirror reads its upstream from.
-pub const REGISTRY_HEADER: &str = "X-Dragonfly-Registry";
-
 const BANNER: &str = "# Managed by dfdaemon: pulls try the Dragonfly mirror first, then the hosts below.\n# `dfdaemon containerd restore` puts back what was here before.\n";
 
 /// A registry to mirror, as named on the command line.
@@ -121,7 +118,7 @@ pub fn render(
         header.set_position(Some(2));
         let mut values = Array::new();
         values.push(server.as_str());
-        header.insert(REGISTRY_HEADER, value(values));
+        header.insert(wire::headers::REGISTRY, value(values));
         entry.insert("header", Item::Table(header));
     }
     hosts.insert(mirror, Item::Table(entry));

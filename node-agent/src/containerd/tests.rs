@@ -143,7 +143,7 @@ fn apply_is_idempotent_and_restore_is_byte_exact() {
         "{first:?}"
     );
     let merged = std::fs::read_to_string(existing.join("hosts.toml")).unwrap();
-    assert!(merged.contains("X-Dragonfly-Registry"));
+    assert!(merged.contains(wire::headers::REGISTRY));
     assert!(
         merged.contains("registry-mirror.internal"),
         "existing host kept"

@@ -430,7 +430,7 @@ pub(super) fn origin_headers(
     {
         out.insert("Authorization".to_string(), auth.to_string());
     }
-    out.insert(super::state::VIA_HEADER.to_string(), host_id.to_string());
+    out.insert(wire::headers::VIA.to_string(), host_id.to_string());
     out
 }
 

@@ -144,7 +144,7 @@ async fn url_task(mirror: &Arc<Mirror>, caller: &HeaderMap, uri: &Uri) -> Respon
         headers.insert("Authorization".to_string(), auth.to_string());
     }
     headers.insert(
-        super::state::VIA_HEADER.to_string(),
+        wire::headers::VIA.to_string(),
         mirror.daemon.host_id.clone(),
     );
     let task_request = crate::task_request::TaskRequest {
@@ -202,7 +202,7 @@ async fn pass_through(mirror: &Mirror, request: Request) -> Response {
     let url = parts.uri.to_string();
     let mut headers = end_to_end(&parts.headers);
     headers.append(
-        HeaderName::from_static(super::state::VIA_HEADER),
+        HeaderName::from_static(wire::headers::VIA),
         match header::HeaderValue::from_str(&mirror.daemon.host_id) {
             Ok(v) => v,
             Err(_) => header::HeaderValue::from_static("dfdaemon"),

@@ -39,7 +39,7 @@ use tracing::Instrument;
 use crate::daemon::Daemon;
 use route::{Route, RouteError};
 use state::{loop_guard, ns_param, Hops};
-pub use state::{oci_error, Ctx, Mirror, SetupError, VIA_HEADER};
+pub use state::{oci_error, Ctx, Mirror, SetupError};
 use upstream::UpstreamError;
 
 pub fn router(daemon: Arc<Daemon>) -> Result<Router, SetupError> {
@@ -116,7 +116,7 @@ async fn dispatch(
     };
     let header_value = match parts
         .headers
-        .get(upstream::REGISTRY_HEADER)
+        .get(wire::headers::REGISTRY)
         .map(|v| v.to_str())
     {
         Some(Ok(v)) => Some(v),

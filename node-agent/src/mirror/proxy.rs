@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::Response;
 use futures::StreamExt;
 
-use super::state::{oci_error, Ctx, Mirror, VIA_HEADER};
+use super::state::{oci_error, Ctx, Mirror};
 
 /// Caller headers sent on to the upstream.
 const FORWARDED: &[HeaderName] = &[
@@ -139,11 +139,11 @@ pub fn forwarded_headers(caller: &HeaderMap, host_id: &str) -> HeaderMap {
             out.append(name.clone(), value.clone());
         }
     }
-    for value in caller.get_all(VIA_HEADER) {
-        out.append(VIA_HEADER, value.clone());
+    for value in caller.get_all(wire::headers::VIA) {
+        out.append(wire::headers::VIA, value.clone());
     }
     if let Ok(me) = HeaderValue::from_str(host_id) {
-        out.append(VIA_HEADER, me);
+        out.append(wire::headers::VIA, me);
     }
     out
 }
@@ -209,17 +209,17 @@ mod tests {
         caller.insert(header::COOKIE, HeaderValue::from_static("secret"));
         caller.insert(header::HOST, HeaderValue::from_static("127.0.0.1:65001"));
         caller.insert(
-            super::super::upstream::REGISTRY_HEADER,
+            wire::headers::REGISTRY,
             HeaderValue::from_static("https://r"),
         );
-        caller.insert(VIA_HEADER, HeaderValue::from_static("peer-a"));
+        caller.insert(wire::headers::VIA, HeaderValue::from_static("peer-a"));
         let out = forwarded_headers(&caller, "peer-b");
         assert_eq!(out[header::AUTHORIZATION], "Bearer t");
         assert_eq!(out[header::ACCEPT], "application/json");
         assert!(out.get(header::COOKIE).is_none());
         assert!(out.get(header::HOST).is_none());
-        assert!(out.get(super::super::upstream::REGISTRY_HEADER).is_none());
-        let via: Vec<_> = out.get_all(VIA_HEADER).iter().collect();
+        assert!(out.get(wire::headers::REGISTRY).is_none());
+        let via: Vec<_> = out.get_all(wire::headers::VIA).iter().collect();
         assert_eq!(via, vec!["peer-a", "peer-b"]);
     }
 

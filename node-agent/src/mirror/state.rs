@@ -13,9 +13,6 @@ use super::metrics;
 use super::upstream::{Clients, Upstream, UpstreamError};
 use crate::daemon::Daemon;
 
-/// Loop guard: carries the host ids of the dfdaemons a request went through.
-pub const VIA_HEADER: &str = "x-dragonfly-via";
-
 /// Shared state of the mirror server.
 pub struct Mirror {
     pub daemon: Arc<Daemon>,
@@ -104,7 +101,7 @@ pub enum Hops {
 
 pub fn loop_guard(headers: &HeaderMap, host_id: &str) -> Hops {
     let mut hops = Hops::First;
-    for value in headers.get_all(VIA_HEADER) {
+    for value in headers.get_all(wire::headers::VIA) {
         hops = Hops::Relayed;
         let seen_self = value
             .to_str()
@@ -137,9 +134,9 @@ mod tests {
     fn loop_guard_spots_our_own_id() {
         let mut headers = HeaderMap::new();
         assert_eq!(loop_guard(&headers, "me"), Hops::First);
-        headers.append(VIA_HEADER, HeaderValue::from_static("other"));
+        headers.append(wire::headers::VIA, HeaderValue::from_static("other"));
         assert_eq!(loop_guard(&headers, "me"), Hops::Relayed);
-        headers.append(VIA_HEADER, HeaderValue::from_static("x, me"));
+        headers.append(wire::headers::VIA, HeaderValue::from_static("x, me"));
         assert_eq!(loop_guard(&headers, "me"), Hops::Loop);
     }
 }

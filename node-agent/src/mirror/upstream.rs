@@ -7,9 +7,6 @@ use url::{Host, Url};
 
 use super::config::{MirrorConfig, RegistryConfig};
 
-/// Names the upstream; written by `dfdaemon containerd apply` into hosts.toml.
-pub const REGISTRY_HEADER: &str = "x-dragonfly-registry";
-
 /// Docker Hub's registry answers under a different host than its name.
 const DOCKER_HUB: &str = "registry-1.docker.io";
 

@@ -3,7 +3,6 @@
 //! server serving pieces still arriving).
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -69,17 +68,7 @@ fn piece_fits(meta: &TaskMeta, index: u32, len: usize) -> bool {
     }
 }
 
-/// Why a download failed, kept so every waiting reader gets the same answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum TaskFailure {
-    #[error("origin answered {status}: {message}")]
-    Origin { status: u16, message: String },
-    #[error("digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch { expected: String, actual: String },
-    #[error("{message}")]
-    Internal { message: String },
-}
+pub use wire::task::TaskFailure;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunState {

@@ -298,7 +298,7 @@ async fn ready_workloads_and_node_reports_make_ready() {
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": name, "namespace": NS,
                             "labels": {"app.kubernetes.io/instance": "dragonfly", "app.kubernetes.io/component": "dfdaemon"},
-                            "annotations": {nodes::REPORT_ANNOTATION: report}},
+                            "annotations": {wire::node_report::ANNOTATION: report}},
                "spec": {"nodeName": node, "containers": []}})
     };
     fake.insert(

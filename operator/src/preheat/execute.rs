@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use reqwest::StatusCode;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::debug;
+use wire::task::{ErrorBody, TaskFailure, TaskState, TaskStatus};
 
 use super::crd::UrlSource;
 use super::reference::ImageRef;
@@ -24,7 +24,6 @@ use super::resolve::{Registries, Resolution};
 use super::targets::Target;
 
 /// Names the upstream registry of a mirror request.
-pub const REGISTRY_HEADER: &str = "X-Dragonfly-Registry";
 /// containerd 1.6's own Accept for resolving a tag, so a peer's cached
 /// answer matches the lookup containerd makes later.
 pub const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
@@ -236,31 +235,11 @@ pub struct Dfdaemons {
     pub max_attempts: i32,
 }
 
-#[derive(Deserialize)]
-struct TaskStatus {
-    task_id: String,
-    state: String,
-    #[serde(default)]
-    content_length: Option<u64>,
-    #[serde(default)]
-    bytes_done: u64,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    failure: Option<Value>,
-}
-
 /// What the task API said about a task.
 enum Seen {
     Status(TaskStatus),
     Unknown,
-    Failure(Value),
+    Failure(TaskFailure),
     Refused(String),
     Unreachable(String),
 }
@@ -388,9 +367,11 @@ impl Dfdaemons {
             None => Seen::Unknown,
         };
         let failure = match seen {
-            Seen::Status(s) if s.state == "failed" => Some(s.error.unwrap_or(Value::Null)),
+            Seen::Status(s) if s.state == TaskState::Failed => {
+                Some(s.error.unwrap_or(TaskFailure::Other))
+            }
             // Known but not running (e.g. the daemon restarted): resume it.
-            Seen::Status(s) if s.state == "idle" && !is_complete(&s) => None,
+            Seen::Status(s) if s.state == TaskState::Idle && !is_complete(&s) => None,
             Seen::Status(s) => return (outcome_of(&s), None, false),
             Seen::Unknown => None,
             Seen::Failure(f) => Some(f),
@@ -436,7 +417,7 @@ impl Dfdaemons {
             Ok(s) => {
                 let learnt = (id.as_deref() != Some(s.task_id.as_str())).then(|| s.task_id.clone());
                 let outcome = match s.error.clone() {
-                    Some(f) if s.state == "failed" => {
+                    Some(f) if s.state == TaskState::Failed => {
                         let (permanent, reason, what) = classify(&f, d);
                         Outcome::Failed {
                             permanent,
@@ -534,7 +515,7 @@ impl Dfdaemons {
         let mut req = self
             .http
             .get(&url)
-            .header(REGISTRY_HEADER, &m.registry)
+            .header(wire::headers::REGISTRY, &m.registry)
             .header(reqwest::header::ACCEPT, CONTAINERD_ACCEPT);
         if let Some(a) = authorization {
             req = req.header(reqwest::header::AUTHORIZATION, a);
@@ -595,7 +576,7 @@ impl Dfdaemons {
 }
 
 fn is_complete(s: &TaskStatus) -> bool {
-    s.state == "complete"
+    s.state == TaskState::Complete
 }
 
 fn outcome_of(s: &TaskStatus) -> Outcome {
@@ -635,15 +616,12 @@ fn unreachable(t: &Target, why: &str) -> Outcome {
     )
 }
 
-/// A dfdaemon `TaskFailure` (`{"kind": "origin"|"digest_mismatch"|"internal", ...}`):
-/// (permanent, reason, message).
-fn classify(f: &Value, d: &Download) -> (bool, &'static str, String) {
-    let kind = f.get("kind").and_then(Value::as_str).unwrap_or("unknown");
-    let message = f.get("message").and_then(Value::as_str).unwrap_or_default();
-    let message: String = message.chars().take(200).collect();
-    match kind {
-        "origin" => {
-            let status = f.get("status").and_then(Value::as_u64).unwrap_or(0);
+/// A dfdaemon's `TaskFailure`: (permanent, reason, message).
+fn classify(f: &TaskFailure, d: &Download) -> (bool, &'static str, String) {
+    let short = |message: &str| message.chars().take(200).collect::<String>();
+    match f {
+        TaskFailure::Origin { status, message } => {
+            let message = short(message);
             match status {
                 401 | 403 => (
                     true,
@@ -667,19 +645,26 @@ fn classify(f: &Value, d: &Download) -> (bool, &'static str, String) {
                 ),
             }
         }
-        "digest_mismatch" => (
+        TaskFailure::DigestMismatch { actual, .. } => (
             true,
             "DigestMismatch",
             format!(
-                "{}: content does not match its digest (got {})",
-                d.label,
-                f.get("actual").and_then(Value::as_str).unwrap_or("?")
+                "{}: content does not match its digest (got {actual})",
+                d.label
             ),
         ),
-        _ => (
+        TaskFailure::Internal { message } => (
             false,
             "DownloadFailed",
-            format!("{}: download failed: {message}", d.label),
+            format!("{}: download failed: {}", d.label, short(message)),
+        ),
+        TaskFailure::Other => (
+            false,
+            "DownloadFailed",
+            format!(
+                "{}: download failed (a failure this operator does not know)",
+                d.label
+            ),
         ),
     }
 }
@@ -700,6 +685,7 @@ mod tests {
     use super::*;
     use crate::preheat::credentials::Credentials;
     use crate::preheat::resolve::{BlobRef, ResolvedManifest};
+    use serde_json::Value;
 
     fn d(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))
@@ -797,7 +783,7 @@ mod tests {
             owners: vec![Owner::Image(0)],
             label: "blob X of image Y".into(),
         };
-        let c = |v: Value| classify(&v, &blob);
+        let c = |v: Value| classify(&serde_json::from_value(v).expect("a failure"), &blob);
         let (p, r, m) = c(json!({"kind":"origin","status":401,"message":"denied"}));
         assert!(p);
         assert_eq!(r, "Unauthorized");

@@ -203,7 +203,7 @@ async fn daemon(State(state): State<Arc<Mutex<DaemonState>>>, req: Request) -> R
         };
         s.mirror.push((
             path,
-            get("x-dragonfly-registry").unwrap_or_default(),
+            get(wire::headers::REGISTRY).unwrap_or_default(),
             get("authorization"),
         ));
         return (StatusCode::OK, "{}").into_response();

@@ -1,13 +1,10 @@
-//! Piece bitmaps as they travel on the wire: piece `i` is bit `i % 8` of
-//! byte `i / 8`.
+//! Piece bitmaps as they travel between dfdaemons and the scheduler: piece
+//! `i` is bit `i % 8` of byte `i / 8`.
 
 use thiserror::Error;
 
-/// Upper bound on piece indices a peer may report. At the smallest piece
-/// length (4 MiB) this is 32 TiB of content, far beyond any real blob, and it
-/// bounds the memory one bad request can make us allocate (1 MiB).
-/// As many as a dfdaemon task may have (`node_agent::piece::MAX_PIECES`):
-/// a peer's bitmap is then at most 32 KiB.
+/// Upper bound on piece indices a peer may report: as many as a task may
+/// have, so a bitmap is at most 32 KiB whoever sends it.
 pub const MAX_PIECES: u32 = 1 << 18;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -51,14 +48,14 @@ impl Bitmap {
         Ok(())
     }
 
-    pub fn get(&self, piece: u32) -> bool {
+    pub fn contains(&self, piece: u32) -> bool {
         self.bytes
             .get((piece / 8) as usize)
             .is_some_and(|b| b & (1 << (piece % 8)) != 0)
     }
 
-    /// Number of pieces held. With a known `piece_count`, bits past the end
-    /// of the task are not counted (a peer may pad its last byte).
+    /// Number of pieces held. With a known `piece_count` (not 0), bits past
+    /// the end of the task are not counted (a peer may pad its last byte).
     pub fn count(&self, piece_count: u32) -> u32 {
         self.count_where(piece_count, |byte, _| byte)
     }
@@ -94,11 +91,27 @@ impl Bitmap {
         total
     }
 
-    /// Drop trailing zero bytes so equal piece sets compare equal.
+    /// Drops trailing zero bytes so equal piece sets compare equal.
     fn trim(&mut self) {
         while self.bytes.last() == Some(&0) {
             self.bytes.pop();
         }
+    }
+}
+
+/// Indices at or past [`MAX_PIECES`] are left out: no task has that many
+/// pieces (its shape is refused first).
+impl FromIterator<u32> for Bitmap {
+    fn from_iter<I: IntoIterator<Item = u32>>(pieces: I) -> Self {
+        let mut bitmap = Bitmap::default();
+        for piece in pieces.into_iter().filter(|&p| p < MAX_PIECES) {
+            let byte = (piece / 8) as usize;
+            if bitmap.bytes.len() <= byte {
+                bitmap.bytes.resize(byte + 1, 0);
+            }
+            bitmap.bytes[byte] |= 1 << (piece % 8);
+        }
+        bitmap
     }
 }
 
@@ -112,8 +125,10 @@ mod tests {
         b.set(0).unwrap();
         b.set(9).unwrap();
         assert_eq!(b.as_bytes(), &[0b0000_0001, 0b0000_0010]);
-        assert!(b.get(0) && b.get(9));
-        assert!(!b.get(1) && !b.get(8) && !b.get(1000));
+        assert!(b.contains(0) && b.contains(9));
+        assert!(!b.contains(1) && !b.contains(8) && !b.contains(1000));
+        let collected: Bitmap = [9, 0, MAX_PIECES].into_iter().collect();
+        assert_eq!(collected, b);
     }
 
     #[test]
