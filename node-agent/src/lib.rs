@@ -118,50 +118,11 @@ pub async fn run(
         .with_context(|| format!("opening content store in {}", config.data_dir.display()))?,
     );
 
-    let peer_listener = tokio::net::TcpListener::bind(config.peer_listen)
-        .await
-        .with_context(|| format!("binding piece server on {}", config.peer_listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("binding admin server on {}", config.admin_listen))?;
-    let proxy_listener = tokio::net::TcpListener::bind(config.proxy_listen)
-        .await
-        .with_context(|| format!("binding registry mirror on {}", config.proxy_listen))?;
-    let api_listener = match &config.api_listen {
-        ApiAddress::Unix(path) => serve::bind_unix(path).map(serve::Listener::Unix),
-        ApiAddress::Tcp(addr) => tokio::net::TcpListener::bind(addr)
-            .await
-            .map(serve::Listener::Tcp),
-    }
-    .with_context(|| format!("binding the task API on {}", config.api_listen))?;
-    let bound = Bound {
-        proxy: proxy_listener.local_addr()?,
-        peer: peer_listener.local_addr()?,
-        admin: admin_listener.local_addr()?,
-    };
+    let listeners = Listeners::bind(&config).await?;
+    let bound = listeners.bound()?;
 
     let schedulers = SchedulerPool::new(config.scheduler.clone(), tls.clone());
-    let hostname = config.hostname.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default()
-    });
-    schedulers.set_host(proto::Host {
-        id: host_id.clone(),
-        hostname,
-        ip: config.advertised_ip().to_string(),
-        peer_port: bound.peer.port() as u32,
-        proxy_port: bound.proxy.port() as u32,
-        admin_port: bound.admin.port() as u32,
-        r#type: if config.seed {
-            proto::HostType::Seed as i32
-        } else {
-            proto::HostType::Normal as i32
-        },
-        upload_capacity: config.upload_limit,
-        free_upload_slots: config.upload_limit,
-        labels: config.labels.clone().into_iter().collect(),
-    });
+    schedulers.set_host(host_description(&config, &host_id, &bound));
     let daemon = Daemon::new(
         config.clone(),
         host_id.clone(),
@@ -191,57 +152,7 @@ pub async fn run(
     let mirror_router = mirror::router(daemon.clone()).context("setting up the registry mirror")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let serve = |name: &'static str,
-                 listener: serve::Listener,
-                 router: axum::Router,
-                 tls: Option<tokio_rustls::TlsAcceptor>| {
-        let refused = daemon
-            .metrics
-            .connections_refused
-            .get_or_create(&metrics::ListenerLabel { listener: name })
-            .clone();
-        tokio::spawn(serve::serve(
-            name,
-            listener,
-            router,
-            serve::Options {
-                limits: config.serve_limits(),
-                refused: Some(refused),
-                tls,
-            },
-            stop_rx.clone(),
-        ))
-    };
-    // Children, seeds' callers and the operator (Preheat) call the peer
-    // port; nothing else in the cluster may.
-    let peer_tls = tls.as_ref().map(|t| {
-        use identity::Role;
-        t.acceptor(&[Role::Node, Role::Seed, Role::Operator])
-    });
-    let peer_server = serve(
-        "peer",
-        serve::Listener::Tcp(peer_listener),
-        piece_server::router(daemon.clone()),
-        peer_tls,
-    );
-    let admin_server = serve(
-        "admin",
-        serve::Listener::Tcp(admin_listener),
-        admin::router(daemon.clone(), ready.clone()),
-        None,
-    );
-    let proxy_server = serve(
-        "mirror",
-        serve::Listener::Tcp(proxy_listener),
-        mirror_router,
-        None,
-    );
-    let api_server = serve(
-        "api",
-        api_listener,
-        task_api::local_router(daemon.clone()),
-        None,
-    );
+    let servers = start_servers(&daemon, listeners, mirror_router, ready.clone(), &stop_rx);
 
     if schedulers.is_configured() {
         schedulers.refresh().await;
@@ -250,21 +161,7 @@ pub async fn run(
     } else {
         tracing::warn!("no scheduler configured: every download goes straight to the origin");
     }
-    let gc_daemon = daemon.clone();
-    let mut gc_stop = stop_rx.clone();
-    tokio::spawn(async move {
-        let budget = gc_daemon.store.budget().clone();
-        loop {
-            gc_daemon.collect_garbage().await;
-            // Every interval, and at once when a write finds the quota
-            // full or the disk out of space.
-            tokio::select! {
-                _ = tokio::time::sleep(gc_daemon.config.gc_interval) => {}
-                _ = budget.pressure() => {}
-                _ = gc_stop.changed() => break,
-            }
-        }
-    });
+    spawn_garbage_collector(daemon.clone(), stop_rx.clone());
 
     if config.mirror.mirrored_registries.is_empty() {
         tracing::warn!("no --registry given: the mirror serves any registry a caller names");
@@ -290,15 +187,162 @@ pub async fn run(
     for task in daemon.store.list() {
         let _ = task.flush().await;
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let _ = peer_server.await;
-        let _ = admin_server.await;
-        let _ = proxy_server.await;
-        let _ = api_server.await;
-    })
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        futures::future::join_all(servers),
+    )
     .await;
     if let ApiAddress::Unix(path) = &config.api_listen {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// The daemon's four listening sockets, bound before anything starts so a
+/// port in use fails the start at once.
+struct Listeners {
+    peer: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    proxy: tokio::net::TcpListener,
+    api: serve::Listener,
+}
+
+impl Listeners {
+    async fn bind(config: &DaemonConfig) -> anyhow::Result<Listeners> {
+        let peer = tokio::net::TcpListener::bind(config.peer_listen)
+            .await
+            .with_context(|| format!("binding piece server on {}", config.peer_listen))?;
+        let admin = tokio::net::TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("binding admin server on {}", config.admin_listen))?;
+        let proxy = tokio::net::TcpListener::bind(config.proxy_listen)
+            .await
+            .with_context(|| format!("binding registry mirror on {}", config.proxy_listen))?;
+        let api = match &config.api_listen {
+            ApiAddress::Unix(path) => serve::bind_unix(path).map(serve::Listener::Unix),
+            ApiAddress::Tcp(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .map(serve::Listener::Tcp),
+        }
+        .with_context(|| format!("binding the task API on {}", config.api_listen))?;
+        Ok(Listeners {
+            peer,
+            admin,
+            proxy,
+            api,
+        })
+    }
+
+    fn bound(&self) -> anyhow::Result<Bound> {
+        Ok(Bound {
+            proxy: self.proxy.local_addr()?,
+            peer: self.peer.local_addr()?,
+            admin: self.admin.local_addr()?,
+        })
+    }
+}
+
+/// This host as the scheduler sees it.
+fn host_description(config: &DaemonConfig, host_id: &str, bound: &Bound) -> proto::Host {
+    let hostname = config.hostname.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
+    proto::Host {
+        id: host_id.to_string(),
+        hostname,
+        ip: config.advertised_ip().to_string(),
+        peer_port: bound.peer.port() as u32,
+        proxy_port: bound.proxy.port() as u32,
+        admin_port: bound.admin.port() as u32,
+        r#type: if config.seed {
+            proto::HostType::Seed as i32
+        } else {
+            proto::HostType::Normal as i32
+        },
+        upload_capacity: config.upload_limit,
+        free_upload_slots: config.upload_limit,
+        labels: config.labels.clone().into_iter().collect(),
+    }
+}
+
+/// Evicts tasks over the cache quota every interval, and at once when a
+/// write finds the quota full or the disk out of space.
+fn spawn_garbage_collector(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let budget = daemon.store.budget().clone();
+        loop {
+            daemon.collect_garbage().await;
+            tokio::select! {
+                _ = tokio::time::sleep(daemon.config.gc_interval) => {}
+                _ = budget.pressure() => {}
+                _ = stop.changed() => break,
+            }
+        }
+    });
+}
+
+/// Serves the peer port (members only, with cluster identity), the admin
+/// port, the registry mirror and the local task API until `stop`.
+fn start_servers(
+    daemon: &Arc<Daemon>,
+    listeners: Listeners,
+    mirror_router: axum::Router,
+    ready: Arc<AtomicBool>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let serve = |name: &'static str,
+                 listener: serve::Listener,
+                 router: axum::Router,
+                 tls: Option<tokio_rustls::TlsAcceptor>| {
+        let refused = daemon
+            .metrics
+            .connections_refused
+            .get_or_create(&metrics::ListenerLabel { listener: name })
+            .clone();
+        tokio::spawn(serve::serve(
+            name,
+            listener,
+            router,
+            serve::Options {
+                limits: daemon.config.serve_limits(),
+                refused: Some(refused),
+                tls,
+            },
+            stop.clone(),
+        ))
+    };
+    // Children, seeds' callers and the operator (Preheat) call the peer
+    // port; nothing else in the cluster may.
+    let peer_tls = daemon.tls.as_ref().map(|t| {
+        use identity::Role;
+        t.acceptor(&[Role::Node, Role::Seed, Role::Operator])
+    });
+    vec![
+        serve(
+            "peer",
+            serve::Listener::Tcp(listeners.peer),
+            piece_server::router(daemon.clone()),
+            peer_tls,
+        ),
+        serve(
+            "admin",
+            serve::Listener::Tcp(listeners.admin),
+            admin::router(daemon.clone(), ready),
+            None,
+        ),
+        serve(
+            "mirror",
+            serve::Listener::Tcp(listeners.proxy),
+            mirror_router,
+            None,
+        ),
+        serve(
+            "api",
+            listeners.api,
+            task_api::local_router(daemon.clone()),
+            None,
+        ),
+    ]
 }
