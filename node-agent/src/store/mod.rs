@@ -4,6 +4,7 @@
 
 mod budget;
 mod gc;
+mod intact;
 mod meta;
 mod task;
 
@@ -332,6 +333,45 @@ mod tests {
         ));
         assert!(!task.is_complete());
         assert_eq!(task.meta().missing_pieces(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn pieces_written_here_are_not_hashed_again_unless_another_writer_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+        let task = store.get_or_create(&id(1), "http://o/x", None).unwrap();
+        task.set_shape(Some(8), 4).unwrap();
+        for (i, chunk) in [&b"abcd"[..], b"efgh"].iter().enumerate() {
+            let data = Bytes::copy_from_slice(chunk);
+            task.write_piece(i as u32, data.clone(), piece_digest(&data))
+                .await
+                .unwrap();
+        }
+        let data_path = dir.path().join("tasks").join(id(1)).join("data");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&data_path)
+            .unwrap();
+        let written_at = file.metadata().unwrap().modified().unwrap();
+        // A change that hides its traces (the modification time put back)
+        // is served as written: the read trusts its own write, no hash.
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(b"X", 0).unwrap();
+        file.set_modified(written_at).unwrap();
+        let (data, _) = task.read_piece(0).await.unwrap();
+        assert_eq!(&data[..], b"Xbcd", "read without hashing");
+        // A visible write by someone else: every piece is checked again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        file.write_all_at(b"Y", 4).unwrap();
+        assert!(matches!(
+            task.read_piece(0).await,
+            Err(StoreError::CorruptPiece { index: 0, .. })
+        ));
+        assert!(matches!(
+            task.read_piece(1).await,
+            Err(StoreError::CorruptPiece { index: 1, .. })
+        ));
+        assert_eq!(task.meta().missing_pieces(), vec![0, 1]);
     }
 
     #[tokio::test]

@@ -92,6 +92,8 @@ pub struct StoredTask {
     flushing: Mutex<()>,
     /// The store's quota, which every new piece reserves its bytes from.
     budget: Arc<super::budget::Budget>,
+    /// Pieces a read may serve without hashing them again.
+    intact: super::intact::IntactPieces,
 }
 
 /// Keeps a task from garbage collection while alive.
@@ -123,6 +125,7 @@ impl StoredTask {
             last_flush: Mutex::new(Instant::now()),
             flushing: Mutex::new(()),
             budget,
+            intact: Default::default(),
         }
     }
 
@@ -281,21 +284,27 @@ impl StoredTask {
         }
         let task = self.clone();
         let len = data.len();
-        let written = tokio::task::spawn_blocking(move || task.file.write_all_at(&data, offset))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-        if let Err(e) = written {
-            self.budget.release(new_bytes);
-            if e.raw_os_error() == Some(28) {
-                // ENOSPC: the collector frees space; readiness reports it.
-                self.budget.disk_full();
-                return Err(StoreError::DiskFull {
-                    task: self.id.clone(),
-                });
+        let written = tokio::task::spawn_blocking(move || {
+            task.file.write_all_at(&data, offset)?;
+            Ok(task.data_mtime())
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let mtime = match written {
+            Ok(mtime) => mtime,
+            Err(e) => {
+                self.budget.release(new_bytes);
+                if e.raw_os_error() == Some(28) {
+                    // ENOSPC: the collector frees space; readiness reports it.
+                    self.budget.disk_full();
+                    return Err(StoreError::DiskFull {
+                        task: self.id.clone(),
+                    });
+                }
+                return Err(self.io(e));
             }
-            return Err(self.io(e));
-        }
+        };
         self.budget.disk_ok();
         {
             let mut meta = self.lock_meta();
@@ -305,6 +314,8 @@ impl StoredTask {
             }
             let was_empty = meta.digests[slot].is_none();
             meta.digests[slot] = Some(digest);
+            // Under the meta lock, so a concurrent discard cannot slip between.
+            self.intact.wrote(index, mtime);
             match (was_empty, new_bytes) {
                 (true, 0) => self.budget.commit_unreserved(len as u64),
                 (true, n) => self.budget.commit(n),
@@ -316,8 +327,15 @@ impl StoredTask {
         self.flush_if_due().await
     }
 
+    /// The data file's modification time, if the filesystem keeps one.
+    fn data_mtime(&self) -> Option<std::time::SystemTime> {
+        self.file.metadata().and_then(|m| m.modified()).ok()
+    }
+
     /// Reads piece `index` and checks it against its recorded digest, so a
-    /// piece damaged on disk is never served: it is discarded instead.
+    /// piece damaged on disk is never served: it is discarded instead. A
+    /// piece this process wrote or checked is not hashed again while no
+    /// one else has written the file (see [`super::intact`]).
     pub async fn read_piece(self: &Arc<Self>, index: u32) -> Result<(Bytes, String), StoreError> {
         let (offset, len, digest) = {
             let meta = self.lock_meta();
@@ -331,15 +349,19 @@ impl StoredTask {
             (start, (end - start) as usize, digest)
         };
         let task = self.clone();
-        let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let (data, mtime) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             let mut buf = vec![0u8; len];
             task.file.read_exact_at(&mut buf, offset)?;
-            Ok(buf)
+            // After the read: a write by anyone else before it shows here.
+            Ok((buf, task.data_mtime()))
         })
         .await
         .map_err(|e| self.io(std::io::Error::other(e)))?
         .map_err(|e| self.io(e))?;
         let data = Bytes::from(data);
+        if self.intact.is_intact(index, mtime) {
+            return Ok((data, digest));
+        }
         let task = self.clone();
         let (data, actual) = tokio::task::spawn_blocking(move || {
             let actual = piece_digest(&data);
@@ -355,6 +377,7 @@ impl StoredTask {
                 index,
             });
         }
+        self.intact.verified(index);
         Ok((data, digest))
     }
 
@@ -362,6 +385,7 @@ impl StoredTask {
     pub async fn discard_piece(self: &Arc<Self>, index: u32) {
         {
             let mut meta = self.lock_meta();
+            self.intact.forget(index);
             let content_length = meta.content_length.unwrap_or(u64::MAX);
             let (start, end) = piece_range(index, meta.piece_length, content_length);
             if let Some(slot) = meta.digests.get_mut(index as usize) {
