@@ -18,7 +18,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use node_agent::containerd::check;
-use node_agent::containerd::hosts::{self, Registry, REGISTRY_HEADER};
+use node_agent::containerd::hosts::{self, Registry};
 use node_agent::containerd::ContainerdError;
 use std::path::Path;
 use toml_edit::{Document, Item, Table};
@@ -140,7 +140,7 @@ fn check_render(
     if let Some(server) = &registry.server {
         let header = ours
             .get("header")
-            .and_then(|h| h.get(REGISTRY_HEADER))
+            .and_then(|h| h.get(wire::headers::REGISTRY))
             .and_then(Item::as_array)
             .and_then(|a| a.get(0))
             .and_then(|v| v.as_str());
