@@ -5,4 +5,6 @@ pub mod image;
 pub mod plot;
 pub mod pull;
 pub mod report;
+pub mod rss;
 pub mod scenarios;
+pub mod waves;

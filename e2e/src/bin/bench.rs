@@ -45,7 +45,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 100)]
     origin_mbit: u32,
     /// Scenarios to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
     scenarios: Vec<String>,
     /// Faults to inject (`all`, `none`, or a list).
     #[arg(long, value_delimiter = ',', default_value = "all")]
