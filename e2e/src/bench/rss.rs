@@ -37,6 +37,16 @@ pub fn current_rss(pid: u32) -> anyhow::Result<u64> {
     read_field(pid, "VmRSS")
 }
 
+/// Current (VmRSS, RssAnon) of `pid`, in bytes: the second is the heap
+/// and stacks, without file pages mapped in.
+pub fn current_rss_and_anon(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field =
+        |name| status_field(&status, name).with_context(|| format!("{path} has no {name} line"));
+    Ok((field("VmRSS")?, field("RssAnon")?))
+}
+
 /// Checks that `pid` runs `program` (processes started through
 /// `ip netns exec` are the program itself: `ip` execs it in place).
 pub fn expect_program(pid: u32, program: &str) -> anyhow::Result<()> {
@@ -86,11 +96,12 @@ impl RssFigures {
     }
 }
 
-/// Samples VmRSS of a process every `interval` in a thread of its own
-/// until stopped, or until `limit` has passed.
+/// Samples VmRSS (and RssAnon) of a process every `interval` in a thread
+/// of its own until stopped, or until `limit` has passed.
 pub struct RssSampler {
     stop: Arc<AtomicBool>,
     max: Arc<AtomicU64>,
+    max_anon: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<usize>>,
 }
 
@@ -98,6 +109,7 @@ pub struct RssSampler {
 #[derive(Debug, Clone, Copy)]
 pub struct Sampled {
     pub max_bytes: u64,
+    pub max_anon_bytes: u64,
     pub samples: usize,
 }
 
@@ -105,17 +117,19 @@ impl RssSampler {
     pub fn start(pid: u32, interval: Duration, limit: Duration) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let max = Arc::new(AtomicU64::new(0));
+        let max_anon = Arc::new(AtomicU64::new(0));
         let rounds = (limit.as_millis() / interval.as_millis().max(1)).max(1) as usize;
         let thread = {
-            let (stop, max) = (stop.clone(), max.clone());
+            let (stop, max, max_anon) = (stop.clone(), max.clone(), max_anon.clone());
             std::thread::spawn(move || {
                 let mut samples = 0;
                 for _ in 0..rounds {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Ok(rss) = current_rss(pid) {
+                    if let Ok((rss, anon)) = current_rss_and_anon(pid) {
                         max.fetch_max(rss, Ordering::SeqCst);
+                        max_anon.fetch_max(anon, Ordering::SeqCst);
                         samples += 1;
                     }
                     std::thread::sleep(interval);
@@ -126,6 +140,7 @@ impl RssSampler {
         RssSampler {
             stop,
             max,
+            max_anon,
             thread: Some(thread),
         }
     }
@@ -135,6 +150,7 @@ impl RssSampler {
         let samples = self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0);
         Sampled {
             max_bytes: self.max.load(Ordering::SeqCst),
+            max_anon_bytes: self.max_anon.load(Ordering::SeqCst),
             samples,
         }
     }
@@ -188,5 +204,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         let seen = sampler.finish();
         assert!(seen.samples >= 1 && seen.max_bytes > 0, "{seen:?}");
+        assert!(
+            seen.max_anon_bytes > 0 && seen.max_anon_bytes <= seen.max_bytes,
+            "{seen:?}"
+        );
     }
 }
