@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::memory::read_timeout;
+use super::memory::{daemon_args, read_timeout};
 use super::mirror_read::{client, read_blob};
 use super::synthetic::{BlobServer, SyntheticBlob};
 use crate::procs::{DaemonProc, DaemonSpec, SchedulerProc};
@@ -87,7 +87,7 @@ fn spec(name: &str, ip: IpAddr, scheduler: &SchedulerProc, work: &Path, mib: u64
         scheduler: Some(scheduler.grpc),
         seed: false,
         data_dir: work.join(name),
-        extra_args: vec!["--cache-size".into(), format!("{}MiB", mib + 1024)],
+        extra_args: daemon_args(mib),
         peer_port: 0,
         admin_port: 0,
     }

@@ -4,7 +4,6 @@
 //! every reader hashing what the registry mirror sends. Figures: the
 //! kernel's peak RSS (VmHWM) and the largest VmRSS sampled every 100 ms.
 
-use anyhow::Context;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -38,14 +37,29 @@ pub struct MemoryReport {
     /// The largest RssAnon sampled (heap and stacks, no file pages).
     pub sampled_max_anon_bytes: u64,
     pub samples: usize,
-    /// Each reader's time, all started at once.
+    /// Each verified reader's time, all started at once.
     pub reader_seconds: Vec<f64>,
+    /// Readers that failed, and why (the memory figures still stand).
+    pub errors: Vec<String>,
     /// Blob bytes the registry sent (1x: fetched once for every reader).
     pub origin_bytes: u64,
 }
 
 fn loopback(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 20, last))
+}
+
+/// dfdaemon flags of both loopback figures: room for the whole blob in the
+/// cache, and the product's stall timeout (30 s) over the test harness's
+/// 10 s: the last bytes wait for the whole-blob digest, which takes
+/// seconds for gigabytes.
+pub fn daemon_args(blob_mib: u64) -> Vec<String> {
+    vec![
+        "--cache-size".into(),
+        format!("{}MiB", blob_mib + 1024),
+        "--stall-timeout".into(),
+        "30s".into(),
+    ]
 }
 
 /// Time allowed for one reader: at least 10 min, or 5 MB/s.
@@ -68,11 +82,7 @@ pub async fn run(config: &MemoryConfig) -> anyhow::Result<MemoryReport> {
         scheduler: Some(scheduler.grpc),
         seed: false,
         data_dir: config.work.join("dfdaemon"),
-        // Room for the whole blob in the cache.
-        extra_args: vec![
-            "--cache-size".into(),
-            format!("{}MiB", config.blob_mib + 1024),
-        ],
+        extra_args: daemon_args(config.blob_mib),
         peer_port: 0,
         admin_port: 0,
     };
@@ -99,15 +109,19 @@ pub async fn run(config: &MemoryConfig) -> anyhow::Result<MemoryReport> {
     let sampled = sampler.finish();
     let peak_rss_bytes = peak_rss(pid)?;
     let mut reader_seconds = Vec::new();
+    let mut errors = Vec::new();
     for (i, read) in reads.into_iter().enumerate() {
-        let read = read.with_context(|| {
-            format!(
-                "reader {i} after {:.1}s; dfdaemon log: {}",
-                started.elapsed().as_secs_f64(),
-                daemon.proc.log_tail(10)
-            )
-        })?;
-        reader_seconds.push(read.seconds);
+        match read {
+            Ok(read) => reader_seconds.push(read.seconds),
+            Err(e) => errors.push(format!("reader {i}: {e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        eprintln!(
+            "after {:.1}s, dfdaemon log: {}",
+            started.elapsed().as_secs_f64(),
+            daemon.proc.log_tail(10)
+        );
     }
     Ok(MemoryReport {
         blob_bytes: blob.len,
@@ -118,6 +132,7 @@ pub async fn run(config: &MemoryConfig) -> anyhow::Result<MemoryReport> {
         sampled_max_anon_bytes: sampled.max_anon_bytes,
         samples: sampled.samples,
         reader_seconds,
+        errors,
         origin_bytes: server.bytes_served(),
     })
 }
@@ -126,9 +141,9 @@ impl MemoryReport {
     pub fn text(&self) -> String {
         let mib = |b: u64| b as f64 / MIB as f64;
         let slowest = self.reader_seconds.iter().copied().fold(0.0, f64::max);
-        format!(
-            "blob {:.0} MiB to {} readers through one dfdaemon's registry mirror, every reader's sha256 verified\n\
-             slowest reader   {slowest:.1} s ({:.0} MB/s per reader)\n\
+        let mut out = format!(
+            "blob {:.0} MiB to {} readers through one dfdaemon's registry mirror, each reader checking sha256\n\
+             slowest verified reader {slowest:.1} s ({:.0} MB/s per reader)\n\
              origin sent      {:.2}x the blob\n\
              dfdaemon RSS     idle {:.1} MiB, peak (VmHWM) {:.1} MiB, max sampled every 100 ms {:.1} MiB (anonymous {:.1} MiB; {} samples)\n",
             mib(self.blob_bytes),
@@ -140,6 +155,15 @@ impl MemoryReport {
             mib(self.sampled_max_rss_bytes),
             mib(self.sampled_max_anon_bytes),
             self.samples,
-        )
+        );
+        if !self.errors.is_empty() {
+            out.push_str(&format!(
+                "FAILED readers   {} of {}: {}\n",
+                self.errors.len(),
+                self.readers,
+                self.errors.join("; ")
+            ));
+        }
+        out
     }
 }

@@ -315,7 +315,11 @@ async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; processes stopped"),
     };
     print!("{}", report.text());
-    write_json(args.json.as_ref(), &report)
+    write_json(args.json.as_ref(), &report)?;
+    if !report.errors.is_empty() {
+        anyhow::bail!("{} reader(s) failed", report.errors.len());
+    }
+    Ok(())
 }
 
 async fn loopback(args: LoopbackArgs) -> anyhow::Result<()> {
