@@ -274,9 +274,10 @@ impl DaemonProc {
             spec.name.clone(),
             "--heartbeat-interval".into(),
             "1s".into(),
-            "--stall-timeout".into(),
-            "10s".into(),
         ];
+        if !spec.extra_args.iter().any(|a| a == "--stall-timeout") {
+            args.extend(["--stall-timeout".into(), "10s".into()]);
+        }
         if let Some(scheduler) = spec.scheduler {
             args.push("--scheduler".into());
             args.push(scheduler.to_string());

@@ -44,7 +44,7 @@ pub fn cdf_png(report: &BenchReport, out: &Path) -> anyhow::Result<()> {
         .build_cartesian_2d(0.0..max_x, 0.0..1.0)?;
     chart
         .configure_mesh()
-        .x_desc("seconds since the pulls started")
+        .x_desc("seconds since the host's pull started (its wave's start in d and e)")
         .y_desc("share of hosts done")
         .label_style(("sans-serif", 15))
         .draw()?;

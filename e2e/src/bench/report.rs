@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::rss::RssFigures;
+use super::waves::{WaveReport, LATER_WAVE_GOAL};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostTime {
     pub host: String,
@@ -31,6 +34,13 @@ pub struct ScenarioReport {
     /// Against scenario a (direct), by slowest host.
     pub speedup_vs_direct: Option<f64>,
     pub failed_pulls: usize,
+    /// Peak RSS (VmHWM) of the swarm's dfdaemons, seed included, read just
+    /// before they stop (swarm scenarios only).
+    #[serde(default)]
+    pub dfdaemon_rss: Option<RssFigures>,
+    /// Scenario e: one entry per wave, host times from the wave's start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<WaveReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +66,10 @@ pub struct BenchReport {
     pub upload_share: f64,
     pub scenarios: Vec<ScenarioReport>,
     pub faults: Vec<FaultReport>,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -96,7 +110,35 @@ impl ScenarioReport {
             max_over_t_star: max / t_star_s,
             p50_over_t_star: p50 / t_star_s,
             speedup_vs_direct: None,
+            dfdaemon_rss: None,
+            waves: Vec::new(),
         }
+    }
+}
+
+impl ScenarioReport {
+    /// Each wave's slowest host against T*, one line a wave.
+    pub fn wave_lines(&self) -> String {
+        let mut out = format!(
+            "\n{}: slowest host of each wave from the wave's start (goal after the first: <= {LATER_WAVE_GOAL} T*)\n",
+            self.key
+        );
+        for w in &self.waves {
+            let verdict = match w.meets_goal() {
+                None => "",
+                Some(true) => "  ok",
+                Some(false) => "  over",
+            };
+            out.push_str(&format!(
+                "  wave {} ({}): {:.1} s  {:.2} T*  failed {}{verdict}\n",
+                w.wave,
+                w.hosts.join(","),
+                w.max_s,
+                w.max_over_t_star,
+                w.failed_pulls
+            ));
+        }
+        out
     }
 }
 
@@ -115,7 +157,7 @@ impl BenchReport {
             self.hosts, self.layers, self.layer_mib, self.node_mbit, self.origin_mbit
         );
         out.push_str(&format!(
-            "{:<34} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>10} {:>8} {:>6}\n",
+            "{:<34} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>10} {:>8} {:>6} {:>12}\n",
             "scenario",
             "p50 s",
             "max s",
@@ -125,11 +167,12 @@ impl BenchReport {
             "origin x",
             "peers MiB",
             "speedup",
-            "failed"
+            "failed",
+            "RSS max/p50"
         ));
         for s in &self.scenarios {
             out.push_str(&format!(
-                "{:<34} {:>7.1} {:>7.1} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>10.0} {:>8} {:>6}\n",
+                "{:<34} {:>7.1} {:>7.1} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>10.0} {:>8} {:>6} {:>12}\n",
                 format!("{}. {}", s.key, s.title),
                 s.p50_s,
                 s.max_s,
@@ -141,8 +184,15 @@ impl BenchReport {
                 s.speedup_vs_direct
                     .map(|x| format!("{x:.1}x"))
                     .unwrap_or_else(|| "-".into()),
-                s.failed_pulls
+                s.failed_pulls,
+                s.dfdaemon_rss
+                    .as_ref()
+                    .map(|r| format!("{:.0}/{:.0} MiB", mib(r.max_bytes), mib(r.median_bytes)))
+                    .unwrap_or_else(|| "-".into())
             ));
+        }
+        for s in self.scenarios.iter().filter(|s| !s.waves.is_empty()) {
+            out.push_str(&s.wave_lines());
         }
         let pairs: Vec<(&ScenarioReport, &ScenarioReport)> = self
             .scenarios
@@ -209,5 +259,47 @@ mod tests {
         assert_eq!(r.max_s, 3.0);
         assert_eq!(r.max_over_t_star, 1.5);
         assert_eq!(r.origin_ratio, 1.0);
+    }
+
+    #[test]
+    fn table_shows_memory_and_waves() {
+        let host = |name: &str, seconds: f64| HostTime {
+            host: name.into(),
+            seconds,
+            ok: true,
+            corrupt_blobs: 0,
+            retries: 0,
+            error: None,
+        };
+        let times = [host("n1", 30.0), host("n2", 21.0)];
+        let mut e = ScenarioReport::new("e", "waves", times.to_vec(), 100, 100, 100, 20.0);
+        e.waves = vec![
+            WaveReport::new(1, &times[..1], 20.0),
+            WaveReport::new(2, &times[1..], 20.0),
+        ];
+        e.dfdaemon_rss = RssFigures::new(&[40 << 20, 20 << 20, 30 << 20], None);
+        let plain = ScenarioReport::new("a", "direct", times.to_vec(), 100, 800, 0, 20.0);
+        let report = BenchReport {
+            hosts: 2,
+            layers: 1,
+            layer_mib: 1,
+            node_mbit: 100,
+            origin_mbit: 100,
+            upload_share: 0.0,
+            scenarios: vec![plain, e],
+            faults: Vec::new(),
+        };
+        let table = report.table();
+        assert!(table.contains("40/30 MiB"), "{table}");
+        assert!(
+            table.contains("wave 1 (n1): 30.0 s  1.50 T*  failed 0\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("wave 2 (n2): 21.0 s  1.05 T*  failed 0  ok"),
+            "{table}"
+        );
+        let a_row = table.lines().find(|l| l.starts_with("a. direct")).unwrap();
+        assert!(a_row.trim_end().ends_with('-'), "{a_row}");
     }
 }

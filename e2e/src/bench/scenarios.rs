@@ -1,12 +1,15 @@
-//! The benchmark: the same image pulled by every host in four ways (straight
+//! The benchmark: the same image pulled by every host in five ways (straight
 //! from the origin, through a pull-through cache, through this system cold,
-//! and through this system after one host), then the fault matrix.
+//! through this system after one host, and in rollout waves), then the
+//! fault matrix.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::cluster::{run_puller, Cluster};
 use super::report::{BenchReport, FaultReport, HostTime, ScenarioReport};
+use super::rss::{program_peak_rss, RssFigures};
+use super::waves::{wave_size, WaveReport};
 use crate::netns::{HostSpec, NetHost, Topology};
 use crate::procs::Proc;
 
@@ -76,6 +79,22 @@ impl Swarm {
             seed,
             daemons,
         })
+    }
+
+    /// Peak RSS of every dfdaemon and the seed, read before they stop; a
+    /// daemon that cannot be read (it died) is left out with a warning.
+    fn peak_rss(&self) -> Option<RssFigures> {
+        let read = |p: &Proc| match program_peak_rss(p.pid(), "dfdaemon") {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                eprintln!("warning: no peak RSS for {}: {e:#}", p.name);
+                None
+            }
+        };
+        let seed = read(&self.seed);
+        let mut peaks: Vec<u64> = self.daemons.iter().filter_map(read).collect();
+        peaks.extend(seed);
+        RssFigures::new(&peaks, seed)
     }
 }
 
@@ -233,7 +252,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     // The swarm scenarios run once per TLS setting asked for.
     let mut runs: Vec<(String, bool)> = Vec::new();
     for key in &config.scenarios {
-        let swarm = matches!(key.as_str(), "c" | "d");
+        let swarm = matches!(key.as_str(), "c" | "d" | "e");
         match config.tls {
             TlsMode::Both if swarm => {
                 runs.push((key.clone(), false));
@@ -247,6 +266,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         cluster.tls.set(*tls);
         let before = cluster.origin_bytes().await?;
         eprintln!("scenario {key}{}...", if *tls { " (mTLS)" } else { "" });
+        let mut rss = None;
+        let mut waves = Vec::new();
         let (title, hosts, peer_bytes) = match key.as_str() {
             "a" => {
                 let hosts = cluster
@@ -275,6 +296,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
                 let mut all = nodes.clone();
                 all.push(cluster.topo.host("seed")?);
                 let peers = cluster.peer_bytes(&all).await;
+                rss = swarm.peak_rss();
                 drop(swarm);
                 cluster.discard_content("c");
                 ("dragonfly, all hosts at once", hosts, peers)
@@ -300,11 +322,42 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
                 let mut all = nodes.clone();
                 all.push(cluster.topo.host("seed")?);
                 let peers = cluster.peer_bytes(&all).await;
+                rss = swarm.peak_rss();
                 drop(swarm);
                 cluster.discard_content("d");
                 ("dragonfly, one host then the rest", hosts, peers)
             }
-            other => anyhow::bail!("unknown scenario {other:?} (a, b, c or d)"),
+            "e" => {
+                let swarm = Swarm::start(&cluster, &nodes, "e").await?;
+                let mut hosts = Vec::new();
+                for (i, wave) in nodes.chunks(wave_size(nodes.len())).enumerate() {
+                    let times = cluster
+                        .pull_all(
+                            wave,
+                            mirror_base(&cluster, config.task_api),
+                            config.task_api,
+                        )
+                        .await;
+                    let w = WaveReport::new(i + 1, &times, t_star);
+                    eprintln!(
+                        "  wave {} ({}): {:.1}s {:.2} T*",
+                        w.wave,
+                        w.hosts.join(","),
+                        w.max_s,
+                        w.max_over_t_star
+                    );
+                    waves.push(w);
+                    hosts.extend(times);
+                }
+                let mut all = nodes.clone();
+                all.push(cluster.topo.host("seed")?);
+                let peers = cluster.peer_bytes(&all).await;
+                rss = swarm.peak_rss();
+                drop(swarm);
+                cluster.discard_content("e");
+                ("dragonfly, rollout waves of 20%", hosts, peers)
+            }
+            other => anyhow::bail!("unknown scenario {other:?} (a, b, c, d or e)"),
         };
         let origin = cluster.origin_bytes().await? - before;
         let (key, title) = match (config.tls, tls) {
@@ -314,6 +367,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         };
         let mut s =
             ScenarioReport::new(&key, &title, hosts, image_bytes, origin, peer_bytes, t_star);
+        s.dfdaemon_rss = rss;
+        s.waves = waves;
         if let Some(direct) = report.scenarios.iter().find(|s| s.key == "a") {
             s.speedup_vs_direct = Some(direct.max_s / s.max_s.max(1e-9));
         }

@@ -1,9 +1,14 @@
 //! dragonfly-bench: the multi-host benchmark and fault matrix in network
-//! namespaces (`run`, as root), plus the small programs it runs inside the
-//! namespaces: the origin registry, the containerd-like puller, a GET probe.
+//! namespaces (`run`, as root), two loopback figures (`memory`: dfdaemon's
+//! RSS while streaming a large blob to several readers; `loopback`: one
+//! parent's throughput to one child against sha256sum), plus the small
+//! programs `run` starts inside the namespaces: the origin registry, the
+//! containerd-like puller, a GET probe.
 
 use clap::{Parser, Subcommand};
 use dragonfly_e2e::bench::image::{Image, REPOSITORY, TAG};
+use dragonfly_e2e::bench::loopback::LoopbackConfig;
+use dragonfly_e2e::bench::memory::MemoryConfig;
 use dragonfly_e2e::bench::pull::PullTarget;
 use dragonfly_e2e::bench::scenarios::{self, BenchConfig, ALL_FAULTS};
 use dragonfly_e2e::registry::FakeRegistry;
@@ -24,6 +29,12 @@ struct Cli {
 enum Command {
     /// Run the benchmark (needs root: namespaces, veth, tc).
     Run(RunArgs),
+    /// dfdaemon's peak memory while it streams one large blob to several
+    /// readers at once through its registry mirror (loopback, no root).
+    Memory(MemoryArgs),
+    /// One parent dfdaemon to one child on loopback: the child's throughput
+    /// against sha256sum over the same blob, round by round (no root).
+    Loopback(LoopbackArgs),
     /// Serve the generated image as an OCI registry (runs in the origin namespace).
     Origin(OriginArgs),
     /// Pull the image like containerd and print the result as JSON.
@@ -45,7 +56,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 100)]
     origin_mbit: u32,
     /// Scenarios to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
     scenarios: Vec<String>,
     /// Faults to inject (`all`, `none`, or a list).
     #[arg(long, value_delimiter = ',', default_value = "all")]
@@ -75,6 +86,42 @@ struct RunArgs {
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
     /// Keep data dirs and process logs here (default: a temp dir, removed).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct MemoryArgs {
+    /// Size of the blob (generated as it is served; it costs disk only in
+    /// dfdaemon's cache).
+    #[arg(long, default_value_t = 1024)]
+    blob_mib: u64,
+    /// Readers downloading it at once.
+    #[arg(long, default_value_t = 8)]
+    readers: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Write the figures as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Data dir and process logs (default: a temp dir, removed).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct LoopbackArgs {
+    #[arg(long, default_value_t = 1024)]
+    blob_mib: u64,
+    /// Children served one after the other, each timed.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Write the figures as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Data dirs and process logs (default: a temp dir, removed).
     #[arg(long)]
     workdir: Option<PathBuf>,
 }
@@ -230,10 +277,73 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `dir`, or a temp dir removed when the guard drops.
+fn work_dir(dir: Option<&PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Ok((dir.clone(), None))
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("dragonfly-bench-")
+                .tempdir()?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
+        }
+    }
+}
+
+fn write_json(path: Option<&PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
+    let (work, _temp) = work_dir(args.workdir.as_ref())?;
+    let config = MemoryConfig {
+        blob_mib: args.blob_mib,
+        readers: args.readers,
+        seed: args.seed,
+        work,
+    };
+    // Ctrl-C drops the run, which stops every process it started.
+    let report = tokio::select! {
+        report = dragonfly_e2e::bench::memory::run(&config) => report?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; processes stopped"),
+    };
+    print!("{}", report.text());
+    write_json(args.json.as_ref(), &report)?;
+    if !report.errors.is_empty() {
+        anyhow::bail!("{} reader(s) failed", report.errors.len());
+    }
+    Ok(())
+}
+
+async fn loopback(args: LoopbackArgs) -> anyhow::Result<()> {
+    let (work, _temp) = work_dir(args.workdir.as_ref())?;
+    let config = LoopbackConfig {
+        blob_mib: args.blob_mib,
+        rounds: args.rounds,
+        seed: args.seed,
+        work,
+    };
+    let report = tokio::select! {
+        report = dragonfly_e2e::bench::loopback::run(&config) => report?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; processes stopped"),
+    };
+    print!("{}", report.text());
+    write_json(args.json.as_ref(), &report)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
+        Command::Memory(args) => memory(args).await,
+        Command::Loopback(args) => loopback(args).await,
         Command::Origin(args) => origin(args).await,
         Command::Pull(args) => pull(args).await,
         Command::Get { url } => get(url).await,
