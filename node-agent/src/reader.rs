@@ -27,6 +27,9 @@ impl From<ReadError> for std::io::Error {
     }
 }
 
+/// The most a reader is sent at once from a piece known intact.
+const CHUNK: u64 = 256 * 1024;
+
 struct Cursor {
     task: Arc<StoredTask>,
     _pin: PinGuard,
@@ -76,9 +79,24 @@ pub fn stream_range(
             return Err(ReadError::Stalled(c.stall, index));
         }
         let (piece_start, piece_end) = piece_range(index, c.piece_length, c.content_length);
-        let chunk_end = piece_end.min(c.end);
-        // Whole pieces are read so their digest is checked on every read.
-        let (piece, _) = c.task.read_piece(index).await?;
+        // A piece known intact goes out in small chunks straight from disk,
+        // so memory does not grow with the piece length; any other is read
+        // whole and checked against its digest first.
+        let small_end = piece_end.min(c.end).min(c.offset + CHUNK);
+        let small = c
+            .task
+            .read_intact(index, c.offset, (small_end - c.offset) as usize)
+            .await?;
+        let (bytes, chunk_end) = match small {
+            Some(bytes) => (bytes, small_end),
+            None => {
+                let (piece, _) = c.task.read_piece(index).await?;
+                let chunk_end = piece_end.min(c.end);
+                let bytes = piece
+                    .slice((c.offset - piece_start) as usize..(chunk_end - piece_start) as usize);
+                (bytes, chunk_end)
+            }
+        };
         if c.whole && chunk_end == c.content_length {
             // For whole-content readers the last bytes go out only once
             // the daemon has judged the content, so a client that has
@@ -89,8 +107,6 @@ pub fn stream_range(
             // a clean answer: the body is cut, so the client retries.
             await_verdict(&c.task, c.stall).await?;
         }
-        let bytes =
-            piece.slice((c.offset - piece_start) as usize..(chunk_end - piece_start) as usize);
         (c.on_bytes)(bytes.len() as u64);
         c.offset = chunk_end;
         Ok(Some((bytes, c)))
@@ -128,4 +144,77 @@ pub async fn await_verdict(task: &StoredTask, timeout: Duration) -> Result<(), R
         crate::store::RunState::Failed(failure) => ReadError::Failed(failure),
         _ => ReadError::Unverified(timeout),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::piece::piece_digest;
+    use crate::store::{Store, Watermarks};
+    use futures::StreamExt;
+
+    /// A stored task of two 1 MiB pieces written by this process.
+    async fn task_of_two_pieces(dir: &std::path::Path) -> (Arc<StoredTask>, Vec<u8>) {
+        let store = Store::open(dir, 1 << 30, Watermarks::default()).unwrap();
+        let task = store
+            .get_or_create(&format!("{:064x}", 7), "http://o/x", None)
+            .unwrap();
+        let piece = 1 << 20;
+        task.set_shape(Some(2 * piece), piece as u32).unwrap();
+        let content: Vec<u8> = (0..2 * piece).map(|i| (i % 251) as u8).collect();
+        for (i, chunk) in content.chunks(piece as usize).enumerate() {
+            let data = Bytes::copy_from_slice(chunk);
+            task.write_piece(i as u32, data.clone(), piece_digest(&data))
+                .await
+                .unwrap();
+        }
+        (task, content)
+    }
+
+    async fn read_all(
+        task: Arc<StoredTask>,
+        start: u64,
+        end: u64,
+    ) -> Vec<Result<Bytes, ReadError>> {
+        let stall = Duration::from_secs(1);
+        stream_range(task, start, end, stall, Box::new(|_| {}))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn intact_pieces_go_out_in_small_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (task, content) = task_of_two_pieces(dir.path()).await;
+        let chunks = read_all(task.clone(), 100, content.len() as u64 - 7).await;
+        let chunks: Vec<Bytes> = chunks.into_iter().map(|c| c.unwrap()).collect();
+        assert!(chunks.iter().all(|c| c.len() as u64 <= CHUNK));
+        assert_eq!(chunks.concat(), &content[100..content.len() - 7]);
+    }
+
+    #[tokio::test]
+    async fn a_piece_another_writer_touched_is_checked_whole_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (task, content) = task_of_two_pieces(dir.path()).await;
+        std::thread::sleep(Duration::from_millis(20));
+        let data = dir
+            .path()
+            .join("tasks")
+            .join(format!("{:064x}", 7))
+            .join("data");
+        let file = std::fs::OpenOptions::new().write(true).open(data).unwrap();
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(b"damage", (1 << 20) + 10).unwrap();
+        let chunks = read_all(task.clone(), 0, content.len() as u64).await;
+        let (good, bad): (Vec<_>, Vec<_>) = chunks.into_iter().partition(|c| c.is_ok());
+        let good: Vec<Bytes> = good.into_iter().map(|c| c.unwrap()).collect();
+        // Piece 0 re-checked and whole, piece 1 refused: nothing damaged sent.
+        assert_eq!(good.concat(), &content[..1 << 20]);
+        assert!(matches!(
+            bad.as_slice(),
+            [Err(ReadError::Store(
+                crate::store::StoreError::CorruptPiece { index: 1, .. }
+            ))]
+        ));
+    }
 }

@@ -541,6 +541,34 @@ impl StoredTask {
         .map_err(|e| self.io(e))
     }
 
+    /// Bytes `[offset, offset + len)` of piece `index`, read straight from
+    /// disk when the piece is intact as this process knows it (see
+    /// [`StoredTask::read_piece`]); `None` when it must be read whole and
+    /// checked first. Lets a reader stream a piece in small chunks.
+    pub async fn read_intact(
+        self: &Arc<Self>,
+        index: u32,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Bytes>, StoreError> {
+        if !self.with_meta(|m| m.has_piece(index)) {
+            return Ok(None);
+        }
+        let task = self.clone();
+        let (data, mtime) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let mut buf = vec![0u8; len];
+            task.file.read_exact_at(&mut buf, offset)?;
+            Ok((buf, task.data_mtime()))
+        })
+        .await
+        .map_err(|e| self.io(std::io::Error::other(e)))?
+        .map_err(|e| self.io(e))?;
+        Ok(self
+            .intact
+            .is_intact(index, mtime)
+            .then(|| Bytes::from(data)))
+    }
+
     pub(super) fn mark_removed(&self) -> PathBuf {
         self.removed.store(true, Ordering::SeqCst);
         self.notify();
