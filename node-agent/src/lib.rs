@@ -3,6 +3,7 @@
 //! dfget CLI's client side.
 
 pub mod admin;
+pub mod allocator;
 pub mod announcer;
 pub mod api_address;
 pub mod cli;

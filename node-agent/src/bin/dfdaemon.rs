@@ -64,6 +64,9 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     init_tracing();
+    if !node_agent::allocator::return_large_buffers_to_the_system() {
+        tracing::debug!("malloc's mmap threshold left as it is");
+    }
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(args)) => *args,
