@@ -29,16 +29,9 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
         _ => return relay_upstream(mirror, ctx, &path).await,
     };
     // A malformed Range is refused before any upstream work.
-    let ranges = match ctx.headers.get(header::RANGE) {
-        None => None,
-        Some(value) => match value
-            .to_str()
-            .map_err(|_| RangeError::Malformed("non-ASCII".into()))
-            .and_then(range::parse)
-        {
-            Ok(specs) => Some(specs),
-            Err(e) => return range_error(&e, None),
-        },
+    let ranges = match requested_ranges(ctx) {
+        Ok(ranges) => ranges,
+        Err(e) => return range_error(&e, None),
     };
     let local = mirror
         .daemon
@@ -131,7 +124,44 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
             Body::from_stream(io(stream)),
         );
     };
-    let resolved = match range::resolve(&specs, length) {
+    serve_ranges(
+        mirror,
+        task,
+        digest,
+        length,
+        &specs,
+        range_timeout,
+        on_bytes,
+    )
+    .await
+}
+
+/// The Range header's specs, `None` without one.
+fn requested_ranges(ctx: &Ctx) -> Result<Option<Vec<range::RangeSpec>>, RangeError> {
+    let Some(value) = ctx.headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .map_err(|_| RangeError::Malformed("non-ASCII".into()))
+        .and_then(range::parse)
+        .map(Some)
+}
+
+/// A lazy reader's ranges of a blob whose length is known: only the pieces
+/// they touch are fetched, ahead of any background work, and a range that
+/// cannot be served within `stall` is refused before any byte goes out.
+async fn serve_ranges(
+    mirror: &Arc<Mirror>,
+    task: Arc<StoredTask>,
+    digest: &str,
+    length: u64,
+    specs: &[range::RangeSpec],
+    stall: std::time::Duration,
+    on_bytes: impl Fn() -> Box<dyn Fn(u64) + Send + Sync> + Send + Sync + 'static,
+) -> Response {
+    let health = &mirror.daemon.mirror_health;
+    let resolved = match range::resolve(specs, length) {
         Ok(resolved) => resolved,
         Err(e) => return range_error(&e, Some(length)),
     };
@@ -146,10 +176,8 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
             .collect()
     });
     mirror.daemon.want_bytes(&task, &resolved);
-    // A range that cannot be served promptly is refused before any byte
-    // goes out, so a lazy-pull client falls back to the registry at once
-    // instead of reading a broken body.
-    let stall = range_timeout;
+    // Refused before any byte goes out, so a lazy-pull client falls back
+    // to the registry at once instead of reading a broken body.
     if let Err(resp) = await_first_pieces(&task, &resolved, stall).await {
         range_failed(mirror, &resp, || {
             format!("blob range not served within {stall:?}")
