@@ -67,7 +67,24 @@ pub fn pieces_for_range(start: u64, end: u64, piece_length: u32) -> std::ops::Ra
 
 /// `sha256:<hex>` of a piece's bytes.
 pub fn piece_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    let mut hasher = PieceHasher::default();
+    hasher.update(data);
+    hasher.finish()
+}
+
+/// A piece's digest computed as its bytes arrive.
+#[derive(Default, Clone)]
+pub struct PieceHasher(Sha256);
+
+impl PieceHasher {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// `sha256:<hex>` of every byte given.
+    pub fn finish(self) -> String {
+        format!("sha256:{}", hex::encode(self.0.finalize()))
+    }
 }
 
 pub use wire::Bitmap;

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::piece::{piece_count, piece_digest, piece_length_for};
-use crate::store::{StoredTask, TaskFailure};
+use crate::piece::{piece_count, piece_length_for};
+use crate::store::{PieceWriter, StoredTask, TaskFailure};
 
 const MAX_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -411,8 +411,7 @@ impl SourceClient {
     ) -> Result<Attempt, TaskFailure> {
         let piece_length = task.with_meta(|m| m.piece_length) as u64;
         let mut offset = body_start;
-        let mut index = (start / piece_length) as u32;
-        let mut buf = BytesMut::with_capacity(piece_length as usize);
+        let mut sink = PieceSink::new(task, (start / piece_length) as u32, piece_length, on_piece);
         let mut body = resp.bytes_stream();
         while offset < end {
             let chunk = match body.next().await {
@@ -426,17 +425,9 @@ impl SourceClient {
                 let _ = chunk.split_to(skip);
                 offset += skip as u64;
             }
-            while !chunk.is_empty() && offset < end {
-                let room = piece_length as usize - buf.len();
-                let take = room.min(chunk.len()).min((end - offset) as usize);
-                buf.extend_from_slice(&chunk.split_to(take));
-                offset += take as u64;
-                if buf.len() == piece_length as usize {
-                    let data = buf.split().freeze();
-                    store_piece(task, index, data, on_piece).await?;
-                    index += 1;
-                }
-            }
+            chunk.truncate(((end - offset) as usize).min(chunk.len()));
+            offset += chunk.len() as u64;
+            sink.push(chunk).await?;
         }
         if end == u64::MAX {
             // Length unknown up front: the end of the body is the end.
@@ -447,9 +438,7 @@ impl SourceClient {
                 "body ended at {offset}, expected {end}"
             )));
         }
-        if !buf.is_empty() {
-            store_piece(task, index, buf.freeze(), on_piece).await?;
-        }
+        sink.end().await?;
         let total = task.with_meta(|m| m.content_length.unwrap_or(offset));
         let pieces = piece_count(total, piece_length as u32);
         tracing::debug!(task = %task.id, total, pieces, "origin body stored");
@@ -457,27 +446,95 @@ impl SourceClient {
     }
 }
 
-async fn store_piece(
-    task: &Arc<StoredTask>,
+/// Bytes held before they go to disk: a download holds this much per
+/// range in flight, not a piece (up to 32 MiB).
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// Cuts a body's bytes into pieces, each written to disk in chunks as it
+/// comes and hashed on the way; a piece already stored is skipped.
+struct PieceSink<'a> {
+    task: &'a Arc<StoredTask>,
+    piece_length: u64,
     index: u32,
-    data: Bytes,
-    on_piece: &(dyn Fn(u32, u64) + Send + Sync),
-) -> Result<(), TaskFailure> {
-    if task.with_meta(|m| m.has_piece(index)) {
-        return Ok(());
+    /// Bytes of the current piece seen so far.
+    seen: u64,
+    /// `None` while skipping a piece already stored.
+    writer: Option<PieceWriter>,
+    buf: BytesMut,
+    on_piece: &'a (dyn Fn(u32, u64) + Send + Sync),
+}
+
+impl<'a> PieceSink<'a> {
+    fn new(
+        task: &'a Arc<StoredTask>,
+        first: u32,
+        piece_length: u64,
+        on_piece: &'a (dyn Fn(u32, u64) + Send + Sync),
+    ) -> Self {
+        PieceSink {
+            task,
+            piece_length,
+            index: first,
+            seen: 0,
+            writer: None,
+            buf: BytesMut::new(),
+            on_piece,
+        }
     }
-    let len = data.len() as u64;
-    let (data, digest) = tokio::task::spawn_blocking(move || {
-        let digest = piece_digest(&data);
-        (data, digest)
-    })
-    .await
-    .map_err(|e| internal(e.to_string()))?;
-    task.write_piece(index, data, digest)
-        .await
-        .map_err(internal)?;
-    on_piece(index, len);
-    Ok(())
+
+    async fn push(&mut self, mut chunk: Bytes) -> Result<(), TaskFailure> {
+        while !chunk.is_empty() {
+            if self.seen == 0 {
+                self.writer = self.task.begin_piece(self.index).await.map_err(internal)?;
+            }
+            let take = ((self.piece_length - self.seen) as usize).min(chunk.len());
+            let part = chunk.split_to(take);
+            self.seen += take as u64;
+            if self.writer.is_some() {
+                self.buf.extend_from_slice(&part);
+                if self.buf.len() >= WRITE_CHUNK {
+                    self.write_buffered().await?;
+                }
+            }
+            if self.seen == self.piece_length {
+                self.finish_piece().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_buffered(&mut self) -> Result<(), TaskFailure> {
+        if let Some(writer) = &mut self.writer {
+            if !self.buf.is_empty() {
+                writer
+                    .write(self.buf.split().freeze())
+                    .await
+                    .map_err(internal)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish_piece(&mut self) -> Result<(), TaskFailure> {
+        self.write_buffered().await?;
+        if let Some(writer) = self.writer.take() {
+            let len = writer.written();
+            writer.finish().await.map_err(internal)?;
+            (self.on_piece)(self.index, len);
+        }
+        self.index += 1;
+        self.seen = 0;
+        Ok(())
+    }
+
+    /// The body ended: a last piece shorter than a piece length is done
+    /// too (its length must match the task's shape).
+    async fn end(&mut self) -> Result<(), TaskFailure> {
+        if self.seen > 0 {
+            self.finish_piece().await?;
+        }
+        Ok(())
+    }
 }
 
 /// `None`: the status allows reading the body. Otherwise the verdict:

@@ -6,11 +6,13 @@ mod budget;
 mod gc;
 mod intact;
 mod meta;
+mod piece_writer;
 mod task;
 
 pub use budget::Budget;
 pub use gc::{plan_eviction, GcCandidate, Watermarks};
 pub use meta::TaskMeta;
+pub use piece_writer::PieceWriter;
 pub use task::{PinGuard, RunState, StoreError, StoredTask, TaskFailure};
 
 use std::collections::HashMap;
@@ -347,6 +349,10 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // Completing sizes the file (a later modification time): still
+        // this process's own write.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        task.mark_complete(8).await.unwrap();
         let data_path = dir.path().join("tasks").join(id(1)).join("data");
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -372,6 +378,55 @@ mod tests {
             Err(StoreError::CorruptPiece { index: 1, .. })
         ));
         assert_eq!(task.meta().missing_pieces(), vec![0, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_piece_written_in_chunks_appears_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 16, Watermarks::default()).unwrap();
+        let task = store.get_or_create(&id(4), "http://o/w", None).unwrap();
+        task.set_shape(Some(10), 4).unwrap();
+        let mut writer = task.begin_piece(1).await.unwrap().expect("not stored yet");
+        assert_eq!(store.budget().in_flight(), 4, "room reserved up front");
+        writer.write(Bytes::from_static(b"ef")).await.unwrap();
+        assert!(
+            !task.with_meta(|m| m.has_piece(1)),
+            "invisible until finished"
+        );
+        // Past the piece's end: refused, nothing written into piece 2.
+        assert!(matches!(
+            writer.write(Bytes::from_static(b"ghi")).await,
+            Err(StoreError::BadPiece { .. })
+        ));
+        writer.write(Bytes::from_static(b"gh")).await.unwrap();
+        writer.finish().await.unwrap();
+        let (data, digest) = task.read_piece(1).await.unwrap();
+        assert_eq!(&data[..], b"efgh");
+        assert_eq!(digest, piece_digest(b"efgh"));
+        assert_eq!((store.budget().in_flight(), store.used_bytes()), (0, 4));
+        assert!(
+            task.begin_piece(1).await.unwrap().is_none(),
+            "stored: skipped"
+        );
+
+        // Short of the piece's length: never recorded, the room given back.
+        let mut short = task.begin_piece(0).await.unwrap().unwrap();
+        short.write(Bytes::from_static(b"abc")).await.unwrap();
+        assert!(matches!(
+            short.finish().await,
+            Err(StoreError::BadPiece { .. })
+        ));
+        // Abandoned halfway (a broken body): the same.
+        let mut abandoned = task.begin_piece(2).await.unwrap().unwrap();
+        abandoned.write(Bytes::from_static(b"i")).await.unwrap();
+        drop(abandoned);
+        assert_eq!(task.meta().missing_pieces(), vec![0, 2]);
+        assert_eq!((store.budget().in_flight(), store.used_bytes()), (0, 4));
+        // Outside the task: refused before any byte.
+        assert!(matches!(
+            task.begin_piece(3).await,
+            Err(StoreError::BadPiece { .. })
+        ));
     }
 
     #[tokio::test]

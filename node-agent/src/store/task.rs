@@ -56,7 +56,7 @@ pub enum StoreError {
 /// Whether `len` bytes are piece `index` of the task as far as its shape is
 /// known: inside the piece count, and exactly the piece's length (at most
 /// a piece length while the content length is unknown).
-fn piece_fits(meta: &TaskMeta, index: u32, len: usize) -> bool {
+pub(super) fn piece_fits(meta: &TaskMeta, index: u32, len: usize) -> bool {
     let len = len as u64;
     match meta.content_length {
         Some(content_length) => {
@@ -80,7 +80,7 @@ pub enum RunState {
 pub struct StoredTask {
     pub id: String,
     dir: PathBuf,
-    file: File,
+    pub(super) file: File,
     meta: Mutex<TaskMeta>,
     run: Mutex<RunState>,
     changed: watch::Sender<u64>,
@@ -91,9 +91,9 @@ pub struct StoredTask {
     /// temp file, and one rename would find it gone.
     flushing: Mutex<()>,
     /// The store's quota, which every new piece reserves its bytes from.
-    budget: Arc<super::budget::Budget>,
+    pub(super) budget: Arc<super::budget::Budget>,
     /// Pieces a read may serve without hashing them again.
-    intact: super::intact::IntactPieces,
+    pub(super) intact: super::intact::IntactPieces,
 }
 
 /// Keeps a task from garbage collection while alive.
@@ -136,7 +136,7 @@ impl StoredTask {
         }
     }
 
-    fn lock_meta(&self) -> MutexGuard<'_, TaskMeta> {
+    pub(super) fn lock_meta(&self) -> MutexGuard<'_, TaskMeta> {
         self.meta.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -234,7 +234,7 @@ impl StoredTask {
             let count = crate::piece::piece_count(len, piece_length) as usize;
             let slots = count.max(meta.digests.len());
             meta.digests.resize(slots, None);
-            self.file.set_len(len).map_err(|e| self.io(e))?;
+            self.set_file_len(len)?;
         }
         drop(meta);
         self.notify();
@@ -283,7 +283,8 @@ impl StoredTask {
             });
         }
         let task = self.clone();
-        let len = data.len();
+        let len = data.len() as u64;
+        let own_write = self.intact.own_write();
         let written = tokio::task::spawn_blocking(move || {
             task.file.write_all_at(&data, offset)?;
             Ok(task.data_mtime())
@@ -295,16 +296,34 @@ impl StoredTask {
             Ok(mtime) => mtime,
             Err(e) => {
                 self.budget.release(new_bytes);
-                if e.raw_os_error() == Some(28) {
-                    // ENOSPC: the collector frees space; readiness reports it.
-                    self.budget.disk_full();
-                    return Err(StoreError::DiskFull {
-                        task: self.id.clone(),
-                    });
-                }
-                return Err(self.io(e));
+                return Err(self.write_failed(e));
             }
         };
+        own_write.done(mtime);
+        self.record_piece(index, len, digest, new_bytes).await
+    }
+
+    /// A failed write's error; a full disk is remembered so the collector
+    /// frees space and readiness reports it.
+    pub(super) fn write_failed(&self, e: std::io::Error) -> StoreError {
+        if e.raw_os_error() == Some(28) {
+            self.budget.disk_full();
+            return StoreError::DiskFull {
+                task: self.id.clone(),
+            };
+        }
+        self.io(e)
+    }
+
+    /// Records piece `index` (`len` bytes, already on disk) as stored with
+    /// `digest`; `reserved` bytes of the quota were held for it.
+    pub(super) async fn record_piece(
+        self: &Arc<Self>,
+        index: u32,
+        len: u64,
+        digest: String,
+        reserved: u64,
+    ) -> Result<(), StoreError> {
         self.budget.disk_ok();
         {
             let mut meta = self.lock_meta();
@@ -315,11 +334,10 @@ impl StoredTask {
             let was_empty = meta.digests[slot].is_none();
             meta.digests[slot] = Some(digest);
             // Under the meta lock, so a concurrent discard cannot slip between.
-            self.intact.wrote(index, mtime);
-            match (was_empty, new_bytes) {
-                (true, 0) => self.budget.commit_unreserved(len as u64),
-                (true, n) => self.budget.commit(n),
-                (false, n) => self.budget.release(n),
+            self.intact.wrote(index);
+            self.budget.release(reserved);
+            if was_empty {
+                self.budget.commit_unreserved(len);
             }
             tracing::trace!(task = %self.id, index, len, "piece stored");
         }
@@ -327,8 +345,18 @@ impl StoredTask {
         self.flush_if_due().await
     }
 
+    /// Sizes the data file; a write of this process as far as the pieces
+    /// it keeps unhashed are concerned (the size change moves the file's
+    /// modification time).
+    fn set_file_len(&self, len: u64) -> Result<(), StoreError> {
+        let own_write = self.intact.own_write();
+        self.file.set_len(len).map_err(|e| self.io(e))?;
+        own_write.done(self.data_mtime());
+        Ok(())
+    }
+
     /// The data file's modification time, if the filesystem keeps one.
-    fn data_mtime(&self) -> Option<std::time::SystemTime> {
+    pub(super) fn data_mtime(&self) -> Option<std::time::SystemTime> {
         self.file.metadata().and_then(|m| m.modified()).ok()
     }
 
@@ -465,8 +493,7 @@ impl StoredTask {
             meta.digests.truncate(count);
             meta.complete = meta.digests.len() == count && meta.digests.iter().all(Option::is_some);
         }
-        let file_len = content_length;
-        self.file.set_len(file_len).map_err(|e| self.io(e))?;
+        self.set_file_len(content_length)?;
         self.flush().await?;
         self.notify();
         Ok(())
