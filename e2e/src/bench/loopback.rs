@@ -2,7 +2,11 @@
 //! a blob serves it to a fresh dfdaemon (the scheduler names it as parent),
 //! whose registry mirror streams it to a reader that hashes it. The child's
 //! throughput is set against `sha256sum` over the parent's stored copy of
-//! the same blob, page cache warm, measured in the same round.
+//! the same blob, page cache warm, measured in the same round. A second
+//! baseline is a plain copy of the same bytes into a new file beside the
+//! child's (what storing them costs by itself: on a virtual machine whose
+//! memory goes back to the host when freed, filling fresh page cache is
+//! about as slow as hashing).
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -33,6 +37,11 @@ pub struct Round {
     pub sha256sum_mb_s: f64,
     /// child / sha256sum throughput.
     pub ratio: f64,
+    /// Copying the stored blob into a new file, in the same round.
+    pub copy_seconds: f64,
+    pub copy_mb_s: f64,
+    /// child / copy throughput.
+    pub copy_ratio: f64,
     /// Blob bytes the registry sent during the child's download (0: all
     /// of it came from the parent).
     pub origin_bytes: u64,
@@ -51,6 +60,33 @@ fn loopback(last: u8) -> IpAddr {
 
 fn mb_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / 1e6 / seconds.max(1e-9)
+}
+
+/// Copies `from` into the new file `to` in 1 MiB reads and writes (no
+/// sync, as the child stores pieces); its time. `to` is removed after.
+pub async fn time_fresh_copy(from: &Path, to: &Path) -> anyhow::Result<f64> {
+    let (from, to) = (from.to_path_buf(), to.to_path_buf());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        use std::io::{Read, Write};
+        let started = Instant::now();
+        let mut input =
+            std::fs::File::open(&from).with_context(|| format!("opening {}", from.display()))?;
+        let mut output =
+            std::fs::File::create(&to).with_context(|| format!("creating {}", to.display()))?;
+        let mut buf = vec![0u8; MIB as usize];
+        loop {
+            let n = input.read(&mut buf).context("reading the stored blob")?;
+            if n == 0 {
+                break;
+            }
+            output.write_all(&buf[..n]).context("writing the copy")?;
+        }
+        drop(output);
+        let seconds = started.elapsed().as_secs_f64();
+        std::fs::remove_file(&to).with_context(|| format!("removing {}", to.display()))?;
+        Ok(seconds)
+    })
+    .await?
 }
 
 /// Runs `sha256sum FILE`; its time, after checking the printed digest.
@@ -155,12 +191,16 @@ pub async fn run(config: &LoopbackConfig) -> anyhow::Result<LoopbackReport> {
         std::fs::remove_dir_all(&data_dir)
             .with_context(|| format!("removing {}", data_dir.display()))?;
         let sha_seconds = time_sha256sum(&stored, &digest).await?;
+        let copy_seconds = time_fresh_copy(&stored, &config.work.join("copy")).await?;
         let r = Round {
             child_seconds: read.seconds,
             child_mb_s: mb_s(read.bytes, read.seconds),
             sha256sum_seconds: sha_seconds,
             sha256sum_mb_s: mb_s(len, sha_seconds),
             ratio: mb_s(read.bytes, read.seconds) / mb_s(len, sha_seconds),
+            copy_seconds,
+            copy_mb_s: mb_s(len, copy_seconds),
+            copy_ratio: mb_s(read.bytes, read.seconds) / mb_s(len, copy_seconds),
             origin_bytes,
         };
         eprintln!("  {}", r.text(round + 1));
@@ -179,12 +219,15 @@ pub async fn run(config: &LoopbackConfig) -> anyhow::Result<LoopbackReport> {
 impl Round {
     fn text(&self, n: usize) -> String {
         format!(
-            "round {n}: child {:.0} MB/s ({:.2} s), sha256sum {:.0} MB/s ({:.2} s), ratio {:.2}, origin {} bytes",
+            "round {n}: child {:.0} MB/s ({:.2} s), sha256sum {:.0} MB/s ({:.2} s), ratio {:.2}; copy to a new file {:.0} MB/s ({:.2} s), child/copy {:.2}; origin {} bytes",
             self.child_mb_s,
             self.child_seconds,
             self.sha256sum_mb_s,
             self.sha256sum_seconds,
             self.ratio,
+            self.copy_mb_s,
+            self.copy_seconds,
+            self.copy_ratio,
             self.origin_bytes
         )
     }

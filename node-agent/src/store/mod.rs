@@ -7,6 +7,7 @@ mod gc;
 mod intact;
 mod meta;
 mod piece_writer;
+mod running_digest;
 mod task;
 
 pub use budget::Budget;
@@ -427,6 +428,47 @@ mod tests {
             task.begin_piece(3).await,
             Err(StoreError::BadPiece { .. })
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_content_digest_is_hashed_in_order_as_pieces_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+        let whole = piece_digest(b"abcdefghij");
+        let task = store
+            .get_or_create(&id(5), "http://o/d", Some(whole.clone()))
+            .unwrap();
+        task.set_shape(Some(10), 4).unwrap();
+        // Out of order: nothing can be hashed until piece 0 is there.
+        for (i, chunk) in [(2u32, &b"ij"[..]), (1, b"efgh"), (0, b"abcd")] {
+            let data = Bytes::copy_from_slice(chunk);
+            task.write_piece(i, data.clone(), piece_digest(&data))
+                .await
+                .unwrap();
+        }
+        // The background catch-up hashes all three (bounded wait).
+        for _ in 0..200 {
+            if task.running.next_hashed() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(task.running.next_hashed(), 3);
+        assert_eq!(task.content_digest().await.unwrap(), whole);
+
+        // A piece missing: the digest of the file as it is, not the whole.
+        let holes = store
+            .get_or_create(&id(6), "http://o/h", Some(whole.clone()))
+            .unwrap();
+        holes.set_shape(Some(10), 4).unwrap();
+        let data = Bytes::from_static(b"abcd");
+        holes
+            .write_piece(0, data.clone(), piece_digest(&data))
+            .await
+            .unwrap();
+        let mut file = b"abcd".to_vec();
+        file.resize(10, 0);
+        assert_eq!(holes.content_digest().await.unwrap(), piece_digest(&file));
     }
 
     #[tokio::test]

@@ -94,6 +94,8 @@ pub struct StoredTask {
     pub(super) budget: Arc<super::budget::Budget>,
     /// Pieces a read may serve without hashing them again.
     pub(super) intact: super::intact::IntactPieces,
+    /// The whole content's digest, hashed in order as pieces come.
+    pub(super) running: super::running_digest::RunningDigest,
 }
 
 /// Keeps a task from garbage collection while alive.
@@ -126,10 +128,11 @@ impl StoredTask {
             flushing: Mutex::new(()),
             budget,
             intact: Default::default(),
+            running: Default::default(),
         }
     }
 
-    fn io(&self, source: std::io::Error) -> StoreError {
+    pub(super) fn io(&self, source: std::io::Error) -> StoreError {
         StoreError::Io {
             task: self.id.clone(),
             source,
@@ -342,6 +345,7 @@ impl StoredTask {
             tracing::trace!(task = %self.id, index, len, "piece stored");
         }
         self.notify();
+        self.advance_content_digest();
         self.flush_if_due().await
     }
 
@@ -530,28 +534,6 @@ impl StoredTask {
         } else {
             Ok(())
         }
-    }
-
-    /// Reads the whole data file in order and returns its sha256 digest.
-    pub async fn content_digest(self: &Arc<Self>) -> Result<String, StoreError> {
-        let task = self.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            use sha2::{Digest, Sha256};
-            let len = task.lock_meta().content_length.unwrap_or(0);
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut offset = 0u64;
-            while offset < len {
-                let n = ((len - offset) as usize).min(buf.len());
-                task.file.read_exact_at(&mut buf[..n], offset)?;
-                hasher.update(&buf[..n]);
-                offset += n as u64;
-            }
-            Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
-        })
-        .await
-        .map_err(|e| self.io(std::io::Error::other(e)))?
-        .map_err(|e| self.io(e))
     }
 
     /// Reads `len` bytes at `offset` of the data file (stored pieces only).
