@@ -17,11 +17,11 @@ use crate::exchange::{Answer, Exchange, ExchangeLimits, ListOutcome, PieceAsk, S
 use crate::metrics::Metrics;
 use crate::pacer::Pacer;
 use crate::peer_client::{PeerClient, PeerError};
-use crate::piece::{piece_digest, piece_range, Bitmap};
+use crate::piece::{piece_range, Bitmap};
 use crate::recorded_digests::{self, RecordedDigests, Sender, Verdict};
 use crate::scheduler_client::SchedulerPool;
 use crate::source::SourceClient;
-use crate::store::{StoredTask, TaskFailure};
+use crate::store::{SealedPiece, StoreError, StoredTask, TaskFailure};
 use crate::swarm::{parent_base, ParentSlot};
 use crate::task::{RunEnd, TaskProgress, Tasks};
 use crate::task_request::TaskRequest;
@@ -522,8 +522,21 @@ async fn ensure_shape(ctx: &DownloadContext, task: &StoredTask, slots: &[ParentS
     false
 }
 
-type PieceResult = (u32, String, Result<(bytes::Bytes, String), PeerError>);
+type PieceResult = (u32, String, Result<Fetched, PeerError>);
 
+/// A piece fetched from a parent, as far as the parent is concerned.
+enum Fetched {
+    /// On disk and verified; recorded once the exchange agrees.
+    Verified(SealedPiece),
+    /// Stored meanwhile by another writer: nothing to record.
+    StoredMeanwhile,
+    /// This node failed to store it (quota, disk): not the parent's fault.
+    NotStored(StoreError),
+}
+
+/// Fetches piece `ask.index` from its parent, writing the bytes to disk as
+/// they arrive and hashing them on the way; then judges them against the
+/// digest the source recorded. Bytes that fail are never recorded.
 async fn fetch_verified(
     ctx: &DownloadContext,
     task: Arc<StoredTask>,
@@ -537,36 +550,39 @@ async fn fetch_verified(
         sender,
     } = ask;
     let result = async {
+        // Claimed and reserved before asking: room first, one writer.
+        let mut writer = match task.begin_piece(index).await {
+            Ok(Some(writer)) => writer,
+            Ok(None) => return Ok(Fetched::StoredMeanwhile),
+            Err(e) => return Ok(Fetched::NotStored(e)),
+        };
         let expected_len = task.with_meta(|m| {
             let (s, e) = piece_range(index, m.piece_length, m.content_length.unwrap_or(0));
             e.saturating_sub(s)
         });
-        let (data, digest) = ctx
+        let (mut body, digest) = ctx
             .peers
             .piece(&base, &parent, &task.id, index, expected_len)
             .await?;
-        if data.len() as u64 != expected_len {
-            return Err(PeerError::Malformed(format!(
-                "piece {index} has {} bytes, expected {expected_len}",
-                data.len()
-            )));
+        while let Some(chunk) = body.chunk().await? {
+            if let Err(e) = writer.push(&chunk).await {
+                return Ok(Fetched::NotStored(e));
+            }
         }
+        let sealed = match writer.seal().await {
+            Ok(sealed) => sealed,
+            Err(e) => return Ok(Fetched::NotStored(e)),
+        };
         let expected = recorded
             .expected(&ctx.schedulers, &ctx.host_id, &task.id, index)
             .await;
-        let (data, actual) = tokio::task::spawn_blocking(move || {
-            let actual = piece_digest(&data);
-            (data, actual)
-        })
-        .await
-        .map_err(|e| PeerError::Malformed(e.to_string()))?;
         // Digests recorded for the task mean it has a source, listed or not.
         let sender = Sender {
             task_has_source: sender.task_has_source || recorded.any_recorded(),
             ..sender
         };
-        match recorded_digests::judge(&expected, &actual, &digest, sender) {
-            Verdict::Good => Ok((data, actual)),
+        match recorded_digests::judge(&expected, sealed.digest(), &digest, sender) {
+            Verdict::Good => Ok(Fetched::Verified(sealed)),
             Verdict::Damaged => Err(PeerError::DigestMismatch),
             Verdict::Forged => Err(PeerError::Forged {
                 piece: index,
@@ -579,21 +595,22 @@ async fn fetch_verified(
     (index, parent, result)
 }
 
-/// Stores a verified piece from a parent and tells the scheduler.
+/// Records a verified piece from a parent and tells the scheduler.
 async fn accept_piece(
     ctx: &DownloadContext,
-    task: &Arc<StoredTask>,
     reporter: &PieceReporter,
-    index: u32,
-    data: bytes::Bytes,
-    digest: String,
+    fetched: Fetched,
 ) -> Result<(), TaskFailure> {
-    let len = data.len() as u64;
-    task.write_piece(index, data, digest)
-        .await
-        .map_err(|e| TaskFailure::Internal {
-            message: e.to_string(),
-        })?;
+    let internal = |e: StoreError| TaskFailure::Internal {
+        message: e.to_string(),
+    };
+    let sealed = match fetched {
+        Fetched::Verified(sealed) => sealed,
+        Fetched::StoredMeanwhile => return Ok(()),
+        Fetched::NotStored(e) => return Err(internal(e)),
+    };
+    let (index, len) = (sealed.index(), sealed.len());
+    sealed.record().await.map_err(internal)?;
     ctx.metrics.obtained("peer", len);
     let progress = &ctx.progress;
     progress.from_peers.fetch_add(len, Ordering::Relaxed);
@@ -611,7 +628,6 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// still waiting for, and a reader is waiting meanwhile.
 async fn drain<F>(
     ctx: &DownloadContext,
-    task: &Arc<StoredTask>,
     reporter: &PieceReporter,
     inflight: &mut FuturesUnordered<F>,
     why: &'static str,
@@ -620,11 +636,9 @@ where
     F: std::future::Future<Output = PieceResult>,
 {
     let deadline = Instant::now() + DRAIN_GRACE;
-    while let Ok(Some((index, _, result))) =
-        tokio::time::timeout_at(deadline, inflight.next()).await
-    {
-        if let Ok((data, digest)) = result {
-            accept_piece(ctx, task, reporter, index, data, digest).await?;
+    while let Ok(Some((_, _, result))) = tokio::time::timeout_at(deadline, inflight.next()).await {
+        if let Ok(fetched) = result {
+            accept_piece(ctx, reporter, fetched).await?;
         }
     }
     Ok(PeerOutcome::BackToSource(why))
@@ -687,7 +701,7 @@ async fn from_peers(
         }
         if exchange.only_the_origin_has(&selection) {
             let why = "no parent holds the remaining pieces";
-            return drain(ctx, task, reporter, &mut inflight, why).await;
+            return drain(ctx, reporter, &mut inflight, why).await;
         }
         let prefetch_due = exchange.prefetch_due(&selection, Instant::now());
         if exchange.stalled(Instant::now()) {
@@ -704,7 +718,7 @@ async fn from_peers(
                 "no piece from peers for the stall timeout"
             );
             let why = "no progress from peers";
-            return drain(ctx, task, reporter, &mut inflight, why).await;
+            return drain(ctx, reporter, &mut inflight, why).await;
         }
         if exchange.below_concurrency() {
             exchange.stats.start_starved();
@@ -714,9 +728,9 @@ async fn from_peers(
                 let lost = ctx.schedulers.is_lost();
                 let answer = exchange.on_answer(index, &parent, &result, lost, Instant::now());
                 match (answer, result) {
-                    (Answer::Store, Ok((data, digest))) => {
+                    (Answer::Store, Ok(fetched)) => {
                         tracing::debug!(piece = index, parent = %parent, "piece stored from a peer");
-                        accept_piece(ctx, task, reporter, index, data, digest).await?;
+                        accept_piece(ctx, reporter, fetched).await?;
                     }
                     (Answer::Lacking | Answer::Failed, Err(error)) => {
                         if answer == Answer::Failed {
@@ -725,7 +739,7 @@ async fn from_peers(
                         ctx.metrics.failure(error.metric_label());
                         let reply = report_parent_failure(ctx, task, &parent, &error).await;
                         if let Some(why) = exchange.after_report(answer, reply_of(reply)) {
-                            return drain(ctx, task, reporter, &mut inflight, why).await;
+                            return drain(ctx, reporter, &mut inflight, why).await;
                         }
                     }
                     _ => {}
@@ -738,13 +752,13 @@ async fn from_peers(
                 let reply = reply_of(get_parents(ctx, task).await);
                 match exchange.on_parent_list(reply, Instant::now()) {
                     ListOutcome::Merged => {}
-                    ListOutcome::Leave(why) => return drain(ctx, task, reporter, &mut inflight, why).await,
+                    ListOutcome::Leave(why) => return drain(ctx, reporter, &mut inflight, why).await,
                     ListOutcome::SchedulerLost => {
                         // Parents' bitmaps come from the parents themselves.
                         refresh_bitmaps_from_parents(ctx, task, &mut exchange).await;
                         let missing = task.with_meta(|m| m.missing_pieces());
                         if let Some(why) = exchange.after_parents_asked(&missing, Instant::now()) {
-                            return drain(ctx, task, reporter, &mut inflight, why).await;
+                            return drain(ctx, reporter, &mut inflight, why).await;
                         }
                     }
                 }

@@ -97,25 +97,55 @@ impl PeerError {
 }
 
 /// A body of exactly `expected` bytes, read without holding more.
-async fn read_capped(resp: reqwest::Response, expected: u64) -> Result<Bytes, PeerError> {
-    use futures::StreamExt;
-    let too_long =
-        |n: u64| PeerError::Malformed(format!("piece body of {n} bytes, expected {expected}"));
-    if let Some(announced) = resp.content_length() {
-        if announced != expected {
-            return Err(too_long(announced));
+/// A piece's body as it arrives, cut off once past the piece's length: a
+/// parent cannot make this daemon take more than one piece.
+pub struct PieceBody {
+    resp: reqwest::Response,
+    expected: u64,
+    seen: u64,
+}
+
+impl std::fmt::Debug for PieceBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PieceBody")
+            .field("expected", &self.expected)
+            .field("seen", &self.seen)
+            .finish()
+    }
+}
+
+impl PieceBody {
+    fn new(resp: reqwest::Response, expected: u64) -> Result<Self, PeerError> {
+        if let Some(announced) = resp.content_length() {
+            if announced != expected {
+                return Err(Self::wrong_length(announced, expected));
+            }
+        }
+        Ok(PieceBody {
+            resp,
+            expected,
+            seen: 0,
+        })
+    }
+
+    fn wrong_length(got: u64, expected: u64) -> PeerError {
+        PeerError::Malformed(format!("piece body of {got} bytes, expected {expected}"))
+    }
+
+    /// The next bytes; `None` at the end, which must be the piece's end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, PeerError> {
+        match self.resp.chunk().await.map_err(PeerClient::classify)? {
+            Some(chunk) => {
+                self.seen += chunk.len() as u64;
+                if self.seen > self.expected {
+                    return Err(Self::wrong_length(self.seen, self.expected));
+                }
+                Ok(Some(chunk))
+            }
+            None if self.seen == self.expected => Ok(None),
+            None => Err(Self::wrong_length(self.seen, self.expected)),
         }
     }
-    let mut data = bytes::BytesMut::with_capacity(expected as usize);
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(PeerClient::classify)?;
-        if data.len() as u64 + chunk.len() as u64 > expected {
-            return Err(too_long(data.len() as u64 + chunk.len() as u64));
-        }
-        data.extend_from_slice(&chunk);
-    }
-    Ok(data.freeze())
 }
 
 #[derive(Clone)]
@@ -236,9 +266,8 @@ impl PeerClient {
     }
 
     /// Fetches one piece of `expected_len` bytes; returns its bytes and the
-    /// digest the parent recorded. The caller verifies the bytes against
-    /// it. A body longer than the piece is cut off as it arrives: a parent
-    /// cannot make this daemon buffer more than one piece.
+    /// digest the parent recorded. The caller takes the body as it arrives
+    /// and verifies the bytes.
     pub async fn piece(
         &self,
         base: &str,
@@ -246,7 +275,7 @@ impl PeerClient {
         task_id: &str,
         index: u32,
         expected_len: u64,
-    ) -> Result<(Bytes, String), PeerError> {
+    ) -> Result<(PieceBody, String), PeerError> {
         let url = format!(
             "{}://{base}/api/v1/tasks/{task_id}/pieces/{index}",
             self.scheme
@@ -280,8 +309,7 @@ impl PeerClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .ok_or_else(|| PeerError::Malformed("piece without digest header".into()))?;
-        let data = read_capped(resp, expected_len).await?;
-        Ok((data, digest))
+        Ok((PieceBody::new(resp, expected_len)?, digest))
     }
 
     /// Asks a seed peer to download a task (the scheduler elected it).
@@ -341,6 +369,15 @@ mod tests {
         addr.to_string()
     }
 
+    async fn read(body: Result<(PieceBody, String), PeerError>) -> Result<Vec<u8>, PeerError> {
+        let (mut body, _) = body?;
+        let mut data = Vec::new();
+        while let Some(chunk) = body.chunk().await? {
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data)
+    }
+
     #[tokio::test]
     async fn a_parent_cannot_make_a_child_buffer_more_than_a_piece() {
         let client = PeerClient::new(Duration::from_secs(10), None).unwrap();
@@ -349,19 +386,25 @@ mod tests {
         let announced: &'static str =
             Box::leak(format!("{digest}content-length: 1073741824\r\n\r\n").into_boxed_str());
         let base = parent(announced, Some(1 << 20)).await;
-        let err = client.piece(&base, "h", "t", 0, 1024).await.unwrap_err();
+        let err = read(client.piece(&base, "h", "t", 0, 1024).await)
+            .await
+            .unwrap_err();
         assert!(matches!(err, PeerError::Malformed(_)), "{err}");
         // No length, endless body: cut off once past the piece.
         let endless: &'static str =
             Box::leak(format!("{digest}connection: close\r\n\r\n").into_boxed_str());
         let base = parent(endless, None).await;
-        let err = client.piece(&base, "h", "t", 0, 1024).await.unwrap_err();
+        let err = read(client.piece(&base, "h", "t", 0, 1024).await)
+            .await
+            .unwrap_err();
         assert!(matches!(err, PeerError::Malformed(_)), "{err}");
         // Exactly the piece: fine.
         let exact: &'static str =
             Box::leak(format!("{digest}content-length: 1024\r\n\r\n").into_boxed_str());
         let base = parent(exact, Some(1024)).await;
-        let (data, _) = client.piece(&base, "h", "t", 0, 1024).await.unwrap();
+        let data = read(client.piece(&base, "h", "t", 0, 1024).await)
+            .await
+            .unwrap();
         assert_eq!(data.len(), 1024);
     }
 }

@@ -5,7 +5,7 @@
 //! Redirects are followed (registries send blob GETs to object storage);
 //! reqwest drops `Authorization` when a redirect leaves the original host.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
@@ -446,10 +446,6 @@ impl SourceClient {
     }
 }
 
-/// Bytes held before they go to disk: a download holds this much per
-/// range in flight, not a piece (up to 32 MiB).
-const WRITE_CHUNK: usize = 1 << 20;
-
 /// Cuts a body's bytes into pieces, each written to disk in chunks as it
 /// comes and hashed on the way; a piece already stored is skipped.
 struct PieceSink<'a> {
@@ -460,7 +456,6 @@ struct PieceSink<'a> {
     seen: u64,
     /// `None` while skipping a piece already stored.
     writer: Option<PieceWriter>,
-    buf: BytesMut,
     on_piece: &'a (dyn Fn(u32, u64) + Send + Sync),
 }
 
@@ -477,7 +472,6 @@ impl<'a> PieceSink<'a> {
             index: first,
             seen: 0,
             writer: None,
-            buf: BytesMut::new(),
             on_piece,
         }
     }
@@ -490,11 +484,8 @@ impl<'a> PieceSink<'a> {
             let take = ((self.piece_length - self.seen) as usize).min(chunk.len());
             let part = chunk.split_to(take);
             self.seen += take as u64;
-            if self.writer.is_some() {
-                self.buf.extend_from_slice(&part);
-                if self.buf.len() >= WRITE_CHUNK {
-                    self.write_buffered().await?;
-                }
+            if let Some(writer) = &mut self.writer {
+                writer.push(&part).await.map_err(internal)?;
             }
             if self.seen == self.piece_length {
                 self.finish_piece().await?;
@@ -503,22 +494,9 @@ impl<'a> PieceSink<'a> {
         Ok(())
     }
 
-    async fn write_buffered(&mut self) -> Result<(), TaskFailure> {
-        if let Some(writer) = &mut self.writer {
-            if !self.buf.is_empty() {
-                writer
-                    .write(self.buf.split().freeze())
-                    .await
-                    .map_err(internal)?;
-            }
-        }
-        Ok(())
-    }
-
     async fn finish_piece(&mut self) -> Result<(), TaskFailure> {
-        self.write_buffered().await?;
         if let Some(writer) = self.writer.take() {
-            let len = writer.written();
+            let len = writer.len();
             writer.finish().await.map_err(internal)?;
             (self.on_piece)(self.index, len);
         }

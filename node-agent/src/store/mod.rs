@@ -3,6 +3,7 @@
 //! again and partial ones resume from their recorded pieces.
 
 mod budget;
+mod claims;
 mod gc;
 mod intact;
 mod meta;
@@ -13,7 +14,7 @@ mod task;
 pub use budget::Budget;
 pub use gc::{plan_eviction, GcCandidate, Watermarks};
 pub use meta::TaskMeta;
-pub use piece_writer::PieceWriter;
+pub use piece_writer::{PieceWriter, SealedPiece};
 pub use task::{PinGuard, RunState, StoreError, StoredTask, TaskFailure};
 
 use std::collections::HashMap;
@@ -389,17 +390,17 @@ mod tests {
         task.set_shape(Some(10), 4).unwrap();
         let mut writer = task.begin_piece(1).await.unwrap().expect("not stored yet");
         assert_eq!(store.budget().in_flight(), 4, "room reserved up front");
-        writer.write(Bytes::from_static(b"ef")).await.unwrap();
+        writer.push(b"ef").await.unwrap();
         assert!(
             !task.with_meta(|m| m.has_piece(1)),
             "invisible until finished"
         );
         // Past the piece's end: refused, nothing written into piece 2.
         assert!(matches!(
-            writer.write(Bytes::from_static(b"ghi")).await,
+            writer.push(b"ghi").await,
             Err(StoreError::BadPiece { .. })
         ));
-        writer.write(Bytes::from_static(b"gh")).await.unwrap();
+        writer.push(b"gh").await.unwrap();
         writer.finish().await.unwrap();
         let (data, digest) = task.read_piece(1).await.unwrap();
         assert_eq!(&data[..], b"efgh");
@@ -412,14 +413,14 @@ mod tests {
 
         // Short of the piece's length: never recorded, the room given back.
         let mut short = task.begin_piece(0).await.unwrap().unwrap();
-        short.write(Bytes::from_static(b"abc")).await.unwrap();
+        short.push(b"abc").await.unwrap();
         assert!(matches!(
             short.finish().await,
             Err(StoreError::BadPiece { .. })
         ));
         // Abandoned halfway (a broken body): the same.
         let mut abandoned = task.begin_piece(2).await.unwrap().unwrap();
-        abandoned.write(Bytes::from_static(b"i")).await.unwrap();
+        abandoned.push(b"i").await.unwrap();
         drop(abandoned);
         assert_eq!(task.meta().missing_pieces(), vec![0, 2]);
         assert_eq!((store.budget().in_flight(), store.used_bytes()), (0, 4));
@@ -428,6 +429,40 @@ mod tests {
             task.begin_piece(3).await,
             Err(StoreError::BadPiece { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_of_a_piece_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, Watermarks::default()).unwrap();
+        let task = store.get_or_create(&id(7), "http://o/c", None).unwrap();
+        task.set_shape(Some(8), 4).unwrap();
+        let mut first = task.begin_piece(0).await.unwrap().unwrap();
+        let second = {
+            let task = task.clone();
+            tokio::spawn(async move { task.begin_piece(0).await.map(|w| w.is_some()) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "no two writers on one piece");
+        first.push(b"abcd").await.unwrap();
+        first.finish().await.unwrap();
+        assert!(
+            !second.await.unwrap().unwrap(),
+            "stored by the first: nothing to write"
+        );
+
+        // A first writer that gives up hands the piece to the next.
+        let abandoned = task.begin_piece(1).await.unwrap().unwrap();
+        let next = {
+            let task = task.clone();
+            tokio::spawn(async move { task.begin_piece(1).await.map(|w| w.is_some()) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(abandoned);
+        assert!(
+            next.await.unwrap().unwrap(),
+            "the piece is the next writer's"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,12 +483,12 @@ mod tests {
         }
         // The background catch-up hashes all three (bounded wait).
         for _ in 0..200 {
-            if task.running.next_hashed() == 3 {
+            if task.running.next_piece() == 3 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(task.running.next_hashed(), 3);
+        assert_eq!(task.running.next_piece(), 3);
         assert_eq!(task.content_digest().await.unwrap(), whole);
 
         // A piece missing: the digest of the file as it is, not the whole.

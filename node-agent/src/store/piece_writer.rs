@@ -1,69 +1,74 @@
 //! A piece written to disk in chunks as its bytes arrive and hashed on the
 //! way, so a download holds a chunk in memory, not a whole piece (pieces
 //! grow to 32 MiB for large blobs). Readers see the piece only once it is
-//! finished and its digest recorded.
+//! recorded with its digest; bytes that fail their check are never
+//! recorded. One writer per piece at a time (see [`super::claims`]).
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::task::{piece_fits, StoreError, StoredTask};
 use crate::piece::{piece_count, piece_range, PieceHasher, MAX_PIECES};
 
-pub struct PieceWriter {
+/// Bytes held before they go to disk. Below the allocator's mmap
+/// threshold, so the buffers are reused rather than mapped afresh.
+const WRITE_CHUNK: usize = 256 << 10;
+
+/// How long a writer waits for another writer of the same piece (whose
+/// own fetch is bounded by its timeouts) before giving up.
+const CLAIM_WAIT: Duration = Duration::from_secs(60);
+
+/// The right to write piece `index`; given back when dropped.
+struct Claim {
     task: Arc<StoredTask>,
     index: u32,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.task.claims.release(self.index);
+        self.task.notify();
+    }
+}
+
+pub struct PieceWriter {
+    claim: Claim,
     /// Where the piece starts in the data file.
     start: u64,
     /// The most bytes the piece may hold.
     limit: u64,
+    /// Bytes given so far (written or buffered).
+    taken: u64,
     written: u64,
+    buf: BytesMut,
     hasher: PieceHasher,
     /// Quota bytes held for the piece; given back when it is recorded or
     /// abandoned.
     reserved: u64,
 }
 
+/// A piece whose bytes are all on disk, with their digest, not yet
+/// recorded: the caller checks the digest first.
+pub struct SealedPiece {
+    writer: PieceWriter,
+    digest: String,
+}
+
 impl StoredTask {
     /// Starts writing piece `index` chunk by chunk; `None` when it is
-    /// already stored. The quota is reserved up front: room first, or no
-    /// write at all.
+    /// stored (perhaps by a writer this one waited for). The quota is
+    /// reserved up front: room first, or no write at all.
     pub async fn begin_piece(
         self: &Arc<Self>,
         index: u32,
     ) -> Result<Option<PieceWriter>, StoreError> {
-        if self.is_removed() {
-            return Err(StoreError::Removed(self.id.clone()));
-        }
-        let (start, limit) = {
-            let meta = self.lock_meta();
-            if meta.piece_length == 0 {
-                return Err(StoreError::ShapeUnknown(self.id.clone()));
-            }
-            if meta.has_piece(index) {
-                return Ok(None);
-            }
-            let bad_piece = || StoreError::BadPiece {
-                task: self.id.clone(),
-                index,
-                len: 0,
-            };
-            match meta.content_length {
-                Some(total) => {
-                    if index >= piece_count(total, meta.piece_length) {
-                        return Err(bad_piece());
-                    }
-                    let (start, end) = piece_range(index, meta.piece_length, total);
-                    (start, end - start)
-                }
-                None if index < MAX_PIECES => (
-                    index as u64 * meta.piece_length as u64,
-                    meta.piece_length as u64,
-                ),
-                None => return Err(bad_piece()),
-            }
+        let Some(claim) = self.claim_piece(index).await? else {
+            return Ok(None);
         };
+        let (start, limit) = self.piece_bounds(index)?;
         if !self.budget.reserve(limit, super::budget::ROOM_WAIT).await {
             return Err(StoreError::QuotaFull {
                 task: self.id.clone(),
@@ -71,44 +76,121 @@ impl StoredTask {
             });
         }
         Ok(Some(PieceWriter {
-            task: self.clone(),
-            index,
+            claim,
             start,
             limit,
+            taken: 0,
             written: 0,
+            buf: BytesMut::new(),
             hasher: PieceHasher::default(),
             reserved: limit,
         }))
+    }
+
+    async fn claim_piece(self: &Arc<Self>, index: u32) -> Result<Option<Claim>, StoreError> {
+        let mut changes = self.subscribe();
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            if self.is_removed() {
+                return Err(StoreError::Removed(self.id.clone()));
+            }
+            if self.with_meta(|m| m.has_piece(index)) {
+                return Ok(None);
+            }
+            if self.claims.try_claim(index) {
+                return Ok(Some(Claim {
+                    task: self.clone(),
+                    index,
+                }));
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(StoreError::PieceBusy {
+                    task: self.id.clone(),
+                    index,
+                });
+            }
+        }
+    }
+
+    /// Where piece `index` starts and the most bytes it may hold.
+    fn piece_bounds(&self, index: u32) -> Result<(u64, u64), StoreError> {
+        let meta = self.lock_meta();
+        if meta.piece_length == 0 {
+            return Err(StoreError::ShapeUnknown(self.id.clone()));
+        }
+        let bad_piece = || StoreError::BadPiece {
+            task: self.id.clone(),
+            index,
+            len: 0,
+        };
+        match meta.content_length {
+            Some(total) if index < piece_count(total, meta.piece_length) => {
+                let (start, end) = piece_range(index, meta.piece_length, total);
+                Ok((start, end - start))
+            }
+            None if index < MAX_PIECES => Ok((
+                index as u64 * meta.piece_length as u64,
+                meta.piece_length as u64,
+            )),
+            _ => Err(bad_piece()),
+        }
     }
 }
 
 impl PieceWriter {
     pub fn index(&self) -> u32 {
-        self.index
+        self.claim.index
     }
 
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
+    /// Bytes given so far.
+    pub fn len(&self) -> u64 {
+        self.taken
     }
 
-    /// Hashes `data` and writes it after the bytes written so far.
-    pub async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
+    pub fn is_empty(&self) -> bool {
+        self.taken == 0
+    }
+
+    fn task(&self) -> &Arc<StoredTask> {
+        &self.claim.task
+    }
+
+    /// Takes the next bytes of the piece; they reach the disk a chunk at a
+    /// time. More than the piece holds is refused.
+    pub async fn push(&mut self, data: &[u8]) -> Result<(), StoreError> {
         let len = data.len() as u64;
-        if self.written + len > self.limit {
+        if self.taken + len > self.limit {
             return Err(StoreError::BadPiece {
-                task: self.task.id.clone(),
-                index: self.index,
-                len: (self.written + len) as usize,
+                task: self.task().id.clone(),
+                index: self.index(),
+                len: (self.taken + len) as usize,
             });
         }
-        if self.task.is_removed() {
-            return Err(StoreError::Removed(self.task.id.clone()));
+        self.taken += len;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.write_buffered().await?;
         }
-        let task = self.task.clone();
+        Ok(())
+    }
+
+    /// Hashes and writes what is buffered.
+    async fn write_buffered(&mut self) -> Result<(), StoreError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.task().is_removed() {
+            return Err(StoreError::Removed(self.task().id.clone()));
+        }
+        let data: Bytes = self.buf.split().freeze();
+        let len = data.len() as u64;
+        let task = self.task().clone();
         let offset = self.start + self.written;
         let mut hasher = std::mem::take(&mut self.hasher);
-        let own_write = self.task.intact.own_write();
+        let own_write = self.task().intact.own_write();
         let written = tokio::task::spawn_blocking(move || {
             hasher.update(&data);
             task.file.write_all_at(&data, offset)?;
@@ -124,33 +206,69 @@ impl PieceWriter {
                 self.written += len;
                 Ok(())
             }
-            Err(e) => Err(self.task.write_failed(e)),
+            Err(e) => Err(self.task().write_failed(e)),
         }
     }
 
-    /// Records the piece with the digest of the bytes written, once they
-    /// are the whole piece as far as the task's shape is known.
-    pub async fn finish(mut self) -> Result<(), StoreError> {
-        let fits = self
-            .task
-            .with_meta(|m| piece_fits(m, self.index, self.written as usize));
-        if !fits {
+    /// Every byte given is on disk and hashed; the piece is not recorded
+    /// yet. Refused when the bytes are not the whole piece as far as the
+    /// task's shape is known.
+    pub async fn seal(mut self) -> Result<SealedPiece, StoreError> {
+        self.write_buffered().await?;
+        let (index, written) = (self.index(), self.written);
+        if !self
+            .task()
+            .with_meta(|m| piece_fits(m, index, written as usize))
+        {
             return Err(StoreError::BadPiece {
-                task: self.task.id.clone(),
-                index: self.index,
-                len: self.written as usize,
+                task: self.task().id.clone(),
+                index,
+                len: written as usize,
             });
         }
         let digest = std::mem::take(&mut self.hasher).finish();
-        let reserved = std::mem::take(&mut self.reserved);
-        self.task
-            .record_piece(self.index, self.written, digest, reserved)
+        Ok(SealedPiece {
+            writer: self,
+            digest,
+        })
+    }
+
+    /// Seals the piece and records it with the digest of its bytes (for
+    /// bytes from the origin, which nothing can check a piece against).
+    pub async fn finish(self) -> Result<(), StoreError> {
+        self.seal().await?.record().await
+    }
+}
+
+impl SealedPiece {
+    /// `sha256:<hex>` of the piece's bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn index(&self) -> u32 {
+        self.writer.index()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.writer.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writer.written == 0
+    }
+
+    /// Records the piece: readers see it from now on.
+    pub async fn record(mut self) -> Result<(), StoreError> {
+        let reserved = std::mem::take(&mut self.writer.reserved);
+        let task = self.writer.task().clone();
+        task.record_piece(self.index(), self.writer.written, self.digest, reserved)
             .await
     }
 }
 
 impl Drop for PieceWriter {
     fn drop(&mut self) {
-        self.task.budget.release(self.reserved);
+        self.task().budget.release(self.reserved);
     }
 }

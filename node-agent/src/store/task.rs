@@ -51,6 +51,8 @@ pub enum StoreError {
     DiskFull { task: String },
     #[error("task {0} was removed")]
     Removed(String),
+    #[error("task {task}: piece {index} is being written by another download for too long")]
+    PieceBusy { task: String, index: u32 },
 }
 
 /// Whether `len` bytes are piece `index` of the task as far as its shape is
@@ -96,6 +98,8 @@ pub struct StoredTask {
     pub(super) intact: super::intact::IntactPieces,
     /// The whole content's digest, hashed in order as pieces come.
     pub(super) running: super::running_digest::RunningDigest,
+    /// Pieces being written, one writer each.
+    pub(super) claims: super::claims::Claims,
 }
 
 /// Keeps a task from garbage collection while alive.
@@ -129,6 +133,7 @@ impl StoredTask {
             budget,
             intact: Default::default(),
             running: Default::default(),
+            claims: Default::default(),
         }
     }
 
@@ -177,7 +182,7 @@ impl StoredTask {
         self.changed.subscribe()
     }
 
-    fn notify(&self) {
+    pub(super) fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -244,66 +249,35 @@ impl StoredTask {
         Ok(())
     }
 
-    /// Stores a verified piece. `digest` is the piece's recorded digest.
+    /// Stores a whole piece at once; skipped when it is stored already.
+    /// Bytes that do not match `digest` are refused. (Downloads write
+    /// pieces as they arrive, through [`StoredTask::begin_piece`].)
+    #[cfg(test)]
     pub async fn write_piece(
         self: &Arc<Self>,
         index: u32,
         data: Bytes,
         digest: String,
     ) -> Result<(), StoreError> {
-        if self.is_removed() {
-            return Err(StoreError::Removed(self.id.clone()));
-        }
-        let offset = {
-            let meta = self.lock_meta();
-            if meta.piece_length == 0 {
-                return Err(StoreError::ShapeUnknown(self.id.clone()));
-            }
-            if !piece_fits(&meta, index, data.len()) {
-                return Err(StoreError::BadPiece {
-                    task: self.id.clone(),
-                    index,
-                    len: data.len(),
-                });
-            }
-            let new_bytes = match meta.digests.get(index as usize) {
-                Some(Some(_)) => 0,
-                _ => data.len() as u64,
-            };
-            (index as u64 * meta.piece_length as u64, new_bytes)
-        };
-        let (offset, new_bytes) = offset;
-        // The quota is a hard limit: room first, or no write at all.
-        if new_bytes > 0
-            && !self
-                .budget
-                .reserve(new_bytes, super::budget::ROOM_WAIT)
-                .await
-        {
-            return Err(StoreError::QuotaFull {
+        if self.with_meta(|m| m.piece_length != 0 && !piece_fits(m, index, data.len())) {
+            return Err(StoreError::BadPiece {
                 task: self.id.clone(),
-                quota: self.budget.quota(),
+                index,
+                len: data.len(),
             });
         }
-        let task = self.clone();
-        let len = data.len() as u64;
-        let own_write = self.intact.own_write();
-        let written = tokio::task::spawn_blocking(move || {
-            task.file.write_all_at(&data, offset)?;
-            Ok(task.data_mtime())
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-        let mtime = match written {
-            Ok(mtime) => mtime,
-            Err(e) => {
-                self.budget.release(new_bytes);
-                return Err(self.write_failed(e));
-            }
+        let Some(mut writer) = self.begin_piece(index).await? else {
+            return Ok(());
         };
-        own_write.done(mtime);
-        self.record_piece(index, len, digest, new_bytes).await
+        writer.push(&data).await?;
+        let sealed = writer.seal().await?;
+        if sealed.digest() != digest {
+            return Err(StoreError::CorruptPiece {
+                task: self.id.clone(),
+                index,
+            });
+        }
+        sealed.record().await
     }
 
     /// A failed write's error; a full disk is remembered so the collector
@@ -534,6 +508,55 @@ impl StoredTask {
         } else {
             Ok(())
         }
+    }
+
+    /// The byte range of piece `index` when it is stored and the content
+    /// length known.
+    fn stored_range(&self, index: u32) -> Option<(u64, u64)> {
+        self.with_meta(|m| {
+            let total = m.content_length?;
+            m.has_piece(index)
+                .then(|| crate::piece::piece_range(index, m.piece_length, total))
+        })
+    }
+
+    /// Hashes into the running content digest, in the background, the
+    /// stored pieces after the last one hashed (tasks with a known digest).
+    fn advance_content_digest(self: &Arc<Self>) {
+        let next = self.running.next_piece();
+        let due =
+            self.with_meta(|m| m.expected_digest.is_some()) && self.stored_range(next).is_some();
+        if !due {
+            return;
+        }
+        let task = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = task
+                .running
+                .try_advance(&task.file, |i| task.stored_range(i))
+            {
+                tracing::debug!(task = %task.id, error = %e, "content digest: read-back failed; the final check reads again");
+            }
+        });
+    }
+
+    /// The sha256 digest of the whole content (see [`super::running_digest`]).
+    pub async fn content_digest(self: &Arc<Self>) -> Result<String, StoreError> {
+        let task = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let (total, count) = task.with_meta(|m| {
+                let total = m.content_length.unwrap_or(0);
+                (
+                    total,
+                    crate::piece::piece_count(total, m.piece_length.max(1)),
+                )
+            });
+            task.running
+                .finish(&task.file, |i| task.stored_range(i), count, total)
+        })
+        .await
+        .map_err(|e| self.io(std::io::Error::other(e)))?
+        .map_err(|e| self.io(e))
     }
 
     /// Reads `len` bytes at `offset` of the data file (stored pieces only).
