@@ -65,6 +65,12 @@ pub fn pieces_for_range(start: u64, end: u64, piece_length: u32) -> std::ops::Ra
     first..last + 1
 }
 
+/// Bytes moved at a time when a piece is written, streamed or hashed from
+/// disk: memory per piece in flight does not grow with the piece length,
+/// and below the allocator's mmap threshold buffers are reused rather than
+/// mapped afresh.
+pub const IO_CHUNK: usize = 256 << 10;
+
 /// `sha256:<hex>` of a piece's bytes.
 pub fn piece_digest(data: &[u8]) -> String {
     let mut hasher = PieceHasher::default();

@@ -152,16 +152,24 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
             "piece already handed to a peer; ask the peers",
         );
     }
-    let (data, digest) = match task.read_piece(index).await {
+    // Checked (in chunks) first, then sent chunk by chunk from disk: a
+    // parent holds a chunk per upload, not a piece (up to 32 MiB).
+    let (start, length, digest) = match task.verify_piece(index).await {
         Ok(found) => found,
         Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
     };
-    tracing::debug!(piece = index, bytes = data.len(), "uploading piece");
-    daemon.metrics.upload_bytes.inc_by(data.len() as u64);
+    tracing::debug!(piece = index, bytes = length, "uploading piece");
+    daemon.metrics.upload_bytes.inc_by(length);
     daemon.metrics.upload_pieces.inc();
     task.touch();
-    let length = data.len();
-    let mut resp = Response::new(paced_body(data, state.limiter.clone(), (permit, claim)));
+    let body = paced_body(
+        task.clone(),
+        index,
+        start..start + length,
+        state.limiter.clone(),
+        (permit, claim),
+    );
+    let mut resp = Response::new(body);
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if let Ok(value) = HeaderValue::from_str(&digest) {
@@ -177,23 +185,36 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
 /// Chunks a piece so the rate limit paces it evenly (no line-rate bursts
 /// that fill the link's queue), holding `held` (upload slot, piece claim)
 /// until the last chunk has been taken by the connection.
+/// Piece `index` (bytes `range` of the task) read from disk a chunk at a
+/// time, each paced by the upload limiter; `held` (the upload slot and
+/// claim) lives until the last byte is out. A piece that changes on disk
+/// while it is sent cuts the body, so the child never takes it whole.
 fn paced_body<H: Send + 'static>(
-    data: bytes::Bytes,
+    task: Arc<crate::store::StoredTask>,
+    index: u32,
+    range: std::ops::Range<u64>,
     limiter: Option<Arc<RateLimiter>>,
     held: H,
 ) -> Body {
-    const CHUNK: usize = 256 * 1024;
-    let chunks: Vec<bytes::Bytes> = (0..data.len())
-        .step_by(CHUNK)
-        .map(|i| data.slice(i..(i + CHUNK).min(data.len())))
-        .collect();
-    let sent = futures::stream::iter(chunks).then(move |chunk| {
+    let chunks = futures::stream::try_unfold(range.start, move |offset| {
+        let task = task.clone();
         let limiter = limiter.clone();
+        let end = range.end;
         async move {
-            if let Some(limiter) = limiter {
-                limiter.acquire(chunk.len() as u64).await;
+            if offset >= end {
+                return Ok(None);
             }
-            Ok::<_, std::io::Error>(chunk)
+            let len = (end - offset).min(crate::piece::IO_CHUNK as u64);
+            if let Some(limiter) = &limiter {
+                limiter.acquire(len).await;
+            }
+            match task.read_intact(index, offset, len as usize).await {
+                Ok(Some(chunk)) => Ok(Some((chunk, offset + len))),
+                Ok(None) => Err(std::io::Error::other(format!(
+                    "piece {index} changed on disk while it was sent"
+                ))),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            }
         }
     });
     let release = futures::stream::once(async move {
@@ -201,7 +222,7 @@ fn paced_body<H: Send + 'static>(
         None
     })
     .filter_map(|none: Option<Result<bytes::Bytes, std::io::Error>>| async move { none });
-    Body::from_stream(sent.chain(release))
+    Body::from_stream(chunks.chain(release))
 }
 
 fn retry_later(reason: &'static str, message: &str) -> Response {

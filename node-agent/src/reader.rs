@@ -19,6 +19,8 @@ pub enum ReadError {
     Unverified(Duration),
     #[error("reading stored piece: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("piece {0} changed on disk while it was read")]
+    Changed(u32),
 }
 
 impl From<ReadError> for std::io::Error {
@@ -27,8 +29,8 @@ impl From<ReadError> for std::io::Error {
     }
 }
 
-/// The most a reader is sent at once from a piece known intact.
-const CHUNK: u64 = 256 * 1024;
+/// The most a reader is sent at once.
+const CHUNK: u64 = crate::piece::IO_CHUNK as u64;
 
 struct Cursor {
     task: Arc<StoredTask>,
@@ -78,23 +80,20 @@ pub fn stream_range(
         {
             return Err(ReadError::Stalled(c.stall, index));
         }
-        let (piece_start, piece_end) = piece_range(index, c.piece_length, c.content_length);
-        // A piece known intact goes out in small chunks straight from disk,
-        // so memory does not grow with the piece length; any other is read
-        // whole and checked against its digest first.
-        let small_end = piece_end.min(c.end).min(c.offset + CHUNK);
-        let small = c
-            .task
-            .read_intact(index, c.offset, (small_end - c.offset) as usize)
-            .await?;
-        let (bytes, chunk_end) = match small {
-            Some(bytes) => (bytes, small_end),
+        let (_, piece_end) = piece_range(index, c.piece_length, c.content_length);
+        // Pieces go out in small chunks straight from disk, so memory does
+        // not grow with the piece length; one this process cannot vouch
+        // for is checked against its digest first (in chunks too).
+        let chunk_end = piece_end.min(c.end).min(c.offset + CHUNK);
+        let len = (chunk_end - c.offset) as usize;
+        let bytes = match c.task.read_intact(index, c.offset, len).await? {
+            Some(bytes) => bytes,
             None => {
-                let (piece, _) = c.task.read_piece(index).await?;
-                let chunk_end = piece_end.min(c.end);
-                let bytes = piece
-                    .slice((c.offset - piece_start) as usize..(chunk_end - piece_start) as usize);
-                (bytes, chunk_end)
+                c.task.verify_piece(index).await?;
+                c.task
+                    .read_intact(index, c.offset, len)
+                    .await?
+                    .ok_or(ReadError::Changed(index))?
             }
         };
         if c.whole && chunk_end == c.content_length {

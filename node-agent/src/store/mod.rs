@@ -507,6 +507,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_piece_is_verified_in_chunks_before_it_is_streamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let piece = vec![7u8; 3 * crate::piece::IO_CHUNK + 5];
+        let len = piece.len() as u64;
+        {
+            let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+            let task = store.get_or_create(&id(8), "http://o/v", None).unwrap();
+            task.set_shape(Some(2 * len), len as u32).unwrap();
+            for i in 0..2 {
+                let data = Bytes::from(piece.clone());
+                task.write_piece(i, data.clone(), piece_digest(&data))
+                    .await
+                    .unwrap();
+            }
+            task.mark_complete(2 * len).await.unwrap();
+        }
+        // Reopened: nothing vouched for, so nothing streams unchecked.
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+        let task = store.get(&id(8)).unwrap();
+        assert!(task.read_intact(0, 0, 16).await.unwrap().is_none());
+        let (start, got_len, digest) = task.verify_piece(0).await.unwrap();
+        assert_eq!((start, got_len, digest), (0, len, piece_digest(&piece)));
+        assert_eq!(
+            &task.read_intact(0, 0, 16).await.unwrap().unwrap()[..],
+            &[7u8; 16]
+        );
+        // Damaged on disk: refused and forgotten, never streamed.
+        let data_path = dir.path().join("tasks").join(id(8)).join("data");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&data_path)
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        std::thread::sleep(Duration::from_millis(20));
+        file.write_all_at(b"X", len + 2).unwrap();
+        assert!(matches!(
+            task.verify_piece(1).await,
+            Err(StoreError::CorruptPiece { index: 1, .. })
+        ));
+        assert_eq!(task.meta().missing_pieces(), vec![1]);
+    }
+
+    #[tokio::test]
     async fn partial_task_resumes_with_its_missing_pieces() {
         let dir = tempfile::tempdir().unwrap();
         {

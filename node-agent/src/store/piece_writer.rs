@@ -11,11 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::task::{piece_fits, StoreError, StoredTask};
-use crate::piece::{piece_count, piece_range, PieceHasher, MAX_PIECES};
-
-/// Bytes held before they go to disk. Below the allocator's mmap
-/// threshold, so the buffers are reused rather than mapped afresh.
-const WRITE_CHUNK: usize = 256 << 10;
+use crate::piece::{piece_count, piece_range, PieceHasher, IO_CHUNK, MAX_PIECES};
 
 /// How long a writer waits for another writer of the same piece (whose
 /// own fetch is bounded by its timeouts) before giving up.
@@ -171,7 +167,7 @@ impl PieceWriter {
         }
         self.taken += len;
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= WRITE_CHUNK {
+        if self.buf.len() >= IO_CHUNK {
             self.write_buffered().await?;
         }
         Ok(())

@@ -10,11 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
-use crate::piece::PieceHasher;
-
-/// Read-back buffer: below the allocator's mmap threshold, so it is reused
-/// instead of mapped afresh each time.
-const READ_CHUNK: usize = 256 << 10;
+use crate::piece::{PieceHasher, IO_CHUNK};
 
 #[derive(Default)]
 pub struct RunningDigest {
@@ -63,7 +59,7 @@ impl RunningDigest {
         file: &File,
         stored_range: &dyn Fn(u32) -> Option<(u64, u64)>,
     ) -> std::io::Result<()> {
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut buf = vec![0u8; IO_CHUNK];
         while let Some((start, end)) = stored_range(state.next) {
             hash_file_range(file, start, end, &mut buf, &mut state.hasher)?;
             state.next += 1;
@@ -88,7 +84,7 @@ impl RunningDigest {
             return Ok(state.hasher.clone().finish());
         }
         let mut hasher = PieceHasher::default();
-        hash_file_range(file, 0, total, &mut vec![0u8; READ_CHUNK], &mut hasher)?;
+        hash_file_range(file, 0, total, &mut vec![0u8; IO_CHUNK], &mut hasher)?;
         Ok(hasher.finish())
     }
 }

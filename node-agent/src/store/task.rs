@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::meta::{now_unix, TaskMeta};
-use crate::piece::{piece_digest, piece_range};
+use crate::piece::piece_range;
 
 /// Metadata is persisted at most this often while pieces stream in; a crash
 /// loses at most this much progress (those pieces are fetched again).
@@ -342,18 +342,10 @@ impl StoredTask {
     /// piece damaged on disk is never served: it is discarded instead. A
     /// piece this process wrote or checked is not hashed again while no
     /// one else has written the file (see [`super::intact`]).
+    #[cfg(test)]
     pub async fn read_piece(self: &Arc<Self>, index: u32) -> Result<(Bytes, String), StoreError> {
-        let (offset, len, digest) = {
-            let meta = self.lock_meta();
-            let Some(Some(digest)) = meta.digests.get(index as usize).cloned() else {
-                return Err(StoreError::MissingPiece(self.id.clone(), index));
-            };
-            let content_length = meta.content_length.unwrap_or(u64::MAX);
-            let (start, end) = piece_range(index, meta.piece_length, content_length);
-            // Length unknown yet (origin without Content-Length): a stored
-            // piece is full-sized except the last, whose size is learnt at the end.
-            (start, (end - start) as usize, digest)
-        };
+        let (offset, len, digest) = self.stored_piece(index)?;
+        let len = len as usize;
         let task = self.clone();
         let (data, mtime) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             let mut buf = vec![0u8; len];
@@ -370,7 +362,7 @@ impl StoredTask {
         }
         let task = self.clone();
         let (data, actual) = tokio::task::spawn_blocking(move || {
-            let actual = piece_digest(&data);
+            let actual = crate::piece::piece_digest(&data);
             (data, actual)
         })
         .await
@@ -385,6 +377,59 @@ impl StoredTask {
         }
         self.intact.verified(index);
         Ok((data, digest))
+    }
+
+    /// Where stored piece `index` starts, its length and its digest.
+    fn stored_piece(&self, index: u32) -> Result<(u64, u64, String), StoreError> {
+        let meta = self.lock_meta();
+        let Some(Some(digest)) = meta.digests.get(index as usize).cloned() else {
+            return Err(StoreError::MissingPiece(self.id.clone(), index));
+        };
+        let content_length = meta.content_length.unwrap_or(u64::MAX);
+        let (start, end) = piece_range(index, meta.piece_length, content_length);
+        // Length unknown yet (origin without Content-Length): a stored
+        // piece is full-sized except the last, whose size is learnt at the end.
+        Ok((start, end - start, digest))
+    }
+
+    /// Makes sure stored piece `index` matches its digest, hashing it in
+    /// chunks (never whole in memory) unless this process can vouch for
+    /// it; [`StoredTask::read_intact`] then serves it chunk by chunk. A
+    /// damaged piece is discarded. Where it starts, its length, its digest.
+    pub async fn verify_piece(
+        self: &Arc<Self>,
+        index: u32,
+    ) -> Result<(u64, u64, String), StoreError> {
+        let (start, len, digest) = self.stored_piece(index)?;
+        if self.intact.is_intact(index, self.data_mtime()) {
+            return Ok((start, len, digest));
+        }
+        let task = self.clone();
+        let actual = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut hasher = crate::piece::PieceHasher::default();
+            let mut buf = vec![0u8; crate::piece::IO_CHUNK];
+            let mut offset = start;
+            while offset < start + len {
+                let n = ((start + len - offset) as usize).min(buf.len());
+                task.file.read_exact_at(&mut buf[..n], offset)?;
+                hasher.update(&buf[..n]);
+                offset += n as u64;
+            }
+            Ok(hasher.finish())
+        })
+        .await
+        .map_err(|e| self.io(std::io::Error::other(e)))?
+        .map_err(|e| self.io(e))?;
+        if actual != digest {
+            tracing::warn!(task = %self.id, index, "piece on disk is corrupt, discarding it");
+            self.discard_piece(index).await;
+            return Err(StoreError::CorruptPiece {
+                task: self.id.clone(),
+                index,
+            });
+        }
+        self.intact.verified(index);
+        Ok((start, len, digest))
     }
 
     /// Forgets a piece so it is fetched again.
