@@ -204,6 +204,64 @@ async fn downloads_survive_their_parent_being_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_parent_is_left_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.1:0").await.unwrap();
+    let data = random_bytes(64 * MIB);
+    let digest = sha256_hex(&data);
+    let url = origin.add("frozen.bin", data);
+
+    let scheduler = SchedulerProc::start(ip(1, 9), dir.path()).await.unwrap();
+    // The seed uploads slowly so the freeze lands mid-transfer.
+    let mut seed_spec = spec("seed", ip(2, 9), dir.path(), Some(&scheduler), true);
+    seed_spec.extra_args = vec!["--upload-rate".into(), "24MiB".into()];
+    let seed = DaemonProc::start(seed_spec, dir.path()).await.unwrap();
+    let daemons = start_daemons(4, 9, dir.path(), Some(&scheduler), &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let refs: Vec<&DaemonProc> = daemons.iter().collect();
+    let download = download_everywhere(&url, &digest, true, &refs, dir.path());
+    let freezer = async {
+        // Freeze the seed (its connections stay open, nothing answers) once
+        // peers hold some pieces but before they are done.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut done = 0;
+            for d in &daemons {
+                for t in tasks(d).await.unwrap_or_default() {
+                    done += t["bytes_done"].as_u64().unwrap_or(0);
+                }
+            }
+            if done >= 16 * MIB as u64 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        signal(seed.proc.pid(), "-STOP");
+        eprintln!("seed frozen after peers held pieces");
+        Instant::now()
+    };
+    let ((), frozen_at) = tokio::join!(download, freezer);
+    let after = frozen_at.elapsed();
+    signal(seed.proc.pid(), "-CONT");
+    eprintln!("downloads done {after:?} after the freeze");
+    // A frozen parent must cost about a second per piece it held, not the
+    // 60 s whole-piece timeout.
+    assert!(
+        after < Duration::from_secs(30),
+        "downloads waited {after:?} on a frozen parent"
+    );
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_carries_on_when_the_scheduler_dies() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start("127.0.0.1:0").await.unwrap();

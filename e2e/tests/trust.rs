@@ -778,7 +778,16 @@ async fn a_parent_must_be_the_host_the_scheduler_named() {
         matches!(impostor, Err(PeerError::Impostor(_))),
         "{impostor:?}"
     );
-    let piece = peers.piece(&base, "victim", &task, 0, 1024).await;
+    let piece = peers
+        .piece(
+            &base,
+            "victim",
+            &task,
+            0,
+            1024,
+            node_agent::peer_client::HOLDER_ANSWER,
+        )
+        .await;
     assert!(matches!(piece, Err(PeerError::Impostor(_))), "{piece:?}");
     // A seed request (it may carry a caller's credentials) reaches seed
     // certificates only: a node never receives it.

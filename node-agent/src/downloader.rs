@@ -16,7 +16,7 @@ use crate::config::DaemonConfig;
 use crate::exchange::{Answer, Exchange, ExchangeLimits, ListOutcome, PieceAsk, SchedulerReply};
 use crate::metrics::Metrics;
 use crate::pacer::Pacer;
-use crate::peer_client::{PeerClient, PeerError};
+use crate::peer_client::{PeerClient, PeerError, HOLDER_ANSWER};
 use crate::piece::{piece_range, Bitmap};
 use crate::recorded_digests::{self, RecordedDigests, Sender, Verdict};
 use crate::scheduler_client::SchedulerPool;
@@ -548,7 +548,15 @@ async fn fetch_verified(
         parent,
         base,
         sender,
+        holds,
     } = ask;
+    // A holder answers at once; a parent still fetching the piece may wait
+    // for it up to the piece wait first.
+    let answer_within = if holds {
+        HOLDER_ANSWER
+    } else {
+        ctx.settings.piece_wait + HOLDER_ANSWER
+    };
     let result = async {
         // Claimed and reserved before asking: room first, one writer.
         let mut writer = match task.begin_piece(index).await {
@@ -562,7 +570,7 @@ async fn fetch_verified(
         });
         let (mut body, digest) = ctx
             .peers
-            .piece(&base, &parent, &task.id, index, expected_len)
+            .piece(&base, &parent, &task.id, index, expected_len, answer_within)
             .await?;
         while let Some(chunk) = body.chunk().await? {
             if let Err(e) = writer.push(&chunk).await {

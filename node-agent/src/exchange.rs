@@ -42,6 +42,9 @@ pub struct PieceAsk {
     pub parent: String,
     pub base: String,
     pub sender: Sender,
+    /// The parent holds the piece (complete, or its bitmap says so), so
+    /// it answers at once; otherwise it may wait for the piece to arrive.
+    pub holds: bool,
 }
 
 /// What the driver does with a parent's answer.
@@ -193,14 +196,16 @@ impl Exchange {
             self.slots[i].inflight += 1;
             self.inflight.insert(index);
             let task_has_source = self.slots.iter().any(|s| s.is_source);
+            let slot = &self.slots[i];
             asks.push(PieceAsk {
                 index,
-                parent: self.slots[i].id.clone(),
-                base: self.slots[i].base.clone(),
+                parent: slot.id.clone(),
+                base: slot.base.clone(),
                 sender: Sender {
-                    is_source: self.slots[i].is_source,
+                    is_source: slot.is_source,
                     task_has_source,
                 },
+                holds: slot.complete || slot.bitmap.contains(index),
             });
         }
         asks

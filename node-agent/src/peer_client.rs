@@ -97,6 +97,15 @@ impl PeerError {
 }
 
 /// A body of exactly `expected` bytes, read without holding more.
+/// A parent that holds a piece answers at once (it waits only for pieces
+/// it is still fetching); one silent this long is taken for gone (frozen,
+/// cut off) and the piece is asked elsewhere.
+pub const HOLDER_ANSWER: Duration = Duration::from_secs(1);
+
+/// Once a piece's bytes flow, a gap this long means the parent is gone.
+/// Parents pace uploads in slices small enough to stay well inside it.
+pub const BODY_IDLE: Duration = Duration::from_secs(1);
+
 /// A piece's body as it arrives, cut off once past the piece's length: a
 /// parent cannot make this daemon take more than one piece.
 pub struct PieceBody {
@@ -133,8 +142,12 @@ impl PieceBody {
     }
 
     /// The next bytes; `None` at the end, which must be the piece's end.
+    /// A parent that stops sending for [`BODY_IDLE`] is timed out.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, PeerError> {
-        match self.resp.chunk().await.map_err(PeerClient::classify)? {
+        let next = tokio::time::timeout(BODY_IDLE, self.resp.chunk())
+            .await
+            .map_err(|_| PeerError::Timeout)?;
+        match next.map_err(PeerClient::classify)? {
             Some(chunk) => {
                 self.seen += chunk.len() as u64;
                 if self.seen > self.expected {
@@ -267,7 +280,8 @@ impl PeerClient {
 
     /// Fetches one piece of `expected_len` bytes; returns its bytes and the
     /// digest the parent recorded. The caller takes the body as it arrives
-    /// and verifies the bytes.
+    /// and verifies the bytes. A parent without an answer (headers) within
+    /// `answer_within` is timed out.
     pub async fn piece(
         &self,
         base: &str,
@@ -275,17 +289,16 @@ impl PeerClient {
         task_id: &str,
         index: u32,
         expected_len: u64,
+        answer_within: Duration,
     ) -> Result<(PieceBody, String), PeerError> {
         let url = format!(
             "{}://{base}/api/v1/tasks/{task_id}/pieces/{index}",
             self.scheme
         );
-        let resp = self
-            .http
-            .get(url)
-            .timeout(self.piece_timeout)
-            .send()
+        let request = self.http.get(url).timeout(self.piece_timeout).send();
+        let resp = tokio::time::timeout(answer_within, request)
             .await
+            .map_err(|_| PeerError::Timeout)?
             .map_err(Self::classify)?;
         self.check_parent(&resp, host_id)?;
         match resp.status().as_u16() {
@@ -386,7 +399,7 @@ mod tests {
         let announced: &'static str =
             Box::leak(format!("{digest}content-length: 1073741824\r\n\r\n").into_boxed_str());
         let base = parent(announced, Some(1 << 20)).await;
-        let err = read(client.piece(&base, "h", "t", 0, 1024).await)
+        let err = read(client.piece(&base, "h", "t", 0, 1024, HOLDER_ANSWER).await)
             .await
             .unwrap_err();
         assert!(matches!(err, PeerError::Malformed(_)), "{err}");
@@ -394,7 +407,7 @@ mod tests {
         let endless: &'static str =
             Box::leak(format!("{digest}connection: close\r\n\r\n").into_boxed_str());
         let base = parent(endless, None).await;
-        let err = read(client.piece(&base, "h", "t", 0, 1024).await)
+        let err = read(client.piece(&base, "h", "t", 0, 1024, HOLDER_ANSWER).await)
             .await
             .unwrap_err();
         assert!(matches!(err, PeerError::Malformed(_)), "{err}");
@@ -402,7 +415,7 @@ mod tests {
         let exact: &'static str =
             Box::leak(format!("{digest}content-length: 1024\r\n\r\n").into_boxed_str());
         let base = parent(exact, Some(1024)).await;
-        let data = read(client.piece(&base, "h", "t", 0, 1024).await)
+        let data = read(client.piece(&base, "h", "t", 0, 1024, HOLDER_ANSWER).await)
             .await
             .unwrap();
         assert_eq!(data.len(), 1024);

@@ -185,6 +185,9 @@ async fn piece(State(state): State<AppState>, Path((id, index)): Path<(String, u
 /// Chunks a piece so the rate limit paces it evenly (no line-rate bursts
 /// that fill the link's queue), holding `held` (upload slot, piece claim)
 /// until the last chunk has been taken by the connection.
+/// The bytes an upload paced by `--upload-rate` sends at a time.
+const PACED_SLICE: u64 = 64 << 10;
+
 /// Piece `index` (bytes `range` of the task) read from disk a chunk at a
 /// time, each paced by the upload limiter; `held` (the upload slot and
 /// claim) lives until the last byte is out. A piece that changes on disk
@@ -204,7 +207,14 @@ fn paced_body<H: Send + 'static>(
             if offset >= end {
                 return Ok(None);
             }
-            let len = (end - offset).min(crate::piece::IO_CHUNK as u64);
+            // Paced uploads go out in smaller slices, so a child never sees
+            // a gap near its idle limit while others' slices go first.
+            let slice = if limiter.is_some() {
+                PACED_SLICE
+            } else {
+                crate::piece::IO_CHUNK as u64
+            };
+            let len = (end - offset).min(slice);
             if let Some(limiter) = &limiter {
                 limiter.acquire(len).await;
             }
