@@ -39,6 +39,19 @@ pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// `N` distinct ports free on `ip` right now: all held at once while they
+/// are picked, so one process never gets the same port twice.
+pub fn free_ports<const N: usize>(ip: IpAddr) -> anyhow::Result<[u16; N]> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0u16; N];
+    for port in &mut ports {
+        let listener = std::net::TcpListener::bind((ip, 0))?;
+        *port = listener.local_addr()?.port();
+        held.push(listener);
+    }
+    Ok(ports)
+}
+
 pub struct Proc {
     pub name: String,
     child: Child,
@@ -77,6 +90,18 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGSTOP: a frozen process (a hung node, a partition); its
+    /// connections stay open and nothing answers.
+    pub fn freeze(&mut self) {
+        self.signal("-STOP");
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status();
     }
 
     /// SIGKILL: a crash, as far as the process can tell.
@@ -184,8 +209,8 @@ pub struct SchedulerProc {
 
 impl SchedulerProc {
     pub async fn start(ip: IpAddr, log_dir: &Path) -> anyhow::Result<SchedulerProc> {
-        let grpc = SocketAddr::new(ip, free_port(ip)?);
-        let admin = SocketAddr::new(ip, free_port(ip)?);
+        let [grpc, admin] = free_ports(ip)?;
+        let (grpc, admin) = (SocketAddr::new(ip, grpc), SocketAddr::new(ip, admin));
         Self::start_at(grpc, admin, log_dir).await
     }
 
@@ -243,16 +268,18 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     pub async fn start(mut spec: DaemonSpec, log_dir: &Path) -> anyhow::Result<DaemonProc> {
+        // Picked together, so no two listeners of one daemon share a port.
+        let [peer_port, admin_port, proxy_port, api_port] = free_ports(spec.ip)?;
         if spec.peer_port == 0 {
-            spec.peer_port = free_port(spec.ip)?;
+            spec.peer_port = peer_port;
         }
         if spec.admin_port == 0 {
-            spec.admin_port = free_port(spec.ip)?;
+            spec.admin_port = admin_port;
         }
         let peer = SocketAddr::new(spec.ip, spec.peer_port);
         let admin = SocketAddr::new(spec.ip, spec.admin_port);
-        let proxy = SocketAddr::new(spec.ip, free_port(spec.ip)?);
-        let api = SocketAddr::new(spec.ip, free_port(spec.ip)?);
+        let proxy = SocketAddr::new(spec.ip, proxy_port);
+        let api = SocketAddr::new(spec.ip, api_port);
         let mut args = vec![
             "run".to_string(),
             "--data-dir".into(),

@@ -21,6 +21,8 @@ use crate::swarm::{
 
 /// How a failed parent is kept out of the rest of the download.
 const BLOCKED_FOR: Duration = Duration::from_secs(3600);
+/// How long a parent that went silent on a piece is asked nothing more.
+const STALLED_REST: Duration = Duration::from_secs(5);
 
 /// The limits an exchange works within.
 #[derive(Debug, Clone, Copy)]
@@ -269,6 +271,8 @@ impl Exchange {
                     }
                 }
                 Err(PeerError::PieceBusy) => self.avoid.defer(parent, index, now + COOLDOWN),
+                // Frozen or badly overloaded: others first for a while.
+                Err(PeerError::Stalled(_)) => slot.cooldown_until = Some(now + STALLED_REST),
                 Err(e) if e.is_soft() => slot.cooldown_until = Some(now + COOLDOWN),
                 _ => {}
             }
@@ -633,6 +637,43 @@ mod tests {
             assert_eq!(asked(&asks), vec![(0, "source")]);
             ex.on_answer(0, "source", &Err::<(), _>(PeerError::NotReady), true, at);
         }
+    }
+
+    #[test]
+    fn a_silent_parent_rests_and_comes_back() {
+        let parents = [
+            parent("frozen", &[0, 1, 2, 3], true, false),
+            parent("live", &[0, 1, 2, 3], false, false),
+        ];
+        let mut ex = Exchange::new(&parents, limits(), "me");
+        let now = Instant::now();
+        let asks = ex.next_asks(&full(0..4), 1024, false, now);
+        let held = asks.iter().find(|a| a.parent == "frozen").unwrap().index;
+        assert!(asks.iter().all(|a| a.holds), "both hold every piece");
+        let silent: Result<(), PeerError> = Err(PeerError::Stalled(Duration::from_secs(1)));
+        // Not a failure (under load a live parent can be that slow): the
+        // piece is asked again, elsewhere while the parent rests.
+        assert_eq!(
+            ex.on_answer(held, "frozen", &silent, false, now),
+            Answer::Retry
+        );
+        let soon = now + Duration::from_secs(1);
+        let again = ex.next_asks(&full(0..4), 1024, false, soon);
+        assert!(
+            again.iter().all(|a| a.parent == "live"),
+            "{:?}",
+            asked(&again)
+        );
+        for a in asks.iter().chain(&again).filter(|a| a.index != held) {
+            ex.on_answer(a.index, &a.parent, &OK, false, soon);
+        }
+        let rested = now + STALLED_REST + Duration::from_millis(1);
+        let later = ex.next_asks(&full(0..4), 1024, false, rested);
+        assert!(
+            later.iter().any(|a| a.parent == "frozen"),
+            "{:?}",
+            asked(&later)
+        );
     }
 
     #[test]

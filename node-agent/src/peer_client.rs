@@ -31,6 +31,8 @@ pub enum PeerError {
     Connect(String),
     #[error("parent timed out")]
     Timeout,
+    #[error("parent went silent: no answer or no bytes for {0:?}")]
+    Stalled(Duration),
     #[error("parent does not have the piece yet")]
     NotReady,
     #[error("parent has no free upload slot")]
@@ -58,7 +60,11 @@ impl PeerError {
     pub fn is_soft(&self) -> bool {
         matches!(
             self,
-            PeerError::NotReady | PeerError::Busy | PeerError::PieceBusy | PeerError::Unverified(_)
+            PeerError::NotReady
+                | PeerError::Busy
+                | PeerError::PieceBusy
+                | PeerError::Unverified(_)
+                | PeerError::Stalled(_)
         )
     }
 
@@ -74,7 +80,8 @@ impl PeerError {
             PeerError::NotReady
             | PeerError::Busy
             | PeerError::PieceBusy
-            | PeerError::Unverified(_) => R::Slow,
+            | PeerError::Unverified(_)
+            | PeerError::Stalled(_) => R::Slow,
         }
     }
 
@@ -82,6 +89,7 @@ impl PeerError {
         match self {
             PeerError::Connect(_) => "peer_connect",
             PeerError::Timeout => "peer_timeout",
+            PeerError::Stalled(_) => "peer_stalled",
             PeerError::NotReady => "peer_not_ready",
             PeerError::Busy => "peer_busy",
             PeerError::PieceBusy => "peer_piece_busy",
@@ -98,8 +106,9 @@ impl PeerError {
 
 /// A body of exactly `expected` bytes, read without holding more.
 /// A parent that holds a piece answers at once (it waits only for pieces
-/// it is still fetching); one silent this long is taken for gone (frozen,
-/// cut off) and the piece is asked elsewhere.
+/// it is still fetching); one silent this long may be frozen or cut off:
+/// the piece is asked elsewhere and the parent rests a while (a soft
+/// failure: under load a live parent can be this slow too).
 pub const HOLDER_ANSWER: Duration = Duration::from_secs(1);
 
 /// Once a piece's bytes flow, a gap this long means the parent is gone.
@@ -146,7 +155,7 @@ impl PieceBody {
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, PeerError> {
         let next = tokio::time::timeout(BODY_IDLE, self.resp.chunk())
             .await
-            .map_err(|_| PeerError::Timeout)?;
+            .map_err(|_| PeerError::Stalled(BODY_IDLE))?;
         match next.map_err(PeerClient::classify)? {
             Some(chunk) => {
                 self.seen += chunk.len() as u64;
@@ -298,7 +307,7 @@ impl PeerClient {
         let request = self.http.get(url).timeout(self.piece_timeout).send();
         let resp = tokio::time::timeout(answer_within, request)
             .await
-            .map_err(|_| PeerError::Timeout)?
+            .map_err(|_| PeerError::Stalled(answer_within))?
             .map_err(Self::classify)?;
         self.check_parent(&resp, host_id)?;
         match resp.status().as_u16() {

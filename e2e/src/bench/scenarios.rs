@@ -46,6 +46,7 @@ pub enum TlsMode {
 
 pub const ALL_FAULTS: &[&str] = &[
     "kill-parent",
+    "freeze-parent",
     "kill-scheduler",
     "kill-seed",
     "restart-daemon",
@@ -454,6 +455,20 @@ fn try_corrupt_seed_piece(cluster: &Cluster, run: &str) -> anyhow::Result<String
     ))
 }
 
+/// The node uploading the most right now: someone's parent.
+async fn busiest_uploader(cluster: &Cluster, nodes: &[&NetHost]) -> (usize, u64) {
+    let mut best = (0, 0);
+    for (i, node) in nodes.iter().enumerate() {
+        let up = cluster
+            .daemon_metric(node, "dfdaemon_upload_bytes_total")
+            .await;
+        if up >= best.1 {
+            best = (i, up);
+        }
+    }
+    best
+}
+
 async fn run_fault(
     cluster: &Cluster,
     nodes: &[&NetHost],
@@ -472,16 +487,7 @@ async fn run_fault(
         let description: anyhow::Result<(String, Option<String>)> = async {
             Ok(match fault {
                 "kill-parent" => {
-                    // The node uploading the most right now is someone's parent.
-                    let mut best = (0, 0);
-                    for (i, node) in nodes.iter().enumerate() {
-                        let up = cluster
-                            .daemon_metric(node, "dfdaemon_upload_bytes_total")
-                            .await;
-                        if up >= best.1 {
-                            best = (i, up);
-                        }
-                    }
+                    let best = busiest_uploader(cluster, nodes).await;
                     swarm.daemons[best.0].kill();
                     (
                         format!(
@@ -490,6 +496,24 @@ async fn run_fault(
                             best.1 >> 20
                         ),
                         Some(nodes[best.0].name.clone()),
+                    )
+                }
+                "freeze-parent" => {
+                    let (i, up) = busiest_uploader(cluster, nodes).await;
+                    swarm.daemons[i].freeze();
+                    // Frozen well past the others' pulls (so no kill frees
+                    // them), then killed so its own pull ends too.
+                    let frozen_for = Duration::from_secs_f64((t_star * 2.0).max(20.0));
+                    tokio::time::sleep(frozen_for).await;
+                    swarm.daemons[i].kill();
+                    (
+                        format!(
+                            "froze {} (uploaded {} MiB; connections open, no answers) for {:.0} s, then killed it",
+                            nodes[i].name,
+                            up >> 20,
+                            frozen_for.as_secs_f64()
+                        ),
+                        Some(nodes[i].name.clone()),
                     )
                 }
                 "kill-scheduler" => {
