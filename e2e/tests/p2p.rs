@@ -173,19 +173,7 @@ async fn downloads_survive_their_parent_being_killed() {
     let killer = async {
         // Kill the seed (everyone's first parent) once peers hold some pieces
         // but before they are done.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut done = 0;
-            for d in &daemons {
-                for t in tasks(d).await.unwrap_or_default() {
-                    done += t["bytes_done"].as_u64().unwrap_or(0);
-                }
-            }
-            if done >= 16 * MIB as u64 || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_peers_hold(&daemons, 16 * MIB as u64).await;
         seed.proc.kill();
         eprintln!("seed killed after peers held pieces");
     };
@@ -224,19 +212,7 @@ async fn a_frozen_parent_is_left_within_seconds() {
     let freezer = async {
         // Freeze the seed (its connections stay open, nothing answers) once
         // peers hold some pieces but before they are done.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut done = 0;
-            for d in &daemons {
-                for t in tasks(d).await.unwrap_or_default() {
-                    done += t["bytes_done"].as_u64().unwrap_or(0);
-                }
-            }
-            if done >= 16 * MIB as u64 || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_peers_hold(&daemons, 16 * MIB as u64).await;
         signal(seed.proc.pid(), "-STOP");
         eprintln!("seed frozen after peers held pieces");
         Instant::now()
@@ -251,6 +227,23 @@ async fn a_frozen_parent_is_left_within_seconds() {
         after < Duration::from_secs(30),
         "downloads waited {after:?} on a frozen parent"
     );
+}
+
+/// Waits (at most 60 s) until `daemons` hold `bytes` between them.
+async fn wait_until_peers_hold(daemons: &[DaemonProc], bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut done = 0;
+        for d in daemons {
+            for t in tasks(d).await.unwrap_or_default() {
+                done += t["bytes_done"].as_u64().unwrap_or(0);
+            }
+        }
+        if done >= bytes || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -89,7 +89,7 @@ impl RunningDigest {
     }
 }
 
-fn hash_file_range(
+pub(super) fn hash_file_range(
     file: &File,
     start: u64,
     end: u64,

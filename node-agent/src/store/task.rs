@@ -338,45 +338,11 @@ impl StoredTask {
         self.file.metadata().and_then(|m| m.modified()).ok()
     }
 
-    /// Reads piece `index` and checks it against its recorded digest, so a
-    /// piece damaged on disk is never served: it is discarded instead. A
-    /// piece this process wrote or checked is not hashed again while no
-    /// one else has written the file (see [`super::intact`]).
+    /// Piece `index` whole, checked as [`StoredTask::verify_piece`] does.
     #[cfg(test)]
     pub async fn read_piece(self: &Arc<Self>, index: u32) -> Result<(Bytes, String), StoreError> {
-        let (offset, len, digest) = self.stored_piece(index)?;
-        let len = len as usize;
-        let task = self.clone();
-        let (data, mtime) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let mut buf = vec![0u8; len];
-            task.file.read_exact_at(&mut buf, offset)?;
-            // After the read: a write by anyone else before it shows here.
-            Ok((buf, task.data_mtime()))
-        })
-        .await
-        .map_err(|e| self.io(std::io::Error::other(e)))?
-        .map_err(|e| self.io(e))?;
-        let data = Bytes::from(data);
-        if self.intact.is_intact(index, mtime) {
-            return Ok((data, digest));
-        }
-        let task = self.clone();
-        let (data, actual) = tokio::task::spawn_blocking(move || {
-            let actual = crate::piece::piece_digest(&data);
-            (data, actual)
-        })
-        .await
-        .map_err(|e| task.io(std::io::Error::other(e)))?;
-        if actual != digest {
-            tracing::warn!(task = %self.id, index, "piece on disk is corrupt, discarding it");
-            self.discard_piece(index).await;
-            return Err(StoreError::CorruptPiece {
-                task: self.id.clone(),
-                index,
-            });
-        }
-        self.intact.verified(index);
-        Ok((data, digest))
+        let (start, len, digest) = self.verify_piece(index).await?;
+        Ok((self.read_at(start, len as usize).await?, digest))
     }
 
     /// Where stored piece `index` starts, its length and its digest.
@@ -408,13 +374,13 @@ impl StoredTask {
         let actual = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
             let mut hasher = crate::piece::PieceHasher::default();
             let mut buf = vec![0u8; crate::piece::IO_CHUNK];
-            let mut offset = start;
-            while offset < start + len {
-                let n = ((start + len - offset) as usize).min(buf.len());
-                task.file.read_exact_at(&mut buf[..n], offset)?;
-                hasher.update(&buf[..n]);
-                offset += n as u64;
-            }
+            super::running_digest::hash_file_range(
+                &task.file,
+                start,
+                start + len,
+                &mut buf,
+                &mut hasher,
+            )?;
             Ok(hasher.finish())
         })
         .await
@@ -620,8 +586,8 @@ impl StoredTask {
 
     /// Bytes `[offset, offset + len)` of piece `index`, read straight from
     /// disk when the piece is intact as this process knows it (see
-    /// [`StoredTask::read_piece`]); `None` when it must be read whole and
-    /// checked first. Lets a reader stream a piece in small chunks.
+    /// [`StoredTask::verify_piece`]); `None` when it must be verified
+    /// first. Lets a reader stream a piece in small chunks.
     pub async fn read_intact(
         self: &Arc<Self>,
         index: u32,
