@@ -15,6 +15,7 @@ pub mod destination;
 pub mod downloader;
 pub mod exchange;
 pub mod hashring;
+pub mod liveness;
 pub mod metrics;
 pub mod mirror;
 pub mod node_report;

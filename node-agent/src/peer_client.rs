@@ -2,7 +2,11 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
+
+use crate::liveness::{self, Liveness, CHECK_EVERY};
 
 /// Header carrying a piece's recorded digest.
 pub const PIECE_DIGEST_HEADER: &str = "x-dragonfly-piece-digest";
@@ -121,6 +125,9 @@ pub struct PieceBody {
     resp: reqwest::Response,
     expected: u64,
     seen: u64,
+    /// Bytes from the parent show it alive to asks waiting on it.
+    liveness: Arc<Liveness>,
+    base: String,
 }
 
 impl std::fmt::Debug for PieceBody {
@@ -133,7 +140,12 @@ impl std::fmt::Debug for PieceBody {
 }
 
 impl PieceBody {
-    fn new(resp: reqwest::Response, expected: u64) -> Result<Self, PeerError> {
+    fn new(
+        resp: reqwest::Response,
+        expected: u64,
+        liveness: Arc<Liveness>,
+        base: &str,
+    ) -> Result<Self, PeerError> {
         if let Some(announced) = resp.content_length() {
             if announced != expected {
                 return Err(Self::wrong_length(announced, expected));
@@ -143,6 +155,8 @@ impl PieceBody {
             resp,
             expected,
             seen: 0,
+            liveness,
+            base: base.to_string(),
         })
     }
 
@@ -158,6 +172,7 @@ impl PieceBody {
             .map_err(|_| PeerError::Stalled(BODY_IDLE))?;
         match next.map_err(PeerClient::classify)? {
             Some(chunk) => {
+                self.liveness.heard(&self.base, Instant::now());
                 self.seen += chunk.len() as u64;
                 if self.seen > self.expected {
                     return Err(Self::wrong_length(self.seen, self.expected));
@@ -182,6 +197,7 @@ pub struct PeerClient {
     /// named (with cluster identity).
     check_identity: bool,
     piece_timeout: Duration,
+    liveness: Arc<Liveness>,
 }
 
 impl PeerClient {
@@ -213,6 +229,7 @@ impl PeerClient {
             scheme: if tls.is_some() { "https" } else { "http" },
             check_identity: tls.is_some(),
             piece_timeout,
+            liveness: Arc::default(),
         })
     }
 
@@ -290,7 +307,8 @@ impl PeerClient {
     /// Fetches one piece of `expected_len` bytes; returns its bytes and the
     /// digest the parent recorded. The caller takes the body as it arrives
     /// and verifies the bytes. A parent without an answer (headers) within
-    /// `answer_within` is timed out.
+    /// `answer_within` is timed out, and so is one that shows no life for
+    /// [`CHECK_EVERY`] meanwhile (see [`liveness`]).
     pub async fn piece(
         &self,
         base: &str,
@@ -305,10 +323,16 @@ impl PeerClient {
             self.scheme
         );
         let request = self.http.get(url).timeout(self.piece_timeout).send();
-        let resp = tokio::time::timeout(answer_within, request)
-            .await
-            .map_err(|_| PeerError::Stalled(answer_within))?
-            .map_err(Self::classify)?;
+        let resp = liveness::await_answer(
+            request,
+            answer_within,
+            |now| self.liveness.heard_within(base, CHECK_EVERY, now),
+            || self.probe(base, task_id),
+        )
+        .await
+        .map_err(|_| PeerError::Stalled(CHECK_EVERY.min(answer_within)))?
+        .map_err(Self::classify)?;
+        self.liveness.heard(base, Instant::now());
         self.check_parent(&resp, host_id)?;
         match resp.status().as_u16() {
             200 => {}
@@ -331,7 +355,24 @@ impl PeerClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .ok_or_else(|| PeerError::Malformed("piece without digest header".into()))?;
-        Ok((PieceBody::new(resp, expected_len)?, digest))
+        Ok((
+            PieceBody::new(resp, expected_len, self.liveness.clone(), base)?,
+            digest,
+        ))
+    }
+
+    /// Whether the parent answers at all within [`CHECK_EVERY`]: a task
+    /// shape without waiting is the cheapest question it answers.
+    async fn probe(&self, base: &str, task_id: &str) -> bool {
+        let url = format!(
+            "{}://{base}/api/v1/tasks/{task_id}/shape?wait_ms=0",
+            self.scheme
+        );
+        let answered = self.http.get(url).timeout(CHECK_EVERY).send().await.is_ok();
+        if answered {
+            self.liveness.heard(base, Instant::now());
+        }
+        answered
     }
 
     /// Asks a seed peer to download a task (the scheduler elected it).
@@ -389,6 +430,40 @@ mod tests {
             }
         });
         addr.to_string()
+    }
+
+    /// A frozen parent: connections are accepted (by the kernel, as for a
+    /// SIGSTOPped process) and never answered.
+    async fn frozen_parent() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        (addr, holder)
+    }
+
+    #[tokio::test]
+    async fn a_frozen_parent_is_left_even_when_it_may_wait_for_the_piece() {
+        let client = PeerClient::new(Duration::from_secs(60), None).unwrap();
+        let (base, holder) = frozen_parent().await;
+        let started = std::time::Instant::now();
+        // 30 s is what a parent still fetching the piece may take.
+        let err = client
+            .piece(&base, "h", "t", 0, 1024, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PeerError::Stalled(_)), "{err}");
+        // Two liveness checks, not the 30 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        holder.abort();
     }
 
     async fn read(body: Result<(PieceBody, String), PeerError>) -> Result<Vec<u8>, PeerError> {
