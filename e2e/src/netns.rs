@@ -25,6 +25,8 @@ pub struct NetHost {
     pub name: String,
     pub ns: String,
     pub ip: Ipv4Addr,
+    /// The bridge's end of this host's link, in the bridge's namespace.
+    pub bridge_veth: String,
 }
 
 pub struct Topology {
@@ -119,6 +121,7 @@ impl Topology {
                 name: spec.name.clone(),
                 ns: ns.clone(),
                 ip,
+                bridge_veth: veth.clone(),
             });
             run(&[
                 "ip", "-n", &bridge_ns, "link", "add", &veth, "type", "veth", "peer", "name",
@@ -158,6 +161,11 @@ impl Topology {
             .iter()
             .find(|h| h.name == name)
             .with_context(|| format!("no host {name}"))
+    }
+
+    /// The namespace holding the bridge and every host link's far end.
+    pub fn bridge_ns(&self) -> &str {
+        &self.bridge_ns
     }
 
     /// The arguments that run `program args` inside `host`'s namespace.

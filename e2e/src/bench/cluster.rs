@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::pull::PullResult;
+use super::report::OriginTraffic;
 use crate::netns::{NetHost, Topology};
 use crate::procs::{binary, Proc};
 
@@ -141,14 +142,25 @@ impl Cluster {
         format!("http://{ip}:{STATS_PORT}/stats")
     }
 
-    /// Blob body bytes the origin has sent so far (counted by the origin).
-    pub async fn origin_bytes(&self) -> anyhow::Result<u64> {
+    /// What the origin has served so far, counted by the origin.
+    pub async fn origin_traffic(&self) -> anyhow::Result<OriginTraffic> {
+        let host = self.topo.host("origin")?;
+        let body = self.get(host, &self.stats_url()).await?;
+        serde_json::from_str(&body).context("origin stats unreadable")
+    }
+
+    /// The image as the origin serves it: bytes to pull and the pieces
+    /// dfdaemon cuts them into.
+    pub async fn origin_image(&self) -> anyhow::Result<(u64, u64)> {
         let host = self.topo.host("origin")?;
         let body = self.get(host, &self.stats_url()).await?;
         let stats: serde_json::Value = serde_json::from_str(&body)?;
-        stats["blob_bytes"]
-            .as_u64()
-            .context("origin stats without blob_bytes")
+        let field = |name: &str| {
+            stats[name]
+                .as_u64()
+                .with_context(|| format!("origin stats without {name}"))
+        };
+        Ok((field("image_bytes")?, field("image_pieces")?))
     }
 
     /// Makes the origin answer 5xx to `share` of blob requests for `seconds`.
@@ -360,12 +372,13 @@ fn which(program: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The origin's counters over HTTP, next to the registry: `/stats` (blob
-/// bytes served, counted by the registry) and `/fault` (answer 503 to a
-/// share of blob requests for a while).
+/// bytes and requests by kind, counted by the registry, and the image's
+/// size) and `/fault` (answer 503 to a share of blob requests for a while).
 pub async fn serve_origin_stats(
     listen: &str,
     registry: crate::registry::FakeRegistry,
     image_bytes: u64,
+    image_pieces: u64,
 ) -> anyhow::Result<()> {
     use axum::extract::{Query, State};
     use axum::routing::get;
@@ -382,9 +395,17 @@ pub async fn serve_origin_stats(
             "/stats",
             get(
                 move |State(r): State<Arc<crate::registry::FakeRegistry>>| async move {
+                    let stats = r.stats();
+                    let count = |c: &std::sync::atomic::AtomicU64| {
+                        c.load(std::sync::atomic::Ordering::SeqCst)
+                    };
                     axum::Json(serde_json::json!({
-                        "blob_bytes": r.blob_bytes(),
+                        "blob_bytes": count(&stats.blob_bytes),
+                        "blob_gets": count(&stats.blob_gets),
+                        "blob_heads": count(&stats.blob_heads),
+                        "manifest_requests": count(&stats.manifest_requests),
                         "image_bytes": image_bytes,
+                        "image_pieces": image_pieces,
                     }))
                 },
             ),

@@ -61,6 +61,21 @@ impl Image {
         }
     }
 
+    /// Pieces dfdaemon cuts the image's blobs into (config and layers), by
+    /// the rule every dfdaemon follows.
+    pub fn pieces(&self) -> u64 {
+        std::iter::once(&self.config)
+            .chain(&self.layers)
+            .map(|blob| {
+                let len = blob.len() as u64;
+                wire::piece_length::piece_count(
+                    len,
+                    wire::piece_length::piece_length_for(Some(len)),
+                ) as u64
+            })
+            .sum()
+    }
+
     /// Bytes a puller downloads: config and layers.
     pub fn size(&self) -> u64 {
         self.config.len() as u64 + self.layers.iter().map(|l| l.len() as u64).sum::<u64>()
@@ -79,5 +94,9 @@ mod tests {
         assert_ne!(a.layers[0], a.layers[1]);
         assert_ne!(Image::generate(8, 2, 1000).manifest, a.manifest);
         assert_eq!(a.size(), 2000 + a.config.len() as u64);
+        // One piece each for the config and two small layers; 1 MiB pieces
+        // for a 3 MiB layer.
+        assert_eq!(a.pieces(), 3);
+        assert_eq!(Image::generate(7, 1, 3 << 20).pieces(), 4);
     }
 }

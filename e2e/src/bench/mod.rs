@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod image;
+pub mod links;
 pub mod loopback;
 pub mod memory;
 pub mod mirror_read;

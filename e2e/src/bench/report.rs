@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::links::LinkTimeline;
 use super::rss::RssFigures;
 use super::waves::{WaveReport, LATER_WAVE_GOAL};
 
@@ -17,6 +18,37 @@ pub struct HostTime {
     pub error: Option<String>,
 }
 
+/// What the origin served, counted by the origin itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginTraffic {
+    pub blob_bytes: u64,
+    /// Blob requests with a body (whole or ranged).
+    pub blob_gets: u64,
+    pub blob_heads: u64,
+    pub manifest_requests: u64,
+}
+
+impl OriginTraffic {
+    /// What was served after `before` was read.
+    pub fn since(self, before: OriginTraffic) -> OriginTraffic {
+        OriginTraffic {
+            blob_bytes: self.blob_bytes.saturating_sub(before.blob_bytes),
+            blob_gets: self.blob_gets.saturating_sub(before.blob_gets),
+            blob_heads: self.blob_heads.saturating_sub(before.blob_heads),
+            manifest_requests: self
+                .manifest_requests
+                .saturating_sub(before.manifest_requests),
+        }
+    }
+}
+
+/// The image pulled: bytes, and pieces as dfdaemon cuts its blobs.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageSize {
+    pub bytes: u64,
+    pub pieces: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioReport {
     pub key: String,
@@ -27,6 +59,16 @@ pub struct ScenarioReport {
     pub image_bytes: u64,
     pub origin_bytes: u64,
     pub origin_ratio: f64,
+    /// Requests the origin answered during the scenario.
+    #[serde(default)]
+    pub origin: OriginTraffic,
+    /// Pieces of the image's blobs (config and layers).
+    #[serde(default)]
+    pub image_pieces: u64,
+    /// Blob requests with a body at the origin per piece of the image: at
+    /// most 1.00 when no piece is fetched from the origin twice.
+    #[serde(default)]
+    pub origin_gets_per_piece: f64,
     pub peer_bytes: u64,
     pub t_star_s: f64,
     pub max_over_t_star: f64,
@@ -41,6 +83,9 @@ pub struct ScenarioReport {
     /// Scenario e: one entry per wave, host times from the wave's start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waves: Vec<WaveReport>,
+    /// Every host's link rates over the scenario, from its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<LinkTimeline>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +96,9 @@ pub struct FaultReport {
     pub corrupt_blobs: u32,
     pub retries: u32,
     pub extra_origin_bytes: i64,
+    /// Blob requests with a body at the origin during the fault's run.
+    #[serde(default)]
+    pub origin_blob_gets: u64,
     pub max_s: f64,
     pub errors: Vec<String>,
 }
@@ -81,13 +129,12 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl ScenarioReport {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: &str,
         title: &str,
         hosts: Vec<HostTime>,
-        image_bytes: u64,
-        origin_bytes: u64,
+        image: ImageSize,
+        origin: OriginTraffic,
         peer_bytes: u64,
         t_star_s: f64,
     ) -> Self {
@@ -102,9 +149,12 @@ impl ScenarioReport {
             hosts,
             p50_s: p50,
             max_s: max,
-            image_bytes,
-            origin_bytes,
-            origin_ratio: origin_bytes as f64 / image_bytes.max(1) as f64,
+            image_bytes: image.bytes,
+            origin_bytes: origin.blob_bytes,
+            origin_ratio: origin.blob_bytes as f64 / image.bytes.max(1) as f64,
+            origin,
+            image_pieces: image.pieces,
+            origin_gets_per_piece: origin.blob_gets as f64 / image.pieces.max(1) as f64,
             peer_bytes,
             t_star_s,
             max_over_t_star: max / t_star_s,
@@ -112,6 +162,7 @@ impl ScenarioReport {
             speedup_vs_direct: None,
             dfdaemon_rss: None,
             waves: Vec::new(),
+            links: None,
         }
     }
 }
@@ -157,7 +208,7 @@ impl BenchReport {
             self.hosts, self.layers, self.layer_mib, self.node_mbit, self.origin_mbit
         );
         out.push_str(&format!(
-            "{:<34} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>10} {:>8} {:>6} {:>12}\n",
+            "{:<34} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>6} {:>12}\n",
             "scenario",
             "p50 s",
             "max s",
@@ -165,6 +216,7 @@ impl BenchReport {
             "p50/T*",
             "max/T*",
             "origin x",
+            "GETs/piece",
             "peers MiB",
             "speedup",
             "failed",
@@ -172,7 +224,7 @@ impl BenchReport {
         ));
         for s in &self.scenarios {
             out.push_str(&format!(
-                "{:<34} {:>7.1} {:>7.1} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>10.0} {:>8} {:>6} {:>12}\n",
+                "{:<34} {:>7.1} {:>7.1} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>10.0} {:>8} {:>6} {:>12}\n",
                 format!("{}. {}", s.key, s.title),
                 s.p50_s,
                 s.max_s,
@@ -180,6 +232,7 @@ impl BenchReport {
                 s.p50_over_t_star,
                 s.max_over_t_star,
                 s.origin_ratio,
+                s.origin_gets_per_piece,
                 s.peer_bytes as f64 / (1024.0 * 1024.0),
                 s.speedup_vs_direct
                     .map(|x| format!("{x:.1}x"))
@@ -217,17 +270,18 @@ impl BenchReport {
         }
         if !self.faults.is_empty() {
             out.push_str(&format!(
-                "\n{:<22} {:>7} {:>8} {:>8} {:>14} {:>7}\n",
-                "fault", "failed", "corrupt", "retries", "extra origin", "max s"
+                "\n{:<22} {:>7} {:>8} {:>8} {:>14} {:>11} {:>7}\n",
+                "fault", "failed", "corrupt", "retries", "extra origin", "origin GETs", "max s"
             ));
             for f in &self.faults {
                 out.push_str(&format!(
-                    "{:<22} {:>7} {:>8} {:>8} {:>11.1} MiB {:>7.1}\n",
+                    "{:<22} {:>7} {:>8} {:>8} {:>11.1} MiB {:>11} {:>7.1}\n",
                     f.fault,
                     f.failed_pulls,
                     f.corrupt_blobs,
                     f.retries,
                     f.extra_origin_bytes as f64 / (1024.0 * 1024.0),
+                    f.origin_blob_gets,
                     f.max_s
                 ));
             }
@@ -239,6 +293,18 @@ impl BenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn image(bytes: u64, pieces: u64) -> ImageSize {
+        ImageSize { bytes, pieces }
+    }
+
+    fn served(blob_bytes: u64, blob_gets: u64) -> OriginTraffic {
+        OriginTraffic {
+            blob_bytes,
+            blob_gets,
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn percentiles_and_ratios() {
@@ -254,11 +320,24 @@ mod tests {
                 error: None,
             })
             .collect();
-        let r = ScenarioReport::new("c", "cold", hosts, 100, 100, 300, 2.0);
+        let origin = OriginTraffic {
+            blob_bytes: 100,
+            blob_gets: 6,
+            blob_heads: 1,
+            manifest_requests: 2,
+        };
+        let r = ScenarioReport::new("c", "cold", hosts, image(100, 4), origin, 300, 2.0);
         assert_eq!(r.failed_pulls, 1);
         assert_eq!(r.max_s, 3.0);
         assert_eq!(r.max_over_t_star, 1.5);
         assert_eq!(r.origin_ratio, 1.0);
+        assert_eq!(r.origin_gets_per_piece, 1.5);
+        let later = OriginTraffic {
+            blob_gets: 10,
+            ..origin
+        };
+        assert_eq!(later.since(origin).blob_gets, 4);
+        assert_eq!(origin.since(later).blob_gets, 0);
     }
 
     #[test]
@@ -272,13 +351,29 @@ mod tests {
             error: None,
         };
         let times = [host("n1", 30.0), host("n2", 21.0)];
-        let mut e = ScenarioReport::new("e", "waves", times.to_vec(), 100, 100, 100, 20.0);
+        let mut e = ScenarioReport::new(
+            "e",
+            "waves",
+            times.to_vec(),
+            image(100, 4),
+            served(100, 4),
+            100,
+            20.0,
+        );
         e.waves = vec![
             WaveReport::new(1, &times[..1], 20.0),
             WaveReport::new(2, &times[1..], 20.0),
         ];
         e.dfdaemon_rss = RssFigures::new(&[40 << 20, 20 << 20, 30 << 20], None);
-        let plain = ScenarioReport::new("a", "direct", times.to_vec(), 100, 800, 0, 20.0);
+        let plain = ScenarioReport::new(
+            "a",
+            "direct",
+            times.to_vec(),
+            image(100, 4),
+            served(800, 8),
+            0,
+            20.0,
+        );
         let report = BenchReport {
             hosts: 2,
             layers: 1,
@@ -301,5 +396,9 @@ mod tests {
         );
         let a_row = table.lines().find(|l| l.starts_with("a. direct")).unwrap();
         assert!(a_row.trim_end().ends_with('-'), "{a_row}");
+        // Origin requests per piece: 8 GETs for 4 pieces.
+        assert!(a_row.contains(" 2.00 "), "{a_row}");
+        let e_row = table.lines().find(|l| l.starts_with("e. waves")).unwrap();
+        assert!(e_row.contains(" 1.00 "), "{e_row}");
     }
 }

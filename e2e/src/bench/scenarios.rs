@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::cluster::{run_puller, Cluster};
-use super::report::{BenchReport, FaultReport, HostTime, ScenarioReport};
+use super::links::LinkSampler;
+use super::report::{BenchReport, FaultReport, HostTime, ImageSize, ScenarioReport};
 use super::rss::{program_peak_rss, RssFigures};
 use super::waves::{wave_size, WaveReport};
 use crate::netns::{HostSpec, NetHost, Topology};
@@ -222,15 +223,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     let _origin = cluster
         .start_origin(config.seed, config.layers, config.layer_mib)
         .await?;
-    let image_bytes = {
-        let host = cluster.topo.host("origin")?;
-        let stats: serde_json::Value = serde_json::from_str(
-            &cluster
-                .get(host, &format!("http://{}:5001/stats", host.ip))
-                .await?,
-        )?;
-        stats["image_bytes"].as_u64().unwrap_or(0)
+    let image = {
+        let (bytes, pieces) = cluster.origin_image().await?;
+        ImageSize { bytes, pieces }
     };
+    let image_bytes = image.bytes;
     let link_bytes_per_s = config.node_mbit.min(config.origin_mbit) as f64 * 1e6 / 8.0;
     let t_star = image_bytes as f64 / link_bytes_per_s;
     let nodes: Vec<&NetHost> = cluster
@@ -265,8 +262,17 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     for (key, tls) in &runs {
         let key = key.clone();
         cluster.tls.set(*tls);
-        let before = cluster.origin_bytes().await?;
+        let before = cluster.origin_traffic().await?;
         eprintln!("scenario {key}{}...", if *tls { " (mTLS)" } else { "" });
+        let links = LinkSampler::start(
+            cluster.topo.bridge_ns().to_string(),
+            cluster
+                .topo
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.bridge_veth.clone()))
+                .collect(),
+        );
         let mut rss = None;
         let mut waves = Vec::new();
         let (title, hosts, peer_bytes) = match key.as_str() {
@@ -360,23 +366,40 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
             }
             other => anyhow::bail!("unknown scenario {other:?} (a, b, c, d or e)"),
         };
-        let origin = cluster.origin_bytes().await? - before;
+        let origin = cluster.origin_traffic().await?.since(before);
+        let links = links.finish().await;
         let (key, title) = match (config.tls, tls) {
             (TlsMode::Both, true) => (format!("{key}+tls"), format!("{title} (mTLS)")),
             (TlsMode::Both, false) => (key, format!("{title} (plain)")),
             _ => (key, title.to_string()),
         };
-        let mut s =
-            ScenarioReport::new(&key, &title, hosts, image_bytes, origin, peer_bytes, t_star);
+        let mut s = ScenarioReport::new(&key, &title, hosts, image, origin, peer_bytes, t_star);
         s.dfdaemon_rss = rss;
         s.waves = waves;
+        match links {
+            Ok(links) => s.links = Some(links),
+            Err(e) => eprintln!("  link timeline lost: {e:#}"),
+        }
         if let Some(direct) = report.scenarios.iter().find(|s| s.key == "a") {
             s.speedup_vs_direct = Some(direct.max_s / s.max_s.max(1e-9));
         }
         eprintln!(
-            "  p50 {:.1}s max {:.1}s origin {:.2}x failed {}",
-            s.p50_s, s.max_s, s.origin_ratio, s.failed_pulls
+            "  p50 {:.1}s max {:.1}s origin {:.2}x ({} blob GETs for {} pieces, {} HEADs, {} manifest requests) failed {}",
+            s.p50_s,
+            s.max_s,
+            s.origin_ratio,
+            s.origin.blob_gets,
+            s.image_pieces,
+            s.origin.blob_heads,
+            s.origin.manifest_requests,
+            s.failed_pulls
         );
+        if let Some(links) = &s.links {
+            eprint!(
+                "  links (from the scenario's start):\n{}",
+                links.summary(config.node_mbit.min(config.origin_mbit) as f64)
+            );
+        }
         report.scenarios.push(s);
     }
 
@@ -479,7 +502,7 @@ async fn run_fault(
 ) -> anyhow::Result<FaultReport> {
     let run = format!("fault-{fault}");
     let mut swarm = Swarm::start(cluster, nodes, &run).await?;
-    let before = cluster.origin_bytes().await?;
+    let before = cluster.origin_traffic().await?;
     let pulls = cluster.pull_all(nodes, mirror_base(cluster, task_api), task_api);
     let trigger = Duration::from_secs_f64(t_star * 0.4);
     let inject = async {
@@ -557,7 +580,7 @@ async fn run_fault(
     // A fault that could not be injected is reported, not fatal to the run.
     let (description, excluded) =
         injected.unwrap_or_else(|e| (format!("NOT INJECTED: {e:#}"), None));
-    let origin = cluster.origin_bytes().await? - before;
+    let origin = cluster.origin_traffic().await?.since(before);
     // The killed host cannot finish its own pull; everyone else must.
     let hosts: Vec<HostTime> = hosts
         .into_iter()
@@ -571,7 +594,8 @@ async fn run_fault(
         failed_pulls: hosts.iter().filter(|h| !h.ok).count(),
         corrupt_blobs: hosts.iter().map(|h| h.corrupt_blobs).sum(),
         retries: hosts.iter().map(|h| h.retries).sum(),
-        extra_origin_bytes: origin as i64 - image_bytes as i64,
+        extra_origin_bytes: origin.blob_bytes as i64 - image_bytes as i64,
+        origin_blob_gets: origin.blob_gets,
         max_s: hosts.iter().map(|h| h.seconds).fold(0.0, f64::max),
         errors: hosts.iter().filter_map(|h| h.error.clone()).collect(),
     })

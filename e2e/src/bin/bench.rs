@@ -164,10 +164,15 @@ async fn origin(args: OriginArgs) -> anyhow::Result<()> {
     }
     registry.push_blob(image.config.clone());
     registry.push_manifest(REPOSITORY, TAG, image.manifest.clone());
-    let image_bytes = image.size();
+    let (image_bytes, image_pieces) = (image.size(), image.pieces());
     drop(image);
-    dragonfly_e2e::bench::cluster::serve_origin_stats(&args.stats_listen, registry, image_bytes)
-        .await
+    dragonfly_e2e::bench::cluster::serve_origin_stats(
+        &args.stats_listen,
+        registry,
+        image_bytes,
+        image_pieces,
+    )
+    .await
 }
 
 async fn pull(args: PullArgs) -> anyhow::Result<()> {
