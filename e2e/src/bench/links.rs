@@ -55,6 +55,11 @@ pub struct Busy {
 /// Rates under this (Mbit/s) are control traffic, not a transfer.
 const IDLE_MBIT: f64 = 1.0;
 
+/// MiB carried by a series of Mbit/s rates over `interval_s` each.
+pub fn total_mib(series: &[f64], interval_s: f64) -> f64 {
+    series.iter().sum::<f64>() * interval_s * 1e6 / 8.0 / (1024.0 * 1024.0)
+}
+
 /// The busy span of a series and its mean use of `link_mbit` within it.
 pub fn busy(series: &[f64], interval_s: f64, link_mbit: f64) -> Option<Busy> {
     let first = series.iter().position(|&r| r > IDLE_MBIT)?;
@@ -82,7 +87,8 @@ impl LinkTimeline {
         for h in hosts {
             let line = |what: &str, series: &[f64]| match busy(series, self.interval_s, link_mbit) {
                 Some(b) => format!(
-                    "{what} {:.2}-{:.2} s at {:.0}%",
+                    "{what} {:.0} MiB, {:.2}-{:.2} s at {:.0}%",
+                    total_mib(series, self.interval_s),
                     b.first_s,
                     b.last_s,
                     b.share * 100.0
@@ -242,5 +248,8 @@ mod tests {
         assert_eq!(b.last_s, 1.25);
         assert!((b.share - 250.0 / 300.0).abs() < 1e-9);
         assert_eq!(busy(&[0.0, 0.3], 0.25, 100.0), None);
+        // 100 Mbit/s for two quarter seconds: 6.25 MB.
+        let mib = total_mib(&[100.0, 100.0], 0.25);
+        assert!((mib - 6.25e6 / 1048576.0).abs() < 1e-9);
     }
 }

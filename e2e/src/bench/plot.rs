@@ -85,3 +85,128 @@ pub fn cdf_png(report: &BenchReport, out: &Path) -> anyhow::Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// One line of a plot: label, points, colour, width.
+struct Line {
+    label: String,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    width: u32,
+}
+
+/// Link rates over one scenario: what the origin sent, what the seed sent
+/// and received, and what each node received; the origin's uplink is the
+/// one every byte crosses once, so its gaps are time lost against T*.
+pub fn links_png(
+    report: &BenchReport,
+    scenario: &super::report::ScenarioReport,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let Some(links) = &scenario.links else {
+        anyhow::bail!("scenario {} has no link timeline", scenario.key);
+    };
+    register_font()?;
+    let root = BitMapBackend::new(out, (1100, 650)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let samples = links
+        .hosts
+        .iter()
+        .map(|h| h.received_mbit.len())
+        .max()
+        .unwrap_or(0);
+    let max_x = (samples as f64 * links.interval_s).max(1.0);
+    let max_y = links
+        .hosts
+        .iter()
+        .flat_map(|h| h.received_mbit.iter().chain(&h.sent_mbit))
+        .fold(report.node_mbit as f64, |a, &b| a.max(b))
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Link rates, {}. {} ({} hosts, T* {:.1} s)",
+                scenario.key, scenario.title, report.hosts, scenario.t_star_s
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the scenario started")
+        .y_desc("Mbit/s")
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    let series = |values: &[f64]| -> Vec<(f64, f64)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ((i as f64 + 0.5) * links.interval_s, *v))
+            .collect()
+    };
+    let line = |label: &str, values: &[f64], color: RGBColor, width: u32| Line {
+        label: label.to_string(),
+        points: series(values),
+        color,
+        width,
+    };
+    let mut lines = Vec::new();
+    if let Some(origin) = links.host("origin") {
+        lines.push(line("origin sent", &origin.sent_mbit, BLACK, 3));
+    }
+    if let Some(seed) = links.host("seed") {
+        lines.push(line("seed received", &seed.received_mbit, RED, 2));
+        lines.push(line("seed sent", &seed.sent_mbit, MAGENTA, 2));
+    }
+    let node_colors = [
+        BLUE,
+        GREEN,
+        CYAN,
+        RGBColor(255, 140, 0),
+        RGBColor(128, 0, 128),
+    ];
+    for (i, node) in links
+        .hosts
+        .iter()
+        .filter(|h| h.host.starts_with('n'))
+        .enumerate()
+    {
+        let color = node_colors[i % node_colors.len()];
+        lines.push(line(
+            &format!("{} received", node.host),
+            &node.received_mbit,
+            color,
+            1,
+        ));
+    }
+    for Line {
+        label,
+        points,
+        color,
+        width,
+    } in lines
+    {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(width)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
+            });
+    }
+    let t_star = scenario.t_star_s;
+    chart.draw_series(LineSeries::new(
+        vec![(t_star, 0.0), (t_star, max_y)],
+        BLACK.stroke_width(1),
+    ))?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -264,6 +264,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.out.join("bench.txt").display(),
         png.display()
     );
+    // A timeline lost is reported, not fatal: the figures above stand.
+    for s in report.scenarios.iter().filter(|s| s.links.is_some()) {
+        let png = args.out.join(format!("links-{}.png", s.key));
+        match dragonfly_e2e::bench::plot::links_png(&report, s, &png) {
+            Ok(()) => println!("wrote {}", png.display()),
+            Err(e) => eprintln!("link plot of {}: {e:#}", s.key),
+        }
+    }
     let failed: usize = report
         .scenarios
         .iter()
