@@ -35,7 +35,8 @@ pub struct LinkSeries {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkTimeline {
-    /// Seconds between samples; sample `i` covers `[i, i + 1) * interval_s`
+    /// Seconds between samples; sample `i` covers about `[i, i + 1) *
+    /// interval_s` (each rate is over the real time between two reads)
     /// from the scenario's start.
     pub interval_s: f64,
     pub hosts: Vec<LinkSeries>,
@@ -117,22 +118,25 @@ impl LinkSampler {
     pub fn start(bridge_ns: String, links: Vec<(String, String)>) -> LinkSampler {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let mut samples: Vec<Counters> = vec![read_counters(&bridge_ns).await?];
+            // Each sample with when it was read: rates use the real gap
+            // between reads, not the nominal interval.
             let started = Instant::now();
+            let read = |bridge_ns: String| async move {
+                let counters = read_counters(&bridge_ns).await?;
+                anyhow::Ok((started.elapsed().as_secs_f64(), counters))
+            };
+            let mut samples = vec![read(bridge_ns.clone()).await?];
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + INTERVAL, INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while samples.len() < MAX_SAMPLES {
                 tokio::select! {
                     _ = &mut stopped => break,
-                    _ = tick.tick() => samples.push(read_counters(&bridge_ns).await?),
+                    _ = tick.tick() => samples.push(read(bridge_ns.clone()).await?),
                 }
             }
-            samples.push(read_counters(&bridge_ns).await?);
-            // The last sample is partial; rates over it use its real length.
-            let last_len = started.elapsed().as_secs_f64()
-                - (samples.len() - 2) as f64 * INTERVAL.as_secs_f64();
-            Ok(timeline(&samples, &links, last_len))
+            samples.push(read(bridge_ns.clone()).await?);
+            Ok(timeline(&samples, &links))
         });
         LinkSampler { stop, task }
     }
@@ -143,7 +147,8 @@ impl LinkSampler {
     }
 }
 
-fn timeline(samples: &[Counters], links: &[(String, String)], last_len_s: f64) -> LinkTimeline {
+/// Rates between consecutive `(seconds, counters)` samples.
+fn timeline(samples: &[(f64, Counters)], links: &[(String, String)]) -> LinkTimeline {
     let interval_s = INTERVAL.as_secs_f64();
     let rate = |bytes: u64, secs: f64| bytes as f64 * 8.0 / 1e6 / secs.max(1e-3);
     let hosts = links
@@ -154,14 +159,11 @@ fn timeline(samples: &[Counters], links: &[(String, String)], last_len_s: f64) -
                 received_mbit: Vec::new(),
                 sent_mbit: Vec::new(),
             };
-            for (i, pair) in samples.windows(2).enumerate() {
-                let secs = if i + 2 == samples.len() {
-                    last_len_s
-                } else {
-                    interval_s
-                };
-                let before = pair[0].get(veth).copied().unwrap_or_default();
-                let after = pair[1].get(veth).copied().unwrap_or_default();
+            for pair in samples.windows(2) {
+                let ((t0, c0), (t1, c1)) = (&pair[0], &pair[1]);
+                let secs = t1 - t0;
+                let before = c0.get(veth).copied().unwrap_or_default();
+                let after = c1.get(veth).copied().unwrap_or_default();
                 series
                     .received_mbit
                     .push(rate(after.to_host.saturating_sub(before.to_host), secs));
@@ -226,13 +228,18 @@ mod tests {
 
     #[test]
     fn rates_per_interval() {
-        let at = |to_host: u64, from_host: u64| {
-            Counters::from([("v0".to_string(), Counter { to_host, from_host })])
+        let at = |secs: f64, to_host: u64, from_host: u64| {
+            let counter = Counter { to_host, from_host };
+            (secs, Counters::from([("v0".to_string(), counter)]))
         };
-        // 3.125 MB in a quarter second is 100 Mbit/s; the last, partial
-        // interval of 0.125 s carries half as much at the same rate.
-        let samples = [at(0, 0), at(3_125_000, 0), at(4_687_500, 1_000)];
-        let t = timeline(&samples, &[("n1".into(), "v0".into())], 0.125);
+        // 3.125 MB in a quarter second is 100 Mbit/s; a late read 0.375 s
+        // later with 4.6875 MB more is the same rate.
+        let samples = [
+            at(0.0, 0, 0),
+            at(0.25, 3_125_000, 0),
+            at(0.625, 7_812_500, 1_000),
+        ];
+        let t = timeline(&samples, &[("n1".into(), "v0".into())]);
         let n1 = t.host("n1").unwrap();
         assert_eq!(n1.received_mbit.len(), 2);
         assert!((n1.received_mbit[0] - 100.0).abs() < 1e-9);

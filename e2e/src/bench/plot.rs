@@ -195,7 +195,13 @@ pub fn links_png(
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
             });
     }
-    let t_star = scenario.t_star_s;
+    // T* counted from the origin's first byte: before it the swarm starts.
+    let start = links
+        .host("origin")
+        .and_then(|o| super::links::busy(&o.sent_mbit, links.interval_s, report.origin_mbit as f64))
+        .map(|b| b.first_s)
+        .unwrap_or(0.0);
+    let t_star = start + scenario.t_star_s;
     chart.draw_series(LineSeries::new(
         vec![(t_star, 0.0), (t_star, max_y)],
         BLACK.stroke_width(1),
