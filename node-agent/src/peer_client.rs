@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::liveness::{self, Liveness, CHECK_EVERY};
+use crate::liveness::{self, Liveness, CHECK_EVERY, PROBE_ANSWER};
 
 /// Header carrying a piece's recorded digest.
 pub const PIECE_DIGEST_HEADER: &str = "x-dragonfly-piece-digest";
@@ -308,7 +308,7 @@ impl PeerClient {
     /// digest the parent recorded. The caller takes the body as it arrives
     /// and verifies the bytes. A parent without an answer (headers) within
     /// `answer_within` is timed out, and so is one that shows no life for
-    /// [`CHECK_EVERY`] meanwhile (see [`liveness`]).
+    /// a liveness check meanwhile (see [`liveness`]).
     pub async fn piece(
         &self,
         base: &str,
@@ -361,14 +361,20 @@ impl PeerClient {
         ))
     }
 
-    /// Whether the parent answers at all within [`CHECK_EVERY`]: a task
+    /// Whether the parent answers at all within [`PROBE_ANSWER`]: a task
     /// shape without waiting is the cheapest question it answers.
     async fn probe(&self, base: &str, task_id: &str) -> bool {
         let url = format!(
             "{}://{base}/api/v1/tasks/{task_id}/shape?wait_ms=0",
             self.scheme
         );
-        let answered = self.http.get(url).timeout(CHECK_EVERY).send().await.is_ok();
+        let answered = self
+            .http
+            .get(url)
+            .timeout(PROBE_ANSWER)
+            .send()
+            .await
+            .is_ok();
         if answered {
             self.liveness.heard(base, Instant::now());
         }
@@ -457,7 +463,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, PeerError::Stalled(_)), "{err}");
-        // Two liveness checks, not the 30 s.
+        // One unanswered liveness check, not the 30 s.
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{:?}",
