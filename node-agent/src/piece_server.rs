@@ -190,8 +190,9 @@ const PACED_SLICE: u64 = 64 << 10;
 
 /// Piece `index` (bytes `range` of the task) read from disk a chunk at a
 /// time, each paced by the upload limiter; `held` (the upload slot and
-/// claim) lives until the last byte is out. A piece that changes on disk
-/// while it is sent cuts the body, so the child never takes it whole.
+/// claim) lives until the last byte is out. When the file changes while a
+/// piece is sent, the piece is checked again: a damaged one cuts the body
+/// (the child never takes it whole), an intact one goes on.
 fn paced_body<H: Send + 'static>(
     task: Arc<crate::store::StoredTask>,
     index: u32,
@@ -218,7 +219,7 @@ fn paced_body<H: Send + 'static>(
             if let Some(limiter) = &limiter {
                 limiter.acquire(len).await;
             }
-            match task.read_intact(index, offset, len as usize).await {
+            match task.read_verified(index, offset, len as usize).await {
                 Ok(Some(chunk)) => Ok(Some((chunk, offset + len))),
                 Ok(None) => Err(std::io::Error::other(format!(
                     "piece {index} changed on disk while it was sent"

@@ -86,16 +86,11 @@ pub fn stream_range(
         // for is checked against its digest first (in chunks too).
         let chunk_end = piece_end.min(c.end).min(c.offset + CHUNK);
         let len = (chunk_end - c.offset) as usize;
-        let bytes = match c.task.read_intact(index, c.offset, len).await? {
-            Some(bytes) => bytes,
-            None => {
-                c.task.verify_piece(index).await?;
-                c.task
-                    .read_intact(index, c.offset, len)
-                    .await?
-                    .ok_or(ReadError::Changed(index))?
-            }
-        };
+        let bytes = c
+            .task
+            .read_verified(index, c.offset, len)
+            .await?
+            .ok_or(ReadError::Changed(index))?;
         if c.whole && chunk_end == c.content_length {
             // For whole-content readers the last bytes go out only once
             // the daemon has judged the content, so a client that has

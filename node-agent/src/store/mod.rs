@@ -550,6 +550,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_change_elsewhere_in_the_file_does_not_cut_intact_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default()).unwrap();
+        let task = store.get_or_create(&id(9), "http://o/w", None).unwrap();
+        task.set_shape(Some(8), 4).unwrap();
+        for (i, data) in [(0, b"abcd"), (1, b"efgh")] {
+            let data = Bytes::from_static(data);
+            task.write_piece(i, data.clone(), piece_digest(&data))
+                .await
+                .unwrap();
+        }
+        assert!(task.read_intact(0, 0, 2).await.unwrap().is_some());
+        // Someone else writes into piece 1: the file's time moves on.
+        std::thread::sleep(Duration::from_millis(20));
+        let data_path = dir.path().join("tasks").join(id(9)).join("data");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&data_path)
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(b"X", 5).unwrap();
+        drop(file);
+        // Piece 0 can no longer be vouched for unchecked, but it is intact.
+        assert!(task.read_intact(0, 0, 2).await.unwrap().is_none());
+        assert_eq!(
+            &task.read_verified(0, 2, 2).await.unwrap().unwrap()[..],
+            b"cd"
+        );
+        // Piece 1 is damaged: refused and forgotten.
+        assert!(matches!(
+            task.read_verified(1, 4, 4).await,
+            Err(StoreError::CorruptPiece { index: 1, .. })
+        ));
+        assert_eq!(task.meta().missing_pieces(), vec![1]);
+        assert!(matches!(
+            task.read_verified(1, 4, 4).await,
+            Err(StoreError::MissingPiece(_, 1))
+        ));
+    }
+
+    #[tokio::test]
     async fn partial_task_resumes_with_its_missing_pieces() {
         let dir = tempfile::tempdir().unwrap();
         {

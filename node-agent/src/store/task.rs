@@ -612,6 +612,25 @@ impl StoredTask {
             .then(|| Bytes::from(data)))
     }
 
+    /// Like [`StoredTask::read_intact`], but a piece this process can no
+    /// longer vouch for (its file changed since it was checked) is checked
+    /// against its digest again first: a change elsewhere in the file must
+    /// not cut every upload and read under way. `None` if it changed again
+    /// meanwhile; a missing piece is an error, a damaged one is discarded
+    /// (an error too).
+    pub async fn read_verified(
+        self: &Arc<Self>,
+        index: u32,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Bytes>, StoreError> {
+        if let Some(bytes) = self.read_intact(index, offset, len).await? {
+            return Ok(Some(bytes));
+        }
+        self.verify_piece(index).await?;
+        self.read_intact(index, offset, len).await
+    }
+
     pub(super) fn mark_removed(&self) -> PathBuf {
         self.removed.store(true, Ordering::SeqCst);
         self.notify();
