@@ -33,6 +33,12 @@ pub struct TaskShapeResponse {
 pub enum PeerError {
     #[error("cannot connect to parent: {0}")]
     Connect(String),
+    /// The parent answered, then its body broke off: it may be gone, or it
+    /// may have cut one piece (e.g. found damaged on its disk) and be fine
+    /// otherwise, so this is not the proof of absence a refused connection
+    /// is.
+    #[error("parent broke off the piece: {0}")]
+    BrokenOff(String),
     #[error("parent timed out")]
     Timeout,
     #[error("parent went silent: no answer or no bytes for {0:?}")]
@@ -79,7 +85,9 @@ impl PeerError {
             PeerError::Timeout => R::Timeout,
             PeerError::NotFound => R::NotFound,
             PeerError::DigestMismatch | PeerError::Forged { .. } => R::DigestMismatch,
-            PeerError::Server(_) | PeerError::Malformed(_) => R::ServerError,
+            PeerError::Server(_) | PeerError::Malformed(_) | PeerError::BrokenOff(_) => {
+                R::ServerError
+            }
             PeerError::Impostor(_) => R::DigestMismatch,
             PeerError::NotReady
             | PeerError::Busy
@@ -92,6 +100,7 @@ impl PeerError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             PeerError::Connect(_) => "peer_connect",
+            PeerError::BrokenOff(_) => "peer_broken_off",
             PeerError::Timeout => "peer_timeout",
             PeerError::Stalled(_) => "peer_stalled",
             PeerError::NotReady => "peer_not_ready",
@@ -170,7 +179,7 @@ impl PieceBody {
         let next = tokio::time::timeout(BODY_IDLE, self.resp.chunk())
             .await
             .map_err(|_| PeerError::Stalled(BODY_IDLE))?;
-        match next.map_err(PeerClient::classify)? {
+        match next.map_err(PeerClient::classify_body)? {
             Some(chunk) => {
                 self.liveness.heard(&self.base, Instant::now());
                 self.seen += chunk.len() as u64;
@@ -268,6 +277,15 @@ impl PeerClient {
             PeerError::Timeout
         } else {
             PeerError::Connect(e.to_string())
+        }
+    }
+
+    /// An error reading a body the parent already began to send.
+    fn classify_body(e: reqwest::Error) -> PeerError {
+        if e.is_timeout() {
+            PeerError::Timeout
+        } else {
+            PeerError::BrokenOff(e.to_string())
         }
     }
 
@@ -509,5 +527,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(data.len(), 1024);
+    }
+
+    #[tokio::test]
+    async fn a_body_broken_off_is_told_apart_from_a_refused_connection() {
+        let client = PeerClient::new(Duration::from_secs(10), None).unwrap();
+        // Half the announced piece, then the connection closes.
+        let half: &'static str = "HTTP/1.1 200 OK\r\nx-dragonfly-piece-digest: sha256:00\r\ncontent-length: 1024\r\n\r\n";
+        let base = parent(half, Some(512)).await;
+        let err = read(client.piece(&base, "h", "t", 0, 1024, HOLDER_ANSWER).await)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PeerError::BrokenOff(_)), "{err}");
+        assert_eq!(err.reason(), proto::FailureReason::ServerError);
+        // Nobody listening: refused, the scheduler's proof of absence.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let err = read(client.piece(&base, "h", "t", 0, 1024, HOLDER_ANSWER).await)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PeerError::Connect(_)), "{err}");
+        assert_eq!(err.reason(), proto::FailureReason::Connect);
     }
 }
