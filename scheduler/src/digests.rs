@@ -86,6 +86,11 @@ impl PieceDigests {
         }
     }
 
+    /// Records `digest` for `index` only if nothing is recorded for it.
+    pub fn fill(&mut self, index: u32, digest: [u8; 32]) {
+        self.by_piece.entry(index).or_insert(digest);
+    }
+
     /// How `claimed` stands against the record of `index`; `None` when
     /// nothing is recorded.
     pub fn judge(&self, index: u32, claimed: &str) -> Option<Claim> {

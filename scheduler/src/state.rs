@@ -500,8 +500,16 @@ impl State {
         if req.complete {
             peer.complete = true;
         }
-        // Only what the task's source read from the origin is a reference.
-        if task.is_source(&req.host_id) && !reported_digests.is_empty() {
+        // Only what a source read from the origin is a reference. A source
+        // deposed by its children's reports is mostly alive and still
+        // reading: it fills in pieces nobody recorded (never replacing a
+        // record), or every copy of those pieces in the swarm stays
+        // unverifiable and the swarm waits out its stall limit.
+        let is_source = task.is_source(&req.host_id);
+        let may_record = is_source
+            || (task.failed_as_source_recently(&req.host_id, now)
+                && !self.quarantine.is_quarantined(&req.host_id, now));
+        if may_record && !reported_digests.is_empty() {
             let held_before = task.digests.held();
             let mut replaced = false;
             for (index, digest) in reported_digests {
@@ -509,7 +517,11 @@ impl State {
                     debug!("piece digest cap reached; not recording more");
                     break;
                 }
-                replaced |= task.digests.record(index, digest) == Recorded::Replaced;
+                if is_source {
+                    replaced |= task.digests.record(index, digest) == Recorded::Replaced;
+                } else {
+                    task.digests.fill(index, digest);
+                }
             }
             self.recorded_digests = self.recorded_digests - held_before + task.digests.held();
             if replaced {
@@ -1562,6 +1574,53 @@ mod tests {
         let c = fail_parent(&mut s, "t", "c", "a", FailureReason::Timeout, t0);
         assert_eq!(c.decision(), Decision::BackToSource);
         assert_eq!(source_of(&s, "t"), "c");
+    }
+
+    #[test]
+    fn a_deposed_source_still_fills_in_what_nobody_recorded() {
+        let t0 = Instant::now();
+        let mut s = state();
+        for id in ["a", "b", "c"] {
+            announce(&mut s, id, HostType::Normal, t0);
+            register(&mut s, "t", id, t0);
+        }
+        assert_eq!(source_of(&s, "t"), "a");
+        report_with_digests(&mut s, "t", "a", &[(0, digest('a'))], t0);
+        // b holds piece 0, so c has a parent and nobody is elected: the
+        // deposed source's later pieces must still become verifiable.
+        report_with_digests(&mut s, "t", "b", &[(0, digest('a'))], t0);
+        fail_parent(&mut s, "t", "b", "a", FailureReason::Timeout, t0);
+        fail_parent(&mut s, "t", "c", "a", FailureReason::Timeout, t0);
+        assert_ne!(source_of(&s, "t"), "a");
+        let recorded = |s: &State| -> Vec<(u32, String)> {
+            s.get_piece_digests(
+                &proto::GetPieceDigestsRequest {
+                    task_id: "t".into(),
+                    host_id: "b".into(),
+                    first: 0,
+                    count: 4,
+                },
+                t0,
+            )
+            .unwrap()
+            .digests
+            .into_iter()
+            .map(|d| (d.index, d.digest))
+            .collect()
+        };
+        // Piece 1 is new: recorded. Piece 0 differs: the record stands.
+        report_with_digests(&mut s, "t", "a", &[(0, digest('e')), (1, digest('b'))], t0);
+        assert_eq!(recorded(&s), vec![(0, digest('a')), (1, digest('b'))]);
+        // Any other member's word is still no record.
+        report_with_digests(&mut s, "t", "b", &[(2, digest('c'))], t0);
+        assert_eq!(recorded(&s).len(), 2);
+        // Once the failure is forgotten, neither is the old source's.
+        let later = t0 + crate::tasks::SOURCE_FAILURE_MEMORY + secs(1);
+        for id in ["a", "b"] {
+            announce(&mut s, id, HostType::Normal, later);
+        }
+        report_with_digests(&mut s, "t", "a", &[(3, digest('d'))], later);
+        assert_eq!(recorded(&s).len(), 2);
     }
 
     #[test]
