@@ -160,20 +160,44 @@ pub async fn wait_ready(url: &str, timeout: Duration) -> anyhow::Result<()> {
 }
 
 /// The test run's cluster CA: one per test process, written to a
-/// directory that lives as long as the process.
+/// directory named by the process id. Statics are never dropped, so each
+/// test process removes what processes that are gone left behind.
 pub fn test_ca() -> &'static (identity::Ca, PathBuf) {
     static CA: std::sync::OnceLock<(identity::Ca, PathBuf)> = std::sync::OnceLock::new();
     CA.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("dragonfly-test-ca-")
-            .tempdir()
-            .expect("a temp dir for the test CA")
-            .keep();
+        let tmp = std::env::temp_dir();
+        remove_dead_test_cas(&tmp);
+        let dir = tmp.join(format!("{TEST_CA_PREFIX}{}", std::process::id()));
+        // A directory of an earlier process that had this id.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temp dir for the test CA");
         let ca = identity::Ca::generate("dragonfly test CA", Duration::from_secs(7 * 86400))
             .expect("a test CA");
         ca.write(&dir).expect("writing the test CA");
         (ca, dir)
     })
+}
+
+const TEST_CA_PREFIX: &str = "dragonfly-test-ca-";
+
+/// Removes test CA directories whose process no longer runs.
+fn remove_dead_test_cas(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEST_CA_PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A member certificate from the test CA, in the `--tls-dir` layout.
