@@ -506,8 +506,11 @@ impl State {
         // record), or every copy of those pieces in the swarm stays
         // unverifiable and the swarm waits out its stall limit.
         let is_source = task.is_source(&req.host_id);
+        // Once the origin changed (a replaced record), a deposed source may
+        // hold the old content: then only the current source records.
         let may_record = is_source
             || (task.failed_as_source_recently(&req.host_id, now)
+                && task.digests.replacements() == 0
                 && !self.quarantine.is_quarantined(&req.host_id, now));
         if may_record && !reported_digests.is_empty() {
             let held_before = task.digests.held();
@@ -1614,13 +1617,51 @@ mod tests {
         // Any other member's word is still no record.
         report_with_digests(&mut s, "t", "b", &[(2, digest('c'))], t0);
         assert_eq!(recorded(&s).len(), 2);
+        let holds = |s: &State, piece: u32| recorded(s).iter().any(|(i, _)| *i == piece);
         // Once the failure is forgotten, neither is the old source's.
         let later = t0 + crate::tasks::SOURCE_FAILURE_MEMORY + secs(1);
         for id in ["a", "b"] {
             announce(&mut s, id, HostType::Normal, later);
         }
         report_with_digests(&mut s, "t", "a", &[(3, digest('d'))], later);
-        assert_eq!(recorded(&s).len(), 2);
+        assert!(!holds(&s, 3));
+    }
+
+    #[test]
+    fn a_deposed_source_records_nothing_once_the_origin_changed() {
+        let t0 = Instant::now();
+        let mut s = state();
+        for id in ["a", "b", "c"] {
+            announce(&mut s, id, HostType::Normal, t0);
+            register(&mut s, "t", id, t0);
+        }
+        report_with_digests(&mut s, "t", "a", &[(0, digest('a'))], t0);
+        report_with_digests(&mut s, "t", "b", &[(0, digest('a'))], t0);
+        fail_parent(&mut s, "t", "b", "a", FailureReason::Timeout, t0);
+        fail_parent(&mut s, "t", "c", "a", FailureReason::Timeout, t0);
+        // b leaves, so c has no parent left and becomes the source.
+        s.leave_task("t", "b", t0).unwrap();
+        s.get_parents("t", "c", t0).unwrap();
+        let current = source_of(&s, "t");
+        assert_eq!(current, "c");
+        // The new source reads other bytes: the old source's copy may be
+        // of the old content, so it fills in nothing any more.
+        report_with_digests(&mut s, "t", &current, &[(0, digest('f'))], t0);
+        report_with_digests(&mut s, "t", "a", &[(1, digest('b'))], t0);
+        let digests = s
+            .get_piece_digests(
+                &proto::GetPieceDigestsRequest {
+                    task_id: "t".into(),
+                    host_id: "b".into(),
+                    first: 0,
+                    count: 4,
+                },
+                t0,
+            )
+            .unwrap()
+            .digests;
+        assert_eq!(digests.len(), 1);
+        assert_eq!(digests[0].digest, digest('f'));
     }
 
     #[test]
