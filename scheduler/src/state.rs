@@ -1579,9 +1579,9 @@ mod tests {
         assert_eq!(source_of(&s, "t"), "c");
     }
 
-    #[test]
-    fn a_deposed_source_still_fills_in_what_nobody_recorded() {
-        let t0 = Instant::now();
+    /// Source a records piece 0 and b copies it; b and c then depose a.
+    /// b holds piece 0, so c has a parent and nobody is elected.
+    fn swarm_with_a_deposed_source(t0: Instant) -> State {
         let mut s = state();
         for id in ["a", "b", "c"] {
             announce(&mut s, id, HostType::Normal, t0);
@@ -1589,79 +1589,63 @@ mod tests {
         }
         assert_eq!(source_of(&s, "t"), "a");
         report_with_digests(&mut s, "t", "a", &[(0, digest('a'))], t0);
-        // b holds piece 0, so c has a parent and nobody is elected: the
-        // deposed source's later pieces must still become verifiable.
         report_with_digests(&mut s, "t", "b", &[(0, digest('a'))], t0);
         fail_parent(&mut s, "t", "b", "a", FailureReason::Timeout, t0);
         fail_parent(&mut s, "t", "c", "a", FailureReason::Timeout, t0);
         assert_ne!(source_of(&s, "t"), "a");
-        let recorded = |s: &State| -> Vec<(u32, String)> {
-            s.get_piece_digests(
-                &proto::GetPieceDigestsRequest {
-                    task_id: "t".into(),
-                    host_id: "b".into(),
-                    first: 0,
-                    count: 4,
-                },
-                t0,
-            )
-            .unwrap()
-            .digests
-            .into_iter()
-            .map(|d| (d.index, d.digest))
-            .collect()
-        };
+        s
+    }
+
+    /// Task t's recorded digests, as member b asks for them.
+    fn recorded(s: &State, now: Instant) -> Vec<(u32, String)> {
+        s.get_piece_digests(
+            &proto::GetPieceDigestsRequest {
+                task_id: "t".into(),
+                host_id: "b".into(),
+                first: 0,
+                count: 4,
+            },
+            now,
+        )
+        .unwrap()
+        .digests
+        .into_iter()
+        .map(|d| (d.index, d.digest))
+        .collect()
+    }
+
+    #[test]
+    fn a_deposed_source_still_fills_in_what_nobody_recorded() {
+        let t0 = Instant::now();
+        let mut s = swarm_with_a_deposed_source(t0);
         // Piece 1 is new: recorded. Piece 0 differs: the record stands.
         report_with_digests(&mut s, "t", "a", &[(0, digest('e')), (1, digest('b'))], t0);
-        assert_eq!(recorded(&s), vec![(0, digest('a')), (1, digest('b'))]);
+        assert_eq!(recorded(&s, t0), vec![(0, digest('a')), (1, digest('b'))]);
         // Any other member's word is still no record.
         report_with_digests(&mut s, "t", "b", &[(2, digest('c'))], t0);
-        assert_eq!(recorded(&s).len(), 2);
-        let holds = |s: &State, piece: u32| recorded(s).iter().any(|(i, _)| *i == piece);
+        assert_eq!(recorded(&s, t0).len(), 2);
         // Once the failure is forgotten, neither is the old source's.
         let later = t0 + crate::tasks::SOURCE_FAILURE_MEMORY + secs(1);
         for id in ["a", "b"] {
             announce(&mut s, id, HostType::Normal, later);
         }
         report_with_digests(&mut s, "t", "a", &[(3, digest('d'))], later);
-        assert!(!holds(&s, 3));
+        assert!(!recorded(&s, later).iter().any(|(i, _)| *i == 3));
     }
 
     #[test]
     fn a_deposed_source_records_nothing_once_the_origin_changed() {
         let t0 = Instant::now();
-        let mut s = state();
-        for id in ["a", "b", "c"] {
-            announce(&mut s, id, HostType::Normal, t0);
-            register(&mut s, "t", id, t0);
-        }
-        report_with_digests(&mut s, "t", "a", &[(0, digest('a'))], t0);
-        report_with_digests(&mut s, "t", "b", &[(0, digest('a'))], t0);
-        fail_parent(&mut s, "t", "b", "a", FailureReason::Timeout, t0);
-        fail_parent(&mut s, "t", "c", "a", FailureReason::Timeout, t0);
+        let mut s = swarm_with_a_deposed_source(t0);
         // b leaves, so c has no parent left and becomes the source.
         s.leave_task("t", "b", t0).unwrap();
         s.get_parents("t", "c", t0).unwrap();
-        let current = source_of(&s, "t");
-        assert_eq!(current, "c");
+        assert_eq!(source_of(&s, "t"), "c");
         // The new source reads other bytes: the old source's copy may be
         // of the old content, so it fills in nothing any more.
-        report_with_digests(&mut s, "t", &current, &[(0, digest('f'))], t0);
+        report_with_digests(&mut s, "t", "c", &[(0, digest('f'))], t0);
         report_with_digests(&mut s, "t", "a", &[(1, digest('b'))], t0);
-        let digests = s
-            .get_piece_digests(
-                &proto::GetPieceDigestsRequest {
-                    task_id: "t".into(),
-                    host_id: "b".into(),
-                    first: 0,
-                    count: 4,
-                },
-                t0,
-            )
-            .unwrap()
-            .digests;
-        assert_eq!(digests.len(), 1);
-        assert_eq!(digests[0].digest, digest('f'));
+        assert_eq!(recorded(&s, t0), vec![(0, digest('f'))]);
     }
 
     #[test]
