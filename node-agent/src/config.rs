@@ -54,7 +54,8 @@ pub struct DaemonConfig {
     /// Whole-piece fetch timeout from a parent (includes `piece_wait`).
     #[serde(with = "humantime_serde")]
     pub piece_timeout: Duration,
-    /// Pieces fetched in parallel per task.
+    /// Pieces fetched in parallel per task from complete parents and
+    /// seeds, and as many again from parents still downloading.
     pub concurrent_pieces: usize,
     /// Pieces fetched in parallel from one parent.
     pub concurrent_pieces_per_parent: usize,
@@ -109,7 +110,8 @@ impl Default for DaemonConfig {
             piece_wait: Duration::from_secs(30),
             piece_timeout: Duration::from_secs(60),
             // Few pieces at a time, each arriving fast, so it can be
-            // forwarded sooner; more only split the same link.
+            // forwarded sooner; more only split the same link. (Peers
+            // still downloading get a budget of their own on top.)
             concurrent_pieces: 4,
             concurrent_pieces_per_parent: 2,
             stall_timeout: Duration::from_secs(30),

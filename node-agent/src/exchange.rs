@@ -16,7 +16,7 @@ use crate::piece_order;
 use crate::recorded_digests::Sender;
 use crate::swarm::{
     describe_parents, holders_of, merge_parents, only_the_origin_has, parents_cover, pick_parent,
-    ParentSlot, PieceAvoidance, COOLDOWN,
+    Asking, ParentSlot, PieceAvoidance, COOLDOWN,
 };
 
 /// How a failed parent is kept out of the rest of the download.
@@ -27,7 +27,8 @@ const STALLED_REST: Duration = Duration::from_secs(5);
 /// The limits an exchange works within.
 #[derive(Debug, Clone, Copy)]
 pub struct ExchangeLimits {
-    /// Pieces in flight at once, over all parents.
+    /// Pieces in flight at once from complete parents and sources, and
+    /// as many again from parents still downloading.
     pub concurrent_pieces: usize,
     /// Pieces in flight at once from one parent.
     pub per_parent: usize,
@@ -173,22 +174,16 @@ impl Exchange {
             if self.inflight.contains(&index) {
                 continue;
             }
-            if self.inflight.len() >= self.limits.concurrent_pieces {
+            let asking = self.asking(complete_last);
+            if !asking.everyones_open && !asking.downloading_open {
                 break;
             }
             let paced = !urgent && selection.capped;
             if paced && (!self.background.is_empty() || !self.pacer.ready(now)) {
                 break;
             }
-            let Some(i) = pick_parent(
-                &self.slots,
-                &self.blocked,
-                index,
-                self.limits.per_parent,
-                now,
-                &self.avoid,
-                complete_last,
-            ) else {
+            let Some(i) = pick_parent(&self.slots, &self.blocked, index, asking, now, &self.avoid)
+            else {
                 continue;
             };
             if paced {
@@ -211,6 +206,40 @@ impl Exchange {
             });
         }
         asks
+    }
+
+    /// The budgets of pieces in flight: with `complete_last`, one for
+    /// complete parents and sources and one as large for parents still
+    /// downloading. Everyone's parents are shared by every child and send
+    /// each one slowly; were all of a child's pieces in flight from them,
+    /// it could ask nothing of the downloading peers that meanwhile got
+    /// pieces, and their uplinks would idle (newcomers' uplinks ran at
+    /// 17-61 % after one host had the image). Without a scheduler, one
+    /// budget for all.
+    fn asking(&self, complete_last: bool) -> Asking {
+        let budget = self.limits.concurrent_pieces;
+        let mut asking = Asking {
+            per_parent: self.limits.per_parent,
+            complete_last,
+            everyones_open: true,
+            downloading_open: true,
+        };
+        if !complete_last {
+            let open = self.inflight.len() < budget;
+            asking.everyones_open = open;
+            asking.downloading_open = open;
+            return asking;
+        }
+        let everyones: usize = self
+            .slots
+            .iter()
+            .filter(|s| asking.is_everyones(s))
+            .map(|s| s.inflight)
+            .sum();
+        let downloading = self.inflight.len().saturating_sub(everyones);
+        asking.everyones_open = everyones < budget;
+        asking.downloading_open = downloading < budget;
+        asking
     }
 
     /// Nothing in flight and every wanted piece refused by the parents
@@ -553,6 +582,39 @@ mod tests {
         let more = ex.next_asks(&missing, 1024, true, now);
         assert_eq!(more.len(), 1);
         assert!(asks.iter().all(|a| a.index != more[0].index));
+    }
+
+    #[test]
+    fn downloading_parents_have_a_budget_of_their_own() {
+        // Complete parents and the source hold 4 pieces in flight; a peer
+        // still downloading gets asked on top, up to a budget as large.
+        let held: Vec<u32> = (0..12).collect();
+        let parents = [
+            parent("seed", &[], true, true),
+            parent("first", &[], true, false),
+            parent("a", &held, false, false),
+            parent("b", &held, false, false),
+            parent("c", &held, false, false),
+        ];
+        let mut ex = Exchange::new(&parents, limits(), "me");
+        let now = Instant::now();
+        let asks = ex.next_asks(&full(0..16), 1024, true, now);
+        let to = |id: &str| asks.iter().filter(|a| a.parent == id).count();
+        assert_eq!(asks.len(), 8, "{:?}", asked(&asks));
+        assert_eq!(to("seed") + to("first"), 4, "{:?}", asked(&asks));
+        assert_eq!(to("a") + to("b") + to("c"), 4, "{:?}", asked(&asks));
+        assert!(ex.next_asks(&full(0..16), 1024, true, now).is_empty());
+        // A piece from a downloading peer frees its budget only.
+        let from_a = asks.iter().find(|a| a.parent == "a").unwrap().clone();
+        ex.on_answer(from_a.index, "a", &OK, false, now);
+        let mut missing = full(0..16);
+        missing.background.retain(|&i| i != from_a.index);
+        let more = ex.next_asks(&missing, 1024, true, now);
+        assert_eq!(more.len(), 1, "{:?}", asked(&more));
+        assert!(["a", "b", "c"].contains(&more[0].parent.as_str()));
+        // Without a scheduler there is one budget for all.
+        let mut alone = Exchange::new(&parents, limits(), "me");
+        assert_eq!(alone.next_asks(&full(0..16), 1024, false, now).len(), 4);
     }
 
     #[test]

@@ -132,25 +132,68 @@ pub fn holders_of(
     holders
 }
 
+/// How a download may ask its parents right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asking {
+    /// Pieces in flight at once from one parent.
+    pub per_parent: usize,
+    /// Prefer parents still downloading over complete ones and sources
+    /// (off without a scheduler, when only the source's pieces can be taken).
+    pub complete_last: bool,
+    /// Complete parents and sources may be asked for more (their budget
+    /// of pieces in flight is not spent).
+    pub everyones_open: bool,
+    /// Parents still downloading may be asked for more.
+    pub downloading_open: bool,
+}
+
+impl Asking {
+    /// Every parent may be asked (one budget for all).
+    #[cfg(test)]
+    pub fn open(per_parent: usize, complete_last: bool) -> Self {
+        Asking {
+            per_parent,
+            complete_last,
+            everyones_open: true,
+            downloading_open: true,
+        }
+    }
+
+    /// Whether `slot` counts as everyone's parent: complete or a source,
+    /// a candidate of every child in the swarm.
+    pub fn is_everyones(&self, slot: &ParentSlot) -> bool {
+        self.complete_last && (slot.complete || slot.is_source)
+    }
+
+    fn budget_allows(&self, slot: &ParentSlot) -> bool {
+        if self.is_everyones(slot) {
+            self.everyones_open
+        } else {
+            self.downloading_open
+        }
+    }
+}
+
 /// The parent to ask for `index`: one that has it, preferring (with
 /// `complete_last`) parents still downloading, whose uplinks are otherwise
 /// idle while complete parents and sources are everyone's candidates; then
 /// the least busy, sources last; else the source, which will have it soon.
+/// A parent whose budget (everyone's or downloading) is spent is not asked.
 pub fn pick_parent(
     slots: &[ParentSlot],
     blocked: &HashSet<String>,
     index: u32,
-    per_parent: usize,
+    asking: Asking,
     now: Instant,
     avoid: &PieceAvoidance,
-    complete_last: bool,
 ) -> Option<usize> {
     let source_only = avoid.source_only.contains(&index)
         && slots
             .iter()
             .any(|s| s.is_source && !blocked.contains(&s.id));
     let usable = |s: &ParentSlot| {
-        s.available(now, per_parent)
+        s.available(now, asking.per_parent)
+            && asking.budget_allows(s)
             && !avoid.avoids(&s.id, index, now)
             && (s.is_source || !source_only)
     };
@@ -158,10 +201,7 @@ pub fn pick_parent(
         .iter()
         .enumerate()
         .filter(|(_, s)| usable(s) && (s.complete || s.bitmap.contains(index)))
-        .min_by_key(|(_, s)| {
-            let everyones = complete_last && (s.complete || s.is_source);
-            (everyones, s.inflight, s.is_source)
-        });
+        .min_by_key(|(_, s)| (asking.is_everyones(s), s.inflight, s.is_source));
     if let Some((i, _)) = holders {
         return Some(i);
     }
@@ -268,8 +308,15 @@ mod tests {
         now: Instant,
         avoid: &PieceAvoidance,
     ) -> Option<&'a str> {
-        pick_parent(slots, &HashSet::new(), index, 2, now, avoid, true)
-            .map(|i| slots[i].id.as_str())
+        pick_parent(
+            slots,
+            &HashSet::new(),
+            index,
+            Asking::open(2, true),
+            now,
+            avoid,
+        )
+        .map(|i| slots[i].id.as_str())
     }
 
     #[test]
@@ -328,7 +375,7 @@ mod tests {
         assert_eq!(picked(&s, 5, now, &avoid), Some("seed"));
         // Without a scheduler, the least busy holder, the source last.
         s[1].inflight = 1;
-        let i = pick_parent(&s, &HashSet::new(), 4, 2, now, &avoid, false);
+        let i = pick_parent(&s, &HashSet::new(), 4, Asking::open(2, false), now, &avoid);
         assert_eq!(i.map(|i| s[i].id.as_str()), Some("seed"));
         let none = HashSet::new();
         assert_eq!(
@@ -373,7 +420,14 @@ mod tests {
         // With the source blocked, or no source, the holders are asked
         // again after the cooldown.
         let blocked: HashSet<String> = ["seed".to_string()].into();
-        let i = pick_parent(&s, &blocked, 4, 2, now + COOLDOWN, &avoid, true);
+        let i = pick_parent(
+            &s,
+            &blocked,
+            4,
+            Asking::open(2, true),
+            now + COOLDOWN,
+            &avoid,
+        );
         assert_eq!(i.map(|i| s[i].id.as_str()), Some("child"));
         let children = slots(&[parent("child", &[4], false, false)]);
         assert_eq!(picked(&children, 4, now, &avoid), None);
