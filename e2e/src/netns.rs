@@ -1,6 +1,7 @@
 //! Hosts in network namespaces for multi-host runs: one namespace per host,
 //! joined by a bridge that lives in a namespace of its own (nothing is added
-//! to the root namespace), every link shaped with `tc tbf` on both ends.
+//! to the root namespace), every link shaped with `tc tbf` on both ends,
+//! with the kernel's default queue (`pfifo_fast`) behind the shaper.
 //! Dropping the topology deletes every namespace it made.
 
 use anyhow::{bail, Context};
@@ -148,7 +149,26 @@ impl Topology {
                 {
                     run(&[
                         "ip", "netns", "exec", where_ns, "tc", "qdisc", "add", "dev", dev, "root",
-                        "tbf", "rate", &rate, "burst", "64kb", "latency", "100ms",
+                        "handle", "1:", "tbf", "rate", &rate, "burst", "64kb", "latency", "100ms",
+                    ])?;
+                    // Behind the shaper, the kernel's default queue (three
+                    // bands by socket priority) as on a node's NIC, instead
+                    // of tbf's own single FIFO.
+                    run(&[
+                        "ip",
+                        "netns",
+                        "exec",
+                        where_ns,
+                        "tc",
+                        "qdisc",
+                        "add",
+                        "dev",
+                        dev,
+                        "parent",
+                        "1:1",
+                        "handle",
+                        "10:",
+                        "pfifo_fast",
                     ])?;
                 }
             }

@@ -297,7 +297,8 @@ fn start_servers(
     let serve = |name: &'static str,
                  listener: serve::Listener,
                  router: axum::Router,
-                 tls: Option<tokio_rustls::TlsAcceptor>| {
+                 tls: Option<tokio_rustls::TlsAcceptor>,
+                 bulk: bool| {
         let refused = daemon
             .metrics
             .connections_refused
@@ -311,6 +312,7 @@ fn start_servers(
                 limits: daemon.config.serve_limits(),
                 refused: Some(refused),
                 tls,
+                bulk,
             },
             stop.clone(),
         ))
@@ -327,24 +329,29 @@ fn start_servers(
             serve::Listener::Tcp(listeners.peer),
             piece_server::router(daemon.clone()),
             peer_tls,
+            // Uploads to peers: behind this node's own traffic.
+            true,
         ),
         serve(
             "admin",
             serve::Listener::Tcp(listeners.admin),
             admin::router(daemon.clone(), ready),
             None,
+            false,
         ),
         serve(
             "mirror",
             serve::Listener::Tcp(listeners.proxy),
             mirror_router,
             None,
+            false,
         ),
         serve(
             "api",
             listeners.api,
             task_api::local_router(daemon.clone()),
             None,
+            false,
         ),
     ]
 }
