@@ -15,25 +15,6 @@ pub use progress::TaskProgress;
 /// How long the reason of a removed task's failure is kept.
 const FAILURE_MEMORY: Duration = Duration::from_secs(300);
 
-/// How long pieces stay handed out once after the last origin fetch ended.
-/// The freshest pieces reached one child each just before the end; were
-/// every child to fetch them from this daemon at once, its uplink would
-/// carry them once per child (up to 4 copies each in a 4-host swarm) while
-/// it still sends the last fresh pieces, instead of the children swapping
-/// them.
-const SOURCING_AFTERGLOW: Duration = Duration::from_secs(3);
-
-/// Whether and since when this daemon fetches from the origin.
-#[derive(Default)]
-struct Sourcing {
-    /// Tasks fetched from the origin right now.
-    tasks: usize,
-    /// Since when at least one has been (kept after the last ends).
-    since: Option<Instant>,
-    /// When the last one ended (`None` while any runs).
-    ended: Option<Instant>,
-}
-
 /// How a download run ended without failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunEnd {
@@ -46,9 +27,9 @@ pub enum RunEnd {
 #[derive(Default)]
 pub struct Tasks {
     progress: Mutex<HashMap<String, Arc<TaskProgress>>>,
-    /// Tasks this daemon is fetching from the origin, since when at least
-    /// one has been, and when the last one ended.
-    sourcing: Arc<Mutex<Sourcing>>,
+    /// Tasks this daemon is fetching from the origin, and since when at
+    /// least one has been.
+    sourcing: Arc<Mutex<(usize, Option<Instant>)>>,
     /// Why recently removed tasks failed, so a caller arriving just after
     /// the removal still learns the reason instead of "unknown task".
     failures: Mutex<HashMap<String, (TaskFailure, Instant)>>,
@@ -110,46 +91,30 @@ impl Tasks {
     /// Marks a task as fetched from the origin for as long as the guard lives.
     pub fn sourcing_guard(&self) -> SourcingGuard {
         let mut sourcing = self.sourcing.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let glowing = sourcing
-            .ended
-            .is_some_and(|t| now.duration_since(t) < SOURCING_AFTERGLOW);
-        if sourcing.tasks == 0 && !glowing {
-            sourcing.since = Some(now);
-        }
-        sourcing.tasks += 1;
-        sourcing.ended = None;
+        sourcing.0 += 1;
+        sourcing.1.get_or_insert_with(Instant::now);
         SourcingGuard {
             sourcing: self.sourcing.clone(),
         }
     }
 
-    /// Since when this daemon has been fetching anything from the origin,
-    /// as long as it is or stopped less than [`SOURCING_AFTERGLOW`] ago.
+    /// Since when this daemon has been fetching anything from the origin.
     pub fn sourcing_since(&self) -> Option<Instant> {
-        self.sourcing_since_at(Instant::now())
-    }
-
-    fn sourcing_since_at(&self, now: Instant) -> Option<Instant> {
-        let sourcing = self.sourcing.lock().unwrap_or_else(|e| e.into_inner());
-        match sourcing.ended {
-            Some(ended) if now.duration_since(ended) >= SOURCING_AFTERGLOW => None,
-            _ => sourcing.since,
-        }
+        self.sourcing.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 }
 
 /// Counts one task as fetched from the origin until dropped.
 pub struct SourcingGuard {
-    sourcing: Arc<Mutex<Sourcing>>,
+    sourcing: Arc<Mutex<(usize, Option<Instant>)>>,
 }
 
 impl Drop for SourcingGuard {
     fn drop(&mut self) {
         let mut sourcing = self.sourcing.lock().unwrap_or_else(|e| e.into_inner());
-        sourcing.tasks = sourcing.tasks.saturating_sub(1);
-        if sourcing.tasks == 0 {
-            sourcing.ended = Some(Instant::now());
+        sourcing.0 = sourcing.0.saturating_sub(1);
+        if sourcing.0 == 0 {
+            sourcing.1 = None;
         }
     }
 }
@@ -178,21 +143,7 @@ mod tests {
         drop(first);
         assert_eq!(tasks.sourcing_since(), Some(since));
         drop(second);
-        // The last fresh pieces are still handed out once for a moment.
-        let now = Instant::now();
-        assert_eq!(tasks.sourcing_since_at(now), Some(since));
-        assert!(tasks.sourcing_since_at(now + SOURCING_AFTERGLOW).is_none());
-    }
-
-    #[test]
-    fn sourcing_again_within_the_afterglow_keeps_the_first_start() {
-        let tasks = Tasks::default();
-        let since = {
-            let _first = tasks.sourcing_guard();
-            tasks.sourcing_since().expect("sourcing")
-        };
-        let _again = tasks.sourcing_guard();
-        assert_eq!(tasks.sourcing_since(), Some(since));
+        assert!(tasks.sourcing_since().is_none());
     }
 
     #[test]
