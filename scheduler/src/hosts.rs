@@ -85,6 +85,14 @@ impl Hosts {
             .count()
     }
 
+    /// Moves every heartbeat `gap` later (never past `now`): the time a
+    /// paused scheduler could not hear them does not count against hosts.
+    pub fn excuse(&mut self, gap: Duration, now: Instant) {
+        for entry in self.entries.values_mut() {
+            entry.last_seen = (entry.last_seen + gap).min(now);
+        }
+    }
+
     pub fn remove(&mut self, id: &str) -> Option<HostEntry> {
         self.entries.remove(id)
     }

@@ -15,7 +15,7 @@ use proto::{
     StatResponse, TaskStat,
 };
 use thiserror::Error;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::digests::{self, Claim, Recorded};
 use crate::hosts::Hosts;
@@ -109,9 +109,16 @@ pub struct State {
     quarantine: Quarantine,
     /// Piece digests recorded over all tasks (recounted at every sweep).
     recorded_digests: usize,
+    /// When anything last held the state; the sweeper does at least once a
+    /// second, so a longer gap means this process did not run.
+    last_held: Option<Instant>,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
+
+/// The shortest gap between two holds of the state taken for a pause of the
+/// scheduler itself rather than a quiet moment.
+const MIN_PAUSE: Duration = Duration::from_secs(1);
 
 fn check_id(what: &str, id: &str) -> Result<()> {
     if id.is_empty() {
@@ -163,8 +170,27 @@ impl State {
             anonymous_reads: Default::default(),
             quarantine: Quarantine::default(),
             recorded_digests: 0,
+            last_held: None,
             settings,
             metrics,
+        }
+    }
+
+    /// Marks the state held at `now`. After a pause of this process (stopped,
+    /// starved of CPU, its VM frozen) every heartbeat looks late: hosts would
+    /// all expire at once and live sources be replaced, sending their tasks
+    /// to the origin again. Heartbeats it could not hear are excused.
+    pub fn note_held(&mut self, now: Instant) {
+        let gap = self
+            .last_held
+            .map_or(Duration::ZERO, |last| now.saturating_duration_since(last));
+        self.last_held = Some(now);
+        if gap > (self.settings.host_ttl / 2).max(MIN_PAUSE) {
+            self.hosts.excuse(gap, now);
+            warn!(
+                paused_ms = gap.as_millis() as u64,
+                "the scheduler did not run for a while; heartbeats it missed are excused"
+            );
         }
     }
 
@@ -924,6 +950,7 @@ impl SharedState {
     /// state that is at worst stale, so a poisoned lock is simply reused.
     pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        guard.note_held(Instant::now());
         f(&mut guard)
     }
 }
@@ -1216,6 +1243,36 @@ mod tests {
         assert!(s.stat("").quarantined.is_empty());
         let parents = s.get_parents("t", "c1", now).unwrap();
         assert!(!parent_ids(&parents).contains(&"old".to_string()));
+    }
+
+    #[test]
+    fn a_pause_of_the_scheduler_itself_expires_no_host() {
+        let mut s = state();
+        let t0 = Instant::now();
+        s.note_held(t0);
+        announce(&mut s, "src", HostType::Normal, t0);
+        announce(&mut s, "child", HostType::Normal, t0);
+        assert_eq!(
+            register(&mut s, "t", "src", t0).decision(),
+            Decision::BackToSource
+        );
+        // Stopped for longer than the TTL: nothing held the state meanwhile.
+        let thawed = t0 + TTL + Duration::from_secs(5);
+        s.note_held(thawed);
+        assert!(s.sweep(thawed).hosts.is_empty());
+        let r = register(&mut s, "t", "child", thawed);
+        assert_eq!(r.decision(), Decision::FromPeers, "the source stays");
+        assert!(r.parents.iter().any(|p| p.is_source));
+        // Running all along (the sweeper holds the state every second),
+        // hosts that go quiet still expire.
+        let mut now = thawed;
+        for _ in 0..20 {
+            now += Duration::from_secs(1);
+            s.note_held(now);
+            s.sweep(now);
+        }
+        assert!(!s.hosts.is_known("src"));
+        assert!(!s.hosts.is_known("child"));
     }
 
     fn announce(s: &mut State, id: &str, ty: HostType, now: Instant) {
