@@ -98,6 +98,11 @@ impl Proc {
         self.signal("-STOP");
     }
 
+    /// SIGCONT: a frozen process goes on where it stopped.
+    pub fn thaw(&mut self) {
+        self.signal("-CONT");
+    }
+
     fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([sig, &self.pid().to_string()])

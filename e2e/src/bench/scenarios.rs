@@ -49,6 +49,7 @@ pub const ALL_FAULTS: &[&str] = &[
     "kill-parent",
     "freeze-parent",
     "kill-scheduler",
+    "freeze-scheduler",
     "kill-seed",
     "restart-daemon",
     "corrupt-piece",
@@ -542,6 +543,18 @@ async fn run_fault(
                 "kill-scheduler" => {
                     swarm.scheduler.kill();
                     ("killed the scheduler".into(), None)
+                }
+                "freeze-scheduler" => {
+                    // A scheduler that hangs (a long pause, an overloaded
+                    // node): calls to it wait out their timeouts.
+                    let frozen_for = Duration::from_secs_f64((t_star * 0.3).max(5.0));
+                    swarm.scheduler.freeze();
+                    tokio::time::sleep(frozen_for).await;
+                    swarm.scheduler.thaw();
+                    (
+                        format!("froze the scheduler for {:.0} s", frozen_for.as_secs_f64()),
+                        None,
+                    )
                 }
                 "kill-seed" => {
                     swarm.seed.kill();
