@@ -507,6 +507,8 @@ impl ExchangeStats {
             not_ready = self.not_ready,
             busy = self.busy,
             piece_busy = self.piece_busy,
+            stored = self.stored,
+            parent_lists = self.parent_lists,
             "pieces from peers done"
         );
     }
