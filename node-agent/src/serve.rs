@@ -98,7 +98,7 @@ pub struct Options {
 /// The socket priority the kernel maps to its lowest band
 /// (`TC_PRIO_BULK`; `pfifo_fast`, the kernel's default queue, and `prio`
 /// send it after everything else).
-const BULK_PRIORITY: libc::c_int = 2;
+const BULK_PRIORITY: u32 = 2;
 
 /// Marks a connection's packets as bulk on this host's own network queue
 /// (local only: nothing changes on the wire). A node's uplink carrying
@@ -108,23 +108,7 @@ const BULK_PRIORITY: libc::c_int = 2;
 /// 94 % with its uploads marked. Queues that keep flows apart (fq_codel,
 /// fq) need no mark and ignore it.
 pub fn mark_bulk(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is an open socket borrowed for the call, and
-    // the option value is a c_int that outlives it, with its size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PRIORITY,
-            (&BULK_PRIORITY as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    socket2::SockRef::from(stream).set_priority(BULK_PRIORITY)
 }
 
 /// The cluster member on the other end of a request's connection (a
@@ -415,28 +399,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_bulk_connection_gets_the_lowest_band() {
-        use std::os::fd::AsRawFd;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, accepted) =
             tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         let (server, _) = accepted.unwrap();
-        let priority = |stream: &tokio::net::TcpStream| {
-            let mut value: libc::c_int = -1;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: an open socket, and a c_int buffer with its size.
-            let rc = unsafe {
-                libc::getsockopt(
-                    stream.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_PRIORITY,
-                    (&mut value as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            };
-            assert_eq!(rc, 0);
-            value
-        };
+        let priority =
+            |stream: &tokio::net::TcpStream| socket2::SockRef::from(stream).priority().unwrap();
         assert_eq!(priority(&server), 0);
         mark_bulk(&server).unwrap();
         assert_eq!(priority(&server), BULK_PRIORITY);
