@@ -69,8 +69,8 @@ struct RunArgs {
     /// never queue up the node's own downloads.
     #[arg(long, default_value_t = 0.0)]
     upload_share: f64,
-    /// Parents the scheduler offers per answer.
-    #[arg(long, default_value_t = 4)]
+    /// Parents the scheduler offers per answer (the scheduler's default).
+    #[arg(long, default_value_t = 8)]
     max_parents: usize,
     /// dfdaemon YAML config for every node, to compare tunings (the
     /// harness's own flags, e.g. addresses and data dirs, still win).
