@@ -38,6 +38,15 @@ pub struct ExchangeLimits {
     pub prefetch_rate: u64,
 }
 
+/// Which of the two budgets of pieces in flight a pass of asks fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// Parents still downloading.
+    Downloading,
+    /// Complete parents and sources.
+    Everyones,
+}
+
 /// One piece to ask of one parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PieceAsk {
@@ -146,7 +155,12 @@ impl Exchange {
     /// prefetch) one paced piece at a time; within the total and per-parent
     /// limits, never a piece already in flight. `complete_last`: prefer
     /// parents still downloading (off without a scheduler, when only the
-    /// source's pieces can be taken).
+    /// source's pieces can be taken), and fill the two budgets apart: the
+    /// downloading parents' with what they hold, rarest first; complete
+    /// parents' and sources' with what no downloading parent holds first.
+    /// In one pass, a piece a child held but was busy sending went to a
+    /// complete parent instead, and complete parents sent the same pieces
+    /// over and over (669 copies of 257 pieces to seven children).
     pub fn next_asks(
         &mut self,
         selection: &Selection,
@@ -154,31 +168,68 @@ impl Exchange {
         complete_last: bool,
         now: Instant,
     ) -> Vec<PieceAsk> {
-        let order: Vec<(u32, bool)> = if selection.capped {
-            selection.ordered().collect()
-        } else {
-            let holders = |index: u32| holders_of(&self.slots, &self.blocked, index, complete_last);
-            selection
-                .urgent
-                .iter()
-                .map(|&i| (i, true))
-                .chain(
-                    piece_order::exchange_order(&selection.background, holders, self.salt)
-                        .into_iter()
-                        .map(|i| (i, false)),
-                )
-                .collect()
-        };
+        let urgent = selection.urgent.iter().map(|&i| (i, true));
+        if selection.capped {
+            let order: Vec<(u32, bool)> = selection.ordered().collect();
+            return self.ask_in_order(order, piece_length, complete_last, true, None, now);
+        }
+        let holders = |index: u32| holders_of(&self.slots, &self.blocked, index, complete_last);
+        let order = piece_order::exchange_order(&selection.background, holders, self.salt);
+        let trading: Vec<(u32, bool)> = urgent
+            .clone()
+            .chain(order.trading().map(|i| (i, false)))
+            .collect();
+        if !complete_last {
+            return self.ask_in_order(trading, piece_length, false, false, None, now);
+        }
+        let injecting: Vec<(u32, bool)> = urgent
+            .chain(order.injecting().map(|i| (i, false)))
+            .collect();
+        let mut asks = self.ask_in_order(
+            trading,
+            piece_length,
+            true,
+            false,
+            Some(Budget::Downloading),
+            now,
+        );
+        asks.extend(self.ask_in_order(
+            injecting,
+            piece_length,
+            true,
+            false,
+            Some(Budget::Everyones),
+            now,
+        ));
+        asks
+    }
+
+    /// Asks for the pieces of `order` in turn, of parents whose budget is
+    /// `only` (or any, with `None`), until the budgets are spent.
+    fn ask_in_order(
+        &mut self,
+        order: Vec<(u32, bool)>,
+        piece_length: u32,
+        complete_last: bool,
+        capped: bool,
+        only: Option<Budget>,
+        now: Instant,
+    ) -> Vec<PieceAsk> {
         let mut asks = Vec::new();
         for (index, urgent) in order {
             if self.inflight.contains(&index) {
                 continue;
             }
-            let asking = self.asking(complete_last);
+            let mut asking = self.asking(complete_last);
+            match only {
+                Some(Budget::Downloading) => asking.everyones_open = false,
+                Some(Budget::Everyones) => asking.downloading_open = false,
+                None => {}
+            }
             if !asking.everyones_open && !asking.downloading_open {
                 break;
             }
-            let paced = !urgent && selection.capped;
+            let paced = !urgent && capped;
             if paced && (!self.background.is_empty() || !self.pacer.ready(now)) {
                 break;
             }
@@ -617,6 +668,37 @@ mod tests {
         // Without a scheduler there is one budget for all.
         let mut alone = Exchange::new(&parents, limits(), "me");
         assert_eq!(alone.next_asks(&full(0..16), 1024, false, now).len(), 4);
+    }
+
+    #[test]
+    fn complete_parents_are_asked_for_what_no_downloading_parent_holds() {
+        // "a" holds 0-7 but may send only two at once; "seed" holds all.
+        // Pieces a holds and is busy with are not taken from the seed while
+        // pieces only the seed holds are missing: those it brings.
+        let held: Vec<u32> = (0..8).collect();
+        let parents = [
+            parent("seed", &[], true, false),
+            parent("a", &held, false, false),
+        ];
+        let mut ex = Exchange::new(&parents, limits(), "me");
+        let asks = ex.next_asks(&full(0..16), 1024, true, Instant::now());
+        let of = |id: &str| -> Vec<u32> {
+            asks.iter()
+                .filter(|a| a.parent == id)
+                .map(|a| a.index)
+                .collect()
+        };
+        assert_eq!(of("a").len(), 2, "{:?}", asked(&asks));
+        assert!(of("a").iter().all(|i| held.contains(i)));
+        // Piece 0 (the lowest missing, for a streaming reader) may come
+        // from the seed; the others it sends are ones "a" lacks.
+        let seed = of("seed");
+        assert_eq!(seed.len(), 2, "{:?}", asked(&asks));
+        assert!(
+            seed.iter().filter(|&&i| i != 0).all(|i| *i >= 8),
+            "{:?}",
+            asked(&asks)
+        );
     }
 
     #[test]

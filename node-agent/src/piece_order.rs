@@ -10,6 +10,9 @@
 //! own: complete parents (seeds, nodes that finished) hold everything, so
 //! counting them would make every piece nobody else has look rarest and
 //! send the whole swarm to their uplinks while the children's sit idle.
+//! Complete parents and sources, though, are asked first for what no
+//! parent still downloading holds ([`ExchangeOrder::injecting`]): they
+//! bring the swarm pieces it lacks, and the children trade the rest.
 //! Two exceptions: the lowest missing piece goes first, so a reader
 //! streaming the content keeps moving; and pieces no parent holds yet come
 //! last in ascending order, which is the order the back-to-source peer
@@ -24,11 +27,52 @@ pub struct Holders {
     pub complete: usize,
 }
 
+/// A full download's pieces in the classes that order them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExchangeOrder {
+    /// The lowest missing piece, for a reader streaming the content.
+    first: Option<u32>,
+    /// Held by parents still downloading, rarest first.
+    traded: Vec<u32>,
+    /// Held only by complete parents, in this host's own order.
+    from_complete: Vec<u32>,
+    /// Held by no parent yet, ascending.
+    unheld: Vec<u32>,
+}
+
+impl ExchangeOrder {
+    /// For parents still downloading: what they hold, rarest first.
+    pub fn trading(&self) -> impl Iterator<Item = u32> + '_ {
+        self.first
+            .iter()
+            .chain(&self.traded)
+            .chain(&self.from_complete)
+            .chain(&self.unheld)
+            .copied()
+    }
+
+    /// For complete parents and sources: first what no parent still
+    /// downloading holds, so their uplinks bring the swarm pieces it lacks
+    /// rather than copies children could trade for.
+    pub fn injecting(&self) -> impl Iterator<Item = u32> + '_ {
+        self.first
+            .iter()
+            .chain(&self.from_complete)
+            .chain(&self.traded)
+            .chain(&self.unheld)
+            .copied()
+    }
+}
+
 /// A full download's piece order. `missing` is ascending; `holders(i)` says
 /// who among the known parents holds piece `i`; `salt` differs per host.
-pub fn exchange_order(missing: &[u32], holders: impl Fn(u32) -> Holders, salt: u64) -> Vec<u32> {
+pub fn exchange_order(
+    missing: &[u32],
+    holders: impl Fn(u32) -> Holders,
+    salt: u64,
+) -> ExchangeOrder {
     let Some((&first, rest)) = missing.split_first() else {
-        return Vec::new();
+        return ExchangeOrder::default();
     };
     let mut traded: Vec<(usize, u64, u32)> = Vec::new();
     let mut from_complete: Vec<(u64, u32)> = Vec::new();
@@ -46,12 +90,12 @@ pub fn exchange_order(missing: &[u32], holders: impl Fn(u32) -> Holders, salt: u
     }
     traded.sort_unstable();
     from_complete.sort_unstable();
-    let mut order = Vec::with_capacity(missing.len());
-    order.push(first);
-    order.extend(traded.into_iter().map(|(_, _, index)| index));
-    order.extend(from_complete.into_iter().map(|(_, index)| index));
-    order.extend(unheld);
-    order
+    ExchangeOrder {
+        first: Some(first),
+        traded: traded.into_iter().map(|(_, _, index)| index).collect(),
+        from_complete: from_complete.into_iter().map(|(_, index)| index).collect(),
+        unheld,
+    }
 }
 
 /// A per-host salt for [`exchange_order`]'s tie-break.
@@ -89,7 +133,9 @@ mod tests {
             2 | 3 => downloading(3),
             _ => Holders::default(),
         };
-        let order = exchange_order(&[1, 2, 3, 4, 5, 6], holders, salt_for("a"));
+        let order = exchange_order(&[1, 2, 3, 4, 5, 6], holders, salt_for("a"))
+            .trading()
+            .collect::<Vec<_>>();
         assert_eq!(order[0], 1);
         assert_eq!(order[1], 5);
         let mut middle = order[2..4].to_vec();
@@ -107,8 +153,12 @@ mod tests {
             complete: 2,
         };
         let missing: Vec<u32> = (0..64).collect();
-        let a = exchange_order(&missing, holders, salt_for("host-a"));
-        let b = exchange_order(&missing, holders, salt_for("host-b"));
+        let a = exchange_order(&missing, holders, salt_for("host-a"))
+            .trading()
+            .collect::<Vec<_>>();
+        let b = exchange_order(&missing, holders, salt_for("host-b"))
+            .trading()
+            .collect::<Vec<_>>();
         assert_eq!(a[0], 0);
         let mut traded = a[1..3].to_vec();
         traded.sort();
@@ -123,10 +173,36 @@ mod tests {
     }
 
     #[test]
+    fn complete_parents_bring_first_what_no_child_holds() {
+        // 1-31 only complete parents hold; 40 a child holds; 50 nobody.
+        let holders = |i: u32| Holders {
+            downloading: usize::from(i == 40),
+            complete: usize::from(i != 50),
+        };
+        let missing: Vec<u32> = (0..32).chain([40, 50]).collect();
+        let order = exchange_order(&missing, holders, salt_for("me"));
+        let trading: Vec<u32> = order.trading().collect();
+        let injecting: Vec<u32> = order.injecting().collect();
+        assert_eq!(trading[..2], [0, 40]);
+        assert_eq!(trading[33], 50);
+        assert_eq!(injecting[0], 0);
+        assert_eq!(injecting[32..], [40, 50]);
+        // The complete parents' pieces in the same host order either way.
+        assert_eq!(trading[2..33], injecting[1..32]);
+        let mut sorted = injecting.clone();
+        sorted.sort();
+        assert_eq!(sorted, missing, "every missing piece exactly once");
+    }
+
+    #[test]
     fn hosts_break_ties_differently() {
         let missing: Vec<u32> = (0..64).collect();
-        let a = exchange_order(&missing, |_| downloading(2), salt_for("host-a"));
-        let b = exchange_order(&missing, |_| downloading(2), salt_for("host-b"));
+        let a = exchange_order(&missing, |_| downloading(2), salt_for("host-a"))
+            .trading()
+            .collect::<Vec<_>>();
+        let b = exchange_order(&missing, |_| downloading(2), salt_for("host-b"))
+            .trading()
+            .collect::<Vec<_>>();
         assert_eq!(a[0], 0);
         assert_eq!(b[0], 0);
         assert_ne!(a, b);
@@ -137,7 +213,15 @@ mod tests {
 
     #[test]
     fn empty_and_single() {
-        assert!(exchange_order(&[], |_| downloading(1), 0).is_empty());
-        assert_eq!(exchange_order(&[9], |_| downloading(1), 0), vec![9]);
+        assert!(exchange_order(&[], |_| downloading(1), 0)
+            .trading()
+            .collect::<Vec<_>>()
+            .is_empty());
+        assert_eq!(
+            exchange_order(&[9], |_| downloading(1), 0)
+                .trading()
+                .collect::<Vec<_>>(),
+            vec![9]
+        );
     }
 }
