@@ -43,22 +43,25 @@ pub struct ExchangeOrder {
 impl ExchangeOrder {
     /// For parents still downloading: what they hold, rarest first.
     pub fn trading(&self) -> impl Iterator<Item = u32> + '_ {
-        self.first
-            .iter()
-            .chain(&self.traded)
-            .chain(&self.from_complete)
-            .chain(&self.unheld)
-            .copied()
+        self.between_first_and_unheld(&self.traded, &self.from_complete)
     }
 
     /// For complete parents and sources: first what no parent still
     /// downloading holds, so their uplinks bring the swarm pieces it lacks
     /// rather than copies children could trade for.
     pub fn injecting(&self) -> impl Iterator<Item = u32> + '_ {
+        self.between_first_and_unheld(&self.from_complete, &self.traded)
+    }
+
+    fn between_first_and_unheld<'a>(
+        &'a self,
+        before: &'a [u32],
+        after: &'a [u32],
+    ) -> impl Iterator<Item = u32> + 'a {
         self.first
             .iter()
-            .chain(&self.from_complete)
-            .chain(&self.traded)
+            .chain(before)
+            .chain(after)
             .chain(&self.unheld)
             .copied()
     }
