@@ -2,18 +2,23 @@
 //! piece length for the same content, and tools that count pieces (the
 //! benchmark's origin-requests-per-piece figure) must agree with them.
 
-/// Small enough that a piece crosses a 100 Mbit/s link in a tenth of a
-/// second: a piece is forwarded only once whole, so its transfer time is
-/// the delay each hop of the swarm adds.
-pub const MIN_PIECE_LENGTH: u32 = 1024 * 1024;
+/// A piece is forwarded only once whole, and a node's uplink carries
+/// several at once, so a piece's transfer time is the delay each hop of
+/// the swarm adds, and the swarm trails its source by that much. 512 KiB
+/// crosses a 100 Mbit/s link in 42 ms; with 1 MiB the slowest of eight
+/// nodes pulling at once took 1.22-1.25 T*, with 512 KiB 1.18-1.20 (256
+/// KiB: no better, twice the requests).
+pub const MIN_PIECE_LENGTH: u32 = 512 * 1024;
 pub const MAX_PIECE_LENGTH: u32 = 64 * 1024 * 1024;
 /// For content of unknown length, which may be large.
 pub const UNKNOWN_LENGTH_PIECE: u32 = 4 * 1024 * 1024;
-/// Aim for at most this many pieces per task.
-const TARGET_PIECES: u64 = 500;
+/// Aim for at most this many pieces per task. Fewer, larger pieces make
+/// each hop slower for the same reason: a 1 GiB blob in 1024 pieces
+/// reached eight nodes pulling at once in 1.14 T*, in 256 pieces 1.22.
+const TARGET_PIECES: u64 = 2000;
 
 /// Piece length for a task of `content_length` bytes: the next power of two of
-/// length/500, clamped to 1–64 MiB.
+/// length/2000, clamped to 512 KiB–64 MiB.
 pub fn piece_length_for(content_length: Option<u64>) -> u32 {
     let Some(len) = content_length else {
         return UNKNOWN_LENGTH_PIECE;
@@ -38,10 +43,14 @@ mod tests {
         assert_eq!(piece_length_for(None), UNKNOWN_LENGTH_PIECE);
         assert_eq!(piece_length_for(Some(0)), MIN_PIECE_LENGTH);
         assert_eq!(piece_length_for(Some(64 * MIB)), MIN_PIECE_LENGTH);
-        // 1 GiB / 500 = 2.05 MiB -> 4 MiB
-        assert_eq!(piece_length_for(Some(1024 * MIB)), 4 * MIB as u32);
-        // 4 GiB / 500 = 8.2 MiB -> 16 MiB
-        assert_eq!(piece_length_for(Some(4096 * MIB)), 16 * MIB as u32);
+        assert_eq!(MIN_PIECE_LENGTH, 512 * 1024);
+        assert_eq!(piece_length_for(Some(512 * MIB)), MIN_PIECE_LENGTH);
+        // 1 GiB / 2000 = 0.51 MiB -> 1 MiB
+        assert_eq!(piece_length_for(Some(1024 * MIB)), MIB as u32);
+        // 4 GiB / 2000 = 2.05 MiB -> 4 MiB
+        assert_eq!(piece_length_for(Some(4096 * MIB)), 4 * MIB as u32);
+        // 10 GiB / 2000 = 5.1 MiB -> 8 MiB
+        assert_eq!(piece_length_for(Some(10240 * MIB)), 8 * MIB as u32);
         assert_eq!(piece_length_for(Some(1 << 50)), MAX_PIECE_LENGTH);
     }
 
@@ -52,7 +61,7 @@ mod tests {
         assert_eq!(piece_count(0, 4), 0);
         assert_eq!(
             piece_count(128 * MIB, piece_length_for(Some(128 * MIB))),
-            128
+            256
         );
     }
 }
