@@ -435,11 +435,12 @@ for ip in "${NODE_IP[@]:1}" $SEED_IP; do
   if [ -n "$pl" ] && [ "$pl" -gt 0 ]; then PIECE_LENGTH=$pl; PIECE_FROM="task API on $ip"; break; fi
 done
 if [ -z "$PIECE_LENGTH" ]; then
-  # piece.rs rule: next power of two of length/500, clamped to 1-64 MiB.
-  PIECE_LENGTH=$(python3 -c "n=-(-$BLOB_A_SIZE//500); p=1
+  # wire/src/piece_length.rs rule: next power of two of length/1000,
+  # clamped to 512 KiB-64 MiB.
+  PIECE_LENGTH=$(python3 -c "n=-(-$BLOB_A_SIZE//1000); p=1
 while p<n: p*=2
-print(min(max(p,1<<20),64<<20))")
-  PIECE_FROM="DESIGN.md rule (no node reported the task)"
+print(min(max(p,1<<19),64<<20))")
+  PIECE_FROM="the piece-length rule (no node reported the task)"
 fi
 PIECES_TOTAL=$(( (BLOB_A_SIZE + PIECE_LENGTH - 1) / PIECE_LENGTH ))
 args=()

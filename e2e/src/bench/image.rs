@@ -94,9 +94,9 @@ mod tests {
         assert_ne!(a.layers[0], a.layers[1]);
         assert_ne!(Image::generate(8, 2, 1000).manifest, a.manifest);
         assert_eq!(a.size(), 2000 + a.config.len() as u64);
-        // One piece each for the config and two small layers; 1 MiB pieces
-        // for a 3 MiB layer.
+        // One piece each for the config and two small layers; 512 KiB
+        // pieces for a 3 MiB layer.
         assert_eq!(a.pieces(), 3);
-        assert_eq!(Image::generate(7, 1, 3 << 20).pieces(), 4);
+        assert_eq!(Image::generate(7, 1, 3 << 20).pieces(), 7);
     }
 }
