@@ -34,6 +34,8 @@ pub struct Daemon {
     pub mirror_health: Arc<crate::mirror::health::MirrorHealth>,
     /// Every task's runtime state.
     pub tasks: Arc<Tasks>,
+    /// When containerd last pulled through the mirror.
+    pub mirror_use: Arc<crate::mirror::usage::MirrorUse>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,7 @@ impl Daemon {
             uploads,
             mirror_health: Arc::default(),
             tasks: Arc::default(),
+            mirror_use: Arc::default(),
         }))
     }
 

@@ -171,16 +171,24 @@ pub async fn run(
     if config.containerd.enabled {
         // A node whose hosts.toml cannot be written still pulls straight
         // from its registries: keep serving peers, and tell the operator.
-        let report = containerd::on_start(&config.containerd, bound.proxy);
-        tokio::spawn(async move { node_report::publish_from_pod(&report).await });
+        let (watcher, report) = containerd::on_start(&config.containerd, bound.proxy);
+        tokio::spawn(containerd::watch::run(
+            watcher,
+            report,
+            config.containerd.recheck_interval,
+            daemon.mirror_use.clone(),
+            stop_rx.clone(),
+            |report| Box::pin(async move { node_report::publish_from_pod(&report).await }),
+        ));
     }
     ready.store(true, Ordering::SeqCst);
+    let proxy_addr = bound.proxy;
     on_bound(bound);
     shutdown.await;
     tracing::info!("dfdaemon shutting down");
     ready.store(false, Ordering::SeqCst);
     if config.containerd.enabled {
-        if let Err(e) = containerd::on_stop(&config.containerd) {
+        if let Err(e) = containerd::on_stop(&config.containerd, proxy_addr) {
             tracing::error!(error = %e, "restoring containerd's hosts.toml files failed");
         }
     }

@@ -190,7 +190,9 @@ mod tests {
             problems: vec![NodeProblem {
                 code: camel_code("no_config_path"),
                 message: "containerd has no config_path".into(),
+                ..NodeProblem::default()
             }],
+            ..NodeReport::default()
         };
         target.publish(&report).await.unwrap();
         let seen = seen.lock().unwrap();

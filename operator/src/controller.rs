@@ -360,12 +360,14 @@ async fn observe_workloads(
         bctx.name,
         Component::Dfdaemon.as_str()
     ));
+    let pods = pods.list(&lp).await?.items;
+    let runtimes = node_runtimes(ctx, &pods).await?;
     let nodes = pods
-        .list(&lp)
-        .await?
-        .items
         .iter()
-        .filter_map(nodes::read_report)
+        .filter_map(|pod| {
+            let node = pod.spec.as_ref()?.node_name.as_deref()?;
+            nodes::read_report(pod, runtimes.get(node).map(String::as_str))
+        })
         .collect();
     Ok(status::Observed {
         scheduler: existing
@@ -375,6 +377,33 @@ async fn observe_workloads(
         dfdaemon: existing.typed::<DaemonSet>("DaemonSet", &bctx.object_name(Component::Dfdaemon)),
         nodes,
     })
+}
+
+/// Each node's containerRuntimeVersion, read only when some report has
+/// problems that depend on it (most never do, and nodes can be many).
+async fn node_runtimes(
+    ctx: &Context,
+    pods: &[Pod],
+) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    let needed = pods.iter().any(|p| {
+        p.annotations()
+            .get(wire::node_report::ANNOTATION)
+            .is_some_and(|raw| raw.contains("\"runtimes\""))
+    });
+    if !needed {
+        return Ok(Default::default());
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+    Ok(nodes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| {
+            let runtime = n.status?.node_info?.container_runtime_version;
+            Some((n.metadata.name?, runtime))
+        })
+        .collect())
 }
 
 /// Deletion: stop the dfdaemons and run the restore DaemonSet on every node;

@@ -359,6 +359,10 @@ pub struct DragonflyClusterStatus {
     /// Nodes whose dfdaemon reported the mirror configuration in place.
     #[serde(default)]
     pub nodes_configured: i32,
+    /// Configured nodes whose containerd has really pulled through the
+    /// mirror since their dfdaemon started.
+    #[serde(default)]
+    pub nodes_pulling_through_mirror: i32,
     #[serde(default)]
     pub nodes_with_problems: i32,
     /// Integration problems reported by dfdaemons, one entry per node (capped).

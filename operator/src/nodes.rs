@@ -31,38 +31,47 @@ const MAX_MESSAGE_CHARS: usize = 300;
 pub enum NodeState {
     /// No report yet (dfdaemon starting, or not running on this node).
     Pending,
+    /// The mirror's files are in place and nothing bypasses it, but
+    /// containerd has not pulled through it yet.
     Configured,
+    /// Configured, and containerd has pulled through the mirror: proof of
+    /// use, not only of files.
+    InUse,
     Problems(Vec<ProblemReport>),
 }
 
 /// The node a dfdaemon pod runs on and what it reported; pods not yet
-/// scheduled are skipped.
-pub fn read_report(pod: &Pod) -> Option<(String, NodeState)> {
+/// scheduled are skipped. `runtime` is the node's containerRuntimeVersion:
+/// problems that hold only on other containerd versions are dropped.
+pub fn read_report(pod: &Pod, runtime: Option<&str>) -> Option<(String, NodeState)> {
     let node = pod.spec.as_ref()?.node_name.clone()?;
     let state = match pod.annotations().get(ANNOTATION) {
         None => NodeState::Pending,
-        Some(raw) => match serde_json::from_str::<NodeReport>(raw) {
-            Ok(r) if !r.problems.is_empty() => NodeState::Problems(
-                r.problems
-                    .into_iter()
-                    .take(MAX_PROBLEMS_PER_NODE)
-                    .map(|p| ProblemReport {
-                        code: truncate(&p.code, 64),
-                        message: truncate(&p.message, MAX_MESSAGE_CHARS),
-                    })
-                    .collect(),
-            ),
-            Ok(r) if r.configured => NodeState::Configured,
-            Ok(_) => NodeState::Pending,
-            // A garbled report is itself a problem worth showing, never a reconcile error.
-            Err(e) => NodeState::Problems(vec![ProblemReport {
-                code: "MalformedReport".into(),
-                message: truncate(
-                    &format!("{ANNOTATION} is not valid JSON: {e}"),
-                    MAX_MESSAGE_CHARS,
+        Some(raw) => {
+            match serde_json::from_str::<NodeReport>(raw).map(|r| r.for_runtime(runtime)) {
+                Ok(r) if !r.problems.is_empty() => NodeState::Problems(
+                    r.problems
+                        .into_iter()
+                        .take(MAX_PROBLEMS_PER_NODE)
+                        .map(|p| ProblemReport {
+                            code: truncate(&p.code, 64),
+                            message: truncate(&p.message, MAX_MESSAGE_CHARS),
+                        })
+                        .collect(),
                 ),
-            }]),
-        },
+                Ok(r) if r.configured && r.last_mirrored_pull.is_some() => NodeState::InUse,
+                Ok(r) if r.configured => NodeState::Configured,
+                Ok(_) => NodeState::Pending,
+                // A garbled report is itself a problem worth showing, never a reconcile error.
+                Err(e) => NodeState::Problems(vec![ProblemReport {
+                    code: "MalformedReport".into(),
+                    message: truncate(
+                        &format!("{ANNOTATION} is not valid JSON: {e}"),
+                        MAX_MESSAGE_CHARS,
+                    ),
+                }]),
+            }
+        }
     };
     Some((node, state))
 }
@@ -91,18 +100,41 @@ mod tests {
         p
     }
 
+    fn read_report_any(pod: &Pod) -> Option<(String, NodeState)> {
+        read_report(pod, None)
+    }
+
+    #[test]
+    fn version_bound_problems_follow_the_node_and_pulls_prove_use() {
+        let raw = r#"{"configured":true,"lastMirroredPull":"2026-12-07T18:00:00Z","problems":[{"code":"NoConfigPath","message":"m","runtimes":"<2.0"}]}"#;
+        let p = pod(Some("n1"), Some(raw));
+        assert!(matches!(
+            read_report(&p, Some("containerd://1.6.20")),
+            Some((_, NodeState::Problems(_)))
+        ));
+        assert_eq!(
+            read_report(&p, Some("containerd://2.2.10")),
+            Some(("n1".into(), NodeState::InUse))
+        );
+        // Unknown runtime: the problem stays.
+        assert!(matches!(
+            read_report(&p, None),
+            Some((_, NodeState::Problems(_)))
+        ));
+    }
+
     #[test]
     fn reports_are_read_leniently() {
-        assert_eq!(read_report(&pod(None, None)), None);
+        assert_eq!(read_report_any(&pod(None, None)), None);
         assert_eq!(
-            read_report(&pod(Some("n1"), None)),
+            read_report_any(&pod(Some("n1"), None)),
             Some(("n1".into(), NodeState::Pending))
         );
         assert_eq!(
-            read_report(&pod(Some("n1"), Some(r#"{"configured":true}"#))),
+            read_report_any(&pod(Some("n1"), Some(r#"{"configured":true}"#))),
             Some(("n1".into(), NodeState::Configured))
         );
-        let problems = read_report(&pod(
+        let problems = read_report_any(&pod(
             Some("n2"),
             Some(
                 r#"{"configured":false,"problems":[{"code":"NoConfigPath","message":"no config_path"}]}"#,
@@ -118,7 +150,7 @@ mod tests {
                 }])
             ))
         );
-        match read_report(&pod(Some("n3"), Some("{not json"))) {
+        match read_report_any(&pod(Some("n3"), Some("{not json"))) {
             Some((_, NodeState::Problems(p))) => assert_eq!(p[0].code, "MalformedReport"),
             other => panic!("unexpected {other:?}"),
         }

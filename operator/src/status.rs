@@ -292,8 +292,15 @@ fn nodes_state(nodes: &[(String, NodeState)], status: &mut DragonflyClusterStatu
     problems.sort_by(|a, b| a.node.cmp(&b.node));
     let configured = nodes
         .iter()
-        .filter(|(_, s)| *s == NodeState::Configured)
+        .filter(|(_, s)| matches!(s, NodeState::Configured | NodeState::InUse))
         .count();
+    let not_yet_used: Vec<&str> = nodes
+        .iter()
+        .filter(|(_, s)| *s == NodeState::Configured)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let in_use = configured - not_yet_used.len();
+    status.nodes_pulling_through_mirror = i32::try_from(in_use).unwrap_or(i32::MAX);
     let pending = nodes
         .iter()
         .filter(|(_, s)| *s == NodeState::Pending)
@@ -347,12 +354,31 @@ fn nodes_state(nodes: &[(String, NodeState)], status: &mut DragonflyClusterStatu
             type_: NODES_CONFIGURED,
             ok: true,
             reason: "AllNodesConfigured".into(),
-            message: format!("{configured} node(s) pull through the mirror"),
+            message: nodes_in_use_message(configured, &not_yet_used),
         }
     };
     problems.truncate(MAX_NODE_PROBLEMS);
     status.node_problems = problems;
     cond
+}
+
+/// "3 node(s) configured; 2 pulled through their mirror (not yet: c)".
+fn nodes_in_use_message(configured: usize, not_yet_used: &[&str]) -> String {
+    let in_use = configured - not_yet_used.len();
+    let mut message =
+        format!("{configured} node(s) configured; {in_use} pulled through their mirror");
+    if !not_yet_used.is_empty() {
+        let mut sorted = not_yet_used.to_vec();
+        sorted.sort_unstable();
+        let more = sorted.len().saturating_sub(5);
+        let shown = sorted.into_iter().take(5).collect::<Vec<_>>().join(", ");
+        message.push_str(&format!(" (not yet: {shown}"));
+        if more > 0 {
+            message.push_str(&format!(" and {more} more"));
+        }
+        message.push(')');
+    }
+    message
 }
 
 /// Upsert one condition, keeping `lastTransitionTime` unless the status flips,

@@ -1,48 +1,166 @@
-//! Reads containerd's config.toml (never writes it) and reports every
-//! setting that makes image pulls silently bypass the hosts.toml mirrors.
-//! Understands config version 1 (plugin `cri`), 2
-//! (`io.containerd.grpc.v1.cri`) and 3 (`io.containerd.cri.v1.images`).
+//! Reads containerd's config.toml (never writes it), with its `imports`
+//! drop-ins, and reports each setting that really makes CRI pulls bypass
+//! the hosts.toml mirrors (problems), apart from settings worth knowing
+//! that do not (warnings). Config versions 1 (plugin `cri`), 2
+//! (`io.containerd.grpc.v1.cri`), 3 and 4 (`io.containerd.cri.v1.images`).
+//! A missing file means containerd's built-in defaults.
+//!
+//! Some verdicts depend on containerd's own version: containerd 1.x reads
+//! no hosts.toml unless `config_path` is set, while 2.x reads
+//! `/etc/containerd/certs.d` by default, whatever the file's version (2.x
+//! migrates version 2 files). Such a problem names the versions it holds
+//! for; with the runtime version known, it is kept or dropped here.
 
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use toml_edit::{DocumentMut, Item};
 
 use super::error::ContainerdError;
+
+/// containerd 2.x's built-in `config_path`.
+pub const DEFAULT_CONFIG_PATH_V2: &str = "/etc/containerd/certs.d:/etc/docker/certs.d";
+/// `imports` nest at most this deep (containerd follows them recursively).
+const MAX_IMPORT_DEPTH: usize = 4;
+/// Drop-in files read at most, so a glob over a huge directory stays cheap.
+const MAX_IMPORTS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// Stable identifier for tooling (the operator's per-node report).
     pub code: &'static str,
     pub message: String,
+    /// The containerd versions the problem holds on (`<2.0`, `>=2.0`).
+    #[serde(skip_serializing_if = "Runtimes::is_all")]
+    pub runtimes: Runtimes,
+}
+
+/// Which containerd versions a verdict holds for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtimes {
+    All,
+    Before(RuntimeVersion),
+    From(RuntimeVersion),
+}
+
+/// containerd 2.0: where hosts.toml became the default.
+const V2: RuntimeVersion = RuntimeVersion(2, 0);
+
+impl Runtimes {
+    pub fn is_all(&self) -> bool {
+        *self == Runtimes::All
+    }
+
+    pub fn holds_on(&self, running: RuntimeVersion) -> bool {
+        match *self {
+            Runtimes::All => true,
+            Runtimes::Before(v) => running < v,
+            Runtimes::From(v) => running >= v,
+        }
+    }
+}
+
+impl Serialize for Runtimes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Runtimes::All => s.serialize_str("all"),
+            Runtimes::Before(RuntimeVersion(a, b)) => s.serialize_str(&format!("<{a}.{b}")),
+            Runtimes::From(RuntimeVersion(a, b)) => s.serialize_str(&format!(">={a}.{b}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
+    /// The main file's version; 0 when there is no file (the defaults).
     pub config_version: i64,
-    /// containerd's `config_path` for the CRI registry, if set.
+    /// containerd's `config_path` for the CRI registry as set in the files,
+    /// if set.
     pub config_path: Option<String>,
+    /// Settings that make pulls bypass the mirror.
     pub problems: Vec<Problem>,
+    /// Settings worth knowing that do not stop pulls going through the
+    /// mirror.
+    pub warnings: Vec<Problem>,
 }
 
-/// Checks the file at `path`; `expected_config_path` is where dfdaemon
-/// writes hosts.toml files.
+impl Report {
+    /// Keeps the problems that hold on `runtime` (a containerd version such
+    /// as `2.2.10`, `v1.6.20` or `containerd://2.1.4`).
+    pub fn for_runtime(mut self, runtime: &str) -> Report {
+        if let Some(running) = RuntimeVersion::parse(runtime) {
+            self.problems.retain(|p| p.runtimes.holds_on(running));
+            for p in &mut self.problems {
+                p.runtimes = Runtimes::All;
+            }
+        }
+        self
+    }
+
+    /// Problems that hold whatever the runtime version.
+    pub fn certain_problems(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.runtimes.is_all())
+    }
+}
+
+pub use wire::node_report::RuntimeVersion;
+
+/// Checks the file at `path` (and its imports); a missing file is
+/// containerd's defaults. `expected_config_path` is where dfdaemon writes
+/// hosts.toml files.
 pub fn check_file(
     path: &Path,
     expected_config_path: Option<&Path>,
 ) -> Result<Report, ContainerdError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ContainerdError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    check(&text, expected_config_path).map_err(|e| match e {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(ContainerdError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let Some(text) = text else {
+        return Ok(defaults_report(expected_config_path));
+    };
+    let base = path.parent().unwrap_or(Path::new("/"));
+    let main = parse(&text).map_err(|e| in_file(path, e))?;
+    let mut files = vec![(path.to_path_buf(), main)];
+    load_imports(base, 0, &mut files)?;
+    Ok(judge(&files, expected_config_path))
+}
+
+/// Checks one file's text (its imports are not followed).
+pub fn check(text: &str, expected_config_path: Option<&Path>) -> Result<Report, ContainerdError> {
+    let main = parse(text)?;
+    Ok(judge(&[(PathBuf::new(), main)], expected_config_path))
+}
+
+fn in_file(path: &Path, e: ContainerdError) -> ContainerdError {
+    match e {
         ContainerdError::BadConfig(why) => {
             ContainerdError::BadConfig(format!("{}: {why}", path.display()))
         }
         other => other,
-    })
+    }
 }
 
-pub fn check(text: &str, expected_config_path: Option<&Path>) -> Result<Report, ContainerdError> {
+/// The settings this check needs from one file, read with the paths of
+/// that file's own version.
+#[derive(Debug, Default, Clone)]
+struct Settings {
+    version: i64,
+    imports: Vec<String>,
+    config_path: Option<String>,
+    /// The table naming `config_path`, for messages.
+    registry_table: String,
+    legacy_mirrors: Option<String>,
+    discard: Option<(bool, String)>,
+    local_pull: Option<bool>,
+}
+
+fn parse(text: &str) -> Result<Settings, ContainerdError> {
     let doc: DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| ContainerdError::BadConfig(e.to_string()))?;
@@ -52,20 +170,20 @@ pub fn check(text: &str, expected_config_path: Option<&Path>) -> Result<Report, 
             .as_integer()
             .ok_or_else(|| ContainerdError::BadConfig("`version` is not an integer".into()))?,
     };
-    // (plugin holding `registry`, plugin holding `discard_unpacked_layers`)
-    let (images, runtime) = match version {
-        1 => (vec!["cri"], vec!["cri", "containerd"]),
+    // (plugin holding `registry`, table holding `discard_unpacked_layers`)
+    let (images, runtime): (&[&str], &[&str]) = match version {
+        1 => (&["cri"], &["cri", "containerd"]),
         2 => (
-            vec!["io.containerd.grpc.v1.cri"],
-            vec!["io.containerd.grpc.v1.cri", "containerd"],
+            &["io.containerd.grpc.v1.cri"],
+            &["io.containerd.grpc.v1.cri", "containerd"],
         ),
-        3 => (
-            vec!["io.containerd.cri.v1.images"],
-            vec!["io.containerd.cri.v1.images"],
+        3 | 4 => (
+            &["io.containerd.cri.v1.images"],
+            &["io.containerd.cri.v1.images"],
         ),
         v => {
             return Err(ContainerdError::BadConfig(format!(
-                "unknown config version {v}"
+                "unknown config version {v} (this dfdaemon knows 1 to 4)"
             )))
         }
     };
@@ -77,81 +195,249 @@ pub fn check(text: &str, expected_config_path: Option<&Path>) -> Result<Report, 
         }
         Some(item)
     };
-    let mut problems = Vec::new();
-    let registry_path = |key: &'static str| {
-        let mut p = images.clone();
-        p.push("registry");
+    fn with<'a>(base: &[&'a str], key: &'a str) -> Vec<&'a str> {
+        let mut p = base.to_vec();
         p.push(key);
         p
-    };
-    let config_path = lookup(&registry_path("config_path"))
-        .and_then(Item::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    match &config_path {
-        None => problems.push(Problem {
-            code: "no_config_path",
-            message: format!(
-                "{} has no config_path: containerd ignores hosts.toml files and never uses the mirror",
-                table_name(&registry_path("config_path")[..images.len() + 1])
-            ),
-        }),
-        Some(found) => {
-            if let Some(expected) = expected_config_path {
-                // containerd accepts a colon-separated list of directories.
-                let listed = found.split(':').any(|d| Path::new(d) == expected);
-                if !listed {
-                    problems.push(Problem {
-                        code: "config_path_mismatch",
-                        message: format!(
-                            "containerd reads hosts.toml from {found}, but the mirror is configured in {}",
-                            expected.display()
-                        ),
-                    });
-                }
-            }
-        }
     }
+    let registry = with(images, "registry");
+    let config_path = lookup(&with(&registry, "config_path"))
+        .and_then(Item::as_str)
+        .map(str::to_string);
+    let mirrors = with(&registry, "mirrors");
     let has_entries = |item: Option<&Item>| {
         item.and_then(|i| i.as_table_like())
             .is_some_and(|t| !t.is_empty())
     };
-    if has_entries(lookup(&registry_path("mirrors"))) {
-        problems.push(Problem {
-            code: "legacy_mirrors",
-            message: format!(
-                "{} is set: this legacy table is deprecated, conflicts with config_path (containerd refuses to start with both) and is never written by dfdaemon; move it to hosts.toml files",
-                table_name(&registry_path("mirrors"))
-            ),
-        });
-    }
-    if version == 3 {
-        let local_pull = lookup(&["io.containerd.cri.v1.images", "use_local_image_pull"])
+    let imports = match doc.get("imports") {
+        None => Vec::new(),
+        Some(item) => item
+            .as_array()
+            .ok_or_else(|| ContainerdError::BadConfig("`imports` is not an array".into()))?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+    };
+    Ok(Settings {
+        version,
+        imports,
+        config_path,
+        registry_table: table_name(&registry),
+        legacy_mirrors: has_entries(lookup(&mirrors)).then(|| table_name(&mirrors)),
+        discard: lookup(&with(runtime, "discard_unpacked_layers"))
             .and_then(Item::as_bool)
-            .unwrap_or(false);
-        if !local_pull {
-            problems.push(Problem {
-                code: "transfer_service",
-                message: "containerd 2.1+ pulls CRI images through the transfer service unless [plugins.\"io.containerd.cri.v1.images\"] use_local_image_pull = true; that path can bypass the CRI registry config_path and thus the mirror".into(),
-            });
+            .map(|on| (on, table_name(runtime))),
+        local_pull: (version >= 3)
+            .then(|| lookup(&with(images, "use_local_image_pull")).and_then(Item::as_bool))
+            .flatten(),
+    })
+}
+
+/// Follows `imports` as containerd does: paths relative to the importing
+/// file's directory, `*` globs in the file name, each file once.
+fn load_imports(
+    base: &Path,
+    depth: usize,
+    files: &mut Vec<(PathBuf, Settings)>,
+) -> Result<(), ContainerdError> {
+    if depth >= MAX_IMPORT_DEPTH {
+        return Ok(());
+    }
+    let patterns = files
+        .last()
+        .map(|(_, s)| s.imports.clone())
+        .unwrap_or_default();
+    for pattern in patterns {
+        for path in expand(base, &pattern)? {
+            if files.len() >= MAX_IMPORTS || files.iter().any(|(p, _)| *p == path) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(|source| ContainerdError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let settings = parse(&text).map_err(|e| in_file(&path, e))?;
+            files.push((path.clone(), settings));
+            load_imports(path.parent().unwrap_or(base), depth + 1, files)?;
         }
     }
-    let mut discard = runtime.clone();
-    discard.push("discard_unpacked_layers");
-    if lookup(&discard).and_then(Item::as_bool) == Some(true) {
-        problems.push(Problem {
-            code: "discard_unpacked_layers",
+    Ok(())
+}
+
+/// The files a pattern names, sorted; a glob matching nothing is no error
+/// (containerd skips it), a plain missing path is.
+fn expand(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, ContainerdError> {
+    let full = base.join(pattern);
+    let name = full
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.contains('*') {
+        return Ok(vec![full]);
+    }
+    let dir = full.parent().unwrap_or(base);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ContainerdError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| glob_match(&name, &e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The verdict on the merged settings: later files (imports) override.
+fn judge(files: &[(PathBuf, Settings)], expected: Option<&Path>) -> Report {
+    let main = &files[0].1;
+    let mut merged = Settings {
+        version: main.version,
+        registry_table: main.registry_table.clone(),
+        ..Settings::default()
+    };
+    for (_, s) in files {
+        if s.config_path.is_some() {
+            merged.config_path = s.config_path.clone();
+            merged.registry_table = s.registry_table.clone();
+        }
+        if s.legacy_mirrors.is_some() {
+            merged.legacy_mirrors = s.legacy_mirrors.clone();
+        }
+        if s.discard.is_some() {
+            merged.discard = s.discard.clone();
+        }
+        if s.local_pull.is_some() {
+            merged.local_pull = s.local_pull;
+        }
+    }
+    let mut report = Report {
+        config_version: main.version,
+        config_path: merged.config_path.clone().filter(|p| !p.is_empty()),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    match merged.config_path.as_deref() {
+        Some(found) if !found.is_empty() => {
+            path_listed(&mut report, found, expected, Runtimes::All)
+        }
+        // An explicit empty value switches hosts.toml off on every version.
+        Some(_) => report.problems.push(Problem {
+            code: "no_config_path",
             message: format!(
-                "{} discard_unpacked_layers = true: layers are dropped after unpacking, so every new pull fetches them again and the node cannot share them",
-                table_name(&runtime)
+                "{} config_path is empty: containerd ignores hosts.toml files and never uses the mirror",
+                merged.registry_table
             ),
+            runtimes: Runtimes::All,
+        }),
+        // Version 3 and 4 files are containerd 2.x's: its default holds.
+        None if main.version >= 3 => {
+            path_listed(&mut report, DEFAULT_CONFIG_PATH_V2, expected, Runtimes::All);
+            if let Some(last) = report.problems.last_mut() {
+                last.message.push_str(" (containerd 2.x's default: config_path is not set)");
+            }
+        }
+        None => {
+            report.problems.push(Problem {
+                code: "no_config_path",
+                message: format!(
+                    "{} has no config_path: containerd 1.x ignores hosts.toml files and never uses the mirror (containerd 2.x reads {DEFAULT_CONFIG_PATH_V2} by default)",
+                    merged.registry_table
+                ),
+                runtimes: Runtimes::Before(V2),
+            });
+            path_listed(&mut report, DEFAULT_CONFIG_PATH_V2, expected, Runtimes::From(V2));
+        }
+    }
+    if let Some(table) = &merged.legacy_mirrors {
+        report.problems.push(Problem {
+            code: "legacy_mirrors",
+            message: format!(
+                "{table} is set: containerd uses this deprecated table instead of hosts.toml files (or, with config_path also set, refuses to load its CRI plugin); move it to hosts.toml files"
+            ),
+            runtimes: Runtimes::All,
         });
     }
-    Ok(Report {
-        config_version: version,
-        config_path,
-        problems,
-    })
+    if let Some((true, table)) = &merged.discard {
+        report.warnings.push(Problem {
+            code: "discard_unpacked_layers",
+            message: format!(
+                "{table} discard_unpacked_layers = true: containerd drops layers after unpacking, so re-pulls fetch them again (from this node's dfdaemon cache, not the registry); pulls still go through the mirror"
+            ),
+            runtimes: Runtimes::All,
+        });
+    }
+    report
+}
+
+/// Whether containerd's `found` config_path (a colon-separated list) holds
+/// the directory dfdaemon writes to.
+fn path_listed(report: &mut Report, found: &str, expected: Option<&Path>, runtimes: Runtimes) {
+    let Some(expected) = expected else { return };
+    if found.split(':').any(|d| Path::new(d) == expected) {
+        return;
+    }
+    let default = if runtimes.is_all() {
+        ""
+    } else {
+        " (containerd 2.x's default)"
+    };
+    report.problems.push(Problem {
+        code: "config_path_mismatch",
+        message: format!(
+            "containerd reads hosts.toml from {found}{default}, but the mirror is configured in {}",
+            expected.display()
+        ),
+        runtimes,
+    });
+}
+
+/// No config file: containerd's defaults.
+fn defaults_report(expected: Option<&Path>) -> Report {
+    let mut report = Report {
+        config_version: 0,
+        config_path: None,
+        problems: vec![Problem {
+            code: "no_config_path",
+            message: format!(
+                "no containerd config file: containerd 1.x's defaults read no hosts.toml files, so pulls never use the mirror (containerd 2.x reads {DEFAULT_CONFIG_PATH_V2} by default)"
+            ),
+            runtimes: Runtimes::Before(V2),
+        }],
+        warnings: Vec::new(),
+    };
+    path_listed(
+        &mut report,
+        DEFAULT_CONFIG_PATH_V2,
+        expected,
+        Runtimes::From(V2),
+    );
+    report
 }
 
 /// `[plugins."io.containerd.grpc.v1.cri".registry]` for messages.
@@ -167,4 +453,18 @@ fn table_name(path: &[&str]) -> String {
     }
     out.push(']');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.toml", "a.toml"));
+        assert!(glob_match("10-*.toml", "10-mirror.toml"));
+        assert!(!glob_match("*.toml", "a.toml.bak"));
+        assert!(!glob_match("a*b*c", "ac"));
+        assert!(glob_match("a*b*c", "axbyc"));
+    }
 }

@@ -129,6 +129,56 @@ pub fn render(
     Ok(text)
 }
 
+/// The node's own file inside one dfdaemon rendered (possibly edited by an
+/// admin since): the banner and every mirror host dfdaemon adds (a host
+/// carrying the registry header, or named `mirror`) taken out, the rest kept
+/// as written. Used when another writer edited a managed file, so that its
+/// edits become the new original instead of being overwritten or lost.
+pub fn strip_ours(text: &str, mirror: &str) -> Result<String, ContainerdError> {
+    let body = text.strip_prefix(BANNER).unwrap_or(text);
+    let mut doc: DocumentMut = body
+        .parse()
+        .map_err(|e: toml_edit::TomlError| ContainerdError::BadHostsToml(e.to_string()))?;
+    if let Some(hosts) = doc.get_mut("host").and_then(Item::as_table_like_mut) {
+        let ours: Vec<String> = hosts
+            .iter()
+            .filter(|(name, item)| *name == mirror || is_dragonfly_host(item))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        for name in ours {
+            hosts.remove(&name);
+        }
+        if hosts.is_empty() {
+            doc.remove("host");
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Whether a rendered file carries a dfdaemon mirror host.
+pub fn has_ours(text: &str, mirror: &str) -> bool {
+    let Ok(doc) = text.parse::<DocumentMut>() else {
+        return false;
+    };
+    doc.get("host")
+        .and_then(Item::as_table_like)
+        .is_some_and(|hosts| {
+            hosts
+                .iter()
+                .any(|(name, item)| name == mirror || is_dragonfly_host(item))
+        })
+}
+
+/// A host entry with the `X-Dragonfly-Registry` header: only dfdaemon adds it.
+fn is_dragonfly_host(item: &Item) -> bool {
+    item.get("header")
+        .and_then(|h| h.as_table_like())
+        .is_some_and(|h| {
+            h.iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(wire::headers::REGISTRY))
+        })
+}
+
 /// Takes out of `host` every entry that is not a table with a header of its
 /// own (dotted keys, inline tables), as such tables, in file order. The
 /// `host` table itself then prints no keys of its own.

@@ -3,16 +3,19 @@
 //!
 //! - apply: one hosts.toml per registry (or `_default`) under containerd's
 //!   config_path, the local mirror first with `X-Dragonfly-Registry`, the
-//!   upstream kept as `server`; originals backed up first.
-//! - restore: originals back, byte for byte.
+//!   upstream kept as `server`; what was there backed up first.
+//! - restore: what was there before the last apply back, byte for byte.
 //! - check: reads containerd's config.toml and reports states that bypass
 //!   the mirror. The legacy `registry.mirrors` table is only ever reported,
 //!   never written.
+//!
+//! The daemon re-applies and re-checks periodically (`watch`).
 
 pub mod apply;
 pub mod check;
 pub mod error;
 pub mod hosts;
+pub mod watch;
 
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -40,6 +43,13 @@ pub struct ContainerdConfig {
     /// Put the original hosts.toml files back when the daemon stops, so a
     /// node without dfdaemon pulls straight from its registries.
     pub restore_on_stop: bool,
+    /// How often the hosts.toml files are re-applied and containerd's
+    /// config re-checked while the daemon runs.
+    #[serde(with = "humantime_serde")]
+    pub recheck_interval: std::time::Duration,
+    /// containerd's version on this node (e.g. `2.2.10`), for verdicts that
+    /// depend on it; unknown: such problems name the versions they hold for.
+    pub runtime_version: Option<String>,
 }
 
 impl Default for ContainerdConfig {
@@ -51,6 +61,8 @@ impl Default for ContainerdConfig {
             registries: vec!["_default".into()],
             mirror: None,
             restore_on_stop: true,
+            recheck_interval: std::time::Duration::from_secs(10),
+            runtime_version: None,
         }
     }
 }
@@ -111,6 +123,10 @@ pub struct Target {
     /// Print the check report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// containerd's version on the node (`containerd --version`, or the
+    /// Node's containerRuntimeVersion), for verdicts that depend on it.
+    #[arg(long)]
+    pub containerd_version: Option<String>,
 }
 
 /// Runs a `dfdaemon containerd` command; returns the process exit code.
@@ -124,19 +140,28 @@ pub fn run_cli(args: ContainerdArgs) -> Result<u8, ContainerdError> {
             for done in apply::apply(&t.config_path, &registries, t.mirror.trim_end_matches('/'))? {
                 match done {
                     apply::Applied::Written(p) => println!("wrote {}", p.display()),
+                    apply::Applied::Readopted(p) => println!(
+                        "wrote {} (another writer had changed it since the last apply: its version is the new original)",
+                        p.display()
+                    ),
                     apply::Applied::Unchanged(p) => println!("unchanged {}", p.display()),
                 }
             }
             if let Some(config) = &t.containerd_config {
-                return report(config, &t.config_path, false);
+                return report(config, &t);
             }
             Ok(0)
         }
         Action::Restore(t) => {
-            for done in apply::restore(&t.config_path, &parse_all(&t.registries)?)? {
+            let mirror = t.mirror.trim_end_matches('/');
+            for done in apply::restore(&t.config_path, &parse_all(&t.registries)?, mirror)? {
                 match done {
                     apply::Restored::Original(p) => println!("restored {}", p.display()),
                     apply::Restored::Removed(p) => println!("removed {}", p.display()),
+                    apply::Restored::KeptOtherWriter(p) => println!(
+                        "kept {} as another writer left it (changed after the last apply), without the mirror",
+                        p.display()
+                    ),
                     apply::Restored::NothingToDo(r) => println!("nothing to restore for {r}"),
                 }
             }
@@ -147,7 +172,7 @@ pub fn run_cli(args: ContainerdArgs) -> Result<u8, ContainerdError> {
                 .containerd_config
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("/etc/containerd/config.toml"));
-            report(&config, &t.config_path, t.json)
+            report(&config, &t)
         }
     }
 }
@@ -156,83 +181,72 @@ fn parse_all(args: &[String]) -> Result<Vec<Registry>, ContainerdError> {
     args.iter().map(|r| Registry::parse(r)).collect()
 }
 
-fn report(config: &Path, config_path: &Path, json: bool) -> Result<u8, ContainerdError> {
-    let report = check::check_file(config, Some(config_path))?;
-    if json {
+/// Prints the check; exit 0: nothing bypasses the mirror, 1: something
+/// does, 2: it depends on containerd's version, which was not given.
+fn report(config: &Path, t: &Target) -> Result<u8, ContainerdError> {
+    let mut report = check::check_file(config, Some(&t.config_path))?;
+    if let Some(version) = &t.containerd_version {
+        report = report.for_runtime(version);
+    }
+    if t.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
-    } else if report.problems.is_empty() {
-        println!(
-            "{}: ok (config version {})",
-            config.display(),
-            report.config_version
-        );
     } else {
         for p in &report.problems {
-            println!("{}: {}: {}", config.display(), p.code, p.message);
+            let runtimes = serde_json::to_value(p.runtimes).unwrap_or_default();
+            match runtimes.as_str() {
+                Some("all") | None => println!("{}: {}: {}", config.display(), p.code, p.message),
+                Some(r) => println!(
+                    "{}: {} (on containerd {r}): {}",
+                    config.display(),
+                    p.code,
+                    p.message
+                ),
+            }
+        }
+        for w in &report.warnings {
+            println!("{}: warning: {}: {}", config.display(), w.code, w.message);
+        }
+        if report.problems.is_empty() {
+            println!(
+                "{}: ok (config version {})",
+                config.display(),
+                report.config_version
+            );
         }
     }
-    Ok(if report.problems.is_empty() { 0 } else { 1 })
+    Ok(if report.problems.is_empty() {
+        0
+    } else if report.certain_problems().next().is_some() {
+        1
+    } else {
+        if !t.json {
+            println!("cannot tell without containerd's version: pass --containerd-version");
+        }
+        2
+    })
 }
 
-/// At daemon start: write the hosts.toml files and check what containerd's
-/// config would still bypass. Never fails: a node without the mirror still
-/// pulls straight from its registries; the report says what went wrong.
-pub fn on_start(config: &ContainerdConfig, proxy: SocketAddr) -> crate::node_report::NodeReport {
-    use crate::node_report::{camel_code, NodeProblem, NodeReport};
-    let mut report = NodeReport {
-        configured: true,
-        problems: Vec::new(),
-    };
-    let applied = config.parsed_registries().and_then(|registries| {
-        let mirror = config.mirror_url(proxy);
-        for done in apply::apply(&config.config_path, &registries, &mirror)? {
-            if let apply::Applied::Written(p) = done {
-                tracing::info!(path = %p.display(), %mirror, "containerd hosts.toml written");
-            }
-        }
-        Ok(())
-    });
-    if let Err(e) = applied {
-        tracing::error!(error = %e, "configuring containerd to use the mirror failed");
-        report.configured = false;
-        report.problems.push(NodeProblem {
-            code: "ApplyFailed".into(),
-            message: e.to_string(),
-        });
-    }
-    if let Some(path) = &config.containerd_config {
-        match check::check_file(path, Some(&config.config_path)) {
-            Ok(found) => {
-                for p in found.problems {
-                    tracing::warn!(code = p.code, config = %path.display(), "{}", p.message);
-                    report.problems.push(NodeProblem {
-                        code: camel_code(p.code),
-                        message: p.message,
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check containerd config");
-                report.problems.push(NodeProblem {
-                    code: "ConfigUnreadable".into(),
-                    message: e.to_string(),
-                });
-            }
-        }
-    }
-    report
+/// At daemon start: writes the hosts.toml files and checks containerd's
+/// config once, before the daemon reports ready; `watch::run` goes on.
+pub fn on_start(
+    config: &ContainerdConfig,
+    proxy: SocketAddr,
+) -> (watch::Watcher, crate::node_report::NodeReport) {
+    let mut watcher = watch::Watcher::new(config.clone(), config.mirror_url(proxy));
+    let report = watcher.pass(tokio::time::Instant::now());
+    (watcher, report)
 }
 
-/// At daemon stop: restore the originals if configured to.
-pub fn on_stop(config: &ContainerdConfig) -> Result<(), ContainerdError> {
+/// At daemon stop: restore what was there before, if configured to.
+pub fn on_stop(config: &ContainerdConfig, proxy: SocketAddr) -> Result<(), ContainerdError> {
     if !config.restore_on_stop {
         return Ok(());
     }
     let registries = config.parsed_registries()?;
-    for done in apply::restore(&config.config_path, &registries)? {
+    for done in apply::restore(&config.config_path, &registries, &config.mirror_url(proxy))? {
         tracing::info!(?done, "containerd hosts.toml restored");
     }
     Ok(())

@@ -62,9 +62,11 @@ fn hosts_toml_shapes() {
 
 #[test]
 fn containerd_config_shapes() {
-    let dir = testdata().join("config");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
+    // config/: hand-written cases; config/defaults/: what each real
+    // containerd's `containerd config default` writes, as it wrote it.
+    let mut names: Vec<PathBuf> = ["config", "config/defaults"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(testdata().join(dir)).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
@@ -167,14 +169,14 @@ fn apply_is_idempotent_and_restore_is_byte_exact() {
         "{moved}"
     );
 
-    let restored = restore(&certs, &[]).unwrap();
+    let restored = restore(&certs, &[], MIRROR).unwrap();
     assert_eq!(restored.len(), 3, "{restored:?}");
     assert!(restored.contains(&Restored::Original(existing.clone())));
     assert!(restored.contains(&Restored::Removed(certs.join("docker.io"))));
     assert_eq!(snapshot(&certs), before, "restore is not byte-exact");
     assert!(!certs.join(BACKUP_DIR).exists());
     // Nothing left to restore.
-    let again = restore(&certs, &registries).unwrap();
+    let again = restore(&certs, &registries, MIRROR).unwrap();
     assert!(again.iter().all(|r| matches!(r, Restored::NothingToDo(_))));
 }
 
@@ -192,7 +194,7 @@ fn corrupt_hosts_toml_is_reported_and_left_alone() {
         "server = [unterminated"
     );
     // The backup taken before the failure restores to the same bytes.
-    restore(certs, &[]).unwrap();
+    restore(certs, &[], MIRROR).unwrap();
     assert_eq!(
         std::fs::read_to_string(dir.join("hosts.toml")).unwrap(),
         "server = [unterminated"
@@ -207,4 +209,94 @@ fn malformed_toml_is_an_error_not_a_panic() {
     assert!(check(text, None).is_err());
     let registry = Registry::parse("docker.io").unwrap();
     assert!(render(text, &registry, MIRROR).is_err());
+}
+
+#[test]
+fn later_edits_become_the_original_and_restore_brings_back_the_last_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs.d");
+    let dir = certs.join("registry.example.com");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hosts.toml"), EXISTING).unwrap();
+    let registry = [Registry::parse("registry.example.com").unwrap()];
+    apply(&certs, &registry, MIRROR).unwrap();
+
+    // An admin edits the managed file: adds a host and a certificate.
+    let ours = std::fs::read_to_string(dir.join("hosts.toml")).unwrap();
+    let edited = ours.replace(
+        "[host.\"https://registry-mirror.internal\"]",
+        "[host.\"https://second-cache.internal\"]\n  capabilities = [\"pull\"]\n\n[host.\"https://registry-mirror.internal\"]",
+    );
+    assert_ne!(edited, ours);
+    std::fs::write(dir.join("hosts.toml"), &edited).unwrap();
+    std::fs::write(dir.join("new-ca.crt"), b"admin's CA").unwrap();
+    // The edit kept the mirror in front: adopted as the original, nothing rewritten.
+    let again = apply(&certs, &registry, MIRROR).unwrap();
+    assert_eq!(again, [Applied::Unchanged(dir.join("hosts.toml"))]);
+    let merged = std::fs::read_to_string(dir.join("hosts.toml")).unwrap();
+    assert!(merged.contains("second-cache.internal"), "{merged}");
+    assert_eq!(merged, edited);
+    // Stable from then on.
+    assert_eq!(
+        apply(&certs, &registry, MIRROR).unwrap(),
+        [Applied::Unchanged(dir.join("hosts.toml"))]
+    );
+
+    // Restore gives the admin's version without the mirror, and keeps the new CA.
+    restore(&certs, &[], MIRROR).unwrap();
+    let restored = std::fs::read_to_string(dir.join("hosts.toml")).unwrap();
+    assert!(restored.contains("second-cache.internal"), "{restored}");
+    assert!(restored.contains("registry-mirror.internal"), "{restored}");
+    assert!(!restored.contains("65001") && !restored.contains("Managed by dfdaemon"));
+    assert_eq!(
+        std::fs::read(dir.join("new-ca.crt")).unwrap(),
+        b"admin's CA"
+    );
+    // And the restored file is the new base for the next apply, with nothing lost.
+    apply(&certs, &registry, MIRROR).unwrap();
+    restore(&certs, &[], MIRROR).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hosts.toml")).unwrap(),
+        restored
+    );
+}
+
+#[test]
+fn a_file_replaced_after_the_last_apply_is_left_to_its_writer_on_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path();
+    let registry = [Registry::parse("docker.io").unwrap()];
+    apply(certs, &registry, MIRROR).unwrap();
+    let theirs = "server = \"https://registry-1.docker.io\"\n# written by config management\n";
+    std::fs::write(certs.join("docker.io/hosts.toml"), theirs).unwrap();
+    assert_eq!(
+        restore(certs, &[], MIRROR).unwrap(),
+        [Restored::KeptOtherWriter(certs.join("docker.io"))]
+    );
+    assert_eq!(
+        std::fs::read_to_string(certs.join("docker.io/hosts.toml")).unwrap(),
+        theirs
+    );
+    assert!(!certs.join(BACKUP_DIR).exists());
+}
+
+#[test]
+fn a_backup_from_before_the_write_record_still_restores_byte_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs.d");
+    let dir = certs.join("registry.example.com");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hosts.toml"), EXISTING).unwrap();
+    let before = snapshot(&certs);
+    let registry = [Registry::parse("registry.example.com").unwrap()];
+    apply(&certs, &registry, MIRROR).unwrap();
+    // What an older dfdaemon left: the backup without the record.
+    std::fs::remove_file(certs.join(BACKUP_DIR).join("registry.example.com/written")).unwrap();
+    assert_eq!(
+        apply(&certs, &registry, MIRROR).unwrap(),
+        [Applied::Unchanged(dir.join("hosts.toml"))]
+    );
+    std::fs::remove_file(certs.join(BACKUP_DIR).join("registry.example.com/written")).unwrap();
+    restore(&certs, &[], MIRROR).unwrap();
+    assert_eq!(snapshot(&certs), before);
 }

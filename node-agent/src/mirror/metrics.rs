@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +38,10 @@ pub struct MirrorMetrics {
     pub auth_checks: Family<AuthResultLabel, Counter>,
     pub blobs_served: Family<BlobSourceLabel, Counter>,
     pub range_requests: Family<BlobSourceLabel, Counter>,
+    /// containerd's manifest requests answered 2xx: pulls that really came
+    /// through the mirror.
+    pub containerd_pulls: Counter,
+    pub last_containerd_pull: Gauge,
 }
 
 impl MirrorMetrics {
@@ -61,6 +66,16 @@ impl MirrorMetrics {
             "mirror_range_requests",
             "Blob range requests answered, by where the touched pieces came from (local, peer, origin)",
             m.range_requests.clone(),
+        );
+        registry.register(
+            "mirror_containerd_manifests",
+            "Manifest requests from containerd (they carry ?ns=) answered 2xx: pulls that came through the mirror",
+            m.containerd_pulls.clone(),
+        );
+        registry.register(
+            "mirror_last_containerd_pull_timestamp_seconds",
+            "When containerd last pulled a manifest through the mirror (Unix time; 0: never since start)",
+            m.last_containerd_pull.clone(),
         );
         registry.register(
             "mirror_auth_checks",

@@ -27,6 +27,7 @@ pub mod references;
 pub mod route;
 pub mod state;
 pub mod upstream;
+pub mod usage;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -168,6 +169,8 @@ async fn dispatch(
         query: parts.uri.query().map(str::to_string),
         relayed,
     };
+    let from_containerd = ns.is_some() && !relayed;
+    let is_manifest = matches!(route, Route::Manifest { .. });
     let resp = match route {
         Route::Base => proxy::forward(mirror, &ctx, "/v2/").await,
         Route::Manifest { name, reference } => {
@@ -179,6 +182,16 @@ async fn dispatch(
             discovery::referrers(mirror, &ctx, &name, &digest).await
         }
     };
+    if from_containerd && is_manifest && resp.status().is_success() {
+        let now = std::time::SystemTime::now();
+        mirror.daemon.mirror_use.record(now);
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        mirror.metrics().containerd_pulls.inc();
+        mirror.metrics().last_containerd_pull.set(secs);
+    }
     (label, resp)
 }
 
