@@ -25,7 +25,7 @@ pub fn router(daemon: Arc<Daemon>, ready: Arc<AtomicBool>) -> Router {
         .map_err(|e| tracing::warn!(error = %e, "ping cannot re-check upstreams"))
         .ok();
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/server/ping", get(ping))
         .route("/metrics", get(metrics))
@@ -57,6 +57,24 @@ async fn ping(State(state): State<AdminState>) -> impl IntoResponse {
         (StatusCode::OK, "ok".to_string())
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n"))
+    }
+}
+
+/// Liveness: 503 once the main runtime stopped ticking (a hung dfdaemon
+/// holds every new pull on its node until it is restarted).
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.daemon.heartbeat.stalled(std::time::Instant::now()) {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(since) => {
+            tracing::error!(
+                stalled_ms = since.as_millis() as u64,
+                "the runtime stopped ticking"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("runtime stalled for {} ms", since.as_millis()),
+            )
+        }
     }
 }
 

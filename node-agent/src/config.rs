@@ -83,6 +83,10 @@ pub struct DaemonConfig {
     /// serves cluster members only, over mutual TLS, and the host id is the
     /// certificate's name.
     pub tls: identity::TlsSettings,
+    /// After SIGTERM, how long answers in flight (a blob streaming to
+    /// containerd) may take to finish; keep it under the pod's grace period.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -126,6 +130,9 @@ impl Default for DaemonConfig {
             mirror: Default::default(),
             containerd: Default::default(),
             tls: Default::default(),
+            // The DaemonSet's grace period is 60 s: restoring containerd's
+            // files and leaving the scheduler come first.
+            shutdown_grace: Duration::from_secs(45),
         }
     }
 }

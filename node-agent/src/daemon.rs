@@ -36,6 +36,8 @@ pub struct Daemon {
     pub tasks: Arc<Tasks>,
     /// When containerd last pulled through the mirror.
     pub mirror_use: Arc<crate::mirror::usage::MirrorUse>,
+    /// Whether the runtime still runs (`/healthz`).
+    pub heartbeat: Arc<crate::heartbeat::Heartbeat>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,7 @@ impl Daemon {
             mirror_health: Arc::default(),
             tasks: Arc::default(),
             mirror_use: Arc::default(),
+            heartbeat: Arc::default(),
         }))
     }
 

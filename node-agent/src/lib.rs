@@ -15,6 +15,7 @@ pub mod destination;
 pub mod downloader;
 pub mod exchange;
 pub mod hashring;
+pub mod heartbeat;
 pub mod liveness;
 pub mod metrics;
 pub mod mirror;
@@ -197,15 +198,50 @@ pub async fn run(
     for task in daemon.store.list() {
         let _ = task.flush().await;
     }
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        futures::future::join_all(servers),
-    )
-    .await;
+    // Answers in flight (a blob streaming to containerd) may finish; new
+    // connections are refused already, so containerd moves on to the
+    // registry for new pulls.
+    let drained = tokio::time::timeout(config.shutdown_grace, futures::future::join_all(servers));
+    if drained.await.is_err() {
+        tracing::warn!(grace = ?config.shutdown_grace, "answers still in flight at the end of the shutdown grace; cut");
+    }
     if let ApiAddress::Unix(path) = &config.api_listen {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// The admin port on a runtime of its own: health answers (and says the
+/// main runtime stalled) however busy or stuck the main runtime is.
+fn serve_on_own_thread(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    options: serve::Options,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        let run = || -> std::io::Result<()> {
+            let listener = listener.into_std()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                serve::serve(
+                    "admin",
+                    serve::Listener::Tcp(listener),
+                    router,
+                    options,
+                    stop,
+                )
+                .await;
+                Ok(())
+            })
+        };
+        if let Err(e) = run() {
+            tracing::error!(error = %e, "the admin port stopped");
+        }
+    })
 }
 
 /// The daemon's four listening sockets, bound before anything starts so a
@@ -331,7 +367,26 @@ fn start_servers(
         use identity::Role;
         t.acceptor(&[Role::Node, Role::Seed, Role::Operator])
     });
+    let admin = serve_on_own_thread(
+        listeners.admin,
+        admin::router(daemon.clone(), ready),
+        serve::Options {
+            limits: daemon.config.serve_limits(),
+            refused: Some(
+                daemon
+                    .metrics
+                    .connections_refused
+                    .get_or_create(&metrics::ListenerLabel { listener: "admin" })
+                    .clone(),
+            ),
+            tls: None,
+            bulk: false,
+        },
+        stop.clone(),
+    );
+    tokio::spawn(daemon.heartbeat.clone().run(stop.clone()));
     vec![
+        admin,
         serve(
             "peer",
             serve::Listener::Tcp(listeners.peer),
@@ -339,13 +394,6 @@ fn start_servers(
             peer_tls,
             // Uploads to peers: behind this node's own traffic.
             true,
-        ),
-        serve(
-            "admin",
-            serve::Listener::Tcp(listeners.admin),
-            admin::router(daemon.clone(), ready),
-            None,
-            false,
         ),
         serve(
             "mirror",

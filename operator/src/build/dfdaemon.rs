@@ -105,7 +105,7 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
             super::scheduler::port("http-admin", d.admin_port),
         ]),
         readiness_probe: Some(http_probe("/readyz", d.admin_port, 5, 3)),
-        liveness_probe: Some(http_probe("/healthz", d.admin_port, 10, 6)),
+        liveness_probe: Some(dfdaemon_liveness(d.admin_port)),
         resources: d.resources.clone(),
         security_context: Some(host_writer_security()),
         volume_mounts: Some(host_mounts(ctx, true)),
@@ -174,6 +174,21 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
             ..DaemonSetSpec::default()
         },
         ..DaemonSet::default()
+    }
+}
+
+/// Fail-open: a hung dfdaemon (connections accepted, nothing answered)
+/// holds every new pull on its node until it is restarted, so it is
+/// restarted within about 10 s: /healthz answers from a thread of its own
+/// and fails once the main runtime stalls for 3 s; a frozen process does
+/// not answer at all. Killing it cuts containerd's connections, and
+/// containerd moves on to the registry (the next host in hosts.toml).
+fn dfdaemon_liveness(port: i32) -> k8s_openapi::api::core::v1::Probe {
+    k8s_openapi::api::core::v1::Probe {
+        period_seconds: Some(3),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..http_probe("/healthz", port, 3, 3)
     }
 }
 
