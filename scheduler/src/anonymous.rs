@@ -3,8 +3,10 @@
 //! from the cluster to an anonymous caller when some member saw it public
 //! (the default offline policy), and never otherwise.
 //!
-//! A member is trusted with this claim as it is trusted with what it reads:
-//! a member that lies could as well hand out the content it can fetch.
+//! One member's word is not enough: a compromised node holding a private
+//! blob (read with its pod's credentials) would otherwise make every node
+//! serve it to anonymous callers during an outage. An object counts as
+//! anonymously readable when a seed saw it so, or two distinct members did.
 //! Soft state: forgotten after the TTL, re-learned from the next pulls.
 
 use std::collections::HashMap;
@@ -16,6 +18,11 @@ use crate::state::ScheduleError;
 
 /// Objects kept in all; the least recently seen 1 % go when it is full.
 const MAX_OBJECTS: usize = 200_000;
+/// Objects seen by one member so far, awaiting a second: kept apart, so a
+/// flood of claims never pushes confirmed objects out.
+const MAX_PENDING: usize = 50_000;
+/// Distinct members whose reports confirm an object.
+const REPORTERS: usize = 2;
 const MAX_FIELD: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,15 +61,43 @@ fn key_of(object: Option<&RegistryObject>) -> Result<Key, ScheduleError> {
 #[derive(Debug, Default)]
 pub struct AnonymousReads {
     seen: HashMap<Key, Instant>,
+    /// Object → the members that reported it so far, since when.
+    pending: HashMap<Key, (Vec<String>, Instant)>,
 }
 
 impl AnonymousReads {
+    /// `reporter` saw `object` read without credentials; `trusted` when it
+    /// is a seed.
     pub fn report(
         &mut self,
         object: Option<&RegistryObject>,
+        reporter: &str,
+        trusted: bool,
         now: Instant,
     ) -> Result<(), ScheduleError> {
         let key = key_of(object)?;
+        if !trusted && !self.seen.contains_key(&key) {
+            if !self.pending.contains_key(&key) && self.pending.len() >= MAX_PENDING {
+                self.pending.retain(|_, (_, at)| {
+                    now.saturating_duration_since(*at) < std::time::Duration::from_secs(60)
+                });
+                if self.pending.len() >= MAX_PENDING {
+                    return Ok(());
+                }
+            }
+            let (reporters, at) = self
+                .pending
+                .entry(key.clone())
+                .or_insert_with(|| (Vec::new(), now));
+            if !reporters.iter().any(|r| r == reporter) {
+                reporters.push(reporter.to_string());
+            }
+            *at = now;
+            if reporters.len() < REPORTERS {
+                return Ok(());
+            }
+            self.pending.remove(&key);
+        }
         if !self.seen.contains_key(&key) && self.seen.len() >= MAX_OBJECTS {
             self.evict_oldest();
         }
@@ -88,6 +123,8 @@ impl AnonymousReads {
     pub fn sweep(&mut self, now: Instant, ttl: Duration) {
         self.seen
             .retain(|_, at| now.saturating_duration_since(*at) <= ttl);
+        self.pending
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) <= ttl);
     }
 
     pub fn count(&self) -> usize {
@@ -122,7 +159,9 @@ mod tests {
         let mut reads = AnonymousReads::default();
         let now = Instant::now();
         let ttl = Duration::from_secs(60);
-        reads.report(Some(&object("public", 'a')), now).unwrap();
+        reads
+            .report(Some(&object("public", 'a')), "seed", true, now)
+            .unwrap();
         assert!(reads
             .check(Some(&object("public", 'a')), now, ttl)
             .unwrap()
@@ -150,22 +189,47 @@ mod tests {
     }
 
     #[test]
+    fn one_member_cannot_make_an_object_public() {
+        let mut reads = AnonymousReads::default();
+        let now = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let private = object("private", 'f');
+        for _ in 0..3 {
+            reads.report(Some(&private), "evil", false, now).unwrap();
+        }
+        assert!(reads.check(Some(&private), now, ttl).unwrap().is_none());
+        // A second member seeing it served anonymously: it is public.
+        reads.report(Some(&private), "other", false, now).unwrap();
+        assert!(reads.check(Some(&private), now, ttl).unwrap().is_some());
+        // A flood of single claims is bounded and pushes nothing out.
+        for i in 0..MAX_PENDING + 10 {
+            let o = RegistryObject {
+                repository: format!("r{i}"),
+                ..object("x", 'a')
+            };
+            reads.report(Some(&o), "evil", false, now).unwrap();
+        }
+        assert!(reads.pending.len() <= MAX_PENDING);
+        assert!(reads.check(Some(&private), now, ttl).unwrap().is_some());
+    }
+
+    #[test]
     fn malformed_objects_are_refused_and_the_book_is_bounded() {
         let mut reads = AnonymousReads::default();
         let now = Instant::now();
         let mut bad = object("public", 'a');
         bad.digest = "sha256:ABC".into();
-        assert!(reads.report(Some(&bad), now).is_err());
-        assert!(reads.report(None, now).is_err());
+        assert!(reads.report(Some(&bad), "seed", true, now).is_err());
+        assert!(reads.report(None, "seed", true, now).is_err());
         let mut long = object("public", 'a');
         long.repository = "r".repeat(MAX_FIELD + 1);
-        assert!(reads.report(Some(&long), now).is_err());
+        assert!(reads.report(Some(&long), "seed", true, now).is_err());
         for i in 0..MAX_OBJECTS + 10 {
             let o = RegistryObject {
                 repository: format!("r{i}"),
                 ..object("x", 'a')
             };
-            reads.report(Some(&o), now).unwrap();
+            reads.report(Some(&o), "seed", true, now).unwrap();
         }
         assert!(reads.count() <= MAX_OBJECTS);
     }

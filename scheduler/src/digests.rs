@@ -2,9 +2,14 @@
 //! read the pieces from the origin. Children check what a parent serves
 //! against these, so a parent cannot vouch for its own bytes.
 //!
-//! The current source's word wins: when it reports another digest for a
-//! recorded piece, the origin's content changed under the task (a mutable
-//! URL), so the whole record starts again from that report. The replaced
+//! The record belongs to the host that read it (its recorder). When that
+//! host later reads another digest for a recorded piece, the origin's
+//! content changed under the task (a mutable URL), so the whole record
+//! starts again from that report. Any other source's differing digest is
+//! only a dispute: a member that got itself elected (a takeover) must not
+//! rewrite what everyone checks against. The record moves to another host
+//! when a seed reads it (seeds fetch for everyone) or when a second,
+//! distinct host reads the same new digest for the same piece. The replaced
 //! record is kept (one generation) so that a peer still serving the old
 //! content is told apart from a forger: stale, not lying.
 
@@ -48,6 +53,17 @@ pub enum Recorded {
     /// Another digest was recorded before: the record was replaced by this
     /// one (the previous record is kept as the superseded generation).
     Replaced,
+    /// Another digest was recorded before by another host: the record
+    /// stands until the change is confirmed.
+    Disputed,
+}
+
+/// Whose word a recording is.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a> {
+    pub host_id: &'a str,
+    /// A seed: trusted to fetch for everyone, its reading replaces.
+    pub trusted: bool,
 }
 
 /// A parent's claimed digest against the record.
@@ -67,20 +83,38 @@ pub struct PieceDigests {
     by_piece: HashMap<u32, [u8; 32]>,
     superseded: HashMap<u32, [u8; 32]>,
     replacements: u32,
+    /// The host whose reading started the current generation.
+    recorder: Option<String>,
+    /// One pending dispute: piece, the other digest, who read it.
+    dispute: Option<(u32, [u8; 32], String)>,
 }
 
 impl PieceDigests {
-    pub fn record(&mut self, index: u32, digest: [u8; 32]) -> Recorded {
+    pub fn record(&mut self, index: u32, digest: [u8; 32], by: Reader<'_>) -> Recorded {
         match self.by_piece.get(&index) {
             None => {
                 self.by_piece.insert(index, digest);
+                if self.recorder.is_none() {
+                    self.recorder = Some(by.host_id.to_string());
+                }
                 Recorded::New
             }
             Some(known) if *known == digest => Recorded::Same,
             Some(_) => {
+                let own = self.recorder.as_deref() == Some(by.host_id);
+                let confirmed = self
+                    .dispute
+                    .as_ref()
+                    .is_some_and(|(i, d, who)| *i == index && *d == digest && who != by.host_id);
+                if !(own || by.trusted || confirmed) {
+                    self.dispute = Some((index, digest, by.host_id.to_string()));
+                    return Recorded::Disputed;
+                }
                 self.superseded = std::mem::take(&mut self.by_piece);
                 self.by_piece.insert(index, digest);
                 self.replacements = self.replacements.saturating_add(1);
+                self.recorder = Some(by.host_id.to_string());
+                self.dispute = None;
                 Recorded::Replaced
             }
         }
@@ -89,6 +123,11 @@ impl PieceDigests {
     /// Records `digest` for `index` only if nothing is recorded for it.
     pub fn fill(&mut self, index: u32, digest: [u8; 32]) {
         self.by_piece.entry(index).or_insert(digest);
+    }
+
+    /// The host whose reading the current record is, if any.
+    pub fn recorder(&self) -> Option<&str> {
+        self.recorder.as_deref()
     }
 
     /// How `claimed` stands against the record of `index`; `None` when
@@ -144,19 +183,27 @@ mod tests {
         format!("sha256:{}", c.to_string().repeat(64))
     }
 
+    const SRC: Reader<'static> = Reader {
+        host_id: "src",
+        trusted: false,
+    };
+
     #[test]
     fn the_sources_latest_digest_replaces_the_record() {
         let mut p = PieceDigests::default();
-        assert_eq!(p.record(0, parse(&d('a')).unwrap()), Recorded::New);
-        assert_eq!(p.record(1, parse(&d('c')).unwrap()), Recorded::New);
-        assert_eq!(p.record(0, parse(&d('a')).unwrap()), Recorded::Same);
+        assert_eq!(p.record(0, parse(&d('a')).unwrap(), SRC), Recorded::New);
+        assert_eq!(p.record(1, parse(&d('c')).unwrap(), SRC), Recorded::New);
+        assert_eq!(p.record(0, parse(&d('a')).unwrap(), SRC), Recorded::Same);
         assert_eq!(p.judge(0, &d('a')), Some(Claim::Recorded));
         assert_eq!(p.judge(0, &d('b')), Some(Claim::Other));
         assert_eq!(p.judge(0, "garbage"), Some(Claim::Other));
         assert_eq!(p.judge(2, &d('a')), None);
         // The content changed: piece 0 now reads 'b'. The whole record
         // starts again (piece 1's old digest no longer vouches for it).
-        assert_eq!(p.record(0, parse(&d('b')).unwrap()), Recorded::Replaced);
+        assert_eq!(
+            p.record(0, parse(&d('b')).unwrap(), SRC),
+            Recorded::Replaced
+        );
         assert_eq!(p.replacements(), 1);
         assert_eq!(p.judge(0, &d('b')), Some(Claim::Recorded));
         assert_eq!(p.judge(0, &d('a')), Some(Claim::Superseded));
@@ -164,18 +211,43 @@ mod tests {
         assert_eq!(p.judge(1, &d('c')), None);
         assert_eq!(p.held(), 3);
         // Only one generation is kept.
-        assert_eq!(p.record(0, parse(&d('e')).unwrap()), Recorded::Replaced);
+        assert_eq!(
+            p.record(0, parse(&d('e')).unwrap(), SRC),
+            Recorded::Replaced
+        );
         assert_eq!(p.judge(0, &d('a')), Some(Claim::Other));
         assert_eq!(p.judge(0, &d('b')), Some(Claim::Superseded));
         assert_eq!(p.held(), 2);
     }
 
     #[test]
+    fn another_host_disputes_and_only_a_second_one_or_a_seed_replaces() {
+        let mut p = PieceDigests::default();
+        let reader = |host_id, trusted| Reader { host_id, trusted };
+        let (a, b) = (parse(&d('a')).unwrap(), parse(&d('b')).unwrap());
+        assert_eq!(p.record(0, a, SRC), Recorded::New);
+        assert_eq!(p.recorder(), Some("src"));
+        // A takeover: another source reads other bytes. The record stands,
+        // however often it says so.
+        for _ in 0..3 {
+            assert_eq!(p.record(0, b, reader("evil", false)), Recorded::Disputed);
+        }
+        assert_eq!(p.judge(0, &d('a')), Some(Claim::Recorded));
+        // A second host reading the same: the origin changed.
+        assert_eq!(p.record(0, b, reader("other", false)), Recorded::Replaced);
+        assert_eq!(p.recorder(), Some("other"));
+        assert_eq!(p.judge(0, &d('a')), Some(Claim::Superseded));
+        // A seed's reading replaces at once.
+        assert_eq!(p.record(0, a, reader("seed", true)), Recorded::Replaced);
+        assert_eq!(p.recorder(), Some("seed"));
+    }
+
+    #[test]
     fn ranges_are_capped() {
         let mut p = PieceDigests::default();
-        assert_eq!(p.record(0, parse(&d('a')).unwrap()), Recorded::New);
+        assert_eq!(p.record(0, parse(&d('a')).unwrap(), SRC), Recorded::New);
         for i in 1..5000 {
-            p.record(i, [1; 32]);
+            p.record(i, [1; 32], SRC);
         }
         assert_eq!(p.range(0, u32::MAX).len(), MAX_PER_CALL as usize);
         assert_eq!(p.range(4999, 10).len(), 1);

@@ -6,8 +6,10 @@
 //! Data flows one way: `service` (gRPC) → `state` (decisions) → `hosts`,
 //! `tasks`, `ranking` (facts and pure choices).
 
+pub mod address;
 pub mod admin;
 pub mod anonymous;
+pub mod budget;
 pub mod config;
 pub mod digests;
 pub mod hosts;
@@ -15,6 +17,7 @@ pub mod members;
 pub mod metrics;
 pub mod quarantine;
 pub mod ranking;
+pub mod rate;
 pub mod service;
 pub mod state;
 pub mod tags;

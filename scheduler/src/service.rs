@@ -17,6 +17,7 @@ use tracing::debug;
 
 use crate::members::Caller;
 use crate::metrics::Metrics;
+use crate::rate::RateLimiter;
 use crate::state::{ScheduleError, SharedState, State};
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct SchedulerService {
     /// Whether callers are cluster members with an identity: then each one
     /// speaks only for the host its certificate names.
     members_only: bool,
+    /// Calls per member identity.
+    rate: Arc<RateLimiter>,
 }
 
 /// Who called, whichever kind of listener took the connection.
@@ -53,6 +56,7 @@ impl SchedulerService {
             heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
             members_only: false,
+            rate: Arc::default(),
         }
     }
 
@@ -76,7 +80,7 @@ impl SchedulerService {
         let refused = match &caller.identity {
             None => Status::unauthenticated("no cluster identity on this connection"),
             Some(id) if matches!(id.role, Role::Node | Role::Seed) && id.name == host_id => {
-                return Ok(())
+                return self.within_rate(method, caller);
             }
             Some(id) => {
                 Status::permission_denied(format!("{id} may not speak for host {host_id:?}"))
@@ -87,11 +91,50 @@ impl SchedulerService {
         Err(refused)
     }
 
+    /// One call of the caller's identity against its rate (members only).
+    fn within_rate(&self, method: &'static str, caller: &Caller) -> Result<(), Status> {
+        let Some(id) = caller.identity.as_ref().filter(|_| self.members_only) else {
+            return Ok(());
+        };
+        if self.rate.allow(&id.name, Instant::now()) {
+            return Ok(());
+        }
+        let refused = Status::resource_exhausted(format!("{id} calls faster than its share"));
+        debug!(method, caller = %id, "request refused: over its rate");
+        self.metrics.request(method, refused.code());
+        Err(refused)
+    }
+
+    /// Who may see what in `Stat`: the operator (or anyone, without a
+    /// cluster identity) everything (`None`); a node or seed its own part.
+    fn viewer(&self, caller: &Caller) -> Result<Option<String>, Status> {
+        if !self.members_only {
+            return Ok(None);
+        }
+        match &caller.identity {
+            None => Err(Status::unauthenticated(
+                "no cluster identity on this connection",
+            )),
+            Some(id) if id.role == Role::Operator => Ok(None),
+            Some(id) => Ok(Some(id.name.clone())),
+        }
+    }
+
     /// A host announces itself: its own id, and the seed type only with a
-    /// seed certificate (seeds are trusted to fetch for everyone).
+    /// seed certificate (seeds are trusted to fetch for everyone), at an
+    /// address it may announce (`address`).
     fn may_announce(&self, caller: &Caller, host: Option<&proto::Host>) -> Result<(), Status> {
         let Some(host) = host else { return Ok(()) };
         self.speaks_for("announce_host", caller, &host.id)?;
+        if self.members_only {
+            let role = caller.identity.as_ref().map(|id| id.role);
+            if let Err(e) = crate::address::check(&host.ip, role, caller.remote.map(|a| a.ip())) {
+                let refused = Status::permission_denied(e.to_string());
+                debug!(caller = ?caller.identity, error = %e, "announce refused");
+                self.metrics.request("announce_host", refused.code());
+                return Err(refused);
+            }
+        }
         let claims_seed = host.r#type == proto::HostType::Seed as i32;
         let is_seed = caller.identity.as_ref().map(|id| id.role) == Some(Role::Seed);
         if self.members_only && claims_seed != is_seed {
@@ -282,6 +325,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<ResolveTagRequest>,
     ) -> Result<Response<ResolveTagResponse>, Status> {
+        self.within_rate("resolve_tag", &caller_of(&request))?;
         let req = request.into_inner();
         let tag = req
             .tag
@@ -312,6 +356,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<proto::CheckAnonymousReadRequest>,
     ) -> Result<Response<proto::CheckAnonymousReadResponse>, Status> {
+        self.within_rate("check_anonymous_read", &caller_of(&request))?;
         let req = request.into_inner();
         let digest = req
             .object
@@ -324,7 +369,12 @@ impl Scheduler for SchedulerService {
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let caller = caller_of(&request);
+        self.within_rate("stat", &caller)?;
+        let viewer = self.viewer(&caller)?;
         let req = request.into_inner();
-        self.call("stat", &req.task_id, "", |s, _| Ok(s.stat(&req.task_id)))
+        self.call("stat", &req.task_id, "", |s, now| {
+            Ok(s.stat_for(&req.task_id, viewer.as_deref(), now))
+        })
     }
 }

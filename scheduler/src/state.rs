@@ -17,6 +17,7 @@ use proto::{
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use crate::budget;
 use crate::digests::{self, Claim, Recorded};
 use crate::hosts::Hosts;
 use crate::metrics::{Gauges, Metrics};
@@ -39,6 +40,12 @@ pub const MAX_TASKS: usize = 200_000;
 /// Tasks one host may take part in at once.
 pub const MAX_TASKS_PER_HOST: usize = 20_000;
 const MAX_URL_LEN: usize = 8 * 1024;
+/// What one call is charged for what it makes the state hold (entries,
+/// their maps' overhead, allocator slack), against the caller's share
+/// `budget::MEMBER_CHARGE_BYTES`. Generous on purpose.
+const TASK_CHARGE: u64 = 1024;
+const PEER_CHARGE: u64 = 512;
+const DIGEST_CHARGE: u64 = 96;
 const MAX_LABELS: usize = 32;
 const MAX_FIELD_LEN: usize = 256;
 
@@ -58,6 +65,8 @@ pub enum ScheduleError {
     InvalidArgument(String),
     #[error("limit reached: {0}")]
     Exhausted(String),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl From<BitmapError> for ScheduleError {
@@ -72,6 +81,7 @@ impl From<ScheduleError> for tonic::Status {
             ScheduleError::HostNotAnnounced => tonic::Status::failed_precondition(e.to_string()),
             ScheduleError::InvalidArgument(_) => tonic::Status::invalid_argument(e.to_string()),
             ScheduleError::Exhausted(_) => tonic::Status::resource_exhausted(e.to_string()),
+            ScheduleError::Refused(_) => tonic::Status::permission_denied(e.to_string()),
         }
     }
 }
@@ -103,6 +113,8 @@ pub struct State {
     /// Tasks each host takes part in: counted again at every sweep, raised
     /// as peers are added in between (so it errs on the strict side).
     tasks_per_host: HashMap<String, usize>,
+    /// Bytes of state charged to each host, recounted like the above.
+    bytes_per_host: HashMap<String, u64>,
     tags: crate::tags::TagBook,
     anonymous_reads: crate::anonymous::AnonymousReads,
     /// Parents that served pieces failing the recorded digests.
@@ -166,6 +178,7 @@ impl State {
             hosts: Hosts::new(settings.host_ttl),
             tasks: HashMap::new(),
             tasks_per_host: HashMap::new(),
+            bytes_per_host: HashMap::new(),
             tags: crate::tags::TagBook::default(),
             anonymous_reads: Default::default(),
             quarantine: Quarantine::default(),
@@ -227,13 +240,46 @@ impl State {
                 }
             }
         }
+        self.check_address_is_free(&host, now)?;
         let known = self.hosts.announce_from(host, client, now);
         Ok(known)
     }
 
+    /// An address and peer port name one live host: a member cannot take
+    /// another's (children sent to it would knock on the other's door).
+    /// Loopback addresses are left alone (one machine: tests, all-in-one).
+    fn check_address_is_free(&self, host: &Host, now: Instant) -> Result<()> {
+        let unchanged = self
+            .hosts
+            .get(&host.id)
+            .is_some_and(|e| e.host.ip == host.ip && e.host.peer_port == host.peer_port);
+        let loopback = host
+            .ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+        if unchanged || loopback || host.ip.is_empty() {
+            return Ok(());
+        }
+        let taken = self.hosts.iter().find(|e| {
+            e.host.id != host.id
+                && e.host.ip == host.ip
+                && e.host.peer_port == host.peer_port
+                && self.hosts.is_alive(&e.host.id, now)
+        });
+        match taken {
+            Some(other) => Err(ScheduleError::Refused(format!(
+                "{}:{} is announced by live host {}",
+                host.ip, host.peer_port, other.host.id
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Room for `host_id` to take part in `task_id` (a new task, or a new
-    /// peer of one).
-    fn check_room(&self, task_id: &str, host_id: &str) -> Result<()> {
+    /// peer of one) and to make the state hold `bytes` more: the bytes a
+    /// call adds are charged to its caller (see `budget`). Returns the
+    /// charge, to pass to `admit` once the call is validated.
+    fn check_room(&self, task_id: &str, host_id: &str, bytes: u64) -> Result<u64> {
         let task = self.tasks.get(task_id);
         if task.is_none() && self.tasks.len() >= MAX_TASKS {
             return Err(ScheduleError::Exhausted(format!(
@@ -247,16 +293,56 @@ impl State {
                 "host {host_id} takes part in {MAX_TASKS_PER_HOST} tasks"
             )));
         }
-        Ok(())
+        let charge = bytes
+            + if task.is_none() { TASK_CHARGE } else { 0 }
+            + if new_peer { PEER_CHARGE } else { 0 };
+        let held = self.bytes_per_host.get(host_id).copied().unwrap_or(0);
+        if charge > 0 && held + charge > budget::MEMBER_CHARGE_BYTES {
+            return Err(ScheduleError::Exhausted(format!(
+                "host {host_id} holds its share of the scheduler's state ({} bytes)",
+                budget::MEMBER_CHARGE_BYTES
+            )));
+        }
+        Ok(charge)
     }
 
-    fn count_peer(&mut self, task_id: &str, host_id: &str) {
+    /// Counts `host_id` in `task_id` and charges it `charge` bytes (from
+    /// `check_room`); creates the task, charged to its creator.
+    fn admit(&mut self, task_id: &str, host_id: &str, charge: u64, now: Instant) -> &mut Task {
         let new_peer = self
             .tasks
             .get(task_id)
             .is_none_or(|t| !t.peers.contains_key(host_id));
         if new_peer {
             *self.tasks_per_host.entry(host_id.to_string()).or_default() += 1;
+        }
+        if charge > 0 {
+            *self.bytes_per_host.entry(host_id.to_string()).or_default() += charge;
+        }
+        self.tasks.entry(task_id.to_string()).or_insert_with(|| {
+            let mut task = Task::new(task_id, now);
+            task.created_by = host_id.to_string();
+            task
+        })
+    }
+
+    /// Bytes `host_id` would add by storing `bitmap_len` bytes of bitmap
+    /// for `task_id` (growth only).
+    fn bitmap_growth(&self, task_id: &str, host_id: &str, bitmap_len: usize) -> u64 {
+        let held = self
+            .tasks
+            .get(task_id)
+            .and_then(|t| t.peers.get(host_id))
+            .map_or(0, |p| p.bitmap.as_bytes().len());
+        bitmap_len.saturating_sub(held) as u64
+    }
+
+    /// Bytes a URL adds to a task it does not name yet.
+    fn url_growth(&self, task_id: &str, url: &str) -> u64 {
+        let kept = crate::tasks::kept_url(url);
+        match self.tasks.get(task_id) {
+            Some(t) if t.url == kept => 0,
+            _ => kept.len() as u64,
         }
     }
 
@@ -301,13 +387,13 @@ impl State {
             .alive(&req.host_id, now)
             .ok_or(ScheduleError::HostNotAnnounced)?;
         let labels = requester.host.labels.clone();
-        self.check_room(&req.task_id, &req.host_id)?;
-        self.count_peer(&req.task_id, &req.host_id);
-
-        let task = self
-            .tasks
-            .entry(req.task_id.clone())
-            .or_insert_with(|| Task::new(&req.task_id, now));
+        let bytes = self.bitmap_growth(&req.task_id, &req.host_id, bitmap.as_bytes().len())
+            + self.url_growth(&req.task_id, &req.url);
+        let charge = self.check_room(&req.task_id, &req.host_id, bytes)?;
+        self.admit(&req.task_id, &req.host_id, charge, now);
+        let Some(task) = self.tasks.get_mut(&req.task_id) else {
+            return Err(ScheduleError::InvalidArgument("task vanished".into()));
+        };
         task.last_active = now;
         task.set_url(&req.url);
         task.update_shape(req.shape.as_ref());
@@ -336,6 +422,13 @@ impl State {
             back_to_source(task)
         } else if source.is_some() || !parents.is_empty() {
             from_peers(task, parents)
+        } else if has_complete_holder(&self.hosts, &self.quarantine, task, &req.host_id, now) {
+            // Holders exist but none is for this peer (it blocked them all):
+            // it may fetch for itself, but its reading is no record and it is
+            // no source, so reporting every holder unreachable takes nothing
+            // over.
+            info!(task_id = %task.id, host_id = %req.host_id, "every holder blocked for this peer: it fetches for itself, unelected");
+            back_to_source(task)
         } else if let Some(seed) = (!req.no_seed)
             .then(|| pick_seed(&self.hosts, &self.quarantine, task, &req.host_id, now))
             .flatten()
@@ -354,6 +447,7 @@ impl State {
             elect(task, &req.host_id, now, &self.metrics);
             back_to_source(task)
         };
+        give(task, &req.host_id, &response.parents, now);
         self.metrics.registration(response.decision());
         debug!(decision = ?response.decision(), parents = response.parents.len(), "registered");
         Ok(response)
@@ -373,10 +467,11 @@ impl State {
             .host
             .labels
             .clone();
-        let task = self
-            .tasks
-            .entry(task_id.to_string())
-            .or_insert_with(|| Task::new(task_id, now));
+        let charge = self.check_room(task_id, host_id, 0)?;
+        self.admit(task_id, host_id, charge, now);
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return Err(ScheduleError::InvalidArgument("task vanished".into()));
+        };
         task.last_active = now;
         task.peer_or_insert(host_id, now);
 
@@ -394,11 +489,17 @@ impl State {
             self.settings.max_parents,
         );
         if parents.is_empty() && source.is_none() {
+            if has_complete_holder(&self.hosts, &self.quarantine, task, host_id, now) {
+                // Every holder blocked for this peer: it fetches for itself,
+                // unelected (see register_peer).
+                return Ok(back_to_source(task));
+            }
             // Nobody has what this peer lacks and nobody is fetching it:
             // this peer becomes the source (heals a dead source).
             elect(task, host_id, now, &self.metrics);
             return Ok(back_to_source(task));
         }
+        give(task, host_id, &parents, now);
         Ok(from_peers(task, parents))
     }
 
@@ -416,26 +517,55 @@ impl State {
             // Blocking or deposing it would cut the child off the swarm.
             return self.get_parents(&req.task_id, &req.host_id, now);
         }
-        self.hosts.record_failure(&req.parent_host_id, now);
-        self.judge_digest_report(req, now);
+        let charge = self.check_room(&req.task_id, &req.host_id, 0)?;
+        self.admit(&req.task_id, &req.host_id, charge, now);
+        // A report counts against a parent only when the scheduler handed
+        // that parent to the reporter: a member cannot accuse hosts it was
+        // never sent to. Otherwise it only blocks the parent for itself.
+        let given = self
+            .tasks
+            .get(&req.task_id)
+            .and_then(|t| t.peers.get(&req.host_id))
+            .is_some_and(|p| p.was_given(&req.parent_host_id, now));
+        if given {
+            self.hosts.record_failure(&req.parent_host_id, now);
+            self.judge_digest_report(req, now);
+        } else {
+            debug!(parent = %req.parent_host_id, "report against a parent this peer was never given: counts for itself only");
+        }
 
         let parent_alive = self.hosts.is_alive(&req.parent_host_id, now);
-        let task = self
-            .tasks
-            .entry(req.task_id.clone())
-            .or_insert_with(|| Task::new(&req.task_id, now));
+        let Some(task) = self.tasks.get_mut(&req.task_id) else {
+            return Err(ScheduleError::InvalidArgument("task vanished".into()));
+        };
         task.last_active = now;
         task.peer_or_insert(&req.host_id, now)
             .block(&req.parent_host_id, now);
 
-        if task.is_source(&req.parent_host_id) {
+        if given && task.is_source(&req.parent_host_id) {
             let reporters = task.report_source_failure(&req.host_id);
             let refused = req.reason == FailureReason::Connect as i32;
             // With fewer children than the quorum, every child complaining
             // is enough; otherwise a lone child would wait out its block.
             let children = task.peers.keys().filter(|id| !task.is_source(id)).count();
             let quorum = SOURCE_FAILURE_REPORTERS.min(children.max(1));
-            if refused || !parent_alive || reporters >= quorum {
+            let pc = task.piece_count();
+            // A finished source has nothing left to bring from the origin:
+            // it is a holder like any other, deposed by nobody's word (only
+            // by leaving or going silent). A refused connection deposes at
+            // once only while nobody else got anything (a seed triggered but
+            // unreachable); a source others reach needs the quorum.
+            let finished = task
+                .peers
+                .get(&req.parent_host_id)
+                .is_some_and(|p| p.is_complete(pc));
+            let others_reach = task.peers.iter().any(|(id, p)| {
+                *id != req.host_id
+                    && *id != req.parent_host_id
+                    && (p.complete || p.bitmap.count(pc) > 0)
+            });
+            let lone_refusal = refused && !others_reach;
+            if !finished && (lone_refusal || !parent_alive || reporters >= quorum) {
                 task.clear_source();
                 task.remember_failed_source(&req.parent_host_id, now);
                 info!(
@@ -470,6 +600,17 @@ impl State {
             return;
         }
         let lied = claim == Some(Claim::Other);
+        // The host whose reading is the record cannot testify against others
+        // with it: after a takeover, its record and its accusation would be
+        // one liar's word twice (and the honest nodes it fooled a third).
+        let recorder = self
+            .tasks
+            .get(&req.task_id)
+            .and_then(|t| t.digests.recorder());
+        if lied && recorder == Some(req.host_id.as_str()) {
+            debug!(parent = %req.parent_host_id, "the record's own reader accuses: not counted");
+            return;
+        }
         if lied
             && self
                 .quarantine
@@ -495,7 +636,6 @@ impl State {
         check_ids(&req.task_id, &req.host_id)?;
         check_url(&req.url)?;
         // Validate everything before touching the state.
-        self.check_room(&req.task_id, &req.host_id)?;
         let replacement = if req.replace {
             Some(Bitmap::from_bytes(&req.bitmap)?)
         } else {
@@ -505,12 +645,20 @@ impl State {
             None
         };
         let reported_digests = parse_digests(&req.digests)?;
+        let bitmap_len = match &replacement {
+            Some(bitmap) => bitmap.as_bytes().len(),
+            None => req.pieces.iter().max().map_or(0, |&p| p as usize / 8 + 1),
+        };
+        let bytes = self.bitmap_growth(&req.task_id, &req.host_id, bitmap_len)
+            + self.url_growth(&req.task_id, &req.url)
+            + reported_digests.len() as u64 * DIGEST_CHARGE;
+        let charge = self.check_room(&req.task_id, &req.host_id, bytes)?;
+        let trusted = self.hosts.get(&req.host_id).is_some_and(|e| e.is_seed());
 
-        self.count_peer(&req.task_id, &req.host_id);
-        let task = self
-            .tasks
-            .entry(req.task_id.clone())
-            .or_insert_with(|| Task::new(&req.task_id, now));
+        self.admit(&req.task_id, &req.host_id, charge, now);
+        let Some(task) = self.tasks.get_mut(&req.task_id) else {
+            return Err(ScheduleError::InvalidArgument("task vanished".into()));
+        };
         task.last_active = now;
         task.set_url(&req.url);
         task.update_shape(req.shape.as_ref());
@@ -540,17 +688,28 @@ impl State {
                 && !self.quarantine.is_quarantined(&req.host_id, now));
         if may_record && !reported_digests.is_empty() {
             let held_before = task.digests.held();
-            let mut replaced = false;
+            let (mut replaced, mut disputed) = (false, false);
+            let reader = digests::Reader {
+                host_id: &req.host_id,
+                trusted,
+            };
             for (index, digest) in reported_digests {
                 if self.recorded_digests - held_before + task.digests.held() >= digests::MAX_TOTAL {
                     debug!("piece digest cap reached; not recording more");
                     break;
                 }
                 if is_source {
-                    replaced |= task.digests.record(index, digest) == Recorded::Replaced;
+                    match task.digests.record(index, digest, reader) {
+                        Recorded::Replaced => replaced = true,
+                        Recorded::Disputed => disputed = true,
+                        Recorded::New | Recorded::Same => {}
+                    }
                 } else {
                     task.digests.fill(index, digest);
                 }
+            }
+            if disputed {
+                tracing::warn!(task_id = %req.task_id, source = %req.host_id, recorder = ?task.digests.recorder(), "the source read other content than another host recorded; the record stands until a seed or a second host confirms the change");
             }
             self.recorded_digests = self.recorded_digests - held_before + task.digests.held();
             if replaced {
@@ -585,10 +744,8 @@ impl State {
     ) -> Result<()> {
         check_ids(&req.task_id, &req.host_id)?;
         if req.success {
-            let task = self
-                .tasks
-                .entry(req.task_id.clone())
-                .or_insert_with(|| Task::new(&req.task_id, now));
+            let charge = self.check_room(&req.task_id, &req.host_id, 0)?;
+            let task = self.admit(&req.task_id, &req.host_id, charge, now);
             task.last_active = now;
             task.learn_content_length(req.content_length);
             task.peer_or_insert(&req.host_id, now).complete = true;
@@ -658,9 +815,20 @@ impl State {
         self.tasks.retain(|_, t| !t.is_idle(now, idle_ttl));
         self.recorded_digests = self.tasks.values().map(|t| t.digests.held()).sum();
         self.tasks_per_host.clear();
+        self.bytes_per_host.clear();
         for task in self.tasks.values() {
-            for id in task.peers.keys() {
+            for (id, peer) in &task.peers {
                 *self.tasks_per_host.entry(id.clone()).or_default() += 1;
+                *self.bytes_per_host.entry(id.clone()).or_default() +=
+                    PEER_CHARGE + peer.bitmap.as_bytes().len() as u64;
+            }
+            *self
+                .bytes_per_host
+                .entry(task.created_by.clone())
+                .or_default() += TASK_CHARGE + task.url.len() as u64;
+            if let Some(recorder) = task.digests.recorder() {
+                *self.bytes_per_host.entry(recorder.to_string()).or_default() +=
+                    task.digests.held() as u64 * DIGEST_CHARGE;
             }
         }
         Swept {
@@ -688,7 +856,9 @@ impl State {
         now: Instant,
     ) -> Result<()> {
         check_id("host_id", &req.host_id)?;
-        self.anonymous_reads.report(req.object.as_ref(), now)
+        let trusted = self.hosts.get(&req.host_id).is_some_and(|e| e.is_seed());
+        self.anonymous_reads
+            .report(req.object.as_ref(), &req.host_id, trusted, now)
     }
 
     pub fn check_anonymous_read(
@@ -708,7 +878,8 @@ impl State {
     /// Records what a tag resolved to at its registry.
     pub fn report_tag(&mut self, req: &proto::ReportTagRequest, now: Instant) -> Result<()> {
         check_id("host_id", &req.host_id)?;
-        self.tags.report(req, now)
+        let trusted = self.hosts.get(&req.host_id).is_some_and(|e| e.is_seed());
+        self.tags.report(req, trusted, now)
     }
 
     pub fn resolve_tag(
@@ -722,19 +893,35 @@ impl State {
         Ok(proto::ResolveTagResponse { records })
     }
 
-    /// Every host and every task (or just `task_id`), sorted by id.
+    /// Every host and every task (or just `task_id`), sorted by id: the
+    /// operator's view.
     pub fn stat(&self, task_id: &str) -> StatResponse {
-        let mut hosts: Vec<Host> = self.hosts.iter().map(|e| e.host.clone()).collect();
-        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        self.stat_for(task_id, None, Instant::now())
+    }
+
+    /// What `viewer` may see (everything for `None`, the operator): a
+    /// member sees only the tasks it takes part in, and in them itself and
+    /// the parents it was handed; only their hosts; no URL query anywhere
+    /// (none is kept).
+    pub fn stat_for(&self, task_id: &str, viewer: Option<&str>, now: Instant) -> StatResponse {
+        let mut visible_hosts: HashSet<&str> = HashSet::new();
         let mut tasks: Vec<TaskStat> = self
             .tasks
             .values()
             .filter(|t| task_id.is_empty() || t.id == task_id)
+            .filter(|t| viewer.is_none_or(|v| t.peers.contains_key(v)))
             .map(|t| {
                 let pc = t.piece_count();
+                let me = viewer.and_then(|v| t.peers.get(v));
+                let sees = |id: &str| {
+                    viewer.is_none_or(|v| id == v || me.is_some_and(|p| p.was_given(id, now)))
+                };
+                visible_hosts.extend(t.peers.keys().map(String::as_str).filter(|id| sees(id)));
+                let source = t.source_id().filter(|id| sees(id)).unwrap_or_default();
                 let mut peers: Vec<PeerStat> = t
                     .peers
                     .iter()
+                    .filter(|(id, _)| sees(id))
                     .map(|(id, p)| PeerStat {
                         host_id: id.clone(),
                         finished_pieces: p.finished(pc),
@@ -746,7 +933,7 @@ impl State {
                     task_id: t.id.clone(),
                     url: t.url.clone(),
                     shape: Some(t.shape),
-                    source_host_id: t.source_id().unwrap_or_default().to_string(),
+                    source_host_id: source.to_string(),
                     peers,
                     source_elections: t.source_elections,
                     recorded_digests: t.digests.len() as u32,
@@ -754,10 +941,26 @@ impl State {
             })
             .collect();
         tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        if let Some(v) = viewer {
+            visible_hosts.insert(v);
+        }
+        let mut hosts: Vec<Host> = self
+            .hosts
+            .iter()
+            .filter(|e| viewer.is_none() || visible_hosts.contains(e.host.id.as_str()))
+            .map(|e| e.host.clone())
+            .collect();
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        let quarantined = self
+            .quarantine
+            .list(now)
+            .into_iter()
+            .filter(|id| viewer.is_none() || visible_hosts.contains(id.as_str()))
+            .collect();
         StatResponse {
             hosts,
             tasks,
-            quarantined: self.quarantine.list(Instant::now()),
+            quarantined,
         }
     }
 }
@@ -902,6 +1105,39 @@ fn rank_parents(
             is_source: c.is_source,
         })
         .collect()
+}
+
+/// Remembers the parents handed to `requester`: only reports against them
+/// count against those hosts.
+fn give(task: &mut Task, requester: &str, parents: &[Parent], now: Instant) {
+    if parents.is_empty() {
+        return;
+    }
+    let peer = task.peer_or_insert(requester, now);
+    for id in parents
+        .iter()
+        .filter_map(|p| p.host.as_ref().map(|h| &h.id))
+    {
+        peer.give(id, now);
+    }
+}
+
+/// Whether a live, unquarantined host other than `requester` holds the
+/// whole task.
+fn has_complete_holder(
+    hosts: &Hosts,
+    quarantine: &Quarantine,
+    task: &Task,
+    requester: &str,
+    now: Instant,
+) -> bool {
+    let pc = task.piece_count();
+    task.peers.iter().any(|(id, p)| {
+        id != requester
+            && p.is_complete(pc)
+            && hosts.is_alive(id, now)
+            && !quarantine.is_quarantined(id, now)
+    })
 }
 
 fn elect(task: &mut Task, host_id: &str, now: Instant, metrics: &Metrics) {
@@ -1698,11 +1934,217 @@ mod tests {
         s.leave_task("t", "b", t0).unwrap();
         s.get_parents("t", "c", t0).unwrap();
         assert_eq!(source_of(&s, "t"), "c");
-        // The new source reads other bytes: the old source's copy may be
-        // of the old content, so it fills in nothing any more.
+        // The new source reads other bytes: alone, its word does not
+        // replace what a recorded (it could be a takeover).
         report_with_digests(&mut s, "t", "c", &[(0, digest('f'))], t0);
+        assert_eq!(recorded(&s, t0), vec![(0, digest('a'))]);
+        // A second source reading the same: the origin changed. The old
+        // source's copy may be of the old content, so it fills in nothing
+        // any more.
+        announce(&mut s, "d", HostType::Normal, t0);
+        s.leave_task("t", "c", t0).unwrap();
+        s.get_parents("t", "d", t0).unwrap();
+        fail_parent(&mut s, "t", "d", "a", FailureReason::Timeout, t0);
+        assert_eq!(source_of(&s, "t"), "d");
+        report_with_digests(&mut s, "t", "d", &[(0, digest('f'))], t0);
         report_with_digests(&mut s, "t", "a", &[(1, digest('b'))], t0);
         assert_eq!(recorded(&s, t0), vec![(0, digest('f'))]);
+    }
+
+    /// A task complete on node a and the seed (its source, its digests
+    /// recorded); b is a member given both as parents.
+    fn finished_task_with_a_seed_source(t0: Instant) -> State {
+        let mut s = state();
+        announce(&mut s, "seed", HostType::Seed, t0);
+        for id in ["a", "b", "c", "d"] {
+            announce(&mut s, id, HostType::Normal, t0);
+        }
+        assert_eq!(
+            register(&mut s, "t", "a", t0).decision(),
+            Decision::TriggerSeed
+        );
+        seed_register(&mut s, "t", "seed", t0);
+        let honest: Vec<(u32, String)> = (0..4).map(|i| (i, digest('a'))).collect();
+        report_with_digests(&mut s, "t", "seed", &honest, t0);
+        report_with_digests(&mut s, "t", "a", &honest, t0);
+        assert_eq!(source_of(&s, "t"), "seed");
+        let r = register(&mut s, "t", "b", t0);
+        let mut given = parent_ids(&r);
+        given.sort();
+        assert_eq!(given, vec!["a", "seed"]);
+        s
+    }
+
+    #[test]
+    fn one_member_cannot_take_over_a_finished_task() {
+        let t0 = Instant::now();
+        let mut s = finished_task_with_a_seed_source(t0);
+        // b says it reaches neither holder and asks to fetch itself.
+        for parent in ["seed", "a"] {
+            fail_parent(&mut s, "t", "b", parent, FailureReason::Connect, t0);
+        }
+        assert_eq!(
+            source_of(&s, "t"),
+            "seed",
+            "a finished source is not deposed"
+        );
+        let r = s
+            .register_peer(
+                &RegisterPeerRequest {
+                    task_id: "t".into(),
+                    host_id: "b".into(),
+                    no_seed: true,
+                    ..Default::default()
+                },
+                t0,
+            )
+            .unwrap();
+        assert_ne!(r.decision(), Decision::BackToSource);
+        // Its own digests replace nothing, source or not.
+        let forged: Vec<(u32, String)> = (0..4).map(|i| (i, digest('e'))).collect();
+        report_with_digests(&mut s, "t", "b", &forged, t0);
+        assert_eq!(
+            recorded(&s, t0),
+            (0..4).map(|i| (i, digest('a'))).collect::<Vec<_>>()
+        );
+        assert_eq!(elections(&s, "t"), 1);
+        // Once the seed goes, b fetches for itself at most, unelected while
+        // a complete holder is left: still nothing it reads is the record.
+        s.leave_host("seed", t0).unwrap();
+        let r = s.get_parents("t", "b", t0).unwrap();
+        assert_eq!(r.decision(), Decision::BackToSource);
+        assert_eq!(source_of(&s, "t"), "");
+        report_with_digests(&mut s, "t", "b", &forged, t0);
+        assert_eq!(recorded(&s, t0)[0], (0, digest('a')));
+        // An honest child checks against the seed's record.
+        let c = register(&mut s, "t", "c", t0);
+        assert!(parent_ids(&c).contains(&"a".to_string()));
+    }
+
+    #[test]
+    fn one_member_cannot_get_an_honest_member_quarantined() {
+        let t0 = Instant::now();
+        let mut s = finished_task_with_a_seed_source(t0);
+        // b accuses a host it was never handed, and the honest holders
+        // claiming their (recorded) digests: nothing counts.
+        forged(&mut s, "t", "b", "d", &digest('e'), t0);
+        forged(&mut s, "t", "b", "a", &digest('a'), t0);
+        forged(&mut s, "t", "b", "seed", &digest('a'), t0);
+        // Even with a claim that differs, one member plus a member never
+        // sent to a do not make two reporters.
+        forged(&mut s, "t", "b", "a", &digest('f'), t0);
+        forged(&mut s, "t", "d", "a", &digest('f'), t0);
+        assert!(
+            s.stat("").quarantined.is_empty(),
+            "{:?}",
+            s.stat("").quarantined
+        );
+
+        // Where b's own reading is the record (b was the task's first
+        // source), b and an honest node it fooled are one liar: a is not
+        // quarantined on their word.
+        let mut s = state();
+        for id in ["b", "a", "c"] {
+            announce(&mut s, id, HostType::Normal, t0);
+        }
+        register(&mut s, "u", "b", t0);
+        report_with_digests(&mut s, "u", "b", &[(1, digest('e'))], t0);
+        register(&mut s, "u", "a", t0);
+        pieces(&mut s, "u", "a", &[0, 1, 2, 3], t0);
+        for child in ["c", "b"] {
+            register(&mut s, "u", child, t0);
+            forged(&mut s, "u", child, "a", &digest('a'), t0);
+        }
+        assert!(!s.is_quarantined("a", t0));
+    }
+
+    #[test]
+    fn one_member_cannot_hold_more_than_its_share() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "m", HostType::Normal, t0);
+        announce(&mut s, "honest", HostType::Normal, t0);
+        let big = |task: String, host: &str| ReportPiecesRequest {
+            task_id: task,
+            host_id: host.into(),
+            replace: true,
+            bitmap: vec![0xff; 32 * 1024],
+            url: format!("http://o/{}?{}", "x".repeat(7000), "q".repeat(900)),
+            ..Default::default()
+        };
+        let mut accepted = 0u64;
+        let refused = loop {
+            match s.report_pieces(&big(format!("t{accepted}"), "m"), t0) {
+                Ok(()) => accepted += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(refused, ScheduleError::Exhausted(_)), "{refused}");
+        let per_call = 32 * 1024 + 1024 + TASK_CHARGE + PEER_CHARGE;
+        assert!(accepted * per_call <= budget::MEMBER_CHARGE_BYTES);
+        assert!((accepted + 2) * per_call > budget::MEMBER_CHARGE_BYTES);
+        // No query is kept, and URLs are cut.
+        assert!(s
+            .stat("")
+            .tasks
+            .iter()
+            .all(|t| !t.url.contains('?') && t.url.len() <= 1024));
+        // Others are not affected; the sweep recounts from what is held.
+        s.report_pieces(&big("h".into(), "honest"), t0).unwrap();
+        s.sweep(t0);
+        assert!(s.report_pieces(&big("one-more".into(), "m"), t0).is_err());
+        s.leave_task("t0", "m", t0).unwrap();
+        s.leave_task("t1", "m", t0).unwrap();
+        s.sweep(t0 + Duration::from_secs(601));
+        announce(&mut s, "m", HostType::Normal, t0 + Duration::from_secs(601));
+        s.report_pieces(&big("one-more".into(), "m"), t0 + Duration::from_secs(601))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_member_sees_its_own_tasks_and_parents_only() {
+        let t0 = Instant::now();
+        let mut s = finished_task_with_a_seed_source(t0);
+        register(&mut s, "other", "d", t0);
+        let b = s.stat_for("", Some("b"), t0);
+        assert_eq!(b.tasks.len(), 1);
+        let mut peers: Vec<&str> = b.tasks[0]
+            .peers
+            .iter()
+            .map(|p| p.host_id.as_str())
+            .collect();
+        peers.sort();
+        assert_eq!(peers, vec!["a", "b", "seed"]);
+        let hosts: Vec<&str> = b.hosts.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(hosts, vec!["a", "b", "seed"]);
+        // c was never given anything in t and takes part in nothing.
+        let c = s.stat_for("", Some("c"), t0);
+        assert!(c.tasks.is_empty());
+        assert_eq!(c.hosts.len(), 1);
+        assert!(s.stat_for("other", Some("c"), t0).tasks.is_empty());
+        // The operator sees everything.
+        assert_eq!(s.stat_for("", None, t0).tasks.len(), 2);
+    }
+
+    #[test]
+    fn an_address_names_one_live_host() {
+        let t0 = Instant::now();
+        let mut s = state();
+        let at = |id: &str, ip: &str| Host {
+            ip: ip.into(),
+            peer_port: 65002,
+            ..host(id, HostType::Normal)
+        };
+        s.announce_host(Some(at("a", "10.0.0.1")), t0).unwrap();
+        let taken = s.announce_host(Some(at("b", "10.0.0.1")), t0);
+        assert!(matches!(taken, Err(ScheduleError::Refused(_))), "{taken:?}");
+        s.announce_host(Some(at("b", "10.0.0.2")), t0).unwrap();
+        let moved = s.announce_host(Some(at("b", "10.0.0.1")), t0);
+        assert!(moved.is_err());
+        // Once a is gone, its address is free.
+        let later = t0 + TTL + secs(1);
+        s.sweep(later);
+        s.announce_host(Some(at("b", "10.0.0.1")), later).unwrap();
     }
 
     #[test]

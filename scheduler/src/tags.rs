@@ -2,6 +2,11 @@
 //! digest), kept so a node that never saw a tag can resolve it from the
 //! cluster while the registry is down. Soft state like everything here:
 //! forgotten after a TTL, re-learned from the next pulls.
+//!
+//! A tag is resolved only to what a seed reported, or what two distinct
+//! members reported alike: one compromised member cannot point a tag at a
+//! manifest of its choosing (an old, vulnerable image). Until a new answer
+//! is confirmed, the confirmed one stands.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,11 +29,21 @@ struct Key {
     tag: String,
 }
 
+/// Distinct members whose alike reports confirm an answer.
+const REPORTERS: usize = 2;
+/// Unconfirmed answers kept per tag; the oldest goes first.
+const MAX_PENDING_PER_TAG: usize = 8;
+/// Unconfirmed answers one reporter backs per tag.
+const MAX_PENDING_PER_REPORTER: usize = 2;
+
 #[derive(Debug, Clone)]
 struct Record {
     digest: String,
     media_type: String,
     seen: Instant,
+    /// Who reported it while unconfirmed (at most `REPORTERS`).
+    reporters: Vec<String>,
+    confirmed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -66,7 +81,13 @@ fn valid_digest(digest: &str) -> bool {
 }
 
 impl TagBook {
-    pub fn report(&mut self, req: &ReportTagRequest, now: Instant) -> Result<(), ScheduleError> {
+    /// Takes `req` from its host; `trusted` when that host is a seed.
+    pub fn report(
+        &mut self,
+        req: &ReportTagRequest,
+        trusted: bool,
+        now: Instant,
+    ) -> Result<(), ScheduleError> {
         let key = key_of(req.tag.as_ref())?;
         if !valid_digest(&req.digest) {
             return Err(ScheduleError::InvalidArgument(format!(
@@ -81,16 +102,69 @@ impl TagBook {
             self.evict_oldest();
         }
         let records = self.tags.entry(key).or_default();
-        records.retain(|r| r.media_type != req.media_type);
-        records.insert(
-            0,
-            Record {
-                digest: req.digest.clone(),
-                media_type: req.media_type.clone(),
-                seen: now,
-            },
-        );
-        records.truncate(MAX_RECORDS_PER_TAG);
+        let same = |r: &Record| r.media_type == req.media_type && r.digest == req.digest;
+        // A reporter backs one pending answer per media type: its latest.
+        for r in records.iter_mut().filter(|r| !r.confirmed && !same(r)) {
+            if r.media_type == req.media_type {
+                r.reporters.retain(|h| *h != req.host_id);
+            }
+        }
+        records.retain(|r| r.confirmed || !r.reporters.is_empty());
+        let index = match records.iter().position(same) {
+            Some(i) => i,
+            None => {
+                records.push(Record {
+                    digest: req.digest.clone(),
+                    media_type: req.media_type.clone(),
+                    seen: now,
+                    reporters: Vec::new(),
+                    confirmed: false,
+                });
+                records.len() - 1
+            }
+        };
+        let record = &mut records[index];
+        if !record.confirmed && !record.reporters.contains(&req.host_id) {
+            record.reporters.push(req.host_id.clone());
+        }
+        record.seen = now;
+        // A reporter backs a few pending answers per tag at most (its
+        // latest), so one member's flood cannot push out others' answers.
+        let mut backed = 0;
+        for (i, r) in records.iter_mut().enumerate().rev() {
+            if i != index && !r.confirmed && r.reporters.contains(&req.host_id) {
+                backed += 1;
+                if backed >= MAX_PENDING_PER_REPORTER {
+                    r.reporters.retain(|h| *h != req.host_id);
+                }
+            }
+        }
+        let record = &mut records[index];
+        if trusted || record.reporters.len() >= REPORTERS {
+            record.confirmed = true;
+            record.reporters.clear();
+            let digest = record.digest.clone();
+            // The tag moved: the confirmed answer replaces the older one.
+            records
+                .retain(|r| !(r.confirmed && r.media_type == req.media_type && r.digest != digest));
+        }
+        records.retain(|r| r.confirmed || !r.reporters.is_empty());
+        records.sort_by_key(|r| std::cmp::Reverse(r.seen));
+        let mut confirmed = 0;
+        let mut pending = 0;
+        records.retain(|r| {
+            let n = if r.confirmed {
+                &mut confirmed
+            } else {
+                &mut pending
+            };
+            *n += 1;
+            *n <= if r.confirmed {
+                MAX_RECORDS_PER_TAG
+            } else {
+                MAX_PENDING_PER_TAG
+            }
+        });
         Ok(())
     }
 
@@ -107,7 +181,7 @@ impl TagBook {
             .get(&key)
             .into_iter()
             .flatten()
-            .filter(|r| now.saturating_duration_since(r.seen) <= ttl)
+            .filter(|r| r.confirmed && now.saturating_duration_since(r.seen) <= ttl)
             .map(|r| TagRecord {
                 digest: r.digest.clone(),
                 media_type: r.media_type.clone(),
@@ -173,10 +247,10 @@ mod tests {
         let mut book = TagBook::default();
         let t0 = Instant::now();
         let ttl = Duration::from_secs(60);
-        book.report(&report('a', "index"), t0).unwrap();
-        book.report(&report('b', "manifest"), t0 + Duration::from_secs(1))
+        book.report(&report('a', "index"), true, t0).unwrap();
+        book.report(&report('b', "manifest"), true, t0 + Duration::from_secs(1))
             .unwrap();
-        book.report(&report('c', "index"), t0 + Duration::from_secs(2))
+        book.report(&report('c', "index"), true, t0 + Duration::from_secs(2))
             .unwrap();
         let found = book
             .resolve(Some(&tag("v1")), t0 + Duration::from_secs(3), ttl)
@@ -194,10 +268,54 @@ mod tests {
     }
 
     #[test]
+    fn one_member_cannot_point_a_tag_elsewhere() {
+        let mut book = TagBook::default();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let from = |c: char, host: &str| ReportTagRequest {
+            host_id: host.into(),
+            ..report(c, "index")
+        };
+        let resolved = |book: &TagBook| -> Vec<char> {
+            book.resolve(Some(&tag("v1")), t0, ttl)
+                .unwrap()
+                .iter()
+                .map(|r| r.digest.chars().last().unwrap())
+                .collect()
+        };
+        // One member's word is not an answer; a second member's alike is.
+        book.report(&from('a', "h1"), false, t0).unwrap();
+        assert!(resolved(&book).is_empty());
+        book.report(&from('a', "h1"), false, t0).unwrap();
+        assert!(resolved(&book).is_empty(), "the same member twice");
+        book.report(&from('a', "h2"), false, t0).unwrap();
+        assert_eq!(resolved(&book), vec!['a']);
+        // The attacker, however often, and under many media types: the
+        // confirmed answer stands.
+        for n in 0..20 {
+            book.report(&from('e', "evil"), false, t0).unwrap();
+            let mut other = from('e', "evil");
+            other.media_type = format!("type-{n}");
+            book.report(&other, false, t0).unwrap();
+        }
+        assert_eq!(resolved(&book), vec!['a']);
+        // The tag really moves: two members (or a seed) see it.
+        book.report(&from('b', "h1"), false, t0).unwrap();
+        book.report(&from('b', "h3"), false, t0).unwrap();
+        assert_eq!(resolved(&book), vec!['b']);
+        book.report(&from('c', "seed"), true, t0).unwrap();
+        assert_eq!(resolved(&book), vec!['c']);
+        assert!(book
+            .tags
+            .values()
+            .all(|r| r.len() <= MAX_RECORDS_PER_TAG + MAX_PENDING_PER_TAG));
+    }
+
+    #[test]
     fn records_expire() {
         let mut book = TagBook::default();
         let t0 = Instant::now();
-        book.report(&report('a', "index"), t0).unwrap();
+        book.report(&report('a', "index"), true, t0).unwrap();
         let later = t0 + Duration::from_secs(61);
         let ttl = Duration::from_secs(60);
         assert!(book
@@ -214,13 +332,13 @@ mod tests {
         let now = Instant::now();
         let mut bad = report('a', "index");
         bad.digest = "sha256:xyz".into();
-        assert!(book.report(&bad, now).is_err());
+        assert!(book.report(&bad, true, now).is_err());
         let mut no_tag = report('a', "index");
         no_tag.tag = None;
-        assert!(book.report(&no_tag, now).is_err());
+        assert!(book.report(&no_tag, true, now).is_err());
         let mut empty = report('a', "index");
         empty.tag = Some(tag(""));
-        assert!(book.report(&empty, now).is_err());
+        assert!(book.report(&empty, true, now).is_err());
         assert!(book.resolve(None, now, Duration::from_secs(1)).is_err());
     }
 }

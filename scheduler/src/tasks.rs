@@ -16,6 +16,14 @@ pub const BLOCK_TTL: Duration = Duration::from_secs(60);
 pub const SOURCE_FAILURE_MEMORY: Duration = Duration::from_secs(300);
 /// Bounds on per-peer and per-task memory that untrusted reports can grow.
 const MAX_BLOCKED_PER_PEER: usize = 64;
+/// Parents remembered as handed to a peer (a few answers' worth).
+const MAX_GIVEN_PER_PEER: usize = 64;
+/// How long a handed-out parent stays one the peer may report.
+pub const GIVEN_FOR: Duration = Duration::from_secs(600);
+/// URLs are kept for logs and introspection only: without their query (a
+/// signed URL's token is no business of anyone reading the scheduler) and
+/// cut to this length.
+const MAX_KEPT_URL: usize = 1024;
 const MAX_FAILED_SOURCES: usize = 64;
 
 /// One host downloading (or holding) one task.
@@ -30,6 +38,9 @@ pub struct Peer {
     pub updated: Instant,
     /// Parent host id → blocked until.
     blocked: HashMap<String, Instant>,
+    /// Parent host id → when the scheduler last handed it to this peer:
+    /// only reports against these count against the parent.
+    given: HashMap<String, Instant>,
 }
 
 impl Peer {
@@ -39,7 +50,42 @@ impl Peer {
             complete: false,
             updated: now,
             blocked: HashMap::new(),
+            given: HashMap::new(),
         }
+    }
+
+    /// The scheduler handed `parent` to this peer.
+    pub fn give(&mut self, parent: &str, now: Instant) {
+        if !self.given.contains_key(parent) && self.given.len() >= MAX_GIVEN_PER_PEER {
+            self.given
+                .retain(|_, at| now.saturating_duration_since(*at) < GIVEN_FOR);
+            if self.given.len() >= MAX_GIVEN_PER_PEER {
+                if let Some(oldest) = self
+                    .given
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(id, _)| id.clone())
+                {
+                    self.given.remove(&oldest);
+                }
+            }
+        }
+        self.given.insert(parent.to_string(), now);
+    }
+
+    /// Whether the scheduler handed `parent` to this peer lately.
+    pub fn was_given(&self, parent: &str, now: Instant) -> bool {
+        self.given
+            .get(parent)
+            .is_some_and(|at| now.saturating_duration_since(*at) < GIVEN_FOR)
+    }
+
+    /// The parents handed to this peer lately.
+    pub fn given(&self, now: Instant) -> impl Iterator<Item = &str> {
+        self.given
+            .iter()
+            .filter(move |(_, at)| now.saturating_duration_since(**at) < GIVEN_FOR)
+            .map(|(id, _)| id.as_str())
     }
 
     pub fn is_complete(&self, piece_count: u32) -> bool {
@@ -100,6 +146,8 @@ pub struct Task {
     failed_sources: HashMap<String, Instant>,
     /// Piece digests as its back-to-source peer reported them.
     pub digests: crate::digests::PieceDigests,
+    /// The host whose call created the task: charged for it.
+    pub created_by: String,
 }
 
 impl Task {
@@ -114,6 +162,7 @@ impl Task {
             source: None,
             failed_sources: HashMap::new(),
             digests: Default::default(),
+            created_by: String::new(),
         }
     }
 
@@ -214,10 +263,15 @@ impl Task {
         }
     }
 
-    pub fn set_url(&mut self, url: &str) {
-        if !url.is_empty() && self.url != url {
-            self.url = url.to_string();
+    /// Keeps `url` without its query or fragment, cut to a bounded length.
+    /// Returns the bytes kept when the URL changed.
+    pub fn set_url(&mut self, url: &str) -> usize {
+        let kept = kept_url(url);
+        if kept.is_empty() || self.url == kept {
+            return 0;
         }
+        self.url = kept.to_string();
+        self.url.len()
     }
 
     pub fn peer_or_insert(&mut self, host_id: &str, now: Instant) -> &mut Peer {
@@ -241,8 +295,45 @@ impl Task {
     }
 }
 
+/// What of a URL the scheduler keeps: up to the query, at most
+/// `MAX_KEPT_URL` bytes (cut on a character boundary).
+pub fn kept_url(url: &str) -> &str {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let mut end = end.min(MAX_KEPT_URL);
+    while !url.is_char_boundary(end) {
+        end -= 1;
+    }
+    &url[..end]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_are_kept_without_query_and_bounded() {
+        assert_eq!(
+            kept_url("http://o/a?Expires=99&Signature=SECRET"),
+            "http://o/a"
+        );
+        assert_eq!(kept_url("http://o/a#frag"), "http://o/a");
+        let long = format!("http://o/{}", "é".repeat(2000));
+        assert!(kept_url(&long).len() <= MAX_KEPT_URL);
+    }
+
+    #[test]
+    fn given_parents_are_remembered_for_a_while_and_bounded() {
+        let now = Instant::now();
+        let mut p = Peer::new(now);
+        p.give("a", now);
+        assert!(p.was_given("a", now + Duration::from_secs(1)));
+        assert!(!p.was_given("b", now));
+        assert!(!p.was_given("a", now + GIVEN_FOR));
+        for i in 0..200 {
+            p.give(&format!("h{i}"), now + Duration::from_millis(i));
+        }
+        assert!(p.given.len() <= MAX_GIVEN_PER_PEER);
+        assert!(p.was_given("h199", now + Duration::from_secs(1)));
+    }
+
     use super::*;
 
     #[test]
