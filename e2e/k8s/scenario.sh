@@ -205,11 +205,18 @@ mirror_from=$(kc -n "$NSP" get networkpolicy "$DFC-dfdaemon" -o jsonpath='{range
 check "the mirror port is open to the operator only ($mirror_from)" test "$mirror_from" = dragonfly-operator
 
 # --- 2. every node's containerd points at its dfdaemon ----------------------
-for name in $(node_names); do
+# containerd reaches the mirror at the node's own address. This cluster's
+# portmap runs without `snat`, so 127.0.0.1:65001 leads nowhere (as with
+# CNIs whose hostPort does not cover loopback, such as Cilium's): the
+# mirror must not depend on it.
+for ((n = 1; n <= NODES; n++)); do
+  name=$(node_name "$n") ip=$(node_ip "$n")
   hosts=$(node_etc "$name")/certs.d/$REGISTRY/hosts.toml
-  check "$name: containerd mirror config rewritten" grep -q '127.0.0.1:65001' "$hosts"
-  code=$(ip netns exec "$name" curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:65001/v2/" || true)
+  check "$name: containerd mirror config rewritten to the node's address" grep -q "http://$ip:65001" "$hosts"
+  code=$(ip netns exec "$name" curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$ip:65001/v2/" || true)
   check "$name: hostPort 65001 answers containerd's address ($code)" test "$code" != 000
+  code=$(ip netns exec "$name" curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://127.0.0.1:65001/v2/" || true)
+  check "$name: no loopback path to the hostPort in this cluster ($code)" test "$code" = 000
 done
 
 # --- 2b. cluster identity: members hold certificates from the issuer -------
@@ -287,6 +294,11 @@ for pod in $(dfdaemon_pods); do
   peers_total=$((peers_total + peer))
 done
 check "nodes got bytes from peers" test "$peers_total" -gt 0
+# Proof of use, not of files: each node's containerd came through its mirror.
+wait_for 60 "every node to report a pull through its mirror" sh -c \
+  "test \"\$(kubectl -n $NSP get dfc $DFC -o jsonpath='{.status.nodesPullingThroughMirror}')\" = $NODES"
+check "status: every node pulled through its mirror ($(kc -n "$NSP" get dfc "$DFC" -o jsonpath='{.status.nodesPullingThroughMirror}')/$NODES)" \
+  test "$(kc -n "$NSP" get dfc "$DFC" -o jsonpath='{.status.nodesPullingThroughMirror}')" = "$NODES"
 
 # --- 3b. a private image with an imagePullSecret ----------------------------
 PRIV_SUMS=$("$here/images.sh" app "$PRIVATE_REGISTRY" "e2e/private-$mode" v1 8 e2e:e2e-secret)
@@ -314,9 +326,10 @@ wait_for 90 "no-secret pod to fail its pull" sh -c \
 note "ok: a pod without the secret cannot pull the private image ($(kc -n e2e get pod no-secret -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}'))"
 kc -n e2e delete pod no-secret --wait=false >/dev/null
 layer=$(image_blobs "$PRIVATE_REGISTRY" "e2e/private-$mode" v1 e2e:e2e-secret | sort -k2 -n | tail -1 | cut -d' ' -f1)
-for name in $(node_names); do
+for ((n = 1; n <= NODES; n++)); do
+  name=$(node_name "$n")
   code=$(ip netns exec "$name" curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
-    -H "X-Dragonfly-Registry: http://$PRIVATE_REGISTRY" "http://127.0.0.1:65001/v2/e2e/private-$mode/blobs/$layer?ns=$PRIVATE_REGISTRY" || true)
+    -H "X-Dragonfly-Registry: http://$PRIVATE_REGISTRY" "http://$(node_ip "$n"):65001/v2/e2e/private-$mode/blobs/$layer?ns=$PRIVATE_REGISTRY" || true)
   check "$name: the mirror refuses the private layer without credentials ($code)" test "$code" = 401 -o "$code" = 403
 done
 
@@ -374,6 +387,55 @@ check "pulls complete on the other nodes with $drained drained" check_app_conten
 kc uncordon "$drained" >/dev/null
 wait_for 300 "DragonflyCluster Ready after the faults" sh -c "kubectl -n $NSP get dfc $DFC -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 note "ok: Ready again after the faults"
+
+# --- 5b. fail-open: a node whose dfdaemon is frozen or killed --------------
+# A frozen dfdaemon (SIGSTOP: connections accepted, nothing answers) holds
+# containerd's pulls until it is restarted; the liveness probe must do that
+# within seconds, and containerd then goes to the registry (the next host
+# in hosts.toml). A killed one refuses connections: containerd moves on at
+# once. The figure is what a new pod pinned to that node waits to start.
+node_dfdaemon_pid() { # NODE: the PID of that node's dfdaemon (not a seed)
+  local pid
+  for pid in $(pgrep -f 'dfdaemon run'); do
+    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "DFDAEMON_HOSTNAME=$1" &&
+      ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- '--seed'; then
+      echo "$pid"
+      return 0
+    fi
+  done
+  return 1
+}
+fail_open() { # HOW(STOP|KILL) N
+  local how=$1 n=$2 name pid start secs sums got
+  name=$(node_name "$n")
+  wait_for 120 "dfdaemon on $name ready" sh -c \
+    "kubectl -n $NSP get pods -l app.kubernetes.io/component=dfdaemon --field-selector spec.nodeName=$name -o jsonpath='{.items[0].status.containerStatuses[0].ready}' | grep -qx true"
+  pid=$(node_dfdaemon_pid "$name") || die "no dfdaemon process for $name"
+  sums=$("$here/images.sh" app "$REGISTRY" "e2e/failopen-${how,,}-$mode" v1 4)
+  kill -"$how" "$pid"
+  start=$(date +%s)
+  kc apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: failopen-${how,,}, namespace: e2e, labels: {app: failopen-${how,,}}}
+spec:
+  nodeName: $name
+  terminationGracePeriodSeconds: 1
+  containers: [{name: app, image: "$REGISTRY/e2e/failopen-${how,,}-$mode:v1", imagePullPolicy: IfNotPresent}]
+YAML
+  wait_for 180 "failopen-${how,,} running" sh -c \
+    "kubectl -n e2e get pod failopen-${how,,} -o jsonpath='{.status.phase}' | grep -qx Running" ||
+    { kill -CONT "$pid" 2>/dev/null; die "a new pod did not start on $name with its dfdaemon ${how}ped"; }
+  secs=$(($(date +%s) - start))
+  kill -CONT "$pid" 2>/dev/null || true
+  got=$(kc -n e2e exec "failopen-${how,,}" -- sh -c 'sha256sum /data/*' | awk '{print $1}' | sort | tr '\n' ' ')
+  check "fail-open: the new pod on $name reads back the pushed bytes" test "$got" = "$sums"
+  check "fail-open: a new image started on $name ${secs}s after its dfdaemon got SIG$how (bound 60 s)" test "$secs" -le 60
+  kc -n e2e delete pod "failopen-${how,,}" --wait=false >/dev/null
+}
+fail_open STOP 1
+fail_open KILL 2
+wait_for 300 "DragonflyCluster Ready after fail-open" sh -c "kubectl -n $NSP get dfc $DFC -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 
 # --- 6. two operator replicas, one leader ------------------------------------
 holders=""

@@ -259,7 +259,7 @@ TOML
      "hairpinMode": true,
      "ipam": {"type": "host-local", "ranges": [[{"subnet": "$(node_cidr "$n")"}]],
               "routes": [{"dst": "0.0.0.0/0"}]}},
-    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": false},
     {"type": "loopback"}
   ]
 }

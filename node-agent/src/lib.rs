@@ -172,7 +172,8 @@ pub async fn run(
     if config.containerd.enabled {
         // A node whose hosts.toml cannot be written still pulls straight
         // from its registries: keep serving peers, and tell the operator.
-        let (watcher, report) = containerd::on_start(&config.containerd, bound.proxy);
+        let (watcher, report) =
+            containerd::on_start(&config.containerd, bound.proxy, config.advertise_ip);
         tokio::spawn(containerd::watch::run(
             watcher,
             report,
@@ -189,7 +190,7 @@ pub async fn run(
     tracing::info!("dfdaemon shutting down");
     ready.store(false, Ordering::SeqCst);
     if config.containerd.enabled {
-        if let Err(e) = containerd::on_stop(&config.containerd, proxy_addr) {
+        if let Err(e) = containerd::on_stop(&config.containerd, proxy_addr, config.advertise_ip) {
             tracing::error!(error = %e, "restoring containerd's hosts.toml files failed");
         }
     }

@@ -19,7 +19,7 @@ pub mod watch;
 
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use error::ContainerdError;
@@ -72,19 +72,23 @@ impl ContainerdConfig {
         self.registries.iter().map(|r| Registry::parse(r)).collect()
     }
 
-    pub fn mirror_url(&self, proxy: SocketAddr) -> String {
+    /// The mirror URL written into hosts.toml: the one configured, else
+    /// the proxy's own address when it is bound to one, else the node's
+    /// advertised address (what every CNI's hostPort covers, unlike
+    /// 127.0.0.1, which only portmap with `snat` forwards), else loopback.
+    pub fn mirror_url(&self, proxy: SocketAddr, advertise: Option<IpAddr>) -> String {
         if let Some(m) = &self.mirror {
             return m.trim_end_matches('/').to_string();
         }
-        let ip = if proxy.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            match proxy.ip() {
-                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                v4 => v4.to_string(),
-            }
+        let ip = match (proxy.ip().is_unspecified(), advertise) {
+            (false, _) => proxy.ip(),
+            (true, Some(node)) if !node.is_unspecified() => node,
+            (true, _) => IpAddr::from([127, 0, 0, 1]),
         };
-        format!("http://{ip}:{}", proxy.port())
+        match ip {
+            IpAddr::V6(v6) => format!("http://[{v6}]:{}", proxy.port()),
+            v4 => format!("http://{v4}:{}", proxy.port()),
+        }
     }
 }
 
@@ -234,19 +238,28 @@ fn report(config: &Path, t: &Target) -> Result<u8, ContainerdError> {
 pub fn on_start(
     config: &ContainerdConfig,
     proxy: SocketAddr,
+    advertise: Option<IpAddr>,
 ) -> (watch::Watcher, crate::node_report::NodeReport) {
-    let mut watcher = watch::Watcher::new(config.clone(), config.mirror_url(proxy));
+    let mut watcher = watch::Watcher::new(config.clone(), config.mirror_url(proxy, advertise));
     let report = watcher.pass(tokio::time::Instant::now());
     (watcher, report)
 }
 
 /// At daemon stop: restore what was there before, if configured to.
-pub fn on_stop(config: &ContainerdConfig, proxy: SocketAddr) -> Result<(), ContainerdError> {
+pub fn on_stop(
+    config: &ContainerdConfig,
+    proxy: SocketAddr,
+    advertise: Option<IpAddr>,
+) -> Result<(), ContainerdError> {
     if !config.restore_on_stop {
         return Ok(());
     }
     let registries = config.parsed_registries()?;
-    for done in apply::restore(&config.config_path, &registries, &config.mirror_url(proxy))? {
+    for done in apply::restore(
+        &config.config_path,
+        &registries,
+        &config.mirror_url(proxy, advertise),
+    )? {
         tracing::info!(?done, "containerd hosts.toml restored");
     }
     Ok(())

@@ -300,3 +300,30 @@ fn a_backup_from_before_the_write_record_still_restores_byte_exact() {
     restore(&certs, &[], MIRROR).unwrap();
     assert_eq!(snapshot(&certs), before);
 }
+
+#[test]
+fn containerd_reaches_the_mirror_at_the_nodes_address_not_loopback() {
+    use super::ContainerdConfig;
+    use std::net::{IpAddr, SocketAddr};
+    let config = ContainerdConfig::default();
+    let any: SocketAddr = "0.0.0.0:65001".parse().unwrap();
+    let node: IpAddr = "10.0.0.7".parse().unwrap();
+    // Bound to every address in a pod: the node's address, which a hostPort
+    // covers on every CNI (127.0.0.1 only with portmap's snat).
+    assert_eq!(config.mirror_url(any, Some(node)), "http://10.0.0.7:65001");
+    assert_eq!(
+        config.mirror_url(any, Some("fd00::7".parse().unwrap())),
+        "http://[fd00::7]:65001"
+    );
+    // Nothing advertised (a plain host): loopback.
+    assert_eq!(config.mirror_url(any, None), "http://127.0.0.1:65001");
+    // Bound to one address: that one.
+    let one: SocketAddr = "127.0.0.3:65001".parse().unwrap();
+    assert_eq!(config.mirror_url(one, Some(node)), "http://127.0.0.3:65001");
+    // Set explicitly: as set.
+    let set = ContainerdConfig {
+        mirror: Some("http://mirror.local:1/".into()),
+        ..ContainerdConfig::default()
+    };
+    assert_eq!(set.mirror_url(any, Some(node)), "http://mirror.local:1");
+}

@@ -199,7 +199,9 @@ pub async fn run(
                     last_mirrored_pull: last.last_mirrored_pull.clone(),
                     ..report.clone()
                 } == *last;
+                // The first pull is news at once; later ones wait their turn.
                 !same_but_time
+                    || (last.last_mirrored_pull.is_none() && report.last_mirrored_pull.is_some())
                     || (last.last_mirrored_pull != report.last_mirrored_pull
                         && now.saturating_duration_since(*at) >= PULL_TIME_EVERY)
             }
