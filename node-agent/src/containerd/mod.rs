@@ -251,7 +251,7 @@ pub fn on_stop(
     proxy: SocketAddr,
     advertise: Option<IpAddr>,
 ) -> Result<(), ContainerdError> {
-    if !config.restore_on_stop {
+    if !config.restore_on_stop || watch::managed_distribution(config).is_some() {
         return Ok(());
     }
     let registries = config.parsed_registries()?;

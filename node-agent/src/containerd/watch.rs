@@ -53,6 +53,11 @@ impl Watcher {
             configured: true,
             ..NodeReport::default()
         };
+        if let Some(problem) = managed_distribution(&self.config) {
+            report.configured = false;
+            report.problems.push(problem);
+            return report;
+        }
         match self.config.parsed_registries() {
             Ok(registries) => {
                 for registry in registries {
@@ -129,6 +134,34 @@ impl Watcher {
             Err(e) => apply_failed(report, &e),
         }
     }
+}
+
+/// k3s and RKE2 generate containerd's config.toml and certs.d from
+/// `/etc/rancher/<dist>/registries.yaml` whenever their agent starts:
+/// files written there (and a backup kept beside them) would be lost, so
+/// dfdaemon writes nothing and says what to set instead.
+pub fn managed_distribution(config: &ContainerdConfig) -> Option<NodeProblem> {
+    let paths =
+        std::iter::once(config.config_path.as_path()).chain(config.containerd_config.as_deref());
+    let dist = paths.into_iter().find_map(|p| {
+        let p = p.to_string_lossy();
+        if p.contains("/rancher/k3s/") {
+            Some("k3s")
+        } else if p.contains("/rancher/rke2/") {
+            Some("rke2")
+        } else {
+            None
+        }
+    })?;
+    let name = if dist == "k3s" { "K3s" } else { "Rke2" };
+    Some(NodeProblem {
+        code: format!("ManagedBy{name}"),
+        message: format!(
+            "{dist} regenerates {} from /etc/rancher/{dist}/registries.yaml at every agent start, so dfdaemon writes nothing there; list the mirror in registries.yaml instead (mirrors: {{\"<registry>\": {{endpoint: [\"http://<node-ip>:65001\"]}}}}) and restart the {dist} agent",
+            config.config_path.display()
+        ),
+        ..NodeProblem::default()
+    })
 }
 
 fn forget_before(readopted: &mut VecDeque<Instant>, now: Instant) {
@@ -247,6 +280,29 @@ mod tests {
             ..ContainerdConfig::default()
         };
         Watcher::new(config, "http://127.0.0.1:65001".into())
+    }
+
+    #[test]
+    fn k3s_and_rke2_directories_are_refused_not_written() {
+        for (dir, code) in [
+            (
+                "var/lib/rancher/k3s/agent/etc/containerd/certs.d",
+                "ManagedByK3s",
+            ),
+            (
+                "var/lib/rancher/rke2/agent/etc/containerd/certs.d",
+                "ManagedByRke2",
+            ),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let certs = tmp.path().join(dir);
+            let mut w = watcher(&certs);
+            let report = w.pass(Instant::now());
+            assert!(!report.configured);
+            assert_eq!(report.problems[0].code, code);
+            assert!(report.problems[0].message.contains("registries.yaml"));
+            assert!(!certs.exists(), "nothing written under {dir}");
+        }
     }
 
     #[test]
