@@ -69,17 +69,20 @@ impl RuntimeVersion {
     }
 }
 
-/// Whether a problem's `runtimes` (empty, `<2.0` or `>=2.0`) holds on
-/// `running`; an unreadable qualifier holds (a problem is never hidden by
-/// a typo).
+/// Whether a problem's `runtimes` (empty, `<2.0`, `>=2.1` or both, as in
+/// `>=2.0,<2.4`) holds on `running`; an unreadable part holds (a problem
+/// is never hidden by a typo).
 pub fn runtimes_hold_on(runtimes: &str, running: RuntimeVersion) -> bool {
-    if let Some(v) = runtimes.strip_prefix(">=").and_then(RuntimeVersion::parse) {
-        running >= v
-    } else if let Some(v) = runtimes.strip_prefix('<').and_then(RuntimeVersion::parse) {
-        running < v
-    } else {
-        true
-    }
+    runtimes.split(',').all(|part| {
+        let part = part.trim();
+        if let Some(v) = part.strip_prefix(">=").and_then(RuntimeVersion::parse) {
+            running >= v
+        } else if let Some(v) = part.strip_prefix('<').and_then(RuntimeVersion::parse) {
+            running < v
+        } else {
+            true
+        }
+    })
 }
 
 #[cfg(test)]
@@ -104,6 +107,7 @@ mod tests {
                 problem("NoConfigPath", "<2.0"),
                 problem("ConfigPathMismatch", ">=2.0"),
                 problem("LegacyMirrors", ""),
+                problem("ConfigVersionUnsupported", ">=2.0,<2.4"),
             ],
             ..NodeReport::default()
         };
@@ -114,9 +118,17 @@ mod tests {
         );
         assert_eq!(
             codes(report.clone().for_runtime(Some("containerd://2.2.10"))),
+            [
+                "ConfigPathMismatch",
+                "LegacyMirrors",
+                "ConfigVersionUnsupported"
+            ]
+        );
+        assert_eq!(
+            codes(report.clone().for_runtime(Some("containerd://2.4.2"))),
             ["ConfigPathMismatch", "LegacyMirrors"]
         );
-        assert_eq!(codes(report.for_runtime(None)).len(), 3);
+        assert_eq!(codes(report.for_runtime(None)).len(), 4);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! (`io.containerd.grpc.v1.cri`), 3 and 4 (`io.containerd.cri.v1.images`).
 //! A missing file means containerd's built-in defaults.
 //!
-//! Some verdicts depend on containerd's own version: containerd 1.x reads
-//! no hosts.toml unless `config_path` is set, while 2.x reads
-//! `/etc/containerd/certs.d` by default, whatever the file's version (2.x
-//! migrates version 2 files). Such a problem names the versions it holds
-//! for; with the runtime version known, it is kept or dropped here.
+//! The verdicts follow what the real daemons did (1.6, 1.7, 2.0, 2.1, 2.2,
+//! 2.4; `docs/containerd-matrix.md`, `e2e/containerd/bypass-matrix.sh`):
+//! some hold on some releases only (a `config_path` list is read by the
+//! local pull path but not by 2.1+'s transfer service; a version 1 file
+//! loses its registry table on 2.0 to 2.2). Such a problem names the
+//! releases it holds for; with the runtime version known, it is kept or
+//! dropped here (and by the operator, which knows each node's runtime).
 
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -34,38 +36,67 @@ pub struct Problem {
     pub runtimes: Runtimes,
 }
 
-/// Which containerd versions a verdict holds for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Runtimes {
-    All,
-    Before(RuntimeVersion),
-    From(RuntimeVersion),
+/// Which containerd versions a verdict holds for: `[from, before)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Runtimes {
+    pub from: Option<RuntimeVersion>,
+    pub before: Option<RuntimeVersion>,
 }
 
-/// containerd 2.0: where hosts.toml became the default.
-const V2: RuntimeVersion = RuntimeVersion(2, 0);
+const fn v(major: u32, minor: u32) -> Option<RuntimeVersion> {
+    Some(RuntimeVersion(major, minor))
+}
 
 impl Runtimes {
+    pub const ALL: Runtimes = Runtimes {
+        from: None,
+        before: None,
+    };
+
+    const fn before(major: u32, minor: u32) -> Runtimes {
+        Runtimes {
+            from: None,
+            before: v(major, minor),
+        }
+    }
+
+    const fn from(major: u32, minor: u32) -> Runtimes {
+        Runtimes {
+            from: v(major, minor),
+            before: None,
+        }
+    }
+
     pub fn is_all(&self) -> bool {
-        *self == Runtimes::All
+        *self == Runtimes::ALL
     }
 
     pub fn holds_on(&self, running: RuntimeVersion) -> bool {
-        match *self {
-            Runtimes::All => true,
-            Runtimes::Before(v) => running < v,
-            Runtimes::From(v) => running >= v,
+        self.from.is_none_or(|f| running >= f) && self.before.is_none_or(|b| running < b)
+    }
+}
+
+impl std::fmt::Display for Runtimes {
+    /// `>=2.0,<2.4`, as the node report carries it (`all` for every version).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [
+            self.from.map(|RuntimeVersion(a, b)| format!(">={a}.{b}")),
+            self.before.map(|RuntimeVersion(a, b)| format!("<{a}.{b}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if parts.is_empty() {
+            f.write_str("all")
+        } else {
+            f.write_str(&parts.join(","))
         }
     }
 }
 
 impl Serialize for Runtimes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Runtimes::All => s.serialize_str("all"),
-            Runtimes::Before(RuntimeVersion(a, b)) => s.serialize_str(&format!("<{a}.{b}")),
-            Runtimes::From(RuntimeVersion(a, b)) => s.serialize_str(&format!(">={a}.{b}")),
-        }
+        s.serialize_str(&self.to_string())
     }
 }
 
@@ -90,7 +121,7 @@ impl Report {
         if let Some(running) = RuntimeVersion::parse(runtime) {
             self.problems.retain(|p| p.runtimes.holds_on(running));
             for p in &mut self.problems {
-                p.runtimes = Runtimes::All;
+                p.runtimes = Runtimes::ALL;
             }
         }
         self
@@ -342,36 +373,60 @@ fn judge(files: &[(PathBuf, Settings)], expected: Option<&Path>) -> Report {
         problems: Vec::new(),
         warnings: Vec::new(),
     };
-    match merged.config_path.as_deref() {
-        Some(found) if !found.is_empty() => {
-            path_listed(&mut report, found, expected, Runtimes::All)
-        }
-        // An explicit empty value switches hosts.toml off on every version.
-        Some(_) => report.problems.push(Problem {
-            code: "no_config_path",
-            message: format!(
-                "{} config_path is empty: containerd ignores hosts.toml files and never uses the mirror",
-                merged.registry_table
-            ),
-            runtimes: Runtimes::All,
-        }),
-        // Version 3 and 4 files are containerd 2.x's: its default holds.
-        None if main.version >= 3 => {
-            path_listed(&mut report, DEFAULT_CONFIG_PATH_V2, expected, Runtimes::All);
-            if let Some(last) = report.problems.last_mut() {
-                last.message.push_str(" (containerd 2.x's default: config_path is not set)");
+    // What each containerd release really does with these settings was
+    // measured on the real daemons (docs/containerd-matrix.md).
+    version_problems(&mut report, main.version, &merged.registry_table);
+    // containerd 2.1+ pulls through the transfer service unless told to
+    // pull locally (or forced to, by discard_unpacked_layers).
+    let local_pull = merged.local_pull == Some(true) || matches!(merged.discard, Some((true, _)));
+    match merged.config_path.as_deref().filter(|p| !p.is_empty()) {
+        Some(found) => {
+            path_listed(&mut report, found, expected, Runtimes::ALL);
+            if found.split(':').filter(|d| !d.is_empty()).count() > 1 && !local_pull {
+                report.problems.push(Problem {
+                    code: "config_path_list",
+                    message: format!(
+                        "{} config_path = \"{found}\" is a list: containerd 2.1+ pulls through its transfer service, which reads config_path as one directory and so no hosts.toml at all; set it to the one directory dfdaemon writes{} (or use_local_image_pull = true)",
+                        merged.registry_table,
+                        expected.map(|e| format!(" ({})", e.display())).unwrap_or_default()
+                    ),
+                    runtimes: Runtimes::from(2, 1),
+                });
             }
         }
         None => {
+            // Unset or empty: no hosts.toml on any release, but for 2.2+
+            // pulling locally, whose built-in default is a list.
+            let set = if merged.config_path.is_some() {
+                "is empty"
+            } else {
+                "is not set"
+            };
+            let (runtimes, note) = if local_pull && main.version >= 3 {
+                (
+                    Runtimes::before(2, 2),
+                    format!(" (2.2+ pulling locally read {DEFAULT_CONFIG_PATH_V2})"),
+                )
+            } else {
+                (Runtimes::ALL, String::new())
+            };
             report.problems.push(Problem {
                 code: "no_config_path",
                 message: format!(
-                    "{} has no config_path: containerd 1.x ignores hosts.toml files and never uses the mirror (containerd 2.x reads {DEFAULT_CONFIG_PATH_V2} by default)",
-                    merged.registry_table
+                    "{} config_path {set}: containerd reads no hosts.toml files and never uses the mirror{note}; set config_path = \"{}\"",
+                    merged.registry_table,
+                    expected.map(|e| e.display().to_string()).unwrap_or_else(|| "/etc/containerd/certs.d".into())
                 ),
-                runtimes: Runtimes::Before(V2),
+                runtimes,
             });
-            path_listed(&mut report, DEFAULT_CONFIG_PATH_V2, expected, Runtimes::From(V2));
+            if !runtimes.is_all() {
+                path_listed(
+                    &mut report,
+                    DEFAULT_CONFIG_PATH_V2,
+                    expected,
+                    Runtimes::from(2, 2),
+                );
+            }
         }
     }
     if let Some(table) = &merged.legacy_mirrors {
@@ -380,7 +435,7 @@ fn judge(files: &[(PathBuf, Settings)], expected: Option<&Path>) -> Report {
             message: format!(
                 "{table} is set: containerd uses this deprecated table instead of hosts.toml files (or, with config_path also set, refuses to load its CRI plugin); move it to hosts.toml files"
             ),
-            runtimes: Runtimes::All,
+            runtimes: Runtimes::ALL,
         });
     }
     if let Some((true, table)) = &merged.discard {
@@ -389,7 +444,7 @@ fn judge(files: &[(PathBuf, Settings)], expected: Option<&Path>) -> Report {
             message: format!(
                 "{table} discard_unpacked_layers = true: containerd drops layers after unpacking, so re-pulls fetch them again (from this node's dfdaemon cache, not the registry); pulls still go through the mirror"
             ),
-            runtimes: Runtimes::All,
+            runtimes: Runtimes::ALL,
         });
     }
     report
@@ -417,27 +472,54 @@ fn path_listed(report: &mut Report, found: &str, expected: Option<&Path>, runtim
     });
 }
 
-/// No config file: containerd's defaults.
+/// Config file versions a release does not read as written.
+fn version_problems(report: &mut Report, version: i64, registry_table: &str) {
+    let (runtimes, why) = match version {
+        // 2.0 to 2.2 load version 1 files without their registry table
+        // ("Ignoring unknown key"); 2.4 migrates them (2.3 not measured).
+        1 => (
+            Runtimes {
+                from: v(2, 0),
+                before: v(2, 4),
+            },
+            format!("containerd 2.0 to 2.3 ignore {registry_table} in a version 1 file"),
+        ),
+        // 1.6 loads a version 3 file without its config_path; 1.7 refuses it.
+        3 => (
+            Runtimes::before(2, 0),
+            "containerd 1.x does not read version 3 files (1.6 drops their config_path, 1.7 refuses them)".to_string(),
+        ),
+        // Version 4 exists from 2.3 on; older releases refuse it or drop it.
+        4 => (
+            Runtimes::before(2, 3),
+            "containerd before 2.3 does not read version 4 files (2.0 to 2.2 refuse them, 1.6 drops their settings)".to_string(),
+        ),
+        _ => return,
+    };
+    report.problems.push(Problem {
+        code: "config_version_unsupported",
+        message: format!("{why}: pulls bypass the mirror; write the config in the version this containerd's `containerd config default` prints"),
+        runtimes,
+    });
+}
+
+/// No config file: containerd's defaults, which read no hosts.toml on any
+/// release (2.2+ have a built-in config_path that only the local pull path
+/// uses, and CRI pulls through the transfer service by default).
 fn defaults_report(expected: Option<&Path>) -> Report {
-    let mut report = Report {
+    Report {
         config_version: 0,
         config_path: None,
         problems: vec![Problem {
             code: "no_config_path",
             message: format!(
-                "no containerd config file: containerd 1.x's defaults read no hosts.toml files, so pulls never use the mirror (containerd 2.x reads {DEFAULT_CONFIG_PATH_V2} by default)"
+                "no containerd config file: containerd's defaults read no hosts.toml files for CRI pulls, so pulls never use the mirror; write one with config_path = \"{}\"",
+                expected.map(|e| e.display().to_string()).unwrap_or_else(|| "/etc/containerd/certs.d".into())
             ),
-            runtimes: Runtimes::Before(V2),
+            runtimes: Runtimes::ALL,
         }],
         warnings: Vec::new(),
-    };
-    path_listed(
-        &mut report,
-        DEFAULT_CONFIG_PATH_V2,
-        expected,
-        Runtimes::From(V2),
-    );
-    report
+    }
 }
 
 /// `[plugins."io.containerd.grpc.v1.cri".registry]` for messages.

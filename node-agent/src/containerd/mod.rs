@@ -189,7 +189,11 @@ fn parse_all(args: &[String]) -> Result<Vec<Registry>, ContainerdError> {
 /// does, 2: it depends on containerd's version, which was not given.
 fn report(config: &Path, t: &Target) -> Result<u8, ContainerdError> {
     let mut report = check::check_file(config, Some(&t.config_path))?;
-    if let Some(version) = &t.containerd_version {
+    let version = t
+        .containerd_version
+        .clone()
+        .or_else(installed_containerd_version);
+    if let Some(version) = &version {
         report = report.for_runtime(version);
     }
     if t.json {
@@ -199,15 +203,16 @@ fn report(config: &Path, t: &Target) -> Result<u8, ContainerdError> {
         );
     } else {
         for p in &report.problems {
-            let runtimes = serde_json::to_value(p.runtimes).unwrap_or_default();
-            match runtimes.as_str() {
-                Some("all") | None => println!("{}: {}: {}", config.display(), p.code, p.message),
-                Some(r) => println!(
-                    "{}: {} (on containerd {r}): {}",
+            if p.runtimes.is_all() {
+                println!("{}: {}: {}", config.display(), p.code, p.message);
+            } else {
+                println!(
+                    "{}: {} (on containerd {}): {}",
                     config.display(),
                     p.code,
+                    p.runtimes,
                     p.message
-                ),
+                );
             }
         }
         for w in &report.warnings {
@@ -231,6 +236,27 @@ fn report(config: &Path, t: &Target) -> Result<u8, ContainerdError> {
         }
         2
     })
+}
+
+/// `containerd --version` of the containerd on PATH, when there is one
+/// (on the node; not inside dfdaemon's pod).
+fn installed_containerd_version() -> Option<String> {
+    let out = std::process::Command::new("containerd")
+        .arg("--version")
+        .output()
+        .ok()?;
+    parse_containerd_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `containerd github.com/containerd/containerd/v2 v2.2.10 <rev>` -> `v2.2.10`.
+fn parse_containerd_version(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|word| {
+            let word = word.strip_prefix('v').unwrap_or(word);
+            word.starts_with(|c: char| c.is_ascii_digit())
+                && check::RuntimeVersion::parse(word).is_some()
+        })
+        .map(str::to_string)
 }
 
 /// At daemon start: writes the hosts.toml files and checks containerd's

@@ -327,3 +327,19 @@ fn containerd_reaches_the_mirror_at_the_nodes_address_not_loopback() {
     };
     assert_eq!(set.mirror_url(any, Some(node)), "http://mirror.local:1");
 }
+
+#[test]
+fn the_installed_containerd_names_its_version() {
+    use super::parse_containerd_version as parse;
+    assert_eq!(
+        parse("containerd github.com/containerd/containerd/v2 v2.2.10 go-module-proxy\n")
+            .as_deref(),
+        Some("v2.2.10")
+    );
+    assert_eq!(
+        parse("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1\n")
+            .as_deref(),
+        Some("1.6.20~ds1")
+    );
+    assert_eq!(parse(""), None);
+}

@@ -174,11 +174,11 @@ fn forget_before(readopted: &mut VecDeque<Instant>, now: Instant) {
 }
 
 fn node_problem(p: &check::Problem) -> NodeProblem {
-    let runtimes = serde_json::to_value(p.runtimes)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .filter(|r| r != "all")
-        .unwrap_or_default();
+    let runtimes = if p.runtimes.is_all() {
+        String::new()
+    } else {
+        p.runtimes.to_string()
+    };
     NodeProblem {
         code: camel_code(p.code),
         message: p.message.clone(),
