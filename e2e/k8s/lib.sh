@@ -18,6 +18,12 @@ CLUSTER_CIDR=10.244.0.0/16
 node_name() { echo "$NS_PREFIX-node$1"; }
 node_ip() { echo "10.99.0.$((20 + $1))"; }
 node_cidr() { echo "10.244.$1.0/24"; }
+# node_containerd N: the containerd release node N runs (versions.sh).
+node_containerd() {
+  # shellcheck source=versions.sh
+  . "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
+  echo "${NODE_CONTAINERD[$((($1 - 1) % ${#NODE_CONTAINERD[@]}))]}"
+}
 log() { printf '%s k8s: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 # wait_for SECONDS DESCRIPTION COMMAND...: polls once a second, bounded.

@@ -34,6 +34,11 @@ if [ -d /sys/fs/cgroup/cpuset ]; then
   cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/$name/cpuset.mems"
 fi
 
+# A node of a containerd release built from its Go module runs that
+# release's containerd (and its shim, found next to it on PATH).
+if [ -s "$dir/containerd-bin" ]; then
+  PATH="$(cat "$dir/containerd-bin"):$PATH"
+fi
 containerd --config /etc/containerd/config.toml >"$K8S_RUN/logs/$name-containerd.log" 2>&1 &
 echo $! >"$K8S_RUN/pids/$name-containerd"
 wait_for 60 "containerd on $name" test -S /run/containerd/containerd.sock

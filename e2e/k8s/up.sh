@@ -37,6 +37,14 @@ fi
 log "Kubernetes binaries (built once per version, cached outside the repository)"
 BIN=$("$here/build.sh")
 export PATH="$BIN:$PATH"
+log "containerd releases of the nodes (built once per version, cached outside the repository)"
+declare -A CONTAINERD_BIN=()
+for ((n = 1; n <= NODES; n++)); do
+  v=$(node_containerd "$n")
+  if [ "$v" != debian ] && [ -z "${CONTAINERD_BIN[$v]:-}" ]; then
+    CONTAINERD_BIN[$v]=$("$root/e2e/containerd/build.sh" "$v")
+  fi
+done
 log "project binaries"
 profile_flag=--release
 [ "${PROFILE:-release}" = debug ] && profile_flag=
@@ -214,6 +222,19 @@ conntrack:
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
 YAML
+# containerd_config_2x BIN: what that containerd's own `config default`
+# writes (version 3 on 2.2, version 4 on 2.4), with only what this cluster
+# needs changed: the registry config_path, the local pause image, Debian's
+# CNI plugin directory and restrict_oom_score_adj (see the 1.6 config).
+containerd_config_2x() {
+  "$1/containerd" config default | awk -v reg="$REGISTRY" '
+    /^ *\[/ { table = $0 }
+    table ~ /io\.containerd\.cri\.v1\.images.\.registry\]/ && /^ *config_path = / { sub(/=.*/, "= '"'"'/etc/containerd/certs.d'"'"'") }
+    /^ *sandbox = / { sub(/=.*/, "= '"'"'" reg "/pause:3.10'"'"'") }
+    /^ *bin_dirs = / { sub(/=.*/, "= ['"'"'/usr/lib/cni'"'"']") }
+    /^ *restrict_oom_score_adj = / { sub(/=.*/, "= true") }
+    { print }'
+}
 for ((n = 1; n <= NODES; n++)); do
   name=$(node_name "$n")
   dir=$K8S_RUN/nodes/$name
@@ -222,8 +243,14 @@ for ((n = 1; n <= NODES; n++)); do
   cert "kubelet-$name" "system:node:$name" system:nodes "DNS:$name,IP:$(node_ip "$n")"
   kubeconfig "kubelet-$name" "kubelet-$name"
   mv "$K8S_RUN/kubelet-$name.kubeconfig" "$dir/kubelet.kubeconfig"
-  # containerd 1.6 with registry config_path: the node's mirror config lives
-  # in certs.d, which is what dfdaemon rewrites and restores.
+  # The node's containerd with registry config_path: the node's mirror
+  # config lives in certs.d, which is what dfdaemon rewrites and restores.
+  version=$(node_containerd "$n")
+  rm -f "$dir/containerd-bin"
+  if [ "$version" != debian ]; then
+    echo "${CONTAINERD_BIN[$version]}" >"$dir/containerd-bin"
+    containerd_config_2x "${CONTAINERD_BIN[$version]}" >"$dir/root/etc/containerd/config.toml"
+  else
   cat >"$dir/root/etc/containerd/config.toml" <<TOML
 version = 2
 root = "/var/lib/containerd"
@@ -243,6 +270,7 @@ state = "/run/containerd"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "/etc/containerd/certs.d"
 TOML
+  fi
   # The local registries speak plain HTTP; docker.io names (the project's
   # default image names) resolve to the local registry too.
   # (containerd 1.6 refuses a hosts.toml without a host table.)
