@@ -82,7 +82,7 @@ fn volume(ctx: &Ctx) -> Option<Volume> {
         name: VOLUME.into(),
         projected: Some(ProjectedVolumeSource {
             sources: Some(sources),
-            // World-readable: public certificates, read by a non-root seed peer too.
+            // World-readable: public certificates, whatever user the container runs as.
             default_mode: Some(0o444),
             ..ProjectedVolumeSource::default()
         }),
