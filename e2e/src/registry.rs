@@ -27,6 +27,8 @@ pub struct RegistryStats {
     pub blob_heads: AtomicU64,
     pub manifest_requests: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// TLS handshakes that failed (a registry served over TLS only).
+    pub failed_handshakes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -72,9 +74,76 @@ pub struct FakeRegistry {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A private CA and a server certificate it signed for loopback
+/// (`127.0.0.1`, `::1`, `localhost`): a registry behind a CA that no
+/// system trust store holds.
+pub struct PrivateCa {
+    /// The CA certificate, as a registry's CA bundle file holds it.
+    pub ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl PrivateCa {
+    pub fn generate(name: &str) -> anyhow::Result<PrivateCa> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name.push(DnType::CommonName, name);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+
+        let key = KeyPair::generate()?;
+        let mut server = CertificateParams::new(vec!["localhost".to_string()])?;
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "registry");
+        server.subject_alt_names.extend([
+            SanType::IpAddress([127, 0, 0, 1].into()),
+            SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
+        ]);
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = server.signed_by(&key, &issuer)?;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone(), ca_cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )?;
+        Ok(PrivateCa {
+            ca_pem: ca_cert.pem(),
+            server: Arc::new(config),
+        })
+    }
+}
+
 impl FakeRegistry {
     /// `basic_auth`: (user, password) every request must carry.
     pub async fn start(bind: &str, basic_auth: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        Self::start_with(bind, basic_auth, None).await
+    }
+
+    /// Serves HTTPS only, with a certificate `ca` signed.
+    pub async fn start_tls(
+        bind: &str,
+        basic_auth: Option<(&str, &str)>,
+        ca: &PrivateCa,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(bind, basic_auth, Some(ca.server.clone())).await
+    }
+
+    async fn start_with(
+        bind: &str,
+        basic_auth: Option<(&str, &str)>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<Self> {
         let state = RegistryState {
             content: Arc::default(),
             stats: Arc::default(),
@@ -84,9 +153,12 @@ impl FakeRegistry {
         let app = Router::new().fallback(serve).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let task = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+            Some(config) => tokio::spawn(serve_tls(listener, app, config, state.stats.clone())),
+        };
         Ok(FakeRegistry { addr, state, task })
     }
 
@@ -165,6 +237,35 @@ impl FakeRegistry {
 impl Drop for FakeRegistry {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Accepts TLS connections and serves `app` on each; a failed handshake
+/// (a client that does not trust the certificate) is counted and dropped.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: Arc<rustls::ServerConfig>,
+    stats: Arc<RegistryStats>,
+) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let (acceptor, app, stats) = (acceptor.clone(), app.clone(), stats.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                stats.failed_handshakes.fetch_add(1, Ordering::SeqCst);
+                return;
+            };
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                .await;
+        });
     }
 }
 

@@ -18,6 +18,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::apply::{self, ApplyError, Change, Existing, Verb};
 use crate::build::{self, BuildError, Component, LABEL_COMPONENT, LABEL_INSTANCE, MANAGER};
+use crate::ca_bundles;
 use crate::crd::{DefaultImage, DragonflyCluster, DragonflyClusterStatus};
 use crate::metrics::Metrics;
 use crate::nodes;
@@ -26,6 +27,8 @@ use crate::validate::{validate, validate_name};
 
 /// Held until every node's containerd mirror config is restored.
 pub const FINALIZER: &str = "p2p.dragonfly.dev/cleanup";
+/// A referenced registry CA bundle is missing or holds no certificate.
+const CA_BUNDLE_UNAVAILABLE: &str = "CABundleUnavailable";
 const REQUEUE_READY: Duration = Duration::from_secs(300);
 const REQUEUE_PROGRESSING: Duration = Duration::from_secs(30);
 const REQUEUE_CLEANUP: Duration = Duration::from_secs(5);
@@ -225,7 +228,35 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
         return Ok(Action::await_change());
     }
 
+    let ca_bundle_digests = match ca_bundles::read(&ctx.client, &ns, &dfc.spec).await? {
+        Ok(digests) => digests,
+        Err(problems) => {
+            ctx.metrics.failure(CA_BUNDLE_UNAVAILABLE);
+            let new = status::blocked(
+                CA_BUNDLE_UNAVAILABLE,
+                &problems,
+                dfc.metadata.generation,
+                dfc.status.as_ref(),
+                &now,
+            );
+            if write_status(&api, dfc, &new).await? {
+                let note = status::condition(Some(&new), READY).map(|c| c.message.clone());
+                publish(
+                    ctx,
+                    dfc,
+                    EventType::Warning,
+                    CA_BUNDLE_UNAVAILABLE,
+                    "Validating",
+                    note,
+                )
+                .await;
+            }
+            // Creating the Secret or ConfigMap does not trigger a reconcile.
+            return Ok(Action::requeue(REQUEUE_PROGRESSING));
+        }
+    };
     let bctx = build::Ctx::new(dfc, &ctx.images)?
+        .with_ca_bundle_digests(ca_bundle_digests)
         .with_tls(ctx.tls_plan())
         .with_operator_namespace(std::env::var("POD_NAMESPACE").ok());
     let desired = build::desired_objects(&bctx)?;

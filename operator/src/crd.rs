@@ -52,8 +52,99 @@ pub struct DragonflyClusterSpec {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub registries: Vec<String>,
+    /// Per-registry connection settings for the mirror and seed peers: a CA
+    /// bundle for a registry behind a private CA, skipping verification,
+    /// plain HTTP. Each host must also be listed in `registries` (or
+    /// `registries` is empty, which mirrors every registry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub registry_configs: Vec<RegistryConfigSpec>,
     #[serde(default)]
     pub containerd: ContainerdSpec,
+}
+
+impl DragonflyClusterSpec {
+    /// `registries` as dfdaemon and containerd are given them: a registry
+    /// listed as a bare host whose `registryConfigs` entry says `plainHTTP`
+    /// becomes `http://HOST`, so containerd's `server` and the mirror's
+    /// upstream header agree on the scheme.
+    pub fn effective_registries(&self) -> Vec<String> {
+        self.registries
+            .iter()
+            .map(|r| {
+                let plain = !r.contains("://")
+                    && self.registry_configs.iter().any(|c| {
+                        c.plain_http && c.host.eq_ignore_ascii_case(r.trim_end_matches('/'))
+                    });
+                if plain {
+                    format!("http://{r}")
+                } else {
+                    r.clone()
+                }
+            })
+            .collect()
+    }
+}
+
+/// How dfdaemons and seed peers connect to one upstream registry.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryConfigSpec {
+    /// The registry as `HOST[:PORT]`, exactly as in `registries` (without a scheme).
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// PEM CA certificates trusted for this registry, in addition to the
+    /// system roots. Mounted read-only into dfdaemon and seed-peer pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleSource>,
+    /// Accept any certificate from this registry (test registries only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Talk plain HTTP to this registry (same as listing it as
+    /// `http://HOST` in `registries`).
+    #[serde(default, rename = "plainHTTP")]
+    pub plain_http: bool,
+}
+
+/// Where a CA bundle is: one key of a Secret or of a ConfigMap in the
+/// cluster's namespace (exactly one of the two).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<KeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<KeyRef>,
+}
+
+/// One key of a Secret or ConfigMap in the cluster's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the PEM bundle.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Which kind of object a [`CaBundleSource`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleKind {
+    Secret,
+    ConfigMap,
+}
+
+impl CaBundleSource {
+    /// The one reference set, if exactly one is.
+    pub fn reference(&self) -> Option<(BundleKind, &KeyRef)> {
+        match (&self.secret_ref, &self.config_map_ref) {
+            (Some(r), None) => Some((BundleKind::Secret, r)),
+            (None, Some(r)) => Some((BundleKind::ConfigMap, r)),
+            _ => None,
+        }
+    }
 }
 
 /// The data-plane image. Repository and tag have no schema default on
@@ -459,6 +550,9 @@ fn default_tolerate_all() -> Vec<Toleration> {
 }
 fn default_node_critical() -> String {
     "system-node-critical".into()
+}
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 fn default_certs_d() -> String {
     "/etc/containerd/certs.d".into()

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod ca_bundles;
 pub mod certs;
 pub mod cluster_ca;
 pub mod controller;

@@ -107,6 +107,19 @@ pub fn invalid(
     previous: Option<&DragonflyClusterStatus>,
     now: &Time,
 ) -> DragonflyClusterStatus {
+    blocked("InvalidSpec", problems, generation, previous, now)
+}
+
+/// Nothing was applied because of `problems` (a bad spec, or objects it
+/// references that cannot be used): `Ready=False` with `reason` and every
+/// problem in the message.
+pub fn blocked(
+    reason: &str,
+    problems: &[SpecProblem],
+    generation: Option<i64>,
+    previous: Option<&DragonflyClusterStatus>,
+    now: &Time,
+) -> DragonflyClusterStatus {
     let mut status = previous.cloned().unwrap_or_default();
     status.observed_generation = generation;
     let message = problems
@@ -119,7 +132,7 @@ pub fn invalid(
         Cond {
             type_: READY,
             ok: false,
-            reason: "InvalidSpec".into(),
+            reason: reason.into(),
             message,
         },
         generation,

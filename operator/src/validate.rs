@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::crd::DragonflyClusterSpec;
+use crate::crd::{DragonflyClusterSpec, KeyRef};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecProblem {
@@ -136,6 +136,8 @@ pub fn validate(spec: &DragonflyClusterSpec) -> Vec<SpecProblem> {
         }
     }
 
+    check_registry_configs(spec, &mut bad);
+
     check_host_dir(
         &mut bad,
         "spec.containerd.configPath",
@@ -149,6 +151,120 @@ pub fn validate(spec: &DragonflyClusterSpec) -> Vec<SpecProblem> {
         );
     }
     out
+}
+
+/// `spec.registryConfigs`: hosts written like `registries` (without a
+/// scheme), each listed in `registries` unless that is empty (every
+/// registry mirrored), settings that do not contradict each other or the
+/// scheme `registries` gives, and well-formed bundle references. Whether
+/// the referenced object and key exist is checked at reconcile time.
+fn check_registry_configs(spec: &DragonflyClusterSpec, bad: &mut impl FnMut(&str, String)) {
+    let everything = spec.registries.is_empty() || spec.registries.iter().any(|r| r == "_default");
+    let listed = |host: &str| -> Option<&str> {
+        spec.registries
+            .iter()
+            .find(|r| registry_host(r).is_ok_and(|h| h.eq_ignore_ascii_case(host)))
+            .map(String::as_str)
+    };
+    let mut seen = BTreeSet::new();
+    for (i, c) in spec.registry_configs.iter().enumerate() {
+        let field = format!("spec.registryConfigs[{i}]");
+        let host = &c.host;
+        if host.contains("://") {
+            bad(
+                &format!("{field}.host"),
+                format!("{host:?}: give HOST[:PORT] without a scheme (plainHTTP: true means http)"),
+            );
+            continue;
+        }
+        match registry_host(host) {
+            Ok(h) if h == host => {}
+            Ok(_) | Err(_) => {
+                bad(
+                    &format!("{field}.host"),
+                    format!("{host:?} is not a registry host such as registry.internal:5443"),
+                );
+                continue;
+            }
+        }
+        if !seen.insert(host.to_ascii_lowercase()) {
+            bad(
+                &format!("{field}.host"),
+                format!("{host:?} is configured twice"),
+            );
+        }
+        let entry = listed(host);
+        if entry.is_none() && !everything {
+            bad(
+                &format!("{field}.host"),
+                format!("{host:?} is not in spec.registries; add it there so it is mirrored"),
+            );
+        }
+        let tls = c.ca_bundle.is_some() || c.insecure_skip_verify;
+        if c.plain_http && tls {
+            bad(
+                &field,
+                "plainHTTP cannot be combined with caBundle or insecureSkipVerify".into(),
+            );
+        }
+        if let Some(entry) = entry {
+            if c.plain_http && entry.starts_with("https://") {
+                bad(
+                    &format!("{field}.plainHTTP"),
+                    format!("spec.registries lists this registry as {entry:?}"),
+                );
+            }
+            if tls && entry.starts_with("http://") {
+                bad(
+                    &field,
+                    format!("spec.registries lists this registry as plain HTTP ({entry:?}); TLS settings would never be used"),
+                );
+            }
+        }
+        if let Some(bundle) = &c.ca_bundle {
+            match bundle.reference() {
+                None => bad(
+                    &format!("{field}.caBundle"),
+                    "set exactly one of secretRef and configMapRef".into(),
+                ),
+                Some((kind, r)) => {
+                    let which = match kind {
+                        crate::crd::BundleKind::Secret => "secretRef",
+                        crate::crd::BundleKind::ConfigMap => "configMapRef",
+                    };
+                    check_key_ref(bad, &format!("{field}.caBundle.{which}"), r);
+                }
+            }
+        }
+    }
+}
+
+fn check_key_ref(bad: &mut impl FnMut(&str, String), field: &str, r: &KeyRef) {
+    let dns_subdomain = !r.name.is_empty()
+        && r.name.len() <= 253
+        && r.name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && r.name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && r.name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !dns_subdomain {
+        bad(
+            &format!("{field}.name"),
+            format!("{:?} is not an object name", r.name),
+        );
+    }
+    let key_ok = !r.key.is_empty()
+        && r.key != "."
+        && r.key != ".."
+        && r.key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !key_ok {
+        bad(
+            &format!("{field}.key"),
+            format!("{:?} is not a Secret or ConfigMap key", r.key),
+        );
+    }
 }
 
 /// A human size such as `20GiB` or `100MiB` (what dfdaemon's flags take).
@@ -271,6 +387,79 @@ mod tests {
                 "spec.containerd.configPath",
             ]
         );
+    }
+
+    fn registry_config(host: &str) -> crate::crd::RegistryConfigSpec {
+        crate::crd::RegistryConfigSpec {
+            host: host.into(),
+            ..Default::default()
+        }
+    }
+
+    fn secret(name: &str, key: &str) -> Option<crate::crd::CaBundleSource> {
+        Some(crate::crd::CaBundleSource {
+            secret_ref: Some(KeyRef {
+                name: name.into(),
+                key: key.into(),
+            }),
+            config_map_ref: None,
+        })
+    }
+
+    #[test]
+    fn registry_configs() {
+        let mut spec = DragonflyClusterSpec {
+            registries: vec![
+                "registry.internal:5443".into(),
+                "http://10.0.0.5:5000".into(),
+                "https://secure.example".into(),
+            ],
+            ..Default::default()
+        };
+        let mut good = registry_config("registry.internal:5443");
+        good.ca_bundle = secret("internal-ca", "ca.crt");
+        spec.registry_configs = vec![good.clone(), registry_config("10.0.0.5:5000")];
+        spec.registry_configs[1].plain_http = true;
+        assert_eq!(validate(&spec), vec![]);
+
+        let mut both = registry_config("secure.example");
+        both.ca_bundle = Some(crate::crd::CaBundleSource::default());
+        both.plain_http = true;
+        let mut tls_on_http = registry_config("10.0.0.5:5000");
+        tls_on_http.insecure_skip_verify = true;
+        let mut bad_ref = registry_config("other.example");
+        bad_ref.ca_bundle = secret("Bad_Name", "../x");
+        spec.registry_configs = vec![
+            registry_config("https://registry.internal:5443"),
+            good.clone(),
+            good,
+            both,
+            tls_on_http,
+            bad_ref,
+        ];
+        let problems = validate(&spec);
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.registryConfigs[0].host",
+                "spec.registryConfigs[2].host",
+                "spec.registryConfigs[3]",
+                "spec.registryConfigs[3].plainHTTP",
+                "spec.registryConfigs[3].caBundle",
+                "spec.registryConfigs[4]",
+                "spec.registryConfigs[5].host",
+                "spec.registryConfigs[5].caBundle.secretRef.name",
+                "spec.registryConfigs[5].caBundle.secretRef.key",
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[6].message.contains("not in spec.registries"));
+
+        // With no registries listed every registry is mirrored: any host may have settings.
+        spec.registries.clear();
+        spec.registry_configs = vec![registry_config("other.example")];
+        assert_eq!(validate(&spec), vec![]);
     }
 
     #[test]

@@ -81,24 +81,41 @@ fn dfdaemon_settings(
         settings["containerd"] = json!({ "restore_on_stop": true });
     }
     // A registry listed as http://HOST is plain HTTP upstream; the mirror must know.
-    let plain: BTreeMap<String, Value> = spec
+    let mut per_registry: BTreeMap<String, Value> = spec
         .registries
         .iter()
         .filter_map(|r| r.strip_prefix("http://"))
         .map(|host| {
             (
-                host.trim_end_matches('/').to_string(),
+                host.trim_end_matches('/').to_ascii_lowercase(),
                 json!({"plain_http": true}),
             )
         })
         .collect();
-    if !plain.is_empty() {
-        settings["mirror"] = json!({ "registries": plain });
+    // Per-registry settings; a CA bundle is where registry_ca mounts it.
+    let ca_files = super::registry_ca::bundles(spec);
+    for c in &spec.registry_configs {
+        let host = c.host.to_ascii_lowercase();
+        let entry = per_registry
+            .entry(host.clone())
+            .or_insert_with(|| json!({"plain_http": false}));
+        if c.plain_http {
+            entry["plain_http"] = true.into();
+        }
+        if let Some(file) = ca_files.get(&host) {
+            entry["ca_file"] = file.as_str().into();
+        }
+        if c.insecure_skip_verify {
+            entry["insecure_skip_verify"] = true.into();
+        }
+    }
+    if !per_registry.is_empty() {
+        settings["mirror"] = json!({ "registries": per_registry });
     }
     // The mirror serves these registries only: a pod cannot point it (and
     // its access checks) at a registry of its own.
     if !spec.registries.is_empty() && !spec.registries.iter().any(|r| r == "_default") {
-        settings["mirror"]["mirrored_registries"] = json!(spec.registries);
+        settings["mirror"]["mirrored_registries"] = json!(spec.effective_registries());
     }
     settings
 }

@@ -78,8 +78,8 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
         "--containerd-config".into(),
         containerd_config_in_pod(ctx),
     ]);
-    for r in &spec.registries {
-        args.extend(["--containerd-registry".into(), r.clone()]);
+    for r in spec.effective_registries() {
+        args.extend(["--containerd-registry".into(), r]);
     }
     args.extend([
         "--config".into(),

@@ -6,6 +6,7 @@ mod config;
 mod dfdaemon;
 mod network_policy;
 mod rbac;
+pub mod registry_ca;
 mod scheduler;
 mod seed_peer;
 mod tls;
@@ -83,6 +84,10 @@ pub struct Ctx<'a> {
     /// Where the operator's own pods run (NetworkPolicies let them reach
     /// the peer and mirror ports to preheat).
     operator_namespace: Option<String>,
+    /// A digest of each registry CA bundle's content, by host, as the
+    /// operator read it; part of the pods' config hash, so new content
+    /// rolls them.
+    ca_bundle_digests: BTreeMap<String, String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -101,6 +106,7 @@ impl<'a> Ctx<'a> {
             images: images.clone(),
             tls: None,
             operator_namespace: None,
+            ca_bundle_digests: BTreeMap::new(),
         })
     }
 
@@ -108,6 +114,22 @@ impl<'a> Ctx<'a> {
     pub fn with_operator_namespace(mut self, namespace: Option<String>) -> Self {
         self.operator_namespace = namespace;
         self
+    }
+
+    /// The content digests of the registry CA bundles (see [`Ctx::ca_bundle_digests`]).
+    pub fn with_ca_bundle_digests(mut self, digests: BTreeMap<String, String>) -> Self {
+        self.ca_bundle_digests = digests;
+        self
+    }
+
+    /// The hash on a data-plane pod template: its config, and the content
+    /// of the registry CA bundles it mounts when there are any.
+    fn data_plane_hash(&self, cm: &ConfigMap) -> String {
+        if self.ca_bundle_digests.is_empty() {
+            config_hash(cm)
+        } else {
+            hash_json(&(&cm.data, &self.ca_bundle_digests))
+        }
     }
 
     /// Member pods obtain their certificates from the operator's issuer.
@@ -280,12 +302,20 @@ pub fn desired_objects(ctx: &Ctx) -> Result<Vec<Desired>, BuildError> {
     let mut deployment = scheduler::deployment(ctx, &config_hash(&sched_cm));
     member(deployment.spec.template.spec.as_mut());
     out.push(Desired::of(&deployment)?);
+    // Seed peers fetch from the origin too: both get the registry CA bundles.
+    let registry_cas = |pod: Option<&mut k8s_openapi::api::core::v1::PodSpec>| {
+        if let Some(pod) = pod {
+            registry_ca::add_to_pod(ctx, pod);
+        }
+    };
     if let Some(cm) = &seed_cm {
-        let mut statefulset = seed_peer::statefulset(ctx, &config_hash(cm));
+        let mut statefulset = seed_peer::statefulset(ctx, &ctx.data_plane_hash(cm));
+        registry_cas(statefulset.spec.template.spec.as_mut());
         member(statefulset.spec.template.spec.as_mut());
         out.push(Desired::of(&statefulset)?);
     }
-    let mut daemonset = dfdaemon::daemonset(ctx, &config_hash(&daemon_cm));
+    let mut daemonset = dfdaemon::daemonset(ctx, &ctx.data_plane_hash(&daemon_cm));
+    registry_cas(daemonset.spec.template.spec.as_mut());
     member(daemonset.spec.template.spec.as_mut());
     out.push(Desired::of(&daemonset)?);
     Ok(out)

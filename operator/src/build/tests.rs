@@ -73,6 +73,164 @@ fn golden_custom_cluster() {
 }
 
 #[test]
+fn golden_private_ca_cluster() {
+    let dfc = fixture("private-ca");
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
+    check_golden("private-ca", &render(&objects));
+}
+
+#[test]
+fn registry_ca_bundles_are_mounted_and_named_in_the_config() {
+    let dfc = fixture("private-ca");
+    assert_eq!(crate::validate::validate(&dfc.spec), vec![]);
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
+    let config_of = |name: &str| -> serde_yaml::Value {
+        let cm = objects
+            .iter()
+            .find(|d| d.resource.kind == "ConfigMap" && d.name() == name)
+            .expect("the ConfigMap");
+        let text = cm.object.data["data"][config::DFDAEMON_FILE]
+            .as_str()
+            .expect("dfdaemon.yaml");
+        serde_yaml::from_str(text).expect("yaml")
+    };
+    for name in ["internal-dfdaemon", "internal-seed-peer"] {
+        let registries = &config_of(name)["mirror"]["registries"];
+        assert_eq!(
+            registries["registry.internal:5443"]["ca_file"].as_str(),
+            Some("/etc/dragonfly-registry-ca/registry.internal_5443.crt"),
+            "{name}: {registries:?}"
+        );
+        assert_eq!(
+            registries["registry.internal:5443"]["plain_http"].as_bool(),
+            Some(false)
+        );
+        assert_eq!(
+            registries["harbor.corp.example"]["ca_file"].as_str(),
+            Some("/etc/dragonfly-registry-ca/harbor.corp.example.crt")
+        );
+        assert_eq!(
+            registries["test-registry.lan:5000"]["insecure_skip_verify"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(
+            registries["registry.lan:5000"]["plain_http"].as_bool(),
+            Some(true)
+        );
+    }
+    // A host with plainHTTP reaches containerd and the mirror's list as http://.
+    let ds = daemonset_of(&objects);
+    let args = ds.spec.template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.contains(&"http://registry.lan:5000".to_string()),
+        "{args:?}"
+    );
+    assert!(!args.contains(&"registry.lan:5000".to_string()), "{args:?}");
+
+    // Both the DaemonSet and the seed peers mount the bundles read-only, each
+    // from its own object and key.
+    let mut checked = 0;
+    for (id, pod, _) in pod_specs(&objects) {
+        if !(id.starts_with("DaemonSet") || id.starts_with("StatefulSet")) {
+            continue;
+        }
+        checked += 1;
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "registry-ca")
+            .unwrap_or_else(|| panic!("{id}: no registry-ca volume"));
+        let sources = volume.projected.as_ref().unwrap().sources.clone().unwrap();
+        let secret = sources[0].secret.as_ref().expect("a Secret projection");
+        assert_eq!(secret.name, "internal-registry-ca");
+        let items = secret.items.clone().unwrap();
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("ca.crt", "registry.internal_5443.crt")
+        );
+        let cm = sources[1]
+            .config_map
+            .as_ref()
+            .expect("a ConfigMap projection");
+        assert_eq!(cm.name, "corp-ca-bundle");
+        assert_eq!(cm.items.clone().unwrap()[0].key, "bundle.pem");
+        let mount = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "registry-ca")
+            .unwrap_or_else(|| panic!("{id}: registry-ca not mounted"));
+        assert_eq!(mount.mount_path, registry_ca::REGISTRY_CA_DIR);
+        assert_eq!(mount.read_only, Some(true));
+    }
+    assert_eq!(checked, 2, "the DaemonSet and the seed-peer StatefulSet");
+
+    // Without bundles nothing is mounted.
+    let plain = fixture("default");
+    let objects = desired_objects(&ctx_of(&plain)).expect("build");
+    for (id, pod, _) in pod_specs(&objects) {
+        assert!(
+            !pod.volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "registry-ca"),
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn new_bundle_content_rolls_the_data_plane_only() {
+    let dfc = fixture("private-ca");
+    let hashes = |digest: &str| -> BTreeMap<String, String> {
+        let ctx = ctx_of(&dfc).with_ca_bundle_digests(BTreeMap::from([(
+            "registry.internal:5443".to_string(),
+            digest.to_string(),
+        )]));
+        pod_specs_with_hashes(&desired_objects(&ctx).expect("build"))
+    };
+    let (before, after) = (hashes("aaa"), hashes("bbb"));
+    assert_eq!(before.len(), 3, "{before:?}");
+    for (id, hash) in &before {
+        let rolled = &after[id] != hash;
+        let data_plane = id.starts_with("DaemonSet") || id.starts_with("StatefulSet");
+        assert_eq!(rolled, data_plane, "{id}");
+    }
+    // A new reference (another Secret) changes the pod template itself.
+    let mut moved = fixture("private-ca");
+    moved.spec.registry_configs[0]
+        .ca_bundle
+        .as_mut()
+        .unwrap()
+        .secret_ref
+        .as_mut()
+        .unwrap()
+        .name = "rotated-ca".into();
+    let a = daemonset_of(&desired_objects(&ctx_of(&dfc)).expect("build"));
+    let b = daemonset_of(&desired_objects(&ctx_of(&moved)).expect("build"));
+    assert_ne!(a.spec.template, b.spec.template);
+}
+
+/// Each workload's pod-template config hash, by `Kind/name`.
+fn pod_specs_with_hashes(objects: &[Desired]) -> BTreeMap<String, String> {
+    objects
+        .iter()
+        .filter_map(|d| {
+            let hash = d.object.data["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH]
+                .as_str()?;
+            Some((
+                format!("{}/{}", d.resource.kind, d.name()),
+                hash.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
 fn golden_cleanup_daemonset() {
     let dfc = fixture("default");
     let ctx = ctx_of(&dfc);
@@ -273,11 +431,12 @@ fn pod_specs(objects: &[Desired]) -> Vec<(String, PodSpec, Vec<String>)> {
         .collect()
 }
 
-/// Every workload the operator can build: both fixtures' desired objects
-/// (seed peers on and off, host network on and off) and the cleanup DaemonSet.
+/// Every workload the operator can build: the fixtures' desired objects
+/// (seed peers on and off, host network on and off, registry CA bundles)
+/// and the cleanup DaemonSet.
 fn all_workloads() -> Vec<(String, PodSpec, Vec<String>)> {
     let mut out = Vec::new();
-    for name in ["default", "custom"] {
+    for name in ["default", "custom", "private-ca"] {
         let dfc = fixture(name);
         let ctx = ctx_of(&dfc);
         let mut objects = desired_objects(&ctx).expect("build");
@@ -299,8 +458,8 @@ fn all_workloads() -> Vec<(String, PodSpec, Vec<String>)> {
     }
     assert_eq!(
         out.len(),
-        7,
-        "scheduler x2, seed peer, dfdaemon x2, cleanup x2"
+        11,
+        "scheduler x3, seed peer x2, dfdaemon x3, cleanup x3"
     );
     out
 }

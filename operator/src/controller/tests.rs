@@ -356,6 +356,99 @@ async fn invalid_spec_sets_condition_and_writes_nothing_else() {
     assert_eq!(fake.writes(), Vec::<String>::new());
 }
 
+#[tokio::test]
+async fn a_missing_ca_bundle_blocks_the_rollout_until_it_exists() {
+    let mut dfc = fixture("default");
+    dfc.spec.registries = vec!["registry.internal:5443".into()];
+    dfc.spec.registry_configs = vec![crate::crd::RegistryConfigSpec {
+        host: "registry.internal:5443".into(),
+        ca_bundle: Some(crate::crd::CaBundleSource {
+            secret_ref: Some(crate::crd::KeyRef {
+                name: "internal-ca".into(),
+                key: "ca.crt".into(),
+            }),
+            config_map_ref: None,
+        }),
+        ..Default::default()
+    }];
+    dfc.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let (fake, ctx, dfc) = setup(&dfc, 1000);
+    let action = run(&dfc, &ctx).await.expect("not a reconcile error");
+    // Creating the Secret triggers nothing: look again soon.
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(fake.writes(), ["PATCH dragonflyclusters/dragonfly/status"]);
+    assert_eq!(fake.event_reasons(), ["CABundleUnavailable"]);
+    let (st, reason, message) = condition(&stored(&fake), READY);
+    assert_eq!(
+        (st.as_str(), reason.as_str()),
+        ("False", "CABundleUnavailable")
+    );
+    assert_eq!(
+        message,
+        "spec.registryConfigs[0].caBundle.secretRef: Secret dragonfly-system/internal-ca does not exist"
+    );
+
+    // A Secret without a certificate under the key is no better.
+    let secret_path = core("secrets", "internal-ca");
+    let secret = |pem: &str| {
+        use base64::Engine as _;
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "internal-ca", "namespace": NS},
+               "data": {"ca.crt": base64::engine::general_purpose::STANDARD.encode(pem)}})
+    };
+    fake.insert(&secret_path, secret("hello"));
+    fake.clear_calls();
+    run(&stored(&fake), &ctx).await.expect("reconcile");
+    let (_, _, message) = condition(&stored(&fake), READY);
+    assert!(
+        message.ends_with("holds no PEM certificate under that key"),
+        "{message}"
+    );
+
+    // Once it holds one, everything is applied, the DaemonSet mounting it.
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    fake.insert(&secret_path, secret(pem));
+    fake.clear_calls();
+    run(&stored(&fake), &ctx).await.expect("reconcile");
+    assert!(fake
+        .writes()
+        .contains(&"PATCH daemonsets/dragonfly-dfdaemon".to_string()));
+    let ds = fake
+        .object(&apps("daemonsets", "dragonfly-dfdaemon"))
+        .expect("DaemonSet");
+    let hash = ds["spec"]["template"]["metadata"]["annotations"][build::CONFIG_HASH].clone();
+    assert!(
+        ds["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "registry-ca"),
+        "{ds}"
+    );
+
+    // New content under the same reference rolls the data plane.
+    fake.insert(
+        &secret_path,
+        secret("-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"),
+    );
+    fake.clear_calls();
+    run(&stored(&fake), &ctx).await.expect("reconcile");
+    let ds = fake
+        .object(&apps("daemonsets", "dragonfly-dfdaemon"))
+        .expect("DaemonSet");
+    assert_ne!(
+        ds["spec"]["template"]["metadata"]["annotations"][build::CONFIG_HASH],
+        hash
+    );
+    assert_eq!(
+        fake.mutations(),
+        [
+            "PATCH statefulsets/dragonfly-seed-peer",
+            "PATCH daemonsets/dragonfly-dfdaemon",
+        ]
+    );
+}
+
 fn deleting(mut dfc: DragonflyCluster, at: i64) -> DragonflyCluster {
     dfc.metadata.deletion_timestamp = Some(Time(
         Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH),
