@@ -183,11 +183,14 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
 /// and fails once the main runtime stalls for 3 s; a frozen process does
 /// not answer at all. Killing it cuts containerd's connections, and
 /// containerd moves on to the registry (the next host in hosts.toml).
+/// A frozen process never handles the SIGTERM that ends it, so a probe
+/// failure gets 2 s of grace, not the pod's 60 s, before the SIGKILL.
 fn dfdaemon_liveness(port: i32) -> k8s_openapi::api::core::v1::Probe {
     k8s_openapi::api::core::v1::Probe {
         period_seconds: Some(3),
         timeout_seconds: Some(2),
         failure_threshold: Some(3),
+        termination_grace_period_seconds: Some(2),
         ..http_probe("/healthz", port, 3, 3)
     }
 }
