@@ -410,31 +410,37 @@ fail_open() { # HOW(STOP|KILL) N
   name=$(node_name "$n")
   wait_for 120 "dfdaemon on $name ready" sh -c \
     "kubectl -n $NSP get pods -l app.kubernetes.io/component=dfdaemon --field-selector spec.nodeName=$name -o jsonpath='{.items[0].status.containerStatuses[0].ready}' | grep -qx true"
+  # The previous round may have just restarted it: wait for its process.
+  wait_for 60 "a dfdaemon process on $name" node_dfdaemon_pid "$name" || die "no dfdaemon process for $name"
+  sleep 3
   pid=$(node_dfdaemon_pid "$name") || die "no dfdaemon process for $name"
-  sums=$("$here/images.sh" app "$REGISTRY" "e2e/failopen-${how,,}-$mode" v1 4)
+  local pod=failopen-${how,,}-$n
+  sums=$("$here/images.sh" app "$REGISTRY" "e2e/$pod-$mode" v1 4)
   kill -"$how" "$pid"
   start=$(date +%s)
   kc apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Pod
-metadata: {name: failopen-${how,,}, namespace: e2e, labels: {app: failopen-${how,,}}}
+metadata: {name: $pod, namespace: e2e, labels: {app: failopen}}
 spec:
   nodeName: $name
   terminationGracePeriodSeconds: 1
-  containers: [{name: app, image: "$REGISTRY/e2e/failopen-${how,,}-$mode:v1", imagePullPolicy: IfNotPresent}]
+  containers: [{name: app, image: "$REGISTRY/e2e/$pod-$mode:v1", imagePullPolicy: IfNotPresent}]
 YAML
-  wait_for 180 "failopen-${how,,} running" sh -c \
-    "kubectl -n e2e get pod failopen-${how,,} -o jsonpath='{.status.phase}' | grep -qx Running" ||
+  wait_for 180 "$pod running" sh -c \
+    "kubectl -n e2e get pod $pod -o jsonpath='{.status.phase}' | grep -qx Running" ||
     { kill -CONT "$pid" 2>/dev/null; die "a new pod did not start on $name with its dfdaemon ${how}ped"; }
   secs=$(($(date +%s) - start))
   kill -CONT "$pid" 2>/dev/null || true
-  got=$(kc -n e2e exec "failopen-${how,,}" -- sh -c 'sha256sum /data/*' | awk '{print $1}' | sort | tr '\n' ' ')
+  got=$(kc -n e2e exec "$pod" -- sh -c 'sha256sum /data/*' | awk '{print $1}' | sort | tr '\n' ' ')
   check "fail-open: the new pod on $name reads back the pushed bytes" test "$got" = "$sums"
-  check "fail-open: a new image started on $name ${secs}s after its dfdaemon got SIG$how (bound 60 s)" test "$secs" -le 60
-  kc -n e2e delete pod "failopen-${how,,}" --wait=false >/dev/null
+  check "fail-open: a new image started on $name (containerd $(node_containerd "$n")) ${secs}s after its dfdaemon got SIG$how (bound 60 s)" test "$secs" -le 60
+  kc -n e2e delete pod "$pod" --wait=false >/dev/null
 }
-fail_open STOP 1
-fail_open KILL 2
+for ((n = 1; n <= NODES; n++)); do
+  fail_open STOP "$n"
+  fail_open KILL "$n"
+done
 wait_for 300 "DragonflyCluster Ready after fail-open" sh -c "kubectl -n $NSP get dfc $DFC -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 
 # --- 6. two operator replicas, one leader ------------------------------------
