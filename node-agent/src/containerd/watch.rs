@@ -11,7 +11,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::apply::{self, Applied};
-use super::{check, ContainerdConfig};
+use super::check;
+use super::config::ContainerdConfig;
+use super::error::ContainerdError;
+use super::hosts::Registry;
 use crate::mirror::usage::MirrorUse;
 use crate::node_report::{camel_code, NodeProblem, NodeReport};
 
@@ -89,12 +92,7 @@ impl Watcher {
         report
     }
 
-    fn apply_registry(
-        &mut self,
-        registry: &super::Registry,
-        now: Instant,
-        report: &mut NodeReport,
-    ) {
+    fn apply_registry(&mut self, registry: &Registry, now: Instant, report: &mut NodeReport) {
         let fight = self.fights.entry(registry.dir.clone()).or_default();
         if let Some(until) = fight.yielded_until {
             if now < until {
@@ -186,7 +184,7 @@ fn node_problem(p: &check::Problem) -> NodeProblem {
     }
 }
 
-fn apply_failed(report: &mut NodeReport, e: &super::ContainerdError) {
+fn apply_failed(report: &mut NodeReport, e: &ContainerdError) {
     tracing::error!(error = %e, "configuring containerd to use the mirror failed");
     report.configured = false;
     report.problems.push(NodeProblem {
@@ -196,7 +194,7 @@ fn apply_failed(report: &mut NodeReport, e: &super::ContainerdError) {
     });
 }
 
-fn contested(config: &ContainerdConfig, registry: &super::Registry) -> NodeProblem {
+fn contested(config: &ContainerdConfig, registry: &Registry) -> NodeProblem {
     NodeProblem {
         code: "HostsTomlContested".into(),
         message: format!(
