@@ -169,19 +169,23 @@ pub async fn run(
     if config.mirror.mirrored_registries.is_empty() {
         tracing::warn!("no --registry given: the mirror serves any registry a caller names");
     }
+    // The watcher has a stop of its own: it must be gone before the files
+    // are restored, or a late pass would write them again.
+    let (watcher_stop, watcher_stopped) = tokio::sync::watch::channel(false);
+    let mut watcher_task = None;
     if config.containerd.enabled {
         // A node whose hosts.toml cannot be written still pulls straight
         // from its registries: keep serving peers, and tell the operator.
         let (watcher, report) =
             containerd::on_start(&config.containerd, bound.proxy, config.advertise_ip);
-        tokio::spawn(containerd::watch::run(
+        watcher_task = Some(tokio::spawn(containerd::watch::run(
             watcher,
             report,
             config.containerd.recheck_interval,
             daemon.mirror_use.clone(),
-            stop_rx.clone(),
+            watcher_stopped,
             |report| Box::pin(async move { node_report::publish_from_pod(&report).await }),
-        ));
+        )));
     }
     ready.store(true, Ordering::SeqCst);
     let proxy_addr = bound.proxy;
@@ -189,6 +193,11 @@ pub async fn run(
     shutdown.await;
     tracing::info!("dfdaemon shutting down");
     ready.store(false, Ordering::SeqCst);
+    let _ = watcher_stop.send(true);
+    if let Some(task) = watcher_task {
+        // A pass in progress finishes first (a few small files).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
     if config.containerd.enabled {
         if let Err(e) = containerd::on_stop(&config.containerd, proxy_addr, config.advertise_ip) {
             tracing::error!(error = %e, "restoring containerd's hosts.toml files failed");
