@@ -50,10 +50,11 @@ fn parse_guarded(text: &str) -> Option<Result<Document<&str>, toml_edit::TomlErr
 const CODES: &[&str] = &[
     "no_config_path",
     "config_path_mismatch",
+    "config_path_list",
+    "config_version_unsupported",
     "legacy_mirrors",
-    "transfer_service",
-    "discard_unpacked_layers",
 ];
+const WARNINGS: &[&str] = &["discard_unpacked_layers"];
 
 fn check_registry(arg: &str) -> Option<Registry> {
     let registry = Registry::parse(arg).ok()?;
@@ -181,26 +182,38 @@ fn check_config(text: &str, expected: Option<&Path>) {
         Err(e) => panic!("check answered {e:?}"),
     };
     assert!(
-        (1..=3).contains(&report.config_version),
+        (1..=4).contains(&report.config_version),
         "{}",
         report.config_version
     );
     for problem in &report.problems {
         assert!(CODES.contains(&problem.code), "{}", problem.code);
     }
+    for warning in &report.warnings {
+        assert!(WARNINGS.contains(&warning.code), "{}", warning.code);
+    }
     let has = |code: &str| report.problems.iter().any(|p| p.code == code);
     match &report.config_path {
-        None => assert!(has("no_config_path") && !has("config_path_mismatch")),
+        // No config_path: reported, on every release or on those the
+        // built-in default does not cover.
+        None => assert!(has("no_config_path")),
         Some(path) => {
             assert!(!path.is_empty());
             assert!(!has("no_config_path"));
             if expected.is_none() {
                 assert!(!has("config_path_mismatch"));
             }
+            if !path.contains(':') {
+                assert!(!has("config_path_list"));
+            }
         }
     }
-    if report.config_version != 3 {
-        assert!(!has("transfer_service"));
+    // The same report narrowed to one release keeps a subset, all of them
+    // holding there.
+    for release in ["1.6.20", "2.1.9", "2.4.2"] {
+        let narrowed = report.clone().for_runtime(release);
+        assert!(narrowed.problems.len() <= report.problems.len());
+        assert!(narrowed.problems.iter().all(|p| p.runtimes.is_all()));
     }
     // The operator's node report carries it as JSON.
     serde_json::to_string(&report).expect("report as JSON");
