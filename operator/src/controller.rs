@@ -212,18 +212,7 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
             dfc.status.as_ref(),
             &now,
         );
-        if write_status(&api, dfc, &new).await? {
-            let note = status::condition(Some(&new), READY).map(|c| c.message.clone());
-            publish(
-                ctx,
-                dfc,
-                EventType::Warning,
-                "InvalidSpec",
-                "Validating",
-                note,
-            )
-            .await;
-        }
+        warn_on_new_status(ctx, &api, dfc, &new, "InvalidSpec").await?;
         // Nothing to retry until the spec changes.
         return Ok(Action::await_change());
     }
@@ -239,18 +228,7 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
                 dfc.status.as_ref(),
                 &now,
             );
-            if write_status(&api, dfc, &new).await? {
-                let note = status::condition(Some(&new), READY).map(|c| c.message.clone());
-                publish(
-                    ctx,
-                    dfc,
-                    EventType::Warning,
-                    CA_BUNDLE_UNAVAILABLE,
-                    "Validating",
-                    note,
-                )
-                .await;
-            }
+            warn_on_new_status(ctx, &api, dfc, &new, CA_BUNDLE_UNAVAILABLE).await?;
             // Creating the Secret or ConfigMap does not trigger a reconcile.
             return Ok(Action::requeue(REQUEUE_PROGRESSING));
         }
@@ -700,6 +678,22 @@ async fn set_finalizers(
 }
 
 /// Server-side apply of the whole status, only when it changed.
+/// Writes a status that blocks the reconcile and, when it changed, says
+/// why in a Warning event (the Ready condition's message).
+async fn warn_on_new_status(
+    ctx: &Context,
+    api: &Api<DragonflyCluster>,
+    dfc: &DragonflyCluster,
+    new: &DragonflyClusterStatus,
+    reason: &str,
+) -> Result<(), Error> {
+    if write_status(api, dfc, new).await? {
+        let note = status::condition(Some(new), READY).map(|c| c.message.clone());
+        publish(ctx, dfc, EventType::Warning, reason, "Validating", note).await;
+    }
+    Ok(())
+}
+
 async fn write_status(
     api: &Api<DragonflyCluster>,
     dfc: &DragonflyCluster,
