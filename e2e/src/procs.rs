@@ -109,6 +109,23 @@ impl Proc {
             .status();
     }
 
+    /// SIGTERM without waiting: what kubelet sends a pod being stopped.
+    pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Waits at most `timeout` for the process to exit; true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// SIGKILL: a crash, as far as the process can tell.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

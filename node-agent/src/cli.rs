@@ -76,6 +76,10 @@ pub struct RunArgs {
     pub piece_wait: Option<humantime::Duration>,
     #[arg(long)]
     pub piece_timeout: Option<humantime::Duration>,
+    /// After SIGTERM, how long answers in flight may still stream; keep it
+    /// under the pod's termination grace period.
+    #[arg(long)]
+    pub shutdown_grace: Option<humantime::Duration>,
     /// Mirror upstream for requests naming none (lazy-pull clients): a
     /// host or an http(s) URL.
     #[arg(long)]
@@ -138,7 +142,8 @@ impl RunArgs {
             stall_timeout,
             piece_wait,
             piece_timeout,
-            header_timeout
+            header_timeout,
+            shutdown_grace
         );
         if self.advertise_ip.is_some() {
             config.advertise_ip = self.advertise_ip;

@@ -154,8 +154,18 @@ pub async fn run(
 
     let mirror_router = mirror::router(daemon.clone()).context("setting up the registry mirror")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The admin port (health, metrics) outlives the others: kubelet keeps
+    // probing a pod while it drains.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let servers = start_servers(&daemon, listeners, mirror_router, ready.clone(), &stop_rx);
+    let Servers { admin, serving } = start_servers(
+        &daemon,
+        listeners,
+        mirror_router,
+        ready.clone(),
+        &stop_rx,
+        &admin_stop_rx,
+    );
 
     if schedulers.is_configured() {
         schedulers.refresh().await;
@@ -191,8 +201,13 @@ pub async fn run(
     let proxy_addr = bound.proxy;
     on_bound(bound);
     shutdown.await;
-    tracing::info!("dfdaemon shutting down");
+    let drain_deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    tracing::info!(grace = ?config.shutdown_grace, "dfdaemon shutting down");
     ready.store(false, Ordering::SeqCst);
+    // First of all, stop taking connections: a new pull is refused at once
+    // and containerd moves on to the registry, while answers in flight
+    // (a blob streaming to containerd) go on.
+    let _ = stop_tx.send(true);
     let _ = watcher_stop.send(true);
     if let Some(task) = watcher_task {
         // A pass in progress finishes first (a few small files).
@@ -204,17 +219,19 @@ pub async fn run(
         }
     }
     schedulers.leave().await;
-    let _ = stop_tx.send(true);
     for task in daemon.store.list() {
         let _ = task.flush().await;
     }
-    // Answers in flight (a blob streaming to containerd) may finish; new
-    // connections are refused already, so containerd moves on to the
-    // registry for new pulls.
-    let drained = tokio::time::timeout(config.shutdown_grace, futures::future::join_all(servers));
-    if drained.await.is_err() {
-        tracing::warn!(grace = ?config.shutdown_grace, "answers still in flight at the end of the shutdown grace; cut");
+    // Answers in flight may finish, within the grace counted from SIGTERM.
+    let drained = tokio::time::timeout_at(drain_deadline, futures::future::join_all(serving));
+    match drained.await {
+        Ok(_) => tracing::info!("every answer in flight finished"),
+        Err(_) => {
+            tracing::warn!(grace = ?config.shutdown_grace, "answers still in flight at the end of the shutdown grace; cut")
+        }
     }
+    let _ = admin_stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin).await;
     if let ApiAddress::Unix(path) = &config.api_listen {
         let _ = std::fs::remove_file(path);
     }
@@ -341,13 +358,20 @@ fn spawn_garbage_collector(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Re
 
 /// Serves the peer port (members only, with cluster identity), the admin
 /// port, the registry mirror and the local task API until `stop`.
+/// The admin server, stopped last, and the servers that drain at SIGTERM.
+struct Servers {
+    admin: tokio::task::JoinHandle<()>,
+    serving: Vec<tokio::task::JoinHandle<()>>,
+}
+
 fn start_servers(
     daemon: &Arc<Daemon>,
     listeners: Listeners,
     mirror_router: axum::Router,
     ready: Arc<AtomicBool>,
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+    admin_stop: &tokio::sync::watch::Receiver<bool>,
+) -> Servers {
     let serve = |name: &'static str,
                  listener: serve::Listener,
                  router: axum::Router,
@@ -392,11 +416,10 @@ fn start_servers(
             tls: None,
             bulk: false,
         },
-        stop.clone(),
+        admin_stop.clone(),
     );
-    tokio::spawn(daemon.heartbeat.clone().run(stop.clone()));
-    vec![
-        admin,
+    tokio::spawn(daemon.heartbeat.clone().run(admin_stop.clone()));
+    let serving = vec![
         serve(
             "peer",
             serve::Listener::Tcp(listeners.peer),
@@ -419,5 +442,6 @@ fn start_servers(
             None,
             false,
         ),
-    ]
+    ];
+    Servers { admin, serving }
 }

@@ -175,6 +175,9 @@ pub async fn serve(
             stop.clone(),
         ));
     }
+    // Closed now, not when the drain is over: a new connection is refused
+    // at once rather than left in the backlog to time out.
+    drop(listener);
     // Connections finish the request they are serving (each was told to
     // close after it): resolves once every admission is given back, so a
     // caller bounding this wait drains in-flight answers before exiting.
