@@ -11,6 +11,10 @@ CP_IP=10.99.0.10
 REG_IP=10.99.0.2
 REGISTRY=$REG_IP:5000
 PRIVATE_REGISTRY=$REG_IP:5001
+# Anonymous, over TLS with a certificate from a CA of its own (not in any
+# trust store): the cluster must be given the CA to mirror it.
+TLS_REGISTRY=$REG_IP:5443
+TLS_REGISTRY_CA=$K8S_RUN/registry/tls/ca.crt
 SERVICE_CIDR=10.96.0.0/16
 KUBERNETES_SVC_IP=10.96.0.1
 DNS_IP=10.96.0.10

@@ -52,15 +52,16 @@ registry_blob_bytes() { # LOGNAME FROM REPO
 log_lines() { wc -l <"$K8S_RUN/logs/$1.log"; }
 # Layer and config digests and sizes of an image: "digest size" lines.
 image_blobs() { # REGISTRY REPO TAG [USER:PASS]
-  local auth=()
+  local auth=() scheme=http
   [ -n "${4:-}" ] && auth=(-u "$4")
+  [ "$1" = "$TLS_REGISTRY" ] && { scheme=https; auth+=(--cacert "$TLS_REGISTRY_CA"); }
   curl -sf "${auth[@]}" -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-    "http://$1/v2/$2/manifests/$3" | jq -r '.config, .layers[] | "\(.digest) \(.size)"' | sort
+    "$scheme://$1/v2/$2/manifests/$3" | jq -r '.config, .layers[] | "\(.digest) \(.size)"' | sort
 }
 # Whether a registry ever sent this blob (to any repository) in this run.
 already_served() { # DIGEST
   local lines
-  lines=$(cat "$K8S_RUN/logs/registry.log" "$K8S_RUN/logs/registry-private.log" | grep 'response completed' |
+  lines=$(cat "$K8S_RUN"/logs/registry{,-private,-tls}.log | grep 'response completed' |
     grep "blobs/$1\"" | grep -v 'http.response.written=0\b' || true)
   [ -n "$lines" ]
 }
@@ -129,6 +130,14 @@ check_app_content() { # NAME EXPECTED-SUMS
 }
 rollout() { kc -n "$2" rollout status "$1" --timeout="${3:-300s}" >&2; }
 
+# The TLS registry's CA, as an admin gives it: a Secret the cluster names.
+registry_ca_secret() {
+  kc create namespace "$NSP" --dry-run=client -o yaml | kc apply -f - >/dev/null
+  kc -n "$NSP" create secret generic e2e-registry-ca --from-file=ca.crt="$TLS_REGISTRY_CA" \
+    --dry-run=client -o yaml | kc apply -f - >/dev/null
+}
+REGISTRY_CONFIGS="[{\"host\":\"$TLS_REGISTRY\",\"caBundle\":{\"secretRef\":{\"name\":\"e2e-registry-ca\",\"key\":\"ca.crt\"}}}]"
+
 install() {
   case $mode in
     manifests)
@@ -136,13 +145,16 @@ install() {
       kc wait --for=condition=Established crd --all --timeout=60s >/dev/null
       kc apply -f "$root/manifests/02-rbac.yaml" -f "$root/manifests/03-operator.yaml" >/dev/null
       rollout deploy/dragonfly-operator "$NSP" 180s
+      registry_ca_secret
       # The sample cluster, mirroring the local registries instead of docker.io.
-      sed -e "s|^  - docker.io|  - http://$REGISTRY\n  - http://$PRIVATE_REGISTRY|" \
+      sed -e "s|^  - docker.io|  - http://$REGISTRY\n  - http://$PRIVATE_REGISTRY\n  - $TLS_REGISTRY\n  registryConfigs: $REGISTRY_CONFIGS|" \
         "$root/manifests/04-dragonflycluster.yaml" | kc apply -f - >/dev/null
       ;;
     helm)
+      registry_ca_secret
       helm install dragonfly "$root/charts/dragonfly" --namespace "$NSP" --create-namespace \
-        --set "cluster.spec.registries={http://$REGISTRY,http://$PRIVATE_REGISTRY}" --wait --timeout 5m >&2
+        --set "cluster.spec.registries={http://$REGISTRY,http://$PRIVATE_REGISTRY,$TLS_REGISTRY}" \
+        --set-json "cluster.spec.registryConfigs=$REGISTRY_CONFIGS" --wait --timeout 5m >&2
       ;;
   esac
 }
@@ -332,6 +344,15 @@ for ((n = 1; n <= NODES; n++)); do
     -H "X-Dragonfly-Registry: http://$PRIVATE_REGISTRY" "http://$(node_ip "$n"):65001/v2/e2e/private-$mode/blobs/$layer?ns=$PRIVATE_REGISTRY" || true)
   check "$name: the mirror refuses the private layer without credentials ($code)" test "$code" = 401 -o "$code" = 403
 done
+
+# --- 3c. a registry behind a private CA, mirrored with the CA the cluster names
+TLS_SUMS=$("$here/images.sh" app "$TLS_REGISTRY" "e2e/tls-$mode" v1 8)
+from=$(log_lines registry-tls)
+deploy_app tls "$TLS_REGISTRY/e2e/tls-$mode:v1"
+rollout deploy/tls e2e 300s
+check "private-CA registry: pods read back the pushed bytes" check_app_content tls "$TLS_SUMS"
+check "private-CA registry served each blob of e2e/tls-$mode once (the mirror verified it with the cluster's CA bundle)" \
+  check_blobs_once registry-tls "$from" "$TLS_REGISTRY" "e2e/tls-$mode" v1
 
 # --- 4. Preheat, then the registry stops, then every node starts it --------
 PRE_SUMS=$("$here/images.sh" app "$REGISTRY" "e2e/preheat-$mode" v1 8)

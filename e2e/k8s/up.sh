@@ -164,6 +164,24 @@ reg_config 5001 "$K8S_RUN/registry/private" "$K8S_RUN/registry/htpasswd" >"$K8S_
 registry_start
 start registry-private "$REG" docker-registry serve "$K8S_RUN/registry/private.yaml"
 
+log "registry: TLS on $TLS_REGISTRY, its certificate from a private CA"
+tls=$K8S_RUN/registry/tls
+mkdir -p "$tls" "$K8S_RUN/registry/tls-data"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3 \
+  -subj "/CN=dragonfly-e2e private registry CA" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$REG_IP" \
+  -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 3 \
+  -extfile <(printf 'subjectAltName=IP:%s\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n' "$REG_IP") \
+  -out "$tls/server.crt" 2>/dev/null
+{
+  reg_config 5443 "$K8S_RUN/registry/tls-data"
+  printf '  tls:\n    certificate: %s\n    key: %s\n' "$tls/server.crt" "$tls/server.key"
+} >"$K8S_RUN/registry/tls.yaml"
+start registry-tls "$REG" docker-registry serve "$K8S_RUN/registry/tls.yaml"
+wait_for 30 "TLS registry" curl -sf --cacert "$TLS_REGISTRY_CA" "https://$TLS_REGISTRY/v2/"
+
 log "images (pause, coredns, dragonfly, test app) into $REGISTRY"
 TAG=${TAG:-$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$root/charts/dragonfly/Chart.yaml")}
 "$here/images.sh" system "$REGISTRY" "$BIN" "$TAG" "$TAG-next"
@@ -239,6 +257,7 @@ for ((n = 1; n <= NODES; n++)); do
   name=$(node_name "$n")
   dir=$K8S_RUN/nodes/$name
   mkdir -p "$dir/root/etc/containerd/certs.d/$REGISTRY" "$dir/root/etc/containerd/certs.d/$PRIVATE_REGISTRY" \
+    "$dir/root/etc/containerd/certs.d/$TLS_REGISTRY" \
     "$dir/root/etc/containerd/certs.d/docker.io" "$dir/root/etc/cni/net.d"
   cert "kubelet-$name" "system:node:$name" system:nodes "DNS:$name,IP:$(node_ip "$n")"
   kubeconfig "kubelet-$name" "kubelet-$name"
@@ -278,6 +297,11 @@ TOML
     printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
       "${r#*=}" "${r#*=}" >"$dir/root/etc/containerd/certs.d/${r%%=*}/hosts.toml"
   done
+  # The TLS registry: the node trusts its CA (so a pull that bypasses the
+  # mirror still works); the mirror is given the CA by the DragonflyCluster.
+  cp "$TLS_REGISTRY_CA" "$dir/root/etc/containerd/certs.d/$TLS_REGISTRY/ca.crt"
+  printf 'server = "https://%s"\n\n[host."https://%s"]\n  capabilities = ["pull", "resolve"]\n  ca = "/etc/containerd/certs.d/%s/ca.crt"\n' \
+    "$TLS_REGISTRY" "$TLS_REGISTRY" "$TLS_REGISTRY" >"$dir/root/etc/containerd/certs.d/$TLS_REGISTRY/hosts.toml"
   cat >"$dir/root/etc/cni/net.d/10-bridge.conflist" <<JSON
 {
   "cniVersion": "0.4.0",
