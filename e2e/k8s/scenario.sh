@@ -483,9 +483,10 @@ for pod in $(kc -n "$NSP" get pods -l app.kubernetes.io/name=dragonfly-operator 
 done
 note "  operator pods whose logs mention leading: $logs_leading"
 
-# --- 7. bad input gets a condition and a Warning event ----------------------
-bad_cluster() { # NAME CACHE-SIZE
-  kc -n "$NSP" apply -f - >/dev/null <<YAML
+# --- 7. bad input: admission refuses what the schema can say; the rest gets
+# a condition and a Warning event ------------------------------------------
+bad_cluster_yaml() { # NAME CACHE-SIZE [PEER-PORT]
+  cat <<YAML
 apiVersion: p2p.dragonfly.dev/v1alpha1
 kind: DragonflyCluster
 metadata: {name: $1, namespace: $NSP}
@@ -493,8 +494,19 @@ spec:
   registries: ["http://$REGISTRY"]
   seedPeer: {enabled: false}
   scheduler: {replicas: 1}
-  dfdaemon: {cacheSize: "$2", nodeSelector: {e2e-no-such-node: "true"}}
+  dfdaemon: {cacheSize: "$2", peerPort: ${3:-65002}, nodeSelector: {e2e-no-such-node: "true"}}
 YAML
+}
+bad_cluster() { bad_cluster_yaml "$@" | kc -n "$NSP" apply -f - >/dev/null; }
+refused_at_admission() { # WHAT NAME CACHE-SIZE [PEER-PORT]: kubectl apply must fail, saying why
+  local what=$1 out
+  shift
+  if out=$(bad_cluster_yaml "$@" | kc -n "$NSP" apply -f - 2>&1); then
+    kc -n "$NSP" delete dfc "$1" --wait=false >/dev/null 2>&1 || true
+    check "$what is refused at admission" false
+  fi
+  note "  $what: kubectl apply refused: $(echo "$out" | tail -1 | cut -c1-300)"
+  check "$what is refused at admission, naming the field" sh -c "echo \"\$1\" | grep -q \"\$2\"" _ "$out" "$5"
 }
 expect_complaint() { # NAME
   wait_for 60 "a Ready=False condition on $1" sh -c \
@@ -507,21 +519,22 @@ expect_complaint() { # NAME
   note "  $1: condition '$msg'"
   note "  $1: events: $events"
 }
-bad_cluster bad-size lots
-expect_complaint bad-size
-note "ok: an invalid cacheSize is reported"
+refused_at_admission "a malformed cacheSize" bad-size lots 65002 cacheSize
 long=e2e-a-name-that-is-fine-for-the-custom-resource-but-not-for-services
-bad_cluster "$long" 1GiB
-expect_complaint "$long"
-note "ok: a name too long for its Services is reported"
+refused_at_admission "a name too long for its Services" "$long" 1GiB 65002 "at most 42 characters"
+refused_at_admission "a peer port equal to the mirror's" bad-port 1GiB 65001 peerPort
+# A zero size passes the schema's pattern; the operator's own check reports it.
+bad_cluster zero-size 0GiB
+expect_complaint zero-size
+note "ok: a zero cacheSize is reported"
 sleep 20
-for n in bad-size "$long"; do
+for n in zero-size; do
   count=$(kc -n "$NSP" get events --field-selector "involvedObject.name=$n,type=Warning" -o jsonpath='{range .items[*]}{.count}{"\n"}{end}' | awk '{s += ($1 == "" ? 1 : $1)} END {print s + 0}')
   note "  $n: $count Warning events after 20 s more (backoff, no hot loop)"
   check "$n: events back off ($count)" test "$count" -lt 30
 done
-kc -n "$NSP" delete dfc bad-size "$long" --wait --timeout=120s >/dev/null
-note "ok: both deleted without getting stuck"
+kc -n "$NSP" delete dfc zero-size --wait --timeout=120s >/dev/null
+note "ok: deleted without getting stuck"
 
 # --- 8. upgrade rolls the data plane (helm) ---------------------------------
 if [ "$mode" = helm ]; then

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,32 @@ pub struct DragonflyClusterSpec {
     pub registry_configs: Vec<RegistryConfigSpec>,
     #[serde(default)]
     pub containerd: ContainerdSpec,
+    #[serde(default)]
+    pub availability: AvailabilitySpec,
+}
+
+/// When the cluster counts as Available (and so Ready): a large fleet
+/// always has a node booting or draining, which must not make the whole
+/// cluster unhealthy to GitOps tools.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AvailabilitySpec {
+    /// dfdaemons that may be unready while the cluster stays Available: a
+    /// number, or a percentage of the scheduled dfdaemons (rounded down).
+    #[serde(default = "default_max_unavailable_daemons")]
+    pub max_unavailable_daemons: IntOrString,
+}
+
+fn default_max_unavailable_daemons() -> IntOrString {
+    IntOrString::String("10%".into())
+}
+
+impl Default for AvailabilitySpec {
+    fn default() -> Self {
+        Self {
+            max_unavailable_daemons: default_max_unavailable_daemons(),
+        }
+    }
 }
 
 impl DragonflyClusterSpec {

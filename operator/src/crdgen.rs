@@ -9,7 +9,9 @@ use crate::preheat::Preheat;
 
 /// Every CRD this operator serves.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![DragonflyCluster::crd(), Preheat::crd()]
+    let mut cluster = DragonflyCluster::crd();
+    crate::crd_rules::apply(&mut cluster);
+    vec![cluster, Preheat::crd()]
 }
 
 /// `(file name, YAML)` per CRD, e.g. `preheats.yaml`.

@@ -5,12 +5,14 @@
 //! `validate` → `build` (pure) → `apply` (server-side apply, prune) → `status`.
 
 pub mod apply;
+pub mod availability;
 pub mod build;
 pub mod ca_bundles;
 pub mod certs;
 pub mod cluster_ca;
 pub mod controller;
 pub mod crd;
+pub mod crd_rules;
 pub mod crdgen;
 pub mod issuer;
 pub mod leader;

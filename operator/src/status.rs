@@ -8,6 +8,7 @@
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::availability::{self, Workload};
 use crate::crd::{ComponentStatus, DragonflyClusterSpec, DragonflyClusterStatus, NodeProblem};
 use crate::nodes::NodeState;
 use crate::validate::SpecProblem;
@@ -17,6 +18,9 @@ pub const SCHEDULER_READY: &str = "SchedulerReady";
 pub const SEED_PEERS_READY: &str = "SeedPeersReady";
 pub const DAEMONS_READY: &str = "DaemonsReady";
 pub const NODES_CONFIGURED: &str = "NodesConfigured";
+pub const AVAILABLE: &str = "Available";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
 /// Bound on `status.nodeProblems` so a fleet-wide problem stays a small object.
 const MAX_NODE_PROBLEMS: usize = 50;
 
@@ -50,38 +54,73 @@ pub fn derive(
         ..DragonflyClusterStatus::default()
     };
 
-    let (sched, sched_cond) =
+    let (sched, sched_cond, sched_w) =
         deployment_state(spec.scheduler.replicas, observed.scheduler.as_ref());
     status.scheduler = Some(sched);
 
-    let seed_cond = if spec.seed_peer.enabled {
-        let (seed, cond) = statefulset_state(spec.seed_peer.replicas, observed.seed_peer.as_ref());
+    let (seed_cond, seed_w) = if spec.seed_peer.enabled {
+        let (seed, cond, w) =
+            statefulset_state(spec.seed_peer.replicas, observed.seed_peer.as_ref());
         status.seed_peer = Some(seed);
-        cond
+        (cond, Some(w))
     } else {
-        Cond {
+        let cond = Cond {
             type_: SEED_PEERS_READY,
             ok: true,
             reason: "Disabled".into(),
             message: "seed peers are disabled; regular nodes fetch from the origin".into(),
-        }
+        };
+        (cond, None)
     };
 
-    let (daemons, daemon_cond) = daemonset_state(observed.dfdaemon.as_ref());
+    let (daemons, daemon_cond, daemon_w) = daemonset_state(observed.dfdaemon.as_ref());
     status.dfdaemon = Some(daemons);
 
     let nodes_cond = nodes_state(&observed.nodes, &mut status);
 
+    let inputs = availability::Inputs {
+        scheduler: sched_w,
+        seed_peer: seed_w,
+        dfdaemon: daemon_w,
+        max_unavailable_daemons: &spec.availability.max_unavailable_daemons,
+        nodes_with_problems: status.nodes_with_problems,
+    };
+    let [available, progressing, degraded] = [
+        (AVAILABLE, availability::available(&inputs)),
+        (PROGRESSING, availability::progressing(&inputs)),
+        (DEGRADED, availability::degraded(&inputs)),
+    ]
+    .map(|(type_, v)| Cond {
+        type_,
+        ok: v.holds,
+        reason: v.reason.into(),
+        message: v.message,
+    });
+
+    // Ready summarises Available: the cluster serves. Every component
+    // condition beside it still says what is short.
     let serving = [&sched_cond, &seed_cond, &daemon_cond];
     let not_ready: Vec<&&Cond> = serving.iter().filter(|c| !c.ok).collect();
-    let ready_cond = match not_ready.first() {
-        None => Cond {
+    let ready_cond = match (available.ok, not_ready.first()) {
+        (true, None) => Cond {
             type_: READY,
             ok: true,
             reason: "AllComponentsReady".into(),
             message: "schedulers, seed peers and dfdaemons are ready".into(),
         },
-        Some(first) => Cond {
+        (true, Some(_)) => Cond {
+            type_: READY,
+            ok: true,
+            reason: "Available".into(),
+            message: available.message.clone(),
+        },
+        (false, None) => Cond {
+            type_: READY,
+            ok: false,
+            reason: available.reason.clone(),
+            message: available.message.clone(),
+        },
+        (false, Some(first)) => Cond {
             type_: READY,
             ok: false,
             reason: format!("{}False", first.type_),
@@ -93,7 +132,16 @@ pub fn derive(
         },
     };
 
-    for c in [ready_cond, sched_cond, seed_cond, daemon_cond, nodes_cond] {
+    for c in [
+        ready_cond,
+        available,
+        progressing,
+        degraded,
+        sched_cond,
+        seed_cond,
+        daemon_cond,
+        nodes_cond,
+    ] {
         set_condition(&mut status.conditions, c, generation, now);
     }
     status
@@ -183,7 +231,7 @@ fn clip(s: &str) -> String {
     }
 }
 
-fn deployment_state(want: i32, d: Option<&Deployment>) -> (ComponentStatus, Cond) {
+fn deployment_state(want: i32, d: Option<&Deployment>) -> (ComponentStatus, Cond, Workload) {
     let st = d.and_then(|d| d.status.clone()).unwrap_or_default();
     let ready = st.ready_replicas.unwrap_or(0);
     let current = d.is_some_and(|d| st.observed_generation >= d.metadata.generation);
@@ -194,10 +242,11 @@ fn deployment_state(want: i32, d: Option<&Deployment>) -> (ComponentStatus, Cond
         want,
         ready,
         current && updated,
+        d.is_some(),
     )
 }
 
-fn statefulset_state(want: i32, s: Option<&StatefulSet>) -> (ComponentStatus, Cond) {
+fn statefulset_state(want: i32, s: Option<&StatefulSet>) -> (ComponentStatus, Cond, Workload) {
     let st = s.and_then(|s| s.status.clone()).unwrap_or_default();
     let ready = st.ready_replicas.unwrap_or(0);
     let current = s.is_some_and(|s| st.observed_generation >= s.metadata.generation);
@@ -208,16 +257,18 @@ fn statefulset_state(want: i32, s: Option<&StatefulSet>) -> (ComponentStatus, Co
         want,
         ready,
         current && updated,
+        s.is_some(),
     )
 }
 
 fn replica_cond(
     type_: &'static str,
-    what: &str,
+    what: &'static str,
     want: i32,
     ready: i32,
     rolled_out: bool,
-) -> (ComponentStatus, Cond) {
+    present: bool,
+) -> (ComponentStatus, Cond, Workload) {
     let ok = ready >= want && rolled_out;
     let (reason, message) = if ok {
         (
@@ -240,10 +291,17 @@ fn replica_cond(
             reason: reason.into(),
             message,
         },
+        Workload {
+            what,
+            want,
+            ready,
+            rolled_out,
+            present,
+        },
     )
 }
 
-fn daemonset_state(ds: Option<&DaemonSet>) -> (ComponentStatus, Cond) {
+fn daemonset_state(ds: Option<&DaemonSet>) -> (ComponentStatus, Cond, Workload) {
     let st = ds.and_then(|d| d.status.clone()).unwrap_or_default();
     let want = st.desired_number_scheduled;
     let ready = st.number_ready;
@@ -287,6 +345,13 @@ fn daemonset_state(ds: Option<&DaemonSet>) -> (ComponentStatus, Cond) {
             ok,
             reason: reason.into(),
             message,
+        },
+        Workload {
+            what: "dfdaemon",
+            want,
+            ready,
+            rolled_out: current && updated >= want,
+            present: ds.is_some(),
         },
     )
 }
@@ -492,6 +557,60 @@ mod tests {
         // A later pass over the same world changes nothing, timestamps included.
         let s2 = derive(&spec, Some(7), &healthy(), Some(&s1), &t(200));
         assert_eq!(s1, s2);
+    }
+
+    #[test]
+    fn a_booting_node_in_a_fleet_keeps_ready_and_shows_degraded() {
+        let mut obs = healthy();
+        let ds = obs
+            .dfdaemon
+            .as_mut()
+            .and_then(|d| d.status.as_mut())
+            .unwrap();
+        ds.desired_number_scheduled = 40;
+        ds.updated_number_scheduled = Some(40);
+        ds.number_ready = 38;
+        let spec = DragonflyClusterSpec::default();
+        let s = derive(&spec, Some(1), &obs, None, &t(1));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Available")
+        );
+        assert!(ready.message.contains("38/40"), "{}", ready.message);
+        assert_eq!(cond(&s, AVAILABLE).status, "True");
+        assert_eq!(cond(&s, DAEMONS_READY).status, "False");
+        let degraded = cond(&s, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "DaemonsNotReady")
+        );
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+
+        // Past the default 10 % (4 of 40): not Ready, and the reason says why.
+        let ds = obs
+            .dfdaemon
+            .as_mut()
+            .and_then(|d| d.status.as_mut())
+            .unwrap();
+        ds.number_ready = 35;
+        let s = derive(&spec, Some(1), &obs, None, &t(2));
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(cond(&s, AVAILABLE).reason, "DaemonsUnavailable");
+    }
+
+    #[test]
+    fn a_rollout_is_progressing_not_degraded() {
+        let mut obs = healthy();
+        let ds = obs.dfdaemon.as_mut().unwrap();
+        ds.metadata.generation = Some(2);
+        let s = derive(&DragonflyClusterSpec::default(), Some(1), &obs, None, &t(1));
+        let progressing = cond(&s, PROGRESSING);
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "RollingOut")
+        );
+        assert_eq!(cond(&s, DEGRADED).status, "False");
     }
 
     #[test]

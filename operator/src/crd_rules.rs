@@ -1,0 +1,164 @@
+//! What admission itself can refuse in a DragonflyCluster: CEL rules and
+//! patterns added to the generated schema, so a bad spec fails `kubectl
+//! apply` (and a GitOps sync) instead of passing and failing later. The
+//! same checks stay in `validate.rs`, which also covers what a schema cannot
+//! say (and objects applied before these rules existed).
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, ValidationRule,
+};
+
+use crate::validate::MAX_CLUSTER_NAME;
+
+/// A size as `parse_size` reads it: a number, then an optional unit such as
+/// `GiB`, `G` or `B` in any case (zero is left to `validate.rs`).
+pub const SIZE_PATTERN: &str = r"^\s*[0-9]+(\.[0-9]+)?\s*([kKmMgGtTpPeE]([iI]?[bB])?|[bB])?\s*$";
+/// A Kubernetes quantity as `validate.rs` accepts it for volume sizes.
+pub const QUANTITY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+
+fn rule(rule: &str, message: &str) -> ValidationRule {
+    ValidationRule {
+        rule: rule.to_string(),
+        message: Some(message.to_string()),
+        ..ValidationRule::default()
+    }
+}
+
+fn at<'a>(schema: &'a mut JSONSchemaProps, path: &[&str]) -> Option<&'a mut JSONSchemaProps> {
+    path.iter()
+        .try_fold(schema, |s, key| s.properties.as_mut()?.get_mut(*key))
+}
+
+fn add_rules(schema: &mut JSONSchemaProps, path: &[&str], rules: Vec<ValidationRule>) {
+    if let Some(s) = at(schema, path) {
+        s.x_kubernetes_validations
+            .get_or_insert_with(Vec::new)
+            .extend(rules);
+    }
+}
+
+fn set_pattern(schema: &mut JSONSchemaProps, path: &[&str], pattern: &str) {
+    if let Some(s) = at(schema, path) {
+        s.pattern = Some(pattern.to_string());
+    }
+}
+
+/// Adds the rules to the DragonflyCluster CRD's every version.
+pub fn apply(crd: &mut CustomResourceDefinition) {
+    for version in &mut crd.spec.versions {
+        let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        add_rules(
+            root,
+            &[],
+            vec![rule(
+                &format!("self.metadata.name.size() <= {MAX_CLUSTER_NAME}"),
+                &format!(
+                    "a DragonflyCluster's name may have at most {MAX_CLUSTER_NAME} characters \
+                     (its Services, StatefulSet and labels derive from it)"
+                ),
+            )],
+        );
+        add_rules(
+            root,
+            &["spec", "scheduler"],
+            vec![rule(
+                "self.port != self.adminPort",
+                "spec.scheduler.adminPort must differ from spec.scheduler.port",
+            )],
+        );
+        add_rules(
+            root,
+            &["spec", "dfdaemon"],
+            vec![
+                rule(
+                    "self.proxyPort != self.peerPort",
+                    "spec.dfdaemon.peerPort must differ from proxyPort",
+                ),
+                rule(
+                    "self.adminPort != self.proxyPort && self.adminPort != self.peerPort",
+                    "spec.dfdaemon.adminPort must differ from proxyPort and peerPort",
+                ),
+            ],
+        );
+        for path in [
+            &["spec", "dfdaemon", "cacheSize"][..],
+            &["spec", "dfdaemon", "uploadRate"],
+            &["spec", "seedPeer", "cacheSize"],
+            &["spec", "seedPeer", "uploadRate"],
+        ] {
+            set_pattern(root, path, SIZE_PATTERN);
+        }
+        set_pattern(
+            root,
+            &["spec", "seedPeer", "storage", "size"],
+            QUANTITY_PATTERN,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::DragonflyCluster;
+    use crate::validate::parse_size;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn the_size_pattern_agrees_with_parse_size() {
+        let pattern = regex::Regex::new(SIZE_PATTERN).unwrap();
+        for s in [
+            "20GiB", "20 GiB", "1.5GB", "100MiB", "20G", "20g", "512", "4kib", "7 B", "20XB",
+            "GiB", "-1GiB", "1e3", "", "20 Gi B", "1..5G",
+        ] {
+            assert_eq!(
+                pattern.is_match(s),
+                parse_size(s).is_ok(),
+                "{s:?}: the schema and the operator disagree"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_land_where_the_fields_are() {
+        let mut crd = DragonflyCluster::crd();
+        apply(&mut crd);
+        let root = crd.spec.versions[0]
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .unwrap();
+        let rules = |root: &mut JSONSchemaProps, path: &[&str]| -> Vec<String> {
+            at(root, path)
+                .and_then(|s| s.x_kubernetes_validations.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.rule)
+                .collect()
+        };
+        assert_eq!(rules(root, &[]), vec!["self.metadata.name.size() <= 42"]);
+        assert_eq!(rules(root, &["spec", "scheduler"]).len(), 1);
+        assert_eq!(rules(root, &["spec", "dfdaemon"]).len(), 2);
+        for path in [
+            &["spec", "dfdaemon", "cacheSize"][..],
+            &["spec", "seedPeer", "storage", "size"],
+        ] {
+            assert!(
+                at(root, path).and_then(|s| s.pattern.clone()).is_some(),
+                "{path:?}"
+            );
+        }
+        // Every field a rule names exists with a default, so the rule never
+        // meets an absent field.
+        let d = at(root, &["spec", "dfdaemon"]).unwrap();
+        for field in ["proxyPort", "peerPort", "adminPort"] {
+            let f = d.properties.as_ref().and_then(|p| p.get(field)).unwrap();
+            assert!(f.default.is_some(), "{field} has no schema default");
+        }
+    }
+}
