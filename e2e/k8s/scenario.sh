@@ -498,7 +498,7 @@ spec:
 YAML
 }
 bad_cluster() { bad_cluster_yaml "$@" | kc -n "$NSP" apply -f - >/dev/null; }
-refused_at_admission() { # WHAT NAME CACHE-SIZE [PEER-PORT]: kubectl apply must fail, saying why
+refused_at_admission() { # WHAT NAME CACHE-SIZE PEER-PORT EXPECTED-TEXT: kubectl apply must fail, saying why
   local what=$1 out
   shift
   if out=$(bad_cluster_yaml "$@" | kc -n "$NSP" apply -f - 2>&1); then
@@ -506,7 +506,7 @@ refused_at_admission() { # WHAT NAME CACHE-SIZE [PEER-PORT]: kubectl apply must 
     check "$what is refused at admission" false
   fi
   note "  $what: kubectl apply refused: $(echo "$out" | tail -1 | cut -c1-300)"
-  check "$what is refused at admission, naming the field" sh -c "echo \"\$1\" | grep -q \"\$2\"" _ "$out" "$5"
+  check "$what is refused at admission, naming the field" sh -c "echo \"\$1\" | grep -q \"\$2\"" _ "$out" "$4"
 }
 expect_complaint() { # NAME
   wait_for 60 "a Ready=False condition on $1" sh -c \

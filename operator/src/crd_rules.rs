@@ -37,10 +37,18 @@ fn add_rules(schema: &mut JSONSchemaProps, path: &[&str], rules: Vec<ValidationR
     }
 }
 
-fn set_pattern(schema: &mut JSONSchemaProps, path: &[&str], pattern: &str) {
-    if let Some(s) = at(schema, path) {
-        s.pattern = Some(pattern.to_string());
-    }
+/// A pattern as a CEL rule, so the refusal says what is expected rather
+/// than quoting the regular expression.
+fn set_pattern(schema: &mut JSONSchemaProps, path: &[&str], pattern: &str, expected: &str) {
+    let field = format!("spec.{}", path[1..].join("."));
+    add_rules(
+        schema,
+        path,
+        vec![rule(
+            &format!("self.matches('{}')", pattern.replace('\\', "\\\\")),
+            &format!("{field} must be {expected}"),
+        )],
+    );
 }
 
 /// Adds the rules to the DragonflyCluster CRD's every version.
@@ -92,12 +100,13 @@ pub fn apply(crd: &mut CustomResourceDefinition) {
             &["spec", "seedPeer", "cacheSize"],
             &["spec", "seedPeer", "uploadRate"],
         ] {
-            set_pattern(root, path, SIZE_PATTERN);
+            set_pattern(root, path, SIZE_PATTERN, "a size such as 20GiB or 512MiB");
         }
         set_pattern(
             root,
             &["spec", "seedPeer", "storage", "size"],
             QUANTITY_PATTERN,
+            "a Kubernetes quantity such as 50Gi",
         );
     }
 }
@@ -148,9 +157,10 @@ mod tests {
             &["spec", "dfdaemon", "cacheSize"][..],
             &["spec", "seedPeer", "storage", "size"],
         ] {
+            let found = rules(root, path);
             assert!(
-                at(root, path).and_then(|s| s.pattern.clone()).is_some(),
-                "{path:?}"
+                found.iter().any(|r| r.starts_with("self.matches(")),
+                "{path:?}: {found:?}"
             );
         }
         // Every field a rule names exists with a default, so the rule never
