@@ -13,8 +13,10 @@ use crate::crd::DragonflyCluster;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UninstallArgs {
-    #[arg(long, env = "POD_NAMESPACE")]
-    pub namespace: String,
+    /// Only this namespace (the operator's `--watch-namespace`); default:
+    /// every namespace, as an operator watching all of them.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Give up waiting after this many seconds (the operator's own cleanup timeout still applies).
     #[arg(long, default_value_t = 600)]
     pub timeout_seconds: u64,
@@ -24,15 +26,35 @@ pub async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("cannot build a Kubernetes client")?;
-    let api: Api<DragonflyCluster> = Api::namespaced(client, &args.namespace);
+    let namespace = args.namespace.as_deref().filter(|n| !n.is_empty());
+    let api: Api<DragonflyCluster> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let clusters = api
         .list(&ListParams::default())
         .await
         .context("cannot list DragonflyClusters")?;
+    info!(
+        scope = namespace.unwrap_or("all namespaces"),
+        count = clusters.items.len(),
+        "deleting every DragonflyCluster"
+    );
     for dfc in &clusters.items {
-        info!(name = %dfc.name_any(), "deleting");
-        api.delete(&dfc.name_any(), &DeleteParams::background())
-            .await?;
+        let ns = dfc.namespace().unwrap_or_default();
+        info!(namespace = %ns, name = %dfc.name_any(), "deleting");
+        let one: Api<DragonflyCluster> = Api::namespaced(client.clone(), &ns);
+        match one
+            .delete(&dfc.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            // Deleted meanwhile (by a user, or its namespace went).
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot delete {ns}/{}", dfc.name_any()))
+            }
+        }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_seconds);
     loop {
