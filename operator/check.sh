@@ -73,7 +73,7 @@ export HELM_CACHE_HOME="$HELM_HOME/cache" HELM_CONFIG_HOME="$HELM_HOME/config" H
 render() { "$HELM" template dragonfly "$CHART" --namespace dragonfly-system --kube-version 1.35.0 "$@"; }
 render > "$WORK/render-default.yaml" || fail "helm template (defaults)"
 render --set serviceMonitor.enabled=true,cluster.enabled=false,leaderElection.enabled=false \
-  --set watchNamespace=dragonfly-system,logJson=true,uninstallHook.enabled=false \
+  --set watchNamespace=dragonfly-system,logJson=true,uninstallHook.enabled=false,crds.manage=false \
   --set-string priorityClassName=system-cluster-critical > "$WORK/render-options.yaml" || fail "helm template (options)"
 render --set cluster.spec.seedPeer.enabled=false,cluster.spec.dfdaemon.hostNetwork=true \
   > "$WORK/render-spec.yaml" || fail "helm template (cluster spec)"

@@ -2,7 +2,10 @@
 # The Kubernetes scenario, against the cluster in KUBECONFIG (the local one
 # from up.sh, or any cluster that meets the contract below).
 #   scenario.sh manifests   install with `kubectl apply -f manifests/`
-#   scenario.sh helm        install with `helm install` (the full scenario)
+#   scenario.sh helm        install the previous chart (PREV_CHART_REF) with
+#                           `helm install`, `helm upgrade` to this one (the full
+#                           scenario), and at the end the rendered chart applied
+#                           server-side twice
 # Contract with the cluster (lib.sh): the registries REGISTRY (anonymous) and
 # PRIVATE_REGISTRY (htpasswd e2e:e2e-secret) hold the images of images.sh;
 # node_dir NAME gives the host path of a node's /etc/containerd, and
@@ -137,6 +140,51 @@ registry_ca_secret() {
     --dry-run=client -o yaml | kc apply -f - >/dev/null
 }
 REGISTRY_CONFIGS="[{\"host\":\"$TLS_REGISTRY\",\"caBundle\":{\"secretRef\":{\"name\":\"e2e-registry-ca\",\"key\":\"ca.crt\"}}}]"
+# The chart as of the last commit that changed it before this version (the
+# helm install starts from it and upgrades, as a user would).
+PREV_CHART_REF=${PREV_CHART_REF:-45f8e773f0571edd2e01e5566186980963ad96c2}
+CRDS=(dragonflyclusters.p2p.dragonfly.dev preheats.p2p.dragonfly.dev)
+# Each CRD's name and its versions' schemas, keys sorted: served (by name)
+# or from files.
+schemas_of() { jq -S '[(.items // [.])[] | {name: .metadata.name, versions: [.spec.versions[] | {name, schema}]}] | sort_by(.name)'; }
+served_schemas() { timeout 30 kubectl get crd "$@" -o json | schemas_of; }
+file_schemas() {
+  local f args=()
+  for f in "$@"; do args+=(-f "$f"); done
+  timeout 30 kubectl create --dry-run=client -o json "${args[@]}" | schemas_of
+}
+
+# helm install of the previous chart, then `helm upgrade` to this one: the
+# CRDs (which Helm never upgrades) must become this version's, applied by
+# the operator at start. A served schema made stale on purpose shows the
+# operator rewrote it even when the two charts' CRDs are the same.
+install_previous_then_upgrade() {
+  local prev="$K8S_RUN/prev-chart" want i
+  local values=(--set "cluster.spec.registries={http://$REGISTRY,http://$PRIVATE_REGISTRY,$TLS_REGISTRY}"
+    --set-json "cluster.spec.registryConfigs=$REGISTRY_CONFIGS")
+  rm -rf "$prev" && mkdir -p "$prev"
+  git -C "$root" archive "$PREV_CHART_REF" charts/dragonfly | tar -x -C "$prev" ||
+    die "cannot extract the previous chart ($PREV_CHART_REF)"
+  helm install dragonfly "$prev/charts/dragonfly" --namespace "$NSP" --create-namespace \
+    "${values[@]}" --wait --timeout 5m >&2
+  note "ok: installed the previous chart ($PREV_CHART_REF)"
+  want=$(file_schemas "$root"/charts/dragonfly/crds/*.yaml)
+  if [ "$(file_schemas "$prev"/charts/dragonfly/crds/*.yaml)" = "$want" ]; then
+    note "  the previous chart's CRDs equal this one's; the stale schema below is the only difference"
+  fi
+  timeout 30 kubectl patch crd "${CRDS[0]}" --type=json \
+    -p '[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/description","value":"stale (e2e)"}]' >/dev/null
+  helm upgrade dragonfly "$root/charts/dragonfly" --namespace "$NSP" "${values[@]}" --wait --timeout 5m >&2
+  for ((i = 0; i < 60; i++)); do
+    [ "$(served_schemas "${CRDS[@]}")" = "$want" ] && break
+    sleep 2
+  done
+  if [ "$(served_schemas "${CRDS[@]}")" != "$want" ]; then
+    diff <(served_schemas "${CRDS[@]}") <(echo "$want") >&2 || true
+    die "helm upgrade from the previous chart left the served CRDs stale"
+  fi
+  note "ok: helm upgrade from the previous chart: the served CRDs are this version's"
+}
 
 install() {
   case $mode in
@@ -152,9 +200,7 @@ install() {
       ;;
     helm)
       registry_ca_secret
-      helm install dragonfly "$root/charts/dragonfly" --namespace "$NSP" --create-namespace \
-        --set "cluster.spec.registries={http://$REGISTRY,http://$PRIVATE_REGISTRY,$TLS_REGISTRY}" \
-        --set-json "cluster.spec.registryConfigs=$REGISTRY_CONFIGS" --wait --timeout 5m >&2
+      install_previous_then_upgrade
       ;;
   esac
 }
@@ -207,6 +253,10 @@ columns=$(kc -n "$NSP" get dfc "$DFC" --no-headers -o wide)
 check "printer columns have real values" sh -c "echo '$columns' | awk '{exit !(\$2 == \"True\" && \$3 ~ /^[0-9]+\\/[0-9]+/ && \$5 ~ /^$NODES\\/$NODES/)}'"
 configured=$(kc -n "$NSP" get dfc "$DFC" -o jsonpath='{.status.nodesConfigured}')
 check "status: $configured of $NODES nodes configured" test "$configured" = "$NODES"
+# Uninstalling the operator removes the cluster CA (helm: a Secret the
+# previous chart's operator created, adopted after the upgrade).
+ca_owner=$(kc -n "$NSP" get secret dragonfly-ca -o jsonpath='{range .metadata.ownerReferences[*]}{.kind}/{.name} {end}')
+check "the cluster CA Secret is owned by the operator's Deployment ($ca_owner)" test "$ca_owner" = "Deployment/dragonfly-operator "
 
 # The API server took the NetworkPolicies (this cluster's bridge CNI does
 # not enforce them; a CNI with NetworkPolicy support does).
@@ -290,6 +340,17 @@ relabel=$(as_node_agent "$agent" "$agent" '{"metadata":{"labels":{"app.kubernete
 note "  node agent relabelling its own pod: $relabel"
 check "the node agent may not relabel its own pod (Service hijack)" \
   sh -c 'case "$1" in 2*) exit 1;; esac; case "$1" in *"labels"*) exit 0;; esac; exit 1' _ "$relabel"
+# The policy holds the accounts the operator lists, not any `*-dfdaemon`:
+# an unrelated app's account (here with every RBAC right) is left alone.
+listed=$(kc -n "$NSP" get configmap dragonfly-node-agents -o json | jq -r --arg k "$NSP.$DFC" '.data[$k] // empty')
+check "the operator lists its node agents for the policy ($listed)" test "$listed" = "system:serviceaccount:$NSP:$DFC-dfdaemon"
+unrelated=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 --cacert "$K8S_RUN/pki/ca.crt" \
+  --cert "$K8S_RUN/pki/admin.crt" --key "$K8S_RUN/pki/admin.key" \
+  -H "Impersonate-User: system:serviceaccount:$NSP:unrelated-dfdaemon" -H "Impersonate-Group: system:masters" \
+  -H 'Content-Type: application/merge-patch+json' -X PATCH -d '{"metadata":{"labels":{"e2e.dragonfly.dev/probe":"1"}}}' \
+  "https://$CP_IP:6443/api/v1/namespaces/$NSP/pods/$agent" || true)
+check "an unlisted *-dfdaemon account is not held by the policy ($unrelated)" test "$unrelated" = 200
+kc -n "$NSP" label pod "$agent" e2e.dragonfly.dev/probe- >/dev/null
 
 # --- 3. a Deployment on every node pulls through the mirror, once ----------
 APP_SUMS=$("$here/images.sh" app "$REGISTRY" "e2e/app-$mode" v1 16)
@@ -561,6 +622,42 @@ if [ "$before" != "$after" ]; then
   die "node containerd config differs from before the install"
 fi
 note "ok: every node's /etc/containerd byte-identical to before ($(echo "$after" | wc -l) files)"
+
+# --- 10. GitOps: the rendered chart applied server-side twice (helm) -------
+# As Argo CD or Flux apply it: the second apply, after the operator started
+# (and checked its CRDs), must change nothing. Hooks and the cluster are
+# left out (the cluster would need the whole data plane again).
+gitops_apply_twice() {
+  local out="$K8S_RUN/gitops.yaml" kv rv_before rv_after rc=0
+  kv=$(timeout 30 kubectl version -o json | jq -r .serverVersion.gitVersion)
+  helm template dragonfly "$root/charts/dragonfly" --namespace "$NSP" --kube-version "$kv" \
+    --include-crds --no-hooks --set cluster.enabled=false,uninstallHook.enabled=false >"$out"
+  kc create namespace "$NSP" >/dev/null
+  apply_ssa() { timeout 120 kubectl apply --server-side --field-manager=e2e-gitops -f "$out" >/dev/null; }
+  # Per object its generation (spec changes only) where it has one, else
+  # its resourceVersion; quota usage is the controller's own write.
+  versions() { timeout 60 kubectl get -f "$out" -o json | jq -r '.items[] | select(.kind != "ResourceQuota") | "\(.kind)/\(.metadata.name) \(.metadata.generation // .metadata.resourceVersion)"'; }
+  apply_ssa
+  rollout deploy/dragonfly-operator "$NSP" 180s
+  wait_for 60 "the operator checked its CRDs" sh -c \
+    "kubectl -n $NSP logs deploy/dragonfly-operator 2>/dev/null | grep -q 'CRD up to date\|CRD updated'"
+  sleep 5
+  rv_before=$(versions)
+  apply_ssa
+  rv_after=$(versions)
+  if [ "$rv_before" != "$rv_after" ]; then
+    diff <(echo "$rv_before") <(echo "$rv_after") >&2 || true
+    die "the second server-side apply of the rendered chart changed objects"
+  fi
+  timeout 120 kubectl diff --server-side --field-manager=e2e-gitops -f "$out" >&2 || rc=$?
+  check "kubectl diff --server-side after two applies is empty (exit $rc)" test "$rc" = 0
+  note "ok: the rendered chart applied server-side twice; the second changed nothing ($(echo "$rv_after" | wc -l) objects)"
+  kc delete -f "$out" --ignore-not-found --wait --timeout=120s >/dev/null
+  kc delete namespace "$NSP" --wait --timeout=120s >/dev/null
+}
+if [ "$mode" = helm ]; then
+  gitops_apply_twice
+fi
 left=$(kc get clusterroles,clusterrolebindings,priorityclasses -o name | grep -i dragonfly || true)
 check "no cluster-scoped object left ($left)" test -z "$left"
 stuck=$(kc get namespaces -o jsonpath='{range .items[?(@.status.phase=="Terminating")]}{.metadata.name} {end}')

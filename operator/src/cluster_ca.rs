@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use identity::Ca;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::ByteString;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
@@ -49,7 +50,38 @@ fn parse(secret: &Secret) -> Result<CaState, CaError> {
     Ok(CaState { ca, bundle })
 }
 
-fn secret_of(ns: &str, state: &CaState, resource_version: Option<String>) -> Secret {
+/// `owners` with `owner` added unless an owner of that uid is there.
+fn with_owner(
+    owners: Option<Vec<OwnerReference>>,
+    owner: Option<&OwnerReference>,
+) -> Option<Vec<OwnerReference>> {
+    let mut owners = owners.unwrap_or_default();
+    if let Some(o) = owner {
+        if !owners.iter().any(|x| x.uid == o.uid) {
+            owners.push(o.clone());
+        }
+    }
+    (!owners.is_empty()).then_some(owners)
+}
+
+/// Whether the Secret lacks `owner` (and so needs an update to get it).
+fn lacks_owner(secret: &Secret, owner: Option<&OwnerReference>) -> bool {
+    owner.is_some_and(|o| {
+        !secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|x| x.uid == o.uid)
+    })
+}
+
+fn secret_of(
+    ns: &str,
+    state: &CaState,
+    resource_version: Option<String>,
+    owners: Option<Vec<OwnerReference>>,
+) -> Secret {
     let data = [
         ("ca.crt", state.ca.cert_pem()),
         ("ca.key", state.ca.key_pem()),
@@ -63,6 +95,7 @@ fn secret_of(ns: &str, state: &CaState, resource_version: Option<String>) -> Sec
             name: Some(CA_SECRET.into()),
             namespace: Some(ns.into()),
             resource_version,
+            owner_references: owners,
             labels: Some(
                 [(
                     crate::build::LABEL_MANAGED_BY.to_string(),
@@ -95,8 +128,14 @@ fn rotated(old: &CaState) -> Result<CaState, CaError> {
 
 /// The current CA: read, created or rotated. Replicas racing each other
 /// are settled by the API server (create and conditional replace); the
-/// loser reads the winner's.
-pub async fn ensure(client: &Client, ns: &str) -> Result<CaState, CaError> {
+/// loser reads the winner's. With an `owner` (the operator's Deployment)
+/// the Secret is created owned by it, and one found without it gets it, so
+/// removing the operator removes the CA.
+pub async fn ensure(
+    client: &Client,
+    ns: &str,
+    owner: Option<&OwnerReference>,
+) -> Result<CaState, CaError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     for _ in 0..3 {
         match api.get_opt(CA_SECRET).await? {
@@ -107,7 +146,10 @@ pub async fn ensure(client: &Client, ns: &str) -> Result<CaState, CaError> {
                     ca,
                 };
                 match api
-                    .create(&PostParams::default(), &secret_of(ns, &state, None))
+                    .create(
+                        &PostParams::default(),
+                        &secret_of(ns, &state, None, with_owner(None, owner)),
+                    )
                     .await
                 {
                     Ok(_) => {
@@ -118,9 +160,27 @@ pub async fn ensure(client: &Client, ns: &str) -> Result<CaState, CaError> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            Some(secret) => {
+            Some(mut secret) => {
                 let state = parse(&secret)?;
                 if !due_for_rotation(&state.ca, SystemTime::now()) {
+                    if lacks_owner(&secret, owner) {
+                        secret.metadata.owner_references =
+                            with_owner(secret.metadata.owner_references.take(), owner);
+                        match api
+                            .replace(CA_SECRET, &PostParams::default(), &secret)
+                            .await
+                        {
+                            Ok(_) => tracing::info!(
+                                namespace = ns,
+                                "cluster CA Secret now owned by the operator's Deployment"
+                            ),
+                            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                            // The CA itself is fine; the next keeper round tries again.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot set the cluster CA Secret's owner")
+                            }
+                        }
+                    }
                     return Ok(state);
                 }
                 let next = rotated(&state)?;
@@ -129,7 +189,12 @@ pub async fn ensure(client: &Client, ns: &str) -> Result<CaState, CaError> {
                     .replace(
                         CA_SECRET,
                         &PostParams::default(),
-                        &secret_of(ns, &next, version),
+                        &secret_of(
+                            ns,
+                            &next,
+                            version,
+                            with_owner(secret.metadata.owner_references.clone(), owner),
+                        ),
                     )
                     .await
                 {
@@ -150,11 +215,16 @@ pub async fn ensure(client: &Client, ns: &str) -> Result<CaState, CaError> {
 
 /// Re-reads (and rotates when due) every few minutes; `current` is told
 /// when the bundle changes.
-pub fn spawn_keeper(client: Client, ns: String, current: watch::Sender<Arc<CaState>>) {
+pub fn spawn_keeper(
+    client: Client,
+    ns: String,
+    owner: Option<OwnerReference>,
+    current: watch::Sender<Arc<CaState>>,
+) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(KEEP_EVERY).await;
-            match ensure(&client, &ns).await {
+            match ensure(&client, &ns, owner.as_ref()).await {
                 Ok(state) => {
                     let changed = current.borrow().bundle != state.bundle
                         || current.borrow().ca.cert_pem() != state.ca.cert_pem();
@@ -179,7 +249,7 @@ mod tests {
             bundle: ca.cert_pem().to_string(),
             ca,
         };
-        let back = parse(&secret_of("ns", &state, None)).unwrap();
+        let back = parse(&secret_of("ns", &state, None, None)).unwrap();
         assert_eq!(back.ca.cert_pem(), state.ca.cert_pem());
         assert!(!due_for_rotation(&back.ca, SystemTime::now()));
         let later = SystemTime::now() + CA_VALIDITY * 9 / 10;
@@ -187,5 +257,32 @@ mod tests {
         let next = rotated(&back).unwrap();
         assert!(next.bundle.contains(next.ca.cert_pem()));
         assert!(next.bundle.contains(back.ca.cert_pem()));
+    }
+
+    #[test]
+    fn the_owner_is_added_once_beside_any_other() {
+        let owner = |uid: &str| OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "dragonfly-operator".into(),
+            uid: uid.into(),
+            ..OwnerReference::default()
+        };
+        let ca = Ca::generate("t", CA_VALIDITY).unwrap();
+        let state = CaState {
+            bundle: ca.cert_pem().to_string(),
+            ca,
+        };
+        let bare = secret_of("ns", &state, None, None);
+        assert!(lacks_owner(&bare, Some(&owner("a"))));
+        assert!(!lacks_owner(&bare, None));
+        let owned = secret_of("ns", &state, None, with_owner(None, Some(&owner("a"))));
+        assert!(!lacks_owner(&owned, Some(&owner("a"))));
+        assert!(lacks_owner(&owned, Some(&owner("b"))));
+        let both = with_owner(owned.metadata.owner_references.clone(), Some(&owner("b")));
+        assert_eq!(both.as_ref().map(Vec::len), Some(2));
+        let again = with_owner(both.clone(), Some(&owner("a")));
+        assert_eq!(again, both);
+        assert_eq!(with_owner(None, None), None);
     }
 }

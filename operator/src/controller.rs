@@ -98,6 +98,9 @@ pub struct Context {
         String,
         tokio::sync::watch::Receiver<std::sync::Arc<crate::cluster_ca::CaState>>,
     )>,
+    /// The operator's namespace, where the admission policy's parameter
+    /// ConfigMap (`node_agents::CONFIGMAP`) lives (None: not maintained).
+    pub node_agents_namespace: Option<String>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -114,6 +117,7 @@ impl Context {
             clock: Box::new(|| Time(Timestamp::now())),
             images: DefaultImage::from_env(),
             tls: None,
+            node_agents_namespace: None,
             failures: Mutex::default(),
         }
     }
@@ -126,6 +130,30 @@ impl Context {
     ) -> Self {
         self.tls = Some((issuer_url, ca));
         self
+    }
+
+    /// Keep the node-agent policy's parameter ConfigMap in `namespace`.
+    pub fn with_node_agents(mut self, namespace: String) -> Self {
+        self.node_agents_namespace = Some(namespace);
+        self
+    }
+
+    /// Lists this cluster's dfdaemon account for the admission policy;
+    /// before its DaemonSet exists, so no node agent runs unconstrained.
+    async fn add_node_agent(&self, ns: &str, name: &str) -> Result<(), Error> {
+        if let Some(op_ns) = &self.node_agents_namespace {
+            crate::node_agents::add(&self.client, op_ns, ns, name).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops it once the finalizer goes; a failure only leaves a stale entry.
+    async fn remove_node_agent(&self, ns: &str, name: &str) {
+        if let Some(op_ns) = &self.node_agents_namespace {
+            if let Err(e) = crate::node_agents::remove(&self.client, op_ns, ns, name).await {
+                warn!(error = %e, "could not remove the cluster from the node-agent policy parameters");
+            }
+        }
     }
 
     fn tls_plan(&self) -> Option<build::TlsPlan> {
@@ -200,6 +228,7 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
         finalizers.push(FINALIZER.to_string());
         set_finalizers(&api, dfc, finalizers).await?;
     }
+    ctx.add_node_agent(&ns, &dfc.name_any()).await?;
 
     let now = (ctx.clock)();
     let mut problems = validate(&dfc.spec);
@@ -567,6 +596,7 @@ async fn cleanup(
         }
         _ => return Ok(Action::requeue(REQUEUE_CLEANUP)),
     }
+    ctx.remove_node_agent(ns, &dfc.name_any()).await;
     set_finalizers(api, dfc, remaining).await?;
     Ok(Action::await_change())
 }
@@ -650,6 +680,9 @@ async fn release(
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
+    if let Some(ns) = dfc.namespace() {
+        ctx.remove_node_agent(&ns, &dfc.name_any()).await;
+    }
     set_finalizers(api, dfc, remaining).await?;
     Ok(Action::await_change())
 }

@@ -215,10 +215,7 @@ impl State {
                 let items: Vec<Value> = self
                     .objects
                     .iter()
-                    .filter(|(k, _)| {
-                        k.strip_prefix(&format!("{collection}/"))
-                            .is_some_and(|n| !n.contains('/'))
-                    })
+                    .filter(|(k, _)| in_collection(k, &collection))
                     .map(|(_, v)| v.clone())
                     .filter(|v| {
                         selector
@@ -339,6 +336,25 @@ impl State {
         self.objects.insert(key.to_string(), obj.clone());
         obj
     }
+}
+
+/// Whether the object at `key` is listed at `collection`: its own items,
+/// and for a cluster-wide list of a namespaced kind (`<prefix>/<resource>`)
+/// those of every namespace (`<prefix>/namespaces/<ns>/<resource>/<name>`).
+fn in_collection(key: &str, collection: &str) -> bool {
+    if let Some(n) = key.strip_prefix(&format!("{collection}/")) {
+        return !n.contains('/');
+    }
+    if collection.contains("/namespaces/") {
+        return false;
+    }
+    let Some((prefix, resource)) = collection.rsplit_once('/') else {
+        return false;
+    };
+    key.strip_prefix(&format!("{prefix}/namespaces/"))
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(_, r)| r.strip_prefix(&format!("{resource}/")))
+        .is_some_and(|n| !n.contains('/'))
 }
 
 /// `(collection path, name, subresource)`.

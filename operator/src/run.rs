@@ -61,6 +61,21 @@ pub struct RunArgs {
     /// plain and open to every pod (not for production).
     #[arg(long)]
     pub no_cluster_identity: bool,
+    /// Bring the served CRDs up to this version at start (server-side
+    /// apply); `--manage-crds=false` when CRDs are managed elsewhere.
+    #[arg(
+        long,
+        env = "OPERATOR_MANAGE_CRDS",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub manage_crds: bool,
+    /// The operator's own Deployment (in the pod's namespace): it owns the
+    /// cluster CA Secret, so removing the operator removes the CA.
+    #[arg(long, env = "OPERATOR_DEPLOYMENT")]
+    pub owner_deployment: Option<String>,
 }
 
 /// What the cluster identity gives the controllers.
@@ -82,11 +97,15 @@ async fn start_cluster_identity(
 ) -> anyhow::Result<ClusterIdentity> {
     use crate::cluster_ca;
     let ns = &args.lease_namespace;
-    let state = cluster_ca::ensure(client, ns)
+    let owner = match &args.owner_deployment {
+        Some(name) => owner_deployment(client, ns, name).await,
+        None => None,
+    };
+    let state = cluster_ca::ensure(client, ns, owner.as_ref())
         .await
         .context("setting up the cluster CA")?;
     let (ca_tx, ca_rx) = watch::channel(Arc::new(state));
-    cluster_ca::spawn_keeper(client.clone(), ns.clone(), ca_tx);
+    cluster_ca::spawn_keeper(client.clone(), ns.clone(), owner, ca_tx);
     let name = std::env::var("POD_NAME").unwrap_or_else(|_| "dragonfly-operator".into());
     let me = identity::Identity::new(identity::Role::Operator, name)?;
     const OPERATOR_VALIDITY: Duration = Duration::from_secs(7 * 86400);
@@ -141,6 +160,31 @@ async fn start_cluster_identity(
     })
 }
 
+/// The owner reference to the operator's Deployment; None (logged) when it
+/// cannot be read: the CA then just outlives an uninstall, as before.
+async fn owner_deployment(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::Resource as _;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    match api.get(name).await {
+        Ok(d) => d.controller_owner_ref(&()).map(|mut o| {
+            // Not the controller, and no blockOwnerDeletion (which needs
+            // the Deployment's finalizers): just an owner for the GC.
+            o.controller = None;
+            o.block_owner_deletion = None;
+            o
+        }),
+        Err(e) => {
+            warn!(deployment = name, namespace = ns, error = %e, "cannot read the operator's Deployment; the cluster CA Secret gets no owner");
+            None
+        }
+    }
+}
+
 struct AdminState {
     registry: Registry,
     ready: AtomicBool,
@@ -151,6 +195,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new(&mut registry);
 
     let client = connect().await?;
+    crate::kube_version::ensure_supported(&client).await?;
+    if args.manage_crds {
+        crate::crd_manage::ensure_current(&client).await;
+    } else {
+        info!("--manage-crds=false: the served CRDs are left as they are");
+    }
     let preheats_installed = preheat_crd_installed(&client, args.watch_namespace.as_deref()).await;
 
     let admin = Arc::new(AdminState {
@@ -209,7 +259,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if leading {
         metrics.leader.set(1);
         info!("leading; starting the controller");
-        let mut ctx = Context::new(client.clone(), metrics.clone());
+        let mut ctx = Context::new(client.clone(), metrics.clone())
+            .with_node_agents(args.lease_namespace.clone());
         if let Some(ci) = &cluster_identity {
             ctx = ctx.with_tls(ci.issuer_url.clone(), ci.ca.clone());
         }
@@ -452,6 +503,32 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn crds_are_managed_unless_turned_off_and_the_owner_is_optional() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+                .expect("parses")
+                .run
+        };
+        assert!(parse(&[]).manage_crds);
+        assert!(parse(&["--manage-crds"]).manage_crds);
+        assert!(!parse(&["--manage-crds=false"]).manage_crds);
+        assert_eq!(parse(&[]).owner_deployment, None);
+        assert_eq!(
+            parse(&["--owner-deployment", "dragonfly-operator"])
+                .owner_deployment
+                .as_deref(),
+            Some("dragonfly-operator")
+        );
     }
 
     #[tokio::test]

@@ -770,3 +770,46 @@ async fn a_cluster_name_too_long_for_its_objects_is_reported_and_deletable() {
     assert_eq!(fake.event_reasons(), ["CleanupSkipped"]);
     assert_eq!(load(&fake).finalizers(), Vec::<String>::new());
 }
+
+/// The admission policy's parameter: the cluster's dfdaemon account is
+/// listed before its DaemonSet exists, and unlisted once the finalizer goes.
+#[tokio::test]
+async fn the_node_agent_policy_lists_the_cluster_while_it_exists() {
+    let (client, fake) = FakeApi::start();
+    fake.insert(NS_PATH, namespace("Active"));
+    fake.insert(
+        DFC_PATH,
+        serde_json::to_value(fixture("default")).expect("json"),
+    );
+    let ctx = Arc::try_unwrap(context(client, 1000))
+        .ok()
+        .expect("sole owner")
+        .with_node_agents("ops".into());
+    let ctx = Arc::new(ctx);
+    run(&stored(&fake), &ctx).await.expect("reconcile");
+    let cm_path = "/api/v1/namespaces/ops/configmaps/dragonfly-node-agents";
+    let cm = fake.object(cm_path).expect("ConfigMap created");
+    assert_eq!(
+        cm["data"]["dragonfly-system.dragonfly"],
+        "system:serviceaccount:dragonfly-system:dragonfly-dfdaemon"
+    );
+    let writes = fake.mutations();
+    let listed = writes.iter().position(|w| w.contains("configmaps"));
+    let daemonset = writes
+        .iter()
+        .position(|w| w == "PATCH daemonsets/dragonfly-dfdaemon");
+    assert!(listed.is_some() && listed < daemonset, "{writes:?}");
+
+    // Deleted past the cleanup timeout: the finalizer goes, and the entry.
+    fake.insert(
+        DFC_PATH,
+        serde_json::to_value(deleting(stored(&fake), 1000 - 301)).expect("json"),
+    );
+    run(&stored(&fake), &ctx).await.expect("cleanup");
+    assert_eq!(stored(&fake).finalizers(), Vec::<String>::new());
+    let cm = fake.object(cm_path).expect("ConfigMap stays");
+    assert!(
+        cm["data"].get("dragonfly-system.dragonfly").is_none(),
+        "{cm}"
+    );
+}
