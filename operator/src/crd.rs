@@ -674,6 +674,28 @@ mod tests {
         for f in ["repository", "tag"] {
             assert_eq!(image["properties"][f].get("default"), None, "{f}: {image}");
         }
+        assert_eq!(
+            image["properties"]["digest"]["pattern"],
+            "^sha256:[a-f0-9]{64}$"
+        );
+        // The pod settings are flattened into each component, as the older fields are.
+        for c in ["scheduler", "seedPeer", "dfdaemon"] {
+            let props = &spec[c]["properties"];
+            for f in [
+                "resources",
+                "nodeSelector",
+                "tolerations",
+                "priorityClassName",
+                "affinity",
+                "podLabels",
+                "podAnnotations",
+                "extraEnv",
+            ] {
+                assert!(props[f].is_object(), "{c}.{f}");
+            }
+        }
+        assert!(spec["scheduler"]["properties"]["podDisruptionBudget"].is_object());
+        assert!(spec["dfdaemon"]["properties"]["updateStrategy"].is_object());
     }
 
     #[test]
