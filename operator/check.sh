@@ -74,8 +74,14 @@ render() { "$HELM" template dragonfly "$CHART" --namespace dragonfly-system --ku
 render > "$WORK/render-default.yaml" || fail "helm template (defaults)"
 render --set serviceMonitor.enabled=true,cluster.enabled=false,leaderElection.enabled=false \
   --set watchNamespace=dragonfly-system,logJson=true,uninstallHook.enabled=false,crds.manage=false \
-  --set-string priorityClassName=system-cluster-critical > "$WORK/render-options.yaml" || fail "helm template (options)"
+  --set-string priorityClassName=system-cluster-critical \
+  --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
+  --set dataPlane.image.digest=sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210 \
+  > "$WORK/render-options.yaml" || fail "helm template (options)"
 render --set cluster.spec.seedPeer.enabled=false,cluster.spec.dfdaemon.hostNetwork=true \
+  --set cluster.spec.dfdaemon.updateStrategy.type=OnDelete \
+  --set cluster.spec.scheduler.podDisruptionBudget.maxUnavailable=2 \
+  --set-string cluster.spec.scheduler.podLabels.team=platform \
   > "$WORK/render-spec.yaml" || fail "helm template (cluster spec)"
 
 step "chart RBAC equals manifests RBAC"

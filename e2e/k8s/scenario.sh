@@ -222,10 +222,14 @@ uninstall() {
 }
 
 # Seed peers keep their cache on a PersistentVolume; this cluster has no
-# provisioner, so an admin's static volumes back the claims.
+# provisioner, so an admin's static volumes back the claims. Seed peers run
+# as uid/gid 65532, and the kubelet applies fsGroup to no hostPath volume,
+# so the directories are made theirs here (as a provisioner's would be).
 seed_volumes() {
   local i
   for i in 0 1 2; do
+    mkdir -p "$K8S_RUN/seed-volumes/$mode-$i"
+    chown -R 65532:65532 "$K8S_RUN/seed-volumes/$mode-$i"
     kc apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: PersistentVolume

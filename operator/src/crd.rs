@@ -15,6 +15,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod pod_settings;
+pub use pod_settings::{
+    DaemonSetUpdateStrategySpec, PodDisruptionBudgetSpec, PodSettings, UpdateStrategyType,
+};
+
 pub const GROUP: &str = "p2p.dragonfly.dev";
 pub const VERSION: &str = "v1alpha1";
 
@@ -192,6 +197,13 @@ pub struct ImageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub tag: Option<String>,
+    /// `sha256:<64 hex>`: pins the image by content. Takes precedence over
+    /// the tag (the reference becomes `repository@digest`). Unset: the
+    /// operator's data-plane digest (`DRAGONFLY_IMAGE_DIGEST`) when `tag`
+    /// is unset too, else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub digest: Option<String>,
     #[serde(default)]
     pub pull_policy: PullPolicy,
     #[serde(default)]
@@ -199,13 +211,24 @@ pub struct ImageSpec {
 }
 
 impl ImageSpec {
-    /// `repository:tag`, each taken from the spec when set, else from `defaults`.
+    /// `repository:tag`, each taken from the spec when set, else from
+    /// `defaults`; `repository@digest` when a digest applies: the spec's,
+    /// else the operator's default one as long as the spec names no tag (a
+    /// default digest pins the default tag, not a tag the user chose).
     pub fn reference(&self, defaults: &DefaultImage) -> String {
-        format!(
-            "{}:{}",
-            self.repository.as_deref().unwrap_or(&defaults.repository),
-            self.tag.as_deref().unwrap_or(&defaults.tag)
-        )
+        let repository = self.repository.as_deref().unwrap_or(&defaults.repository);
+        let digest = self.digest.as_deref().or(if self.tag.is_none() {
+            defaults.digest.as_deref()
+        } else {
+            None
+        });
+        match digest {
+            Some(d) => format!("{repository}@{d}"),
+            None => format!(
+                "{repository}:{}",
+                self.tag.as_deref().unwrap_or(&defaults.tag)
+            ),
+        }
     }
 }
 
@@ -215,10 +238,13 @@ impl ImageSpec {
 pub struct DefaultImage {
     pub repository: String,
     pub tag: String,
+    /// `sha256:...`; when set, an unset `spec.image.tag` and `digest` mean this digest.
+    pub digest: Option<String>,
 }
 
 pub const IMAGE_REPOSITORY_ENV: &str = "DRAGONFLY_IMAGE_REPOSITORY";
 pub const IMAGE_TAG_ENV: &str = "DRAGONFLY_IMAGE_TAG";
+pub const IMAGE_DIGEST_ENV: &str = "DRAGONFLY_IMAGE_DIGEST";
 
 impl DefaultImage {
     /// Built into this binary: its own version.
@@ -226,6 +252,7 @@ impl DefaultImage {
         Self {
             repository: default_repository(),
             tag: default_tag(),
+            digest: None,
         }
     }
 
@@ -236,6 +263,24 @@ impl DefaultImage {
             std::env::var(IMAGE_REPOSITORY_ENV).ok(),
             std::env::var(IMAGE_TAG_ENV).ok(),
         )
+        .with_digest(std::env::var(IMAGE_DIGEST_ENV).ok())
+    }
+
+    /// A default digest (blank: none). A value that is not `sha256:<64 hex>`
+    /// is ignored with a warning rather than rendered into every pod.
+    pub fn with_digest(mut self, digest: Option<String>) -> Self {
+        let digest = digest
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        self.digest = match digest {
+            Some(d) if is_image_digest(&d) => Some(d),
+            Some(d) => {
+                tracing::warn!(digest = %d, "{IMAGE_DIGEST_ENV} is not sha256:<64 hex>; ignored");
+                None
+            }
+            None => None,
+        };
+        self
     }
 
     pub fn from_values(repository: Option<String>, tag: Option<String>) -> Self {
@@ -244,8 +289,18 @@ impl DefaultImage {
         Self {
             repository: given(repository).unwrap_or(builtin.repository),
             tag: given(tag).unwrap_or(builtin.tag),
+            digest: None,
         }
     }
+}
+
+/// `sha256:` and 64 lowercase hex digits, as the schema's pattern says.
+pub fn is_image_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
@@ -278,6 +333,8 @@ pub struct Placement {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    #[serde(default, flatten)]
+    pub pod: PodSettings,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -294,6 +351,9 @@ pub struct SchedulerSpec {
     #[serde(default = "default_admin_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub admin_port: i32,
+    /// A PodDisruptionBudget while `replicas` > 1.
+    #[serde(default)]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
     #[serde(default, flatten)]
     pub placement: Placement,
 }
@@ -304,6 +364,7 @@ impl Default for SchedulerSpec {
             replicas: default_scheduler_replicas(),
             port: default_scheduler_port(),
             admin_port: default_admin_port(),
+            pod_disruption_budget: PodDisruptionBudgetSpec::default(),
             placement: Placement::default(),
         }
     }
@@ -326,6 +387,9 @@ pub struct SeedPeerSpec {
     /// Upload bandwidth cap per seed peer, e.g. `1GiB` (per second). Empty: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_rate: Option<String>,
+    /// A PodDisruptionBudget while `replicas` > 1.
+    #[serde(default)]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
     #[serde(default, flatten)]
     pub placement: Placement,
 }
@@ -338,6 +402,7 @@ impl Default for SeedPeerSpec {
             storage: StorageSpec::default(),
             cache_size: default_seed_cache_size(),
             upload_rate: None,
+            pod_disruption_budget: PodDisruptionBudgetSpec::default(),
             placement: Placement::default(),
         }
     }
@@ -407,6 +472,12 @@ pub struct DfdaemonSpec {
     pub resources: Option<ResourceRequirements>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// How dfdaemon pods are replaced on a change; by default 10 % of the
+    /// nodes at a time.
+    #[serde(default)]
+    pub update_strategy: DaemonSetUpdateStrategySpec,
+    #[serde(default, flatten)]
+    pub pod: PodSettings,
 }
 
 impl Default for DfdaemonSpec {
@@ -425,6 +496,8 @@ impl Default for DfdaemonSpec {
             priority_class_name: default_node_critical(),
             resources: None,
             node_selector: BTreeMap::new(),
+            update_strategy: DaemonSetUpdateStrategySpec::default(),
+            pod: PodSettings::default(),
         }
     }
 }
@@ -628,6 +701,28 @@ mod tests {
         for f in ["repository", "tag"] {
             assert_eq!(image["properties"][f].get("default"), None, "{f}: {image}");
         }
+        assert_eq!(
+            image["properties"]["digest"]["pattern"],
+            "^sha256:[a-f0-9]{64}$"
+        );
+        // The pod settings are flattened into each component, as the older fields are.
+        for c in ["scheduler", "seedPeer", "dfdaemon"] {
+            let props = &spec[c]["properties"];
+            for f in [
+                "resources",
+                "nodeSelector",
+                "tolerations",
+                "priorityClassName",
+                "affinity",
+                "podLabels",
+                "podAnnotations",
+                "extraEnv",
+            ] {
+                assert!(props[f].is_object(), "{c}.{f}");
+            }
+        }
+        assert!(spec["scheduler"]["properties"]["podDisruptionBudget"].is_object());
+        assert!(spec["dfdaemon"]["properties"]["updateStrategy"].is_object());
     }
 
     #[test]

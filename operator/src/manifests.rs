@@ -9,10 +9,10 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, Namespace, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceQuota, ResourceQuotaSpec, ResourceRequirements, ScopeSelector,
-    ScopedResourceSelectorRequirement, SeccompProfile, SecurityContext, Service, ServiceAccount,
-    ServicePort, ServiceSpec,
+    Container, ContainerPort, EnvVar, Namespace, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, ScopeSelector,
+    ScopedResourceSelectorRequirement, SeccompProfile, Service, ServiceAccount, ServicePort,
+    ServiceSpec,
 };
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -22,9 +22,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
+use crate::build::pod::NON_ROOT_ID;
 use crate::build::LABEL_OS;
 use crate::crd::{
-    DefaultImage, DragonflyCluster, DragonflyClusterSpec, IMAGE_REPOSITORY_ENV, IMAGE_TAG_ENV,
+    DefaultImage, DragonflyCluster, DragonflyClusterSpec, IMAGE_DIGEST_ENV, IMAGE_REPOSITORY_ENV,
+    IMAGE_TAG_ENV,
 };
 
 pub const NAMESPACE: &str = "dragonfly-system";
@@ -269,6 +271,7 @@ pub fn operator_rules() -> Vec<PolicyRule> {
             MANAGE,
         ),
         rule(&["networking.k8s.io"], &["networkpolicies"], MANAGE),
+        rule(&["policy"], &["poddisruptionbudgets"], MANAGE),
         rule(
             &["rbac.authorization.k8s.io"],
             &["roles", "rolebindings"],
@@ -467,6 +470,10 @@ fn deployment(o: &Options) -> Deployment {
             plain_env("OPERATOR_DEPLOYMENT", NAME),
             plain_env(IMAGE_REPOSITORY_ENV, &o.data_plane.repository),
             plain_env(IMAGE_TAG_ENV, &o.data_plane.tag),
+            plain_env(
+                IMAGE_DIGEST_ENV,
+                o.data_plane.digest.as_deref().unwrap_or_default(),
+            ),
             plain_env("RUST_LOG", "info"),
             plain_env(
                 "OPERATOR_ISSUER_URL",
@@ -504,15 +511,8 @@ fn deployment(o: &Options) -> Deployment {
             )])),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        // The operator writes nothing to its filesystem.
+        security_context: Some(crate::build::pod::restricted_container()),
         ..Container::default()
     };
     Deployment {
@@ -538,7 +538,8 @@ fn deployment(o: &Options) -> Deployment {
                     )])),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
+                        run_as_user: Some(NON_ROOT_ID),
+                        run_as_group: Some(NON_ROOT_ID),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),
                             ..SeccompProfile::default()

@@ -137,6 +137,7 @@ pub fn validate(spec: &DragonflyClusterSpec) -> Vec<SpecProblem> {
     }
 
     check_registry_configs(spec, &mut bad);
+    check_pod_settings(spec, &mut bad);
 
     check_host_dir(
         &mut bad,
@@ -151,6 +152,153 @@ pub fn validate(spec: &DragonflyClusterSpec) -> Vec<SpecProblem> {
         );
     }
     out
+}
+
+/// The pod settings of every component: nothing that would take over the
+/// labels the operator selects its pods by, its own annotations or the env
+/// it sets, a DaemonSet update dfdaemon's host ports allow, and budgets
+/// the API server accepts. (The builders also let the operator's keys win,
+/// so a spec that slipped past this still cannot detach a workload from
+/// its pods.)
+fn check_pod_settings(spec: &DragonflyClusterSpec, bad: &mut impl FnMut(&str, String)) {
+    use crate::build::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME};
+    const OPERATOR_ENV: [&str; 2] = ["POD_NAME", "POD_NAMESPACE"];
+    if let Some(d) = &spec.image.digest {
+        if !crate::crd::is_image_digest(d) {
+            bad(
+                "spec.image.digest",
+                format!("{d:?} is not sha256:<64 lowercase hex digits>"),
+            );
+        }
+    }
+    let components = [
+        ("spec.scheduler", &spec.scheduler.placement.pod),
+        ("spec.seedPeer", &spec.seed_peer.placement.pod),
+        ("spec.dfdaemon", &spec.dfdaemon.pod),
+    ];
+    for (base, pod) in components {
+        for (k, v) in &pod.pod_labels {
+            if [
+                LABEL_NAME,
+                LABEL_INSTANCE,
+                LABEL_COMPONENT,
+                LABEL_MANAGED_BY,
+            ]
+            .contains(&k.as_str())
+            {
+                bad(
+                    &format!("{base}.podLabels"),
+                    format!("{k:?} is set by the operator, which selects its pods by it"),
+                );
+            } else if !label_key(k) || !label_value(v) {
+                bad(
+                    &format!("{base}.podLabels"),
+                    format!("{k:?}={v:?} is not a valid label"),
+                );
+            }
+        }
+        for k in pod.pod_annotations.keys() {
+            if k.starts_with("p2p.dragonfly.dev/") {
+                bad(
+                    &format!("{base}.podAnnotations"),
+                    format!("{k:?}: keys under p2p.dragonfly.dev/ are the operator's"),
+                );
+            } else if !label_key(k) {
+                bad(
+                    &format!("{base}.podAnnotations"),
+                    format!("{k:?} is not a valid annotation key"),
+                );
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, e) in pod.extra_env.iter().enumerate() {
+            let field = format!("{base}.extraEnv[{i}].name");
+            if e.name.is_empty() || e.name.contains('=') {
+                bad(
+                    &field,
+                    format!("{:?} is not an environment variable name", e.name),
+                );
+            } else if e.name.starts_with("DFDAEMON_") || OPERATOR_ENV.contains(&e.name.as_str()) {
+                bad(&field, format!("{:?} is set by the operator", e.name));
+            } else if !names.insert(e.name.as_str()) {
+                bad(&field, format!("{:?} is listed twice", e.name));
+            }
+        }
+    }
+    for (field, pdb) in [
+        (
+            "spec.scheduler.podDisruptionBudget.maxUnavailable",
+            &spec.scheduler.pod_disruption_budget,
+        ),
+        (
+            "spec.seedPeer.podDisruptionBudget.maxUnavailable",
+            &spec.seed_peer.pod_disruption_budget,
+        ),
+    ] {
+        if let Err(e) = int_or_percent(&pdb.max_unavailable) {
+            bad(field, e);
+        }
+    }
+    let u = &spec.dfdaemon.update_strategy;
+    if u.type_ == crate::crd::UpdateStrategyType::RollingUpdate {
+        match int_or_percent(&u.max_unavailable) {
+            Err(e) => bad("spec.dfdaemon.updateStrategy.maxUnavailable", e),
+            Ok(0) => bad(
+                "spec.dfdaemon.updateStrategy.maxUnavailable",
+                "must be more than 0, or no dfdaemon is ever replaced".into(),
+            ),
+            Ok(_) => {}
+        }
+        match int_or_percent(&u.max_surge) {
+            Err(e) => bad("spec.dfdaemon.updateStrategy.maxSurge", e),
+            Ok(0) => {}
+            Ok(_) => bad(
+                "spec.dfdaemon.updateStrategy.maxSurge",
+                "must be 0: dfdaemon binds host ports, so a surge pod could never start beside the old one".into(),
+            ),
+        }
+    }
+}
+
+/// A non-negative count or a percentage (0-100 %): its number.
+fn int_or_percent(
+    v: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+) -> Result<i32, String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match v {
+        IntOrString::Int(n) if *n >= 0 => Ok(*n),
+        IntOrString::Int(n) => Err(format!("{n} is negative")),
+        IntOrString::String(s) => s
+            .strip_suffix('%')
+            .and_then(|n| n.parse::<i32>().ok())
+            .filter(|n| (0..=100).contains(n))
+            .ok_or_else(|| format!("{s:?} is neither a number nor a percentage such as 10%")),
+    }
+}
+
+/// `[prefix/]name`: a DNS subdomain prefix, a name of at most 63 characters.
+fn label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    });
+    prefix_ok && !name.is_empty() && label_value(name)
+}
+
+/// At most 63 characters of `[A-Za-z0-9_.-]`, alphanumeric at both ends.
+fn label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
 
 /// `spec.registryConfigs`: hosts written like `registries` (without a
@@ -460,6 +608,70 @@ mod tests {
         spec.registries.clear();
         spec.registry_configs = vec![registry_config("other.example")];
         assert_eq!(validate(&spec), vec![]);
+    }
+
+    #[test]
+    fn pod_settings_cannot_take_over_the_operators_keys() {
+        use k8s_openapi::api::core::v1::EnvVar;
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let mut spec = DragonflyClusterSpec::default();
+        spec.scheduler
+            .placement
+            .pod
+            .pod_labels
+            .insert("app.kubernetes.io/component".into(), "x".into());
+        spec.seed_peer
+            .placement
+            .pod
+            .pod_labels
+            .insert("team".into(), "bad value!".into());
+        spec.dfdaemon
+            .pod
+            .pod_annotations
+            .insert("p2p.dragonfly.dev/config-hash".into(), "x".into());
+        spec.dfdaemon
+            .pod
+            .pod_annotations
+            .insert("example.com/ok".into(), "any value at all".into());
+        let env = |n: &str| EnvVar {
+            name: n.into(),
+            value: Some("v".into()),
+            ..EnvVar::default()
+        };
+        spec.dfdaemon.pod.extra_env = vec![
+            env("HTTPS_PROXY"),
+            env("DFDAEMON_ADVERTISE_IP"),
+            env("HTTPS_PROXY"),
+        ];
+        spec.dfdaemon.update_strategy.max_surge = IntOrString::Int(1);
+        spec.scheduler.pod_disruption_budget.max_unavailable = IntOrString::String("ten".into());
+        spec.image.digest = Some("sha256:abc".into());
+        let fields: Vec<String> = validate(&spec).into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.image.digest",
+                "spec.scheduler.podLabels",
+                "spec.seedPeer.podLabels",
+                "spec.dfdaemon.podAnnotations",
+                "spec.dfdaemon.extraEnv[1].name",
+                "spec.dfdaemon.extraEnv[2].name",
+                "spec.scheduler.podDisruptionBudget.maxUnavailable",
+                "spec.dfdaemon.updateStrategy.maxSurge",
+            ]
+        );
+        let mut spec = DragonflyClusterSpec::default();
+        spec.dfdaemon.update_strategy.max_unavailable = IntOrString::String("0%".into());
+        assert_eq!(
+            validate(&spec)[0].field,
+            "spec.dfdaemon.updateStrategy.maxUnavailable"
+        );
+        spec.dfdaemon.update_strategy.type_ = crate::crd::UpdateStrategyType::OnDelete;
+        assert_eq!(
+            validate(&spec),
+            vec![],
+            "OnDelete ignores the rolling fields"
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dragonfly-operator");
 
-/// Run to completion within `limit`, killing the child otherwise. Output
-/// is read while the child runs: a child writing more than a pipe holds
-/// would otherwise block forever.
+/// Run to completion within `limit`, killing the child otherwise. Its
+/// output is drained while it runs: a child writing more than a pipe holds
+/// (the CRDs are larger than 64 KiB) would otherwise block forever.
 fn run_bounded(cmd: &mut Command, limit: Duration) -> (Option<i32>, String, String) {
     let mut child = cmd
         .stdout(Stdio::piped())

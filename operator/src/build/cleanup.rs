@@ -8,7 +8,9 @@ use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::dfdaemon::{containerd_config_in_pod, host_mounts, host_writer_security, node_pod_spec};
+use super::pod::{apply_settings, default_resources, non_root_container};
 use super::{Component, Ctx};
+use crate::crd::PodSettings;
 
 const C: Component = Component::Cleanup;
 
@@ -28,6 +30,7 @@ pub fn cleanup_daemonset(ctx: &Ctx) -> DaemonSet {
             containerd_config_in_pod(ctx),
         ]),
         security_context: Some(host_writer_security()),
+        resources: Some(default_resources(C)),
         volume_mounts: Some(host_mounts(ctx, false)),
         ..Container::default()
     };
@@ -37,6 +40,9 @@ pub fn cleanup_daemonset(ctx: &Ctx) -> DaemonSet {
         image: Some(ctx.image()),
         image_pull_policy: ctx.pull_policy(),
         command: Some(vec!["sleep".into(), "infinity".into()]),
+        // Needs nothing of root's.
+        security_context: Some(non_root_container()),
+        resources: Some(default_resources(C)),
         ..Container::default()
     };
     let mut pod = node_pod_spec(ctx, false);
@@ -50,7 +56,7 @@ pub fn cleanup_daemonset(ctx: &Ctx) -> DaemonSet {
     pod.host_network = None;
     pod.dns_policy = None;
 
-    DaemonSet {
+    let mut ds = DaemonSet {
         metadata: ctx.meta(C, ctx.object_name(C)),
         spec: DaemonSetSpec {
             selector: LabelSelector {
@@ -67,5 +73,13 @@ pub fn cleanup_daemonset(ctx: &Ctx) -> DaemonSet {
             ..DaemonSetSpec::default()
         },
         ..DaemonSet::default()
-    }
+    };
+    // The same nodes, labels and annotations as dfdaemon's pods (the
+    // restore needs none of its extra env).
+    let settings = PodSettings {
+        extra_env: Vec::new(),
+        ..spec.dfdaemon.pod.clone()
+    };
+    apply_settings(&mut ds.spec.template, &settings);
+    ds
 }

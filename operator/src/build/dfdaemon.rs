@@ -8,13 +8,15 @@ use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HostPathVolumeSource, PodSpec,
+    ConfigMapVolumeSource, Container, ContainerPort, HostPathVolumeSource, PodSpec,
     PodTemplateSpec, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::crd::UpdateStrategyType;
 
 use super::config::DFDAEMON_FILE;
+use super::pod::{add_tmp, apply_settings, node_pod, resources_or_default, restricted_container};
 use super::scheduler::{non_empty_vec, pull_secrets};
 use super::{env_from_field, http_probe, linux_node_selector, Component, Ctx, CONFIG_HASH};
 
@@ -44,6 +46,29 @@ fn containerd_config_dir(ctx: &Ctx) -> String {
 }
 
 pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
+    let mut ds = plain_daemonset(ctx, config_hash);
+    let template = &mut ds.spec.template;
+    if let Some(pod) = template.spec.as_mut() {
+        add_tmp(pod);
+    }
+    apply_settings(template, &ctx.dfc.spec.dfdaemon.pod);
+    ds
+}
+
+fn update_strategy(d: &crate::crd::DfdaemonSpec) -> DaemonSetUpdateStrategy {
+    let u = &d.update_strategy;
+    DaemonSetUpdateStrategy {
+        type_: Some(u.type_.as_str().into()),
+        rolling_update: (u.type_ == UpdateStrategyType::RollingUpdate).then(|| {
+            RollingUpdateDaemonSet {
+                max_surge: Some(u.max_surge.clone()),
+                max_unavailable: Some(u.max_unavailable.clone()),
+            }
+        }),
+    }
+}
+
+fn plain_daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
     let spec = &ctx.dfc.spec;
     let d = &spec.dfdaemon;
     let mut args = vec![
@@ -106,7 +131,7 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
         ]),
         readiness_probe: Some(http_probe("/readyz", d.admin_port, 5, 3)),
         liveness_probe: Some(dfdaemon_liveness(d.admin_port)),
-        resources: d.resources.clone(),
+        resources: resources_or_default(&d.resources, C),
         security_context: Some(host_writer_security()),
         volume_mounts: Some(host_mounts(ctx, true)),
         ..Container::default()
@@ -146,14 +171,9 @@ pub fn daemonset(ctx: &Ctx, config_hash: &str) -> DaemonSet {
                 match_labels: Some(ctx.selector(C)),
                 ..LabelSelector::default()
             },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
-                // Host ports cannot be shared, so a new pod can only start after the old one left.
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_surge: Some(IntOrString::Int(0)),
-                    max_unavailable: Some(IntOrString::String("10%".into())),
-                }),
-            }),
+            // Host ports cannot be shared, so a new pod can only start
+            // after the old one left: validation keeps maxSurge at 0.
+            update_strategy: Some(update_strategy(d)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(ctx.labels(C)),
@@ -215,6 +235,7 @@ pub(super) fn node_pod_spec(ctx: &Ctx, needs_api: bool) -> PodSpec {
         // Time for dfdaemon to restore containerd's mirror config on its way out.
         termination_grace_period_seconds: Some(60),
         volumes: Some(host_volumes(ctx)),
+        security_context: Some(node_pod()),
         ..PodSpec::default()
     }
 }
@@ -259,15 +280,14 @@ pub(super) fn host_mounts(ctx: &Ctx, with_data: bool) -> Vec<VolumeMount> {
     m
 }
 
-/// Root without most capabilities: enough to edit root-owned files in certs.d.
+/// Root with no capabilities at all: uid 0 owns the root-owned files in
+/// containerd's config path, so plain owner permissions let it edit them
+/// (see docs/security-context.md for why nothing more is needed).
 pub(super) fn host_writer_security() -> SecurityContext {
     SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: Some(vec!["CHOWN".into(), "DAC_OVERRIDE".into(), "FOWNER".into()]),
-        }),
-        ..SecurityContext::default()
+        run_as_user: Some(0),
+        run_as_group: Some(0),
+        ..restricted_container()
     }
 }
 

@@ -5,6 +5,7 @@ mod cleanup;
 mod config;
 mod dfdaemon;
 mod network_policy;
+pub mod pod;
 mod rbac;
 pub mod registry_ca;
 mod scheduler;
@@ -229,7 +230,8 @@ impl Desired {
 /// Every kind the operator may own, in apply order (identities and config before workloads).
 pub fn managed_kinds() -> Vec<ApiResource> {
     use k8s_openapi::api::{
-        apps::v1 as apps, core::v1 as core, networking::v1 as networking, rbac::v1 as rbac,
+        apps::v1 as apps, core::v1 as core, networking::v1 as networking, policy::v1 as policy,
+        rbac::v1 as rbac,
     };
     vec![
         ApiResource::erase::<core::ServiceAccount>(&()),
@@ -238,6 +240,7 @@ pub fn managed_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<core::ConfigMap>(&()),
         ApiResource::erase::<core::Service>(&()),
         ApiResource::erase::<networking::NetworkPolicy>(&()),
+        ApiResource::erase::<policy::PodDisruptionBudget>(&()),
         ApiResource::erase::<apps::Deployment>(&()),
         ApiResource::erase::<apps::StatefulSet>(&()),
         ApiResource::erase::<apps::DaemonSet>(&()),
@@ -293,6 +296,26 @@ pub fn desired_objects(ctx: &Ctx) -> Result<Vec<Desired>, BuildError> {
         ctx,
         Component::Dfdaemon,
     ))?);
+
+    // Before the workloads too: a drain right after a rollout is covered.
+    if let Some(pdb) = pod::disruption_budget(
+        ctx,
+        Component::Scheduler,
+        spec.scheduler.replicas,
+        &spec.scheduler.pod_disruption_budget,
+    ) {
+        out.push(Desired::of(&pdb)?);
+    }
+    if spec.seed_peer.enabled {
+        if let Some(pdb) = pod::disruption_budget(
+            ctx,
+            Component::SeedPeer,
+            spec.seed_peer.replicas,
+            &spec.seed_peer.pod_disruption_budget,
+        ) {
+            out.push(Desired::of(&pdb)?);
+        }
+    }
 
     let member = |pod: Option<&mut k8s_openapi::api::core::v1::PodSpec>| {
         if let (Some(plan), Some(pod)) = (&ctx.tls, pod) {

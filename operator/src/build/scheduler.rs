@@ -12,12 +12,25 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
 use super::config::SCHEDULER_FILE;
+use super::pod::{
+    add_tmp, apply_settings, non_root_pod, resources_or_default, restricted_container,
+};
 use super::{http_probe, linux_node_selector, Component, Ctx, CONFIG_HASH};
 
 const C: Component = Component::Scheduler;
 const CONFIG_DIR: &str = "/etc/dragonfly";
 
 pub fn deployment(ctx: &Ctx, config_hash: &str) -> Deployment {
+    let mut d = plain_deployment(ctx, config_hash);
+    let template = &mut d.spec.template;
+    if let Some(pod) = template.spec.as_mut() {
+        add_tmp(pod);
+    }
+    apply_settings(template, &ctx.dfc.spec.scheduler.placement.pod);
+    d
+}
+
+fn plain_deployment(ctx: &Ctx, config_hash: &str) -> Deployment {
     let s = &ctx.dfc.spec.scheduler;
     let container = Container {
         name: "scheduler".into(),
@@ -35,7 +48,8 @@ pub fn deployment(ctx: &Ctx, config_hash: &str) -> Deployment {
         ports: Some(vec![port("grpc", s.port), port("http-admin", s.admin_port)]),
         readiness_probe: Some(http_probe("/readyz", s.admin_port, 5, 3)),
         liveness_probe: Some(http_probe("/healthz", s.admin_port, 10, 6)),
-        resources: s.placement.resources.clone(),
+        resources: resources_or_default(&s.placement.resources, C),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(vec![VolumeMount {
             name: "config".into(),
             mount_path: CONFIG_DIR.into(),
@@ -70,6 +84,7 @@ pub fn deployment(ctx: &Ctx, config_hash: &str) -> Deployment {
                     tolerations: non_empty_vec(s.placement.tolerations.clone()),
                     priority_class_name: s.placement.priority_class_name.clone(),
                     affinity: Some(spread_over_nodes(ctx)),
+                    security_context: Some(non_root_pod()),
                     volumes: Some(vec![Volume {
                         name: "config".into(),
                         config_map: Some(ConfigMapVolumeSource {

@@ -14,6 +14,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::config::DFDAEMON_FILE;
+use super::pod::{
+    add_tmp, apply_settings, non_root_pod, resources_or_default, restricted_container,
+};
 use super::scheduler::{non_empty_vec, port, pull_secrets, svc_port};
 use super::{env_from_field, http_probe, linux_node_selector, Component, Ctx, CONFIG_HASH};
 
@@ -22,6 +25,16 @@ pub const DATA_MOUNT: &str = "/var/lib/dragonfly";
 const CONFIG_DIR: &str = "/etc/dragonfly";
 
 pub fn statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
+    let mut set = plain_statefulset(ctx, config_hash);
+    let template = &mut set.spec.template;
+    if let Some(pod) = template.spec.as_mut() {
+        add_tmp(pod);
+    }
+    apply_settings(template, &ctx.dfc.spec.seed_peer.placement.pod);
+    set
+}
+
+fn plain_statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
     let spec = &ctx.dfc.spec;
     let s = &spec.seed_peer;
     let d = &spec.dfdaemon;
@@ -69,7 +82,8 @@ pub fn statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
         ]),
         readiness_probe: Some(http_probe("/readyz", d.admin_port, 5, 3)),
         liveness_probe: Some(http_probe("/healthz", d.admin_port, 10, 6)),
-        resources: s.placement.resources.clone(),
+        resources: resources_or_default(&s.placement.resources, C),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "data".into(),
@@ -144,6 +158,8 @@ pub fn statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
                     tolerations: non_empty_vec(s.placement.tolerations.clone()),
                     priority_class_name: s.placement.priority_class_name.clone(),
                     termination_grace_period_seconds: Some(30),
+                    // A fixed non-root user; fsGroup makes the data volume its.
+                    security_context: Some(non_root_pod()),
                     volumes: Some(vec![Volume {
                         name: "config".into(),
                         config_map: Some(ConfigMapVolumeSource {

@@ -73,6 +73,13 @@ fn golden_custom_cluster() {
 }
 
 #[test]
+fn golden_pod_settings_cluster() {
+    let dfc = fixture("pod-settings");
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
+    check_golden("pod-settings", &render(&objects));
+}
+
+#[test]
 fn golden_private_ca_cluster() {
     let dfc = fixture("private-ca");
     let objects = desired_objects(&ctx_of(&dfc)).expect("build");
@@ -263,6 +270,8 @@ fn default_cluster_has_every_component_and_owner() {
             "NetworkPolicy/dragonfly-scheduler",
             "NetworkPolicy/dragonfly-seed-peer",
             "NetworkPolicy/dragonfly-dfdaemon",
+            "PodDisruptionBudget/dragonfly-scheduler",
+            "PodDisruptionBudget/dragonfly-seed-peer",
             "Deployment/dragonfly-scheduler",
             "StatefulSet/dragonfly-seed-peer",
             "DaemonSet/dragonfly-dfdaemon",
@@ -436,7 +445,7 @@ fn pod_specs(objects: &[Desired]) -> Vec<(String, PodSpec, Vec<String>)> {
 /// and the cleanup DaemonSet.
 fn all_workloads() -> Vec<(String, PodSpec, Vec<String>)> {
     let mut out = Vec::new();
-    for name in ["default", "custom", "private-ca"] {
+    for name in ["default", "custom", "private-ca", "pod-settings"] {
         let dfc = fixture(name);
         let ctx = ctx_of(&dfc);
         let mut objects = desired_objects(&ctx).expect("build");
@@ -458,8 +467,8 @@ fn all_workloads() -> Vec<(String, PodSpec, Vec<String>)> {
     }
     assert_eq!(
         out.len(),
-        11,
-        "scheduler x3, seed peer x2, dfdaemon x3, cleanup x3"
+        15,
+        "scheduler x4, seed peer x3, dfdaemon x4, cleanup x4"
     );
     out
 }
@@ -780,4 +789,326 @@ fn network_policies_open_each_port_to_who_needs_it_only() {
     assert!(!rules
         .iter()
         .any(|(port, from)| *port == d.proxy_port && from.contains(&anyone)));
+}
+
+fn all_containers(pod: &PodSpec) -> Vec<&k8s_openapi::api::core::v1::Container> {
+    pod.init_containers
+        .iter()
+        .flatten()
+        .chain(pod.containers.iter())
+        .collect()
+}
+
+#[test]
+fn every_container_is_locked_down() {
+    for (id, pod, _) in all_workloads() {
+        let pod_sc = pod.security_context.clone().unwrap_or_default();
+        assert_eq!(
+            pod_sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault"),
+            "{id}"
+        );
+        let node_agent = id.contains("DaemonSet/");
+        for c in all_containers(&pod) {
+            let at = format!("{id} {}", c.name);
+            let sc = c.security_context.clone().expect(&at);
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{at}");
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{at}");
+            assert_eq!(sc.privileged, None, "{at}");
+            let caps = sc.capabilities.clone().expect(&at);
+            assert_eq!(caps.drop, Some(vec!["ALL".to_string()]), "{at}");
+            assert_eq!(caps.add, None, "{at}: no capability added back");
+            assert_eq!(
+                sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+                Some("RuntimeDefault"),
+                "{at}"
+            );
+            let user = sc.run_as_user.or(pod_sc.run_as_user);
+            if node_agent && c.name != "done" {
+                // Root without capabilities: the owner of containerd's files.
+                assert_eq!(user, Some(0), "{at}");
+            } else {
+                assert_eq!(user, Some(pod::NON_ROOT_ID), "{at}");
+                assert_eq!(
+                    sc.run_as_non_root.or(pod_sc.run_as_non_root),
+                    Some(true),
+                    "{at}"
+                );
+            }
+        }
+        if !node_agent {
+            assert_eq!(pod_sc.fs_group, Some(pod::NON_ROOT_ID), "{id}");
+        }
+        // Long-running containers get a writable /tmp on their read-only root.
+        if !id.contains("cleanup") {
+            let tmp = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == "tmp")
+                .expect(&id);
+            assert!(tmp.empty_dir.is_some(), "{id}");
+            for c in &pod.containers {
+                assert!(
+                    c.volume_mounts
+                        .iter()
+                        .flatten()
+                        .any(|m| m.name == "tmp" && m.mount_path == "/tmp"),
+                    "{id} {}",
+                    c.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn unset_resources_get_measured_defaults_without_a_cpu_limit() {
+    for (id, pod, _) in all_workloads() {
+        for c in all_containers(&pod) {
+            let r = c.resources.clone().unwrap_or_default();
+            let at = format!("{id} {}", c.name);
+            if id.starts_with("custom: Deployment/") {
+                // The fixture's own resources are kept as given.
+                assert_eq!(
+                    r.requests
+                        .as_ref()
+                        .and_then(|q| q.get("memory"))
+                        .map(|q| q.0.as_str()),
+                    Some("128Mi"),
+                    "{at}"
+                );
+                assert_eq!(r.limits, None, "{at}");
+                continue;
+            }
+            if id.starts_with("custom: DaemonSet/edge-dfdaemon") {
+                assert_eq!(
+                    r.limits
+                        .as_ref()
+                        .and_then(|q| q.get("memory"))
+                        .map(|q| q.0.as_str()),
+                    Some("2Gi"),
+                    "{at}"
+                );
+                continue;
+            }
+            let requests = r.requests.clone().expect(&at);
+            assert!(
+                requests.contains_key("cpu") && requests.contains_key("memory"),
+                "{at}"
+            );
+            let limits = r.limits.clone().expect(&at);
+            assert!(limits.contains_key("memory"), "{at}");
+            assert!(!limits.contains_key("cpu"), "{at}: no CPU limit by default");
+        }
+    }
+}
+
+#[test]
+fn disruption_budgets_guard_replicated_components_only() {
+    let kinds = |dfc: &DragonflyCluster| -> Vec<(String, serde_json::Value)> {
+        desired_objects(&ctx_of(dfc))
+            .expect("build")
+            .into_iter()
+            .filter(|d| d.resource.kind == "PodDisruptionBudget")
+            .map(|d| {
+                let v = serde_json::to_value(&d.object).expect("json");
+                (d.name(), v["spec"].clone())
+            })
+            .collect()
+    };
+    let mut dfc = fixture("default");
+    let pdbs = kinds(&dfc);
+    assert_eq!(pdbs.len(), 2, "{pdbs:?}");
+    let (name, spec) = &pdbs[0];
+    assert_eq!(name, "dragonfly-scheduler");
+    assert_eq!(spec["maxUnavailable"], 1);
+    assert_eq!(
+        spec["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "scheduler"
+    );
+    assert_eq!(
+        pdbs[1].1["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "seed-peer"
+    );
+    // One replica: a budget would block every drain of its node.
+    dfc.spec.scheduler.replicas = 1;
+    dfc.spec.seed_peer.pod_disruption_budget.enabled = false;
+    assert!(kinds(&dfc).is_empty());
+    // Seed peers off: no budget for them either.
+    let dfc = fixture("pod-settings");
+    let pdbs = kinds(&dfc);
+    assert_eq!(pdbs.len(), 1, "{pdbs:?}");
+    assert_eq!(pdbs[0].1["maxUnavailable"], "34%");
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
+    let pdb = objects
+        .iter()
+        .find(|d| d.resource.kind == "PodDisruptionBudget")
+        .expect("pdb");
+    assert_eq!(pdb.resource.api_version, "policy/v1");
+    assert_eq!(
+        pdb.object.owner_references().len(),
+        1,
+        "owned like the rest"
+    );
+    assert!(managed_kinds()
+        .iter()
+        .any(|k| k.kind == "PodDisruptionBudget" && k.group == "policy"));
+}
+
+#[test]
+fn a_digest_pins_every_data_plane_image() {
+    let dfc = fixture("pod-settings");
+    let ctx = ctx_of(&dfc);
+    let mut objects = desired_objects(&ctx).expect("build");
+    objects.push(Desired::of(&cleanup_daemonset(&ctx)).expect("cleanup"));
+    let want = "registry.example.com/dragonfly@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let specs = pod_specs(&objects);
+    assert_eq!(specs.len(), 4);
+    for (id, pod, _) in specs {
+        for c in all_containers(&pod) {
+            assert_eq!(c.image.as_deref(), Some(want), "{id} {}", c.name);
+        }
+    }
+    // The operator's default digest pins its default tag only.
+    let defaults = DefaultImage::builtin().with_digest(Some(
+        "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210".into(),
+    ));
+    let mut image = crate::crd::ImageSpec::default();
+    assert_eq!(
+        image.reference(&defaults),
+        "dragonfly-p2p/dragonfly@sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+    );
+    image.tag = Some("v2".into());
+    assert_eq!(image.reference(&defaults), "dragonfly-p2p/dragonfly:v2");
+    assert_eq!(
+        DefaultImage::builtin()
+            .with_digest(Some("latest".into()))
+            .digest,
+        None,
+        "a malformed default digest is ignored"
+    );
+}
+
+#[test]
+fn daemonset_update_strategy_follows_the_spec() {
+    let strategy = |dfc: &DragonflyCluster| {
+        daemonset_of(&desired_objects(&ctx_of(dfc)).expect("build"))
+            .spec
+            .update_strategy
+            .expect("strategy")
+    };
+    let mut dfc = fixture("default");
+    let u = strategy(&dfc);
+    assert_eq!(u.type_.as_deref(), Some("RollingUpdate"));
+    let r = u.rolling_update.expect("rolling");
+    assert_eq!(r.max_unavailable, Some(IntOrString::String("10%".into())));
+    assert_eq!(r.max_surge, Some(IntOrString::Int(0)));
+    dfc.spec.dfdaemon.update_strategy.max_unavailable = IntOrString::Int(3);
+    let r = strategy(&dfc).rolling_update.expect("rolling");
+    assert_eq!(r.max_unavailable, Some(IntOrString::Int(3)));
+    let u = strategy(&fixture("pod-settings"));
+    assert_eq!(u.type_.as_deref(), Some("OnDelete"));
+    assert_eq!(u.rolling_update, None);
+}
+
+#[test]
+fn pod_settings_reach_every_component_and_operator_keys_win() {
+    let mut dfc = fixture("pod-settings");
+    // Past validation (which refuses these), the operator's keys still win.
+    dfc.spec
+        .dfdaemon
+        .pod
+        .pod_labels
+        .insert(LABEL_COMPONENT.into(), "hijacked".into());
+    dfc.spec
+        .dfdaemon
+        .pod
+        .pod_annotations
+        .insert(CONFIG_HASH.into(), "forged".into());
+    let objects = desired_objects(&ctx_of(&dfc)).expect("build");
+    let templates: Vec<(String, serde_json::Value)> = objects
+        .iter()
+        .filter(|d| ["Deployment", "StatefulSet", "DaemonSet"].contains(&d.resource.kind.as_str()))
+        .map(|d| {
+            let v = serde_json::to_value(&d.object).expect("json");
+            (d.name(), v["spec"]["template"].clone())
+        })
+        .collect();
+    assert_eq!(templates.len(), 3);
+    for (name, t) in &templates {
+        assert_eq!(t["metadata"]["labels"]["team"], "platform", "{name}");
+        assert_eq!(
+            t["metadata"]["labels"]["app.kubernetes.io/name"],
+            "dragonfly"
+        );
+        let env = t["spec"]["containers"][0]["env"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let proxy = env.iter().find(|e| e["name"] == "HTTPS_PROXY").expect(name);
+        assert!(proxy.get("value").is_some() || proxy.get("valueFrom").is_some());
+    }
+    let by = |n: &str| {
+        &templates
+            .iter()
+            .find(|(name, _)| name.ends_with(n))
+            .expect(n)
+            .1
+    };
+    let sched = by("-scheduler");
+    assert_eq!(
+        sched["metadata"]["annotations"]["example.com/owner"],
+        "platform"
+    );
+    assert!(sched["metadata"]["annotations"][CONFIG_HASH].is_string());
+    assert_eq!(
+        sched["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"][0]["key"],
+        "node-pool"
+    );
+    assert!(
+        sched["spec"]["affinity"].get("podAntiAffinity").is_none(),
+        "replaced, not merged"
+    );
+    assert_eq!(
+        sched["spec"]["priorityClassName"],
+        "system-cluster-critical"
+    );
+    let env = sched["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(env.iter().any(|e| e["name"] == "NO_PROXY"));
+    let seed = by("-seed-peer");
+    assert!(seed["spec"].get("affinity").is_none());
+    let daemon = by("-dfdaemon");
+    assert_eq!(daemon["metadata"]["labels"][LABEL_COMPONENT], "dfdaemon");
+    assert_ne!(daemon["metadata"]["annotations"][CONFIG_HASH], "forged");
+    assert_eq!(
+        daemon["metadata"]["annotations"]["example.com/owner"],
+        "platform"
+    );
+    // The operator's own env comes first and is not shadowed.
+    let env = daemon["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(env[0]["name"], "DFDAEMON_ADVERTISE_IP");
+    // The restore runs where dfdaemon ran, labelled alike, without its env.
+    let cleanup = serde_json::to_value(cleanup_daemonset(&ctx_of(&dfc))).expect("json");
+    let t = &cleanup["spec"]["template"];
+    assert_eq!(t["metadata"]["labels"]["team"], "platform");
+    assert_eq!(t["metadata"]["labels"][LABEL_COMPONENT], "cleanup");
+    assert_eq!(t["spec"]["affinity"], daemon["spec"]["affinity"]);
+    assert!(!t.to_string().contains("HTTPS_PROXY"));
+    // Defaults (default fixture): the scheduler keeps its spread preference.
+    let plain = fixture("default");
+    let objects = desired_objects(&ctx_of(&plain)).expect("build");
+    let dep = objects
+        .iter()
+        .find(|d| d.resource.kind == "Deployment")
+        .expect("dep");
+    let v = serde_json::to_value(&dep.object).expect("json");
+    assert!(v["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_object());
 }

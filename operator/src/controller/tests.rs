@@ -82,7 +82,7 @@ async fn created() -> (FakeApi, Arc<Context>, DragonflyCluster) {
     (fake, ctx, dfc)
 }
 
-const ALL_CREATES: [&str; 17] = [
+const ALL_CREATES: [&str; 19] = [
     "PATCH serviceaccounts/dragonfly-scheduler",
     "PATCH serviceaccounts/dragonfly-seed-peer",
     "PATCH serviceaccounts/dragonfly-dfdaemon",
@@ -97,6 +97,8 @@ const ALL_CREATES: [&str; 17] = [
     "PATCH networkpolicies/dragonfly-scheduler",
     "PATCH networkpolicies/dragonfly-seed-peer",
     "PATCH networkpolicies/dragonfly-dfdaemon",
+    "PATCH poddisruptionbudgets/dragonfly-scheduler",
+    "PATCH poddisruptionbudgets/dragonfly-seed-peer",
     "PATCH deployments/dragonfly-scheduler",
     "PATCH statefulsets/dragonfly-seed-peer",
     "PATCH daemonsets/dragonfly-dfdaemon",
@@ -150,7 +152,7 @@ async fn create_adds_finalizer_applies_everything_and_writes_status() {
             .iter()
             .filter(|r| *r == "Created")
             .count(),
-        17
+        ALL_CREATES.len()
     );
 
     let dfc = stored(&fake);
@@ -267,6 +269,7 @@ async fn disabling_seed_peers_prunes_their_objects_only() {
         [
             "DELETE configmaps/dragonfly-seed-peer",
             "DELETE networkpolicies/dragonfly-seed-peer",
+            "DELETE poddisruptionbudgets/dragonfly-seed-peer",
             "DELETE serviceaccounts/dragonfly-seed-peer",
             "DELETE services/dragonfly-seed-peer-headless",
             "DELETE statefulsets/dragonfly-seed-peer",
@@ -475,7 +478,7 @@ async fn deletion_restores_every_node_before_releasing_the_finalizer() {
     );
     assert_eq!(
         writes.iter().filter(|w| w.starts_with("DELETE")).count(),
-        16
+        18
     );
     assert!(!writes
         .iter()
@@ -616,7 +619,7 @@ async fn terminating_namespace_releases_the_finalizer_once_dfdaemons_stopped() {
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
     let writes = fake.writes();
     assert!(writes.iter().all(|w| w.starts_with("DELETE")), "{writes:?}");
-    assert_eq!(writes.len(), 17, "{writes:?}");
+    assert_eq!(writes.len(), 19, "{writes:?}");
     assert!(fake
         .object(&apps("daemonsets", "dragonfly-cleanup"))
         .is_none());
