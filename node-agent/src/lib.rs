@@ -47,7 +47,7 @@ use api_address::ApiAddress;
 use config::DaemonConfig;
 use daemon::Daemon;
 use scheduler_client::SchedulerPool;
-use store::{Store, Watermarks};
+use store::Store;
 
 /// Addresses a running daemon actually bound (ports may be 0 in tests).
 #[derive(Debug, Clone, Copy)]
@@ -113,12 +113,11 @@ pub async fn run(
         Store::open(
             &config.data_dir,
             config.cache_size.as_u64(),
-            Watermarks {
-                high: config.gc_high_watermark,
-                low: config.gc_low_watermark,
-            },
+            config.watermarks(),
         )
-        .with_context(|| format!("opening content store in {}", config.data_dir.display()))?,
+        .with_context(|| format!("opening content store in {}", config.data_dir.display()))?
+        .with_disk_watermarks()
+        .with_task_ttl(config.task_ttl),
     );
 
     let listeners = Listeners::bind(&config).await?;

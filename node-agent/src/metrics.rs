@@ -48,6 +48,11 @@ pub struct Metrics {
     pub failures: Family<ReasonLabel, Counter>,
     pub cache_bytes: Gauge<u64, AtomicU64>,
     pub evictions: Counter,
+    /// Bytes evicted, by reason (quota, watermark, ttl).
+    pub evicted_bytes: Family<ReasonLabel, Counter>,
+    /// Used share (0..1) of the filesystem holding the cache, as kubelet
+    /// counts it (blocks not available to ordinary writers).
+    pub cache_fs_used_ratio: Gauge<f64, AtomicU64>,
     /// Requests to and bytes from the origin, per task (dropped when the
     /// task leaves the store): N nodes reading the same data should cost
     /// the origin one read.
@@ -74,6 +79,18 @@ impl Metrics {
         let failures = Family::<ReasonLabel, Counter>::default();
         let cache_bytes = Gauge::<u64, AtomicU64>::default();
         let evictions = Counter::default();
+        let evicted_bytes = Family::<ReasonLabel, Counter>::default();
+        let cache_fs_used_ratio = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "cache_evicted_bytes",
+            "Bytes evicted from the content store, by reason (quota, watermark, ttl)",
+            evicted_bytes.clone(),
+        );
+        registry.register(
+            "cache_fs_used_ratio",
+            "Used share of the filesystem holding the content store (0..1)",
+            cache_fs_used_ratio.clone(),
+        );
         let origin_requests = Family::<TaskLabel, Counter>::default();
         let origin_task_bytes = Family::<TaskLabel, Counter>::default();
         registry.register(
@@ -137,6 +154,8 @@ impl Metrics {
             failures,
             cache_bytes,
             evictions,
+            evicted_bytes,
+            cache_fs_used_ratio,
             origin_requests,
             origin_task_bytes,
         }
@@ -172,6 +191,13 @@ impl Metrics {
         };
         self.origin_requests.remove(&label);
         self.origin_task_bytes.remove(&label);
+    }
+
+    pub fn evicted(&self, reason: &'static str, bytes: u64) {
+        self.evictions.inc();
+        self.evicted_bytes
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(bytes);
     }
 
     pub fn failure(&self, reason: &'static str) {
