@@ -31,8 +31,9 @@ pub struct RunArgs {
     /// Evict tasks not accessed for this long, e.g. 24h (0s: never).
     #[arg(long)]
     pub task_ttl: Option<humantime::Duration>,
-    /// kubelet's root directory, to tell whether the cache shares its
-    /// filesystem (default /var/lib/kubelet).
+    /// kubelet's root directory (or any path on its filesystem; in a pod,
+    /// /etc/hosts), to tell whether the cache shares that filesystem
+    /// (default /var/lib/kubelet).
     #[arg(long)]
     pub kubelet_root_dir: Option<PathBuf>,
     /// kubelet's hard eviction threshold: percent of the filesystem
