@@ -206,20 +206,22 @@ impl Store {
     pub fn collect_garbage(&self) -> Vec<Evicted> {
         let mut evicted = Vec::new();
         for round in 0..GC_ROUNDS {
-            // Later rounds finish what the estimate left: down to the low
-            // watermark, not only when above the high one.
-            let marks = if round == 0 {
-                self.watermarks
-            } else {
+            // Later rounds finish what the estimate left of a filesystem
+            // collection: down to its low watermark, not only when above
+            // the high one. The quota's count is exact: round one did it.
+            let later = round > 0;
+            let marks = if later {
                 Watermarks {
                     high: self.watermarks.low,
                     ..self.watermarks
                 }
+            } else {
+                self.watermarks
             };
-            let removed = self.collect_round(marks);
-            let done = removed.is_empty() || !self.watch_disk;
+            let removed = self.collect_round(marks, !later);
+            let for_disk = removed.iter().any(|e| e.reason == EvictReason::Watermark);
             evicted.extend(removed);
-            if done {
+            if !for_disk {
                 break;
             }
         }
@@ -230,7 +232,8 @@ impl Store {
         evicted
     }
 
-    fn collect_round(&self, marks: Watermarks) -> Vec<Evicted> {
+    /// `with_quota`: false leaves the quota out (the filesystem alone).
+    fn collect_round(&self, marks: Watermarks, with_quota: bool) -> Vec<Evicted> {
         let candidates: Vec<GcCandidate> = self
             .list()
             .iter()
@@ -250,6 +253,9 @@ impl Store {
         let mut quota = self.budget.quota();
         if self.budget.disk_full_since().is_some() {
             quota = quota.min(stored);
+        }
+        if !with_quota {
+            quota = u64::MAX;
         }
         let fs = if self.watch_disk {
             match self.fs_usage() {
