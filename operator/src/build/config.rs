@@ -74,6 +74,11 @@ fn dfdaemon_settings(
     if !seed && !d.labels.is_empty() {
         settings["labels"] = json!(d.labels);
     }
+    if seed {
+        // A seed's volume is its own and what it holds is often preheated
+        // for later pulls: the quota's LRU decides, not age.
+        settings["task_ttl"] = "0s".into();
+    }
     if !seed {
         // Node caches share the node's disk with kubelet and containerd.
         settings["gc_high_watermark"] = d.gc_high_watermark.into();
