@@ -80,6 +80,13 @@ impl Metrics {
         let cache_bytes = Gauge::<u64, AtomicU64>::default();
         let evictions = Counter::default();
         let evicted_bytes = Family::<ReasonLabel, Counter>::default();
+        // Every reason from the start, at 0, so rates exist before the
+        // first eviction.
+        for reason in ["quota", "watermark", "ttl"] {
+            evicted_bytes
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(0);
+        }
         let cache_fs_used_ratio = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "cache_evicted_bytes",
@@ -220,5 +227,26 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicted_bytes_by_reason_and_the_filesystem_share() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for reason in ["quota", "watermark", "ttl"] {
+            let line = format!("dfdaemon_cache_evicted_bytes_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{text}");
+        }
+        metrics.evicted("watermark", 4096);
+        metrics.cache_fs_used_ratio.set(0.5);
+        let text = metrics.encode();
+        assert!(text.contains("dfdaemon_cache_evicted_bytes_total{reason=\"watermark\"} 4096"));
+        assert!(text.contains("dfdaemon_cache_evictions_total 1"));
+        assert!(text.contains("dfdaemon_cache_fs_used_ratio 0.5"));
     }
 }
