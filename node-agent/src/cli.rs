@@ -21,6 +21,25 @@ pub struct RunArgs {
     /// Content store quota, e.g. 20GiB.
     #[arg(long)]
     pub cache_size: Option<ByteSize>,
+    /// GC starts when the cache passes this percentage of --cache-size or
+    /// its filesystem this percentage used (1-99, default 90).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub gc_high_watermark: Option<u8>,
+    /// GC stops once both are at or below this percentage (default 70).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub gc_low_watermark: Option<u8>,
+    /// Evict tasks not accessed for this long, e.g. 24h (0s: never).
+    #[arg(long)]
+    pub task_ttl: Option<humantime::Duration>,
+    /// kubelet's root directory (or any path on its filesystem; in a pod,
+    /// /etc/hosts), to tell whether the cache shares that filesystem
+    /// (default /var/lib/kubelet).
+    #[arg(long)]
+    pub kubelet_root_dir: Option<PathBuf>,
+    /// kubelet's hard eviction threshold: percent of the filesystem
+    /// available (default 10, as nodefs.available<10%).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub kubelet_eviction_threshold: Option<u8>,
     #[arg(long)]
     pub proxy_listen: Option<SocketAddr>,
     #[arg(long)]
@@ -129,6 +148,10 @@ impl RunArgs {
         set!(
             data_dir,
             cache_size,
+            gc_high_watermark,
+            gc_low_watermark,
+            kubelet_root_dir,
+            kubelet_eviction_threshold,
             proxy_listen,
             peer_listen,
             admin_listen,
@@ -143,7 +166,8 @@ impl RunArgs {
             piece_wait,
             piece_timeout,
             header_timeout,
-            shutdown_grace
+            shutdown_grace,
+            task_ttl
         );
         if self.advertise_ip.is_some() {
             config.advertise_ip = self.advertise_ip;
@@ -225,5 +249,15 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.into_config().is_err());
+        let bad = RunArgs {
+            gc_high_watermark: Some(60),
+            gc_low_watermark: Some(70),
+            ..Default::default()
+        };
+        let err = bad.into_config().unwrap_err().to_string();
+        assert!(
+            err.contains("gc_low_watermark (70) < gc_high_watermark (60)"),
+            "{err}"
+        );
     }
 }

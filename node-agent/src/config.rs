@@ -17,10 +17,23 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// Content store quota.
     pub cache_size: ByteSize,
-    /// Garbage collection starts above this share of the quota...
-    pub gc_high_watermark: f64,
-    /// ...and stops at this share.
-    pub gc_low_watermark: f64,
+    /// Garbage collection starts when the cache passes this percentage of
+    /// its quota, or the filesystem holding it this percentage used
+    /// (other writers included)...
+    pub gc_high_watermark: u8,
+    /// ...and stops once both are at or below this percentage.
+    pub gc_low_watermark: u8,
+    /// Tasks not accessed for this long are evicted even under the
+    /// watermarks; 0 keeps them.
+    #[serde(with = "humantime_serde")]
+    pub task_ttl: Duration,
+    /// kubelet's root directory: when the cache shares its filesystem and
+    /// the high watermark leaves less free than kubelet's eviction
+    /// threshold, the node report says so. Absent: not a kubelet node.
+    pub kubelet_root_dir: PathBuf,
+    /// kubelet's hard eviction threshold, percent of the filesystem
+    /// available (`nodefs.available<10%` by default).
+    pub kubelet_eviction_threshold: u8,
     #[serde(with = "humantime_serde")]
     pub gc_interval: Duration,
     pub proxy_listen: SocketAddr,
@@ -95,8 +108,11 @@ impl Default for DaemonConfig {
             scheduler: Vec::new(),
             data_dir: PathBuf::from("/var/lib/dragonfly"),
             cache_size: ByteSize::gib(20),
-            gc_high_watermark: 0.9,
-            gc_low_watermark: 0.7,
+            gc_high_watermark: 90,
+            gc_low_watermark: 70,
+            task_ttl: Duration::from_secs(24 * 3600),
+            kubelet_root_dir: PathBuf::from("/var/lib/kubelet"),
+            kubelet_eviction_threshold: 10,
             gc_interval: Duration::from_secs(60),
             proxy_listen: SocketAddr::from(([0, 0, 0, 0], 65001)),
             peer_listen: SocketAddr::from(([0, 0, 0, 0], 65002)),
@@ -154,6 +170,14 @@ pub enum ConfigError {
 }
 
 impl DaemonConfig {
+    /// The GC watermarks as shares (0..1).
+    pub fn watermarks(&self) -> crate::store::Watermarks {
+        crate::store::Watermarks {
+            high: f64::from(self.gc_high_watermark) / 100.0,
+            low: f64::from(self.gc_low_watermark) / 100.0,
+        }
+    }
+
     pub fn serve_limits(&self) -> crate::serve::Limits {
         crate::serve::Limits {
             max_connections: self.max_connections,
@@ -174,13 +198,16 @@ impl DaemonConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let marks_ok = 0.0 < self.gc_low_watermark
-            && self.gc_low_watermark < self.gc_high_watermark
-            && self.gc_high_watermark <= 1.0;
-        if !marks_ok {
+        let (low, high) = (self.gc_low_watermark, self.gc_high_watermark);
+        if !(1..=99).contains(&low) || !(1..=99).contains(&high) || low >= high {
             return Err(ConfigError::Invalid(format!(
-                "need 0 < gc_low_watermark ({}) < gc_high_watermark ({}) <= 1",
-                self.gc_low_watermark, self.gc_high_watermark
+                "gc watermarks are percentages with 1 <= gc_low_watermark ({low}) < gc_high_watermark ({high}) <= 99"
+            )));
+        }
+        if !(1..=99).contains(&self.kubelet_eviction_threshold) {
+            return Err(ConfigError::Invalid(format!(
+                "kubelet_eviction_threshold is a percentage of the filesystem available, 1 to 99, not {}",
+                self.kubelet_eviction_threshold
             )));
         }
         if self.upload_limit == 0 {
@@ -316,10 +343,32 @@ containerd:
     #[test]
     fn unknown_keys_and_bad_values_are_rejected() {
         assert!(serde_yaml::from_str::<DaemonConfig>("cache_sise: 1GiB").is_err());
-        let config = DaemonConfig {
-            gc_low_watermark: 0.95,
-            ..Default::default()
-        };
-        assert!(config.validate().is_err());
+        for (low, high, threshold) in [
+            (95, 90, 10),
+            (90, 90, 10),
+            (0, 90, 10),
+            (70, 100, 10),
+            (70, 90, 0),
+        ] {
+            let config = DaemonConfig {
+                gc_low_watermark: low,
+                gc_high_watermark: high,
+                kubelet_eviction_threshold: threshold,
+                ..Default::default()
+            };
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("watermark") || err.contains("kubelet"),
+                "{err}"
+            );
+        }
+        // A share written as before (0.9) is refused, not read as 0 %.
+        assert!(serde_yaml::from_str::<DaemonConfig>("gc_high_watermark: 0.9").is_err());
+        let config: DaemonConfig =
+            serde_yaml::from_str("gc_high_watermark: 85\ngc_low_watermark: 60\ntask_ttl: 0s")
+                .unwrap();
+        config.validate().unwrap();
+        assert!(config.task_ttl.is_zero());
+        assert!((config.watermarks().high - 0.85).abs() < 1e-9);
     }
 }

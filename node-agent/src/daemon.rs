@@ -358,8 +358,9 @@ impl Daemon {
 
     /// Drops evicted tasks from the schedulers' view too.
     pub async fn collect_garbage(&self) {
-        for task_id in self.store.collect_garbage() {
-            self.metrics.evictions.inc();
+        for evicted in self.store.collect_garbage() {
+            self.metrics.evicted(evicted.reason.as_str(), evicted.bytes);
+            let task_id = evicted.task_id;
             self.forget(&task_id);
             let req = proto::LeaveTaskRequest {
                 task_id: task_id.clone(),
@@ -368,6 +369,9 @@ impl Daemon {
             let _ = self.schedulers.leave_task(req).await;
         }
         self.metrics.cache_bytes.set(self.store.used_bytes());
+        if let Ok(fs) = self.store.fs_usage() {
+            self.metrics.cache_fs_used_ratio.set(fs.used_ratio());
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod downloader;
 pub mod exchange;
 pub mod hashring;
 pub mod heartbeat;
+pub mod kubelet_disk;
 pub mod liveness;
 pub mod metrics;
 pub mod mirror;
@@ -47,7 +48,7 @@ use api_address::ApiAddress;
 use config::DaemonConfig;
 use daemon::Daemon;
 use scheduler_client::SchedulerPool;
-use store::{Store, Watermarks};
+use store::Store;
 
 /// Addresses a running daemon actually bound (ports may be 0 in tests).
 #[derive(Debug, Clone, Copy)]
@@ -113,12 +114,11 @@ pub async fn run(
         Store::open(
             &config.data_dir,
             config.cache_size.as_u64(),
-            Watermarks {
-                high: config.gc_high_watermark,
-                low: config.gc_low_watermark,
-            },
+            config.watermarks(),
         )
-        .with_context(|| format!("opening content store in {}", config.data_dir.display()))?,
+        .with_context(|| format!("opening content store in {}", config.data_dir.display()))?
+        .with_disk_watermarks()
+        .with_task_ttl(config.task_ttl),
     );
 
     let listeners = Listeners::bind(&config).await?;
@@ -183,6 +183,18 @@ pub async fn run(
     // are restored, or a late pass would write them again.
     let (watcher_stop, watcher_stopped) = tokio::sync::watch::channel(false);
     let mut watcher_task = None;
+    // Constant for the daemon's life: added to every report published.
+    let disk_problems: Vec<node_report::NodeProblem> = kubelet_disk::check(
+        &config.data_dir,
+        &config.kubelet_root_dir,
+        config.gc_high_watermark,
+        config.kubelet_eviction_threshold,
+    )
+    .into_iter()
+    .collect();
+    for problem in &disk_problems {
+        tracing::warn!(code = %problem.code, "{}", problem.message);
+    }
     if config.containerd.enabled {
         // A node whose hosts.toml cannot be written still pulls straight
         // from its registries: keep serving peers, and tell the operator.
@@ -194,7 +206,10 @@ pub async fn run(
             config.containerd.recheck_interval,
             daemon.mirror_use.clone(),
             watcher_stopped,
-            |report| Box::pin(async move { node_report::publish_from_pod(&report).await }),
+            move |mut report| {
+                report.problems.extend(disk_problems.iter().cloned());
+                Box::pin(async move { node_report::publish_from_pod(&report).await })
+            },
         )));
     }
     ready.store(true, Ordering::SeqCst);

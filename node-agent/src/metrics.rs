@@ -48,6 +48,11 @@ pub struct Metrics {
     pub failures: Family<ReasonLabel, Counter>,
     pub cache_bytes: Gauge<u64, AtomicU64>,
     pub evictions: Counter,
+    /// Bytes evicted, by reason (quota, watermark, ttl).
+    pub evicted_bytes: Family<ReasonLabel, Counter>,
+    /// Used share (0..1) of the filesystem holding the cache, as kubelet
+    /// counts it (blocks not available to ordinary writers).
+    pub cache_fs_used_ratio: Gauge<f64, AtomicU64>,
     /// Requests to and bytes from the origin, per task (dropped when the
     /// task leaves the store): N nodes reading the same data should cost
     /// the origin one read.
@@ -74,6 +79,25 @@ impl Metrics {
         let failures = Family::<ReasonLabel, Counter>::default();
         let cache_bytes = Gauge::<u64, AtomicU64>::default();
         let evictions = Counter::default();
+        let evicted_bytes = Family::<ReasonLabel, Counter>::default();
+        // Every reason from the start, at 0, so rates exist before the
+        // first eviction.
+        for reason in ["quota", "watermark", "ttl"] {
+            evicted_bytes
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(0);
+        }
+        let cache_fs_used_ratio = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "cache_evicted_bytes",
+            "Bytes evicted from the content store, by reason (quota, watermark, ttl)",
+            evicted_bytes.clone(),
+        );
+        registry.register(
+            "cache_fs_used_ratio",
+            "Used share of the filesystem holding the content store (0..1)",
+            cache_fs_used_ratio.clone(),
+        );
         let origin_requests = Family::<TaskLabel, Counter>::default();
         let origin_task_bytes = Family::<TaskLabel, Counter>::default();
         registry.register(
@@ -137,6 +161,8 @@ impl Metrics {
             failures,
             cache_bytes,
             evictions,
+            evicted_bytes,
+            cache_fs_used_ratio,
             origin_requests,
             origin_task_bytes,
         }
@@ -174,6 +200,13 @@ impl Metrics {
         self.origin_task_bytes.remove(&label);
     }
 
+    pub fn evicted(&self, reason: &'static str, bytes: u64) {
+        self.evictions.inc();
+        self.evicted_bytes
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(bytes);
+    }
+
     pub fn failure(&self, reason: &'static str) {
         self.failures.get_or_create(&ReasonLabel { reason }).inc();
     }
@@ -194,5 +227,26 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicted_bytes_by_reason_and_the_filesystem_share() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for reason in ["quota", "watermark", "ttl"] {
+            let line = format!("dfdaemon_cache_evicted_bytes_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{text}");
+        }
+        metrics.evicted("watermark", 4096);
+        metrics.cache_fs_used_ratio.set(0.5);
+        let text = metrics.encode();
+        assert!(text.contains("dfdaemon_cache_evicted_bytes_total{reason=\"watermark\"} 4096"));
+        assert!(text.contains("dfdaemon_cache_evictions_total 1"));
+        assert!(text.contains("dfdaemon_cache_fs_used_ratio 0.5"));
     }
 }

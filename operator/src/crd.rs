@@ -453,6 +453,20 @@ pub struct DfdaemonSpec {
     /// Content cache quota on each node, e.g. `20GiB`.
     #[serde(default = "default_cache_size")]
     pub cache_size: String,
+    /// GC starts when the cache passes this percentage of `cacheSize`, or
+    /// the filesystem holding it this percentage used (other writers
+    /// included). Keep it below 100 minus kubelet's eviction threshold
+    /// (`nodefs.available<10%`) when the cache shares kubelet's disk.
+    #[serde(default = "default_gc_high_watermark")]
+    #[schemars(range(min = 1, max = 99))]
+    pub gc_high_watermark: i32,
+    /// GC stops once both are at or below this percentage; below `gcHighWatermark`.
+    #[serde(default = "default_gc_low_watermark")]
+    #[schemars(range(min = 1, max = 99))]
+    pub gc_low_watermark: i32,
+    /// Cached tasks not accessed for this long are evicted, e.g. `24h`; `0s` keeps them.
+    #[serde(default = "default_task_ttl")]
+    pub task_ttl: String,
     /// Concurrent uploads to other peers.
     #[serde(default = "default_upload_limit")]
     #[schemars(range(min = 1, max = 10000))]
@@ -489,6 +503,9 @@ impl Default for DfdaemonSpec {
             admin_port: default_dfdaemon_admin_port(),
             data_dir: default_data_dir(),
             cache_size: default_cache_size(),
+            gc_high_watermark: default_gc_high_watermark(),
+            gc_low_watermark: default_gc_low_watermark(),
+            task_ttl: default_task_ttl(),
             upload_limit: default_upload_limit(),
             upload_rate: None,
             labels: BTreeMap::new(),
@@ -638,6 +655,15 @@ fn default_data_dir() -> String {
 }
 fn default_cache_size() -> String {
     "20GiB".into()
+}
+fn default_gc_high_watermark() -> i32 {
+    85
+}
+fn default_gc_low_watermark() -> i32 {
+    70
+}
+fn default_task_ttl() -> String {
+    "24h".into()
 }
 fn default_upload_limit() -> i32 {
     50

@@ -5,7 +5,8 @@
 //! say (and objects applied before these rules existed).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, ValidationRule,
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    ValidationRule,
 };
 
 use crate::validate::MAX_CLUSTER_NAME;
@@ -51,6 +52,38 @@ fn set_pattern(schema: &mut JSONSchemaProps, path: &[&str], pattern: &str, expec
     );
 }
 
+/// Fields holding Kubernetes' own types, whose long upstream descriptions
+/// (repeated per component) would push the CRD towards the size limit of
+/// `kubectl apply`'s last-applied annotation; `kubectl explain pod` has them.
+const EMBEDDED_KUBERNETES_TYPES: [&str; 4] = ["affinity", "extraEnv", "tolerations", "resources"];
+
+fn strip_descriptions(schema: &mut JSONSchemaProps) {
+    schema.description = None;
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        strip_descriptions(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        strip_descriptions(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        strip_descriptions(extra);
+    }
+}
+
+/// Below each field named in `EMBEDDED_KUBERNETES_TYPES` (the field's own
+/// description stays).
+fn trim_embedded(schema: &mut JSONSchemaProps) {
+    for (name, child) in schema.properties.iter_mut().flat_map(|p| p.iter_mut()) {
+        if EMBEDDED_KUBERNETES_TYPES.contains(&name.as_str()) {
+            let own = child.description.take();
+            strip_descriptions(child);
+            child.description = own;
+        } else {
+            trim_embedded(child);
+        }
+    }
+}
+
 /// Adds the rules to the DragonflyCluster CRD's every version.
 pub fn apply(crd: &mut CustomResourceDefinition) {
     for version in &mut crd.spec.versions {
@@ -61,6 +94,7 @@ pub fn apply(crd: &mut CustomResourceDefinition) {
         else {
             continue;
         };
+        trim_embedded(root);
         add_rules(
             root,
             &[],
@@ -91,6 +125,10 @@ pub fn apply(crd: &mut CustomResourceDefinition) {
                 rule(
                     "self.adminPort != self.proxyPort && self.adminPort != self.peerPort",
                     "spec.dfdaemon.adminPort must differ from proxyPort and peerPort",
+                ),
+                rule(
+                    "self.gcLowWatermark < self.gcHighWatermark",
+                    "spec.dfdaemon.gcLowWatermark must be below gcHighWatermark",
                 ),
             ],
         );
@@ -152,7 +190,7 @@ mod tests {
         };
         assert_eq!(rules(root, &[]), vec!["self.metadata.name.size() <= 42"]);
         assert_eq!(rules(root, &["spec", "scheduler"]).len(), 1);
-        assert_eq!(rules(root, &["spec", "dfdaemon"]).len(), 2);
+        assert_eq!(rules(root, &["spec", "dfdaemon"]).len(), 3);
         for path in [
             &["spec", "dfdaemon", "cacheSize"][..],
             &["spec", "seedPeer", "storage", "size"],
@@ -166,7 +204,13 @@ mod tests {
         // Every field a rule names exists with a default, so the rule never
         // meets an absent field.
         let d = at(root, &["spec", "dfdaemon"]).unwrap();
-        for field in ["proxyPort", "peerPort", "adminPort"] {
+        for field in [
+            "proxyPort",
+            "peerPort",
+            "adminPort",
+            "gcLowWatermark",
+            "gcHighWatermark",
+        ] {
             let f = d.properties.as_ref().and_then(|p| p.get(field)).unwrap();
             assert!(f.default.is_some(), "{field} has no schema default");
         }

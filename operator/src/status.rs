@@ -405,7 +405,7 @@ fn nodes_state(nodes: &[(String, NodeState)], status: &mut DragonflyClusterStatu
             ok: false,
             reason: "ProblemsReported".into(),
             message: format!(
-                "{} node(s) report containerd problems ({}{more}); see status.nodeProblems",
+                "{} node(s) report problems ({}{more}); see status.nodeProblems",
                 problems.len(),
                 sample.join("; ")
             ),

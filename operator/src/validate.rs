@@ -92,6 +92,21 @@ pub fn validate(spec: &DragonflyClusterSpec) -> Vec<SpecProblem> {
             bad("spec.dfdaemon.uploadRate", e);
         }
     }
+    if d.gc_low_watermark >= d.gc_high_watermark {
+        bad(
+            "spec.dfdaemon.gcLowWatermark",
+            format!(
+                "{} must be below gcHighWatermark ({})",
+                d.gc_low_watermark, d.gc_high_watermark
+            ),
+        );
+    }
+    if let Err(e) = humantime::parse_duration(&d.task_ttl) {
+        bad(
+            "spec.dfdaemon.taskTtl",
+            format!("{:?} is not a duration such as 24h: {e}", d.task_ttl),
+        );
+    }
     check_host_dir(&mut bad, "spec.dfdaemon.dataDir", &d.data_dir);
     for (k, v) in &d.labels {
         if k.is_empty() || !k.chars().all(label_char) || !v.chars().all(label_char) {
@@ -513,6 +528,23 @@ mod tests {
             "0123456789"
         );
         assert_eq!(sts.len(), 63);
+    }
+
+    #[test]
+    fn gc_watermarks_are_ordered_and_the_ttl_is_a_duration() {
+        let mut spec = DragonflyClusterSpec::default();
+        assert!(validate(&spec).is_empty());
+        spec.dfdaemon.gc_low_watermark = 90;
+        spec.dfdaemon.gc_high_watermark = 80;
+        spec.dfdaemon.task_ttl = "a day".into();
+        let fields: Vec<String> = validate(&spec).into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            vec!["spec.dfdaemon.gcLowWatermark", "spec.dfdaemon.taskTtl"]
+        );
+        spec.dfdaemon.gc_low_watermark = 60;
+        spec.dfdaemon.task_ttl = "0s".into();
+        assert!(validate(&spec).is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod budget;
 mod claims;
+mod disk;
 mod gc;
 mod intact;
 mod meta;
@@ -11,8 +12,9 @@ mod piece_writer;
 mod running_digest;
 mod task;
 
-pub use budget::Budget;
-pub use gc::{plan_eviction, GcCandidate, Watermarks};
+pub use budget::{Budget, NoRoom};
+pub use disk::{fs_usage, FsUsage};
+pub use gc::{plan, plan_eviction, EvictReason, GcCandidate, GcLimits, Watermarks};
 pub use meta::TaskMeta;
 pub use piece_writer::{PieceWriter, SealedPiece};
 pub use task::{PinGuard, RunState, StoreError, StoredTask, TaskFailure};
@@ -20,14 +22,30 @@ pub use task::{PinGuard, RunState, StoreError, StoredTask, TaskFailure};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::task_id::is_valid_task_id;
+
+/// Collection rounds at most: freed bytes are estimated from what tasks
+/// hold, and the filesystem measured again after each round.
+const GC_ROUNDS: usize = 4;
 
 pub struct Store {
     root: PathBuf,
     tasks: Mutex<HashMap<String, Arc<StoredTask>>>,
     budget: Arc<Budget>,
     watermarks: Watermarks,
+    /// The same watermarks also hold for the filesystem's used share.
+    watch_disk: bool,
+    task_ttl: Option<Duration>,
+}
+
+/// A task one collection removed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    pub task_id: String,
+    pub reason: EvictReason,
+    pub bytes: u64,
 }
 
 impl Store {
@@ -68,7 +86,30 @@ impl Store {
             tasks: Mutex::new(tasks),
             budget,
             watermarks,
+            watch_disk: false,
+            task_ttl: None,
         })
+    }
+
+    /// Also collects when the filesystem holding the store passes the high
+    /// watermark (its used share, other writers included), down to the low
+    /// one, and refuses new pieces while it stays above.
+    pub fn with_disk_watermarks(mut self) -> Self {
+        self.watch_disk = true;
+        self.budget
+            .limit_disk(self.root.clone(), self.watermarks.high);
+        self
+    }
+
+    /// Evicts tasks not accessed for longer than `ttl` (zero: never).
+    pub fn with_task_ttl(mut self, ttl: Duration) -> Self {
+        self.task_ttl = (!ttl.is_zero()).then_some(ttl);
+        self
+    }
+
+    /// The filesystem holding the store, as kubelet would count it.
+    pub fn fs_usage(&self) -> std::io::Result<FsUsage> {
+        fs_usage(&self.root)
     }
 
     fn load_task(dir: &Path, budget: &Arc<Budget>) -> std::io::Result<StoredTask> {
@@ -158,10 +199,41 @@ impl Store {
         self.budget.used()
     }
 
-    /// Evicts least recently used tasks once usage passes the high watermark,
-    /// down to the low one; pinned tasks (being read or written) stay.
-    /// Returns the removed task ids.
-    pub fn collect_garbage(&self) -> Vec<String> {
+    /// Evicts tasks not accessed within the TTL, then least recently used
+    /// ones once the cache passes its quota's high watermark or the
+    /// filesystem its own, down to the low one; pinned tasks (being read
+    /// or written) stay. Returns what was removed.
+    pub fn collect_garbage(&self) -> Vec<Evicted> {
+        let mut evicted = Vec::new();
+        for round in 0..GC_ROUNDS {
+            // Later rounds finish what the estimate left of a filesystem
+            // collection: down to its low watermark, not only when above
+            // the high one. The quota's count is exact: round one did it.
+            let later = round > 0;
+            let marks = if later {
+                Watermarks {
+                    high: self.watermarks.low,
+                    ..self.watermarks
+                }
+            } else {
+                self.watermarks
+            };
+            let removed = self.collect_round(marks, !later);
+            let for_disk = removed.iter().any(|e| e.reason == EvictReason::Watermark);
+            evicted.extend(removed);
+            if !for_disk {
+                break;
+            }
+        }
+        if !evicted.is_empty() {
+            self.budget.disk_ok();
+        }
+        self.budget.freed();
+        evicted
+    }
+
+    /// `with_quota`: false leaves the quota out (the filesystem alone).
+    fn collect_round(&self, marks: Watermarks, with_quota: bool) -> Vec<Evicted> {
         let candidates: Vec<GcCandidate> = self
             .list()
             .iter()
@@ -182,17 +254,44 @@ impl Store {
         if self.budget.disk_full_since().is_some() {
             quota = quota.min(stored);
         }
-        let victims = plan_eviction(&candidates, self.budget.in_flight(), quota, self.watermarks);
-        let removed: Vec<String> = victims
-            .into_iter()
-            .filter(|id| self.remove(id, false))
-            .inspect(|id| tracing::info!(task = %id, "evicted from cache"))
-            .collect();
-        if !removed.is_empty() {
-            self.budget.disk_ok();
+        if !with_quota {
+            quota = u64::MAX;
         }
-        self.budget.freed();
-        removed
+        let fs = if self.watch_disk {
+            match self.fs_usage() {
+                Ok(fs) => Some(fs),
+                Err(e) => {
+                    tracing::warn!(root = %self.root.display(), error = %e, "cannot measure the cache's filesystem");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let limits = GcLimits {
+            in_flight: self.budget.in_flight(),
+            quota,
+            marks,
+            fs,
+            now_unix: meta::now_unix(),
+            ttl: self.task_ttl,
+        };
+        let bytes_of: HashMap<&str, u64> = candidates
+            .iter()
+            .map(|c| (c.task_id.as_str(), c.bytes))
+            .collect();
+        plan(&candidates, &limits)
+            .into_iter()
+            .filter(|(id, _)| self.remove(id, false))
+            .map(|(task_id, reason)| {
+                tracing::info!(task = %task_id, reason = reason.as_str(), "evicted from cache");
+                Evicted {
+                    bytes: bytes_of.get(task_id.as_str()).copied().unwrap_or(0),
+                    task_id,
+                    reason,
+                }
+            })
+            .collect()
     }
 
     pub fn quota(&self) -> u64 {
@@ -257,7 +356,15 @@ mod tests {
         new.write_piece(1, data.clone(), piece_digest(&data))
             .await
             .unwrap();
-        assert_eq!(collector.await.unwrap(), vec![id(1)]);
+        let evicted = collector.await.unwrap();
+        assert_eq!(
+            evicted,
+            vec![Evicted {
+                task_id: id(1),
+                reason: EvictReason::Quota,
+                bytes: 8
+            }]
+        );
         assert_eq!(store.used_bytes(), 8);
     }
 
@@ -642,6 +749,42 @@ mod tests {
             .unwrap();
         assert_eq!(waiter.await.unwrap(), Ok(true));
         assert_eq!(task.wait_piece(0, Duration::from_millis(1)).await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn tasks_past_their_ttl_go_even_under_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30, Watermarks::default())
+            .unwrap()
+            .with_task_ttl(Duration::from_secs(3600));
+        let mut pins = Vec::new();
+        for n in 1..=3u8 {
+            let task = store.get_or_create(&id(n), "http://o", None).unwrap();
+            task.set_shape(Some(4), 4).unwrap();
+            let data = Bytes::from_static(b"abcd");
+            task.write_piece(0, data.clone(), piece_digest(&data))
+                .await
+                .unwrap();
+            if n != 3 {
+                // Last read two hours ago.
+                task.lock_meta().last_access_unix -= 7200;
+            }
+            if n == 2 {
+                pins.push(task.pin());
+            }
+        }
+        let evicted = store.collect_garbage();
+        assert_eq!(
+            evicted,
+            vec![Evicted {
+                task_id: id(1),
+                reason: EvictReason::Ttl,
+                bytes: 4
+            }]
+        );
+        // Pinned (in use) stays however old; fresh stays.
+        assert!(store.get(&id(2)).is_some() && store.get(&id(3)).is_some());
+        drop(pins);
     }
 
     #[tokio::test]

@@ -65,11 +65,23 @@ impl StoredTask {
             return Ok(None);
         };
         let (start, limit) = self.piece_bounds(index)?;
-        if !self.budget.reserve(limit, super::budget::ROOM_WAIT).await {
-            return Err(StoreError::QuotaFull {
-                task: self.id.clone(),
-                quota: self.budget.quota(),
-            });
+        match self.budget.reserve(limit, super::budget::ROOM_WAIT).await {
+            Ok(()) => {}
+            Err(super::budget::NoRoom::Quota) => {
+                return Err(StoreError::QuotaFull {
+                    task: self.id.clone(),
+                    quota: self.budget.quota(),
+                })
+            }
+            Err(super::budget::NoRoom::DiskWatermark) => {
+                return Err(StoreError::DiskWatermark {
+                    task: self.id.clone(),
+                    high_percent: self
+                        .budget
+                        .disk_limit()
+                        .map_or(100, |(_, high)| (high * 100.0).round() as u32),
+                })
+            }
         }
         Ok(Some(PieceWriter {
             claim,

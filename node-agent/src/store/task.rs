@@ -47,6 +47,8 @@ pub enum StoreError {
     },
     #[error("task {task}: the cache quota of {quota} bytes is full (tasks being read or written cannot be evicted)")]
     QuotaFull { task: String, quota: u64 },
+    #[error("task {task}: the cache's filesystem is above its {high_percent}% high watermark and nothing in the cache can be evicted (tasks being read or written stay)")]
+    DiskWatermark { task: String, high_percent: u32 },
     #[error("task {task}: no space left on the disk")]
     DiskFull { task: String },
     #[error("task {0} was removed")]
