@@ -5,7 +5,9 @@
 #   kubectl (one `go build`, so shared packages compile once) and helm (in
 #   the same module: helm's k8s.io libraries are the same release line),
 #   etcd (go.etcd.io/etcd/server at the version Kubernetes itself uses), and
-#   coredns (its own module: its plugin tree pins other versions).
+#   coredns (its own module: its plugin tree pins other versions), with only
+#   the plugins the local cluster's Corefile uses: the full tree (cloud DNS
+#   providers and their SDKs) costs minutes more on a fresh machine.
 # Prints the bin directory on stdout; everything else goes to stderr.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,8 +16,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 CACHE=${K8S_CACHE:-/var/cache/dragonfly-e2e/k8s-$K8S_VERSION-helm-$HELM_VERSION-etcd-$ETCD_VERSION-coredns-$COREDNS_VERSION}
 BIN=$CACHE/bin
-want=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm etcd coredns)
-have_all() { for b in "${want[@]}"; do [ -x "$BIN/$b" ] || return 1; done; }
+want_k8s=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm etcd)
+have_k8s() { for b in "${want_k8s[@]}"; do [ -x "$BIN/$b" ] || return 1; done; }
+# The marker tells the slim CoreDNS from a full one a cache may still hold.
+have_coredns() { [ -x "$BIN/coredns" ] && [ -e "$BIN/coredns.slim" ]; }
+have_all() { have_k8s && have_coredns; }
 if have_all; then echo "$BIN"; exit 0; fi
 
 command -v go >/dev/null || { echo "build.sh: go is not installed" >&2; exit 1; }
@@ -75,9 +80,9 @@ ldflags_k8s() {
   printf -- '-s -w'
 }
 
-echo "build.sh: Kubernetes $K8S_VERSION, helm $HELM_VERSION, etcd $ETCD_VERSION into $BIN" >&2
 start=$(date +%s)
-(
+have_k8s || (
+  echo "build.sh: Kubernetes $K8S_VERSION, helm $HELM_VERSION, etcd $ETCD_VERSION into $BIN" >&2
   cd "$src/k8s"
   k8s_mod "$src/k8s"
   go mod tidy -e >&2 2>"$src/k8s/tidy.log" || true
@@ -92,12 +97,12 @@ start=$(date +%s)
     go.etcd.io/etcd/server/v3 >&2
   [ -x "$BIN/v3" ] && mv "$BIN/v3" "$BIN/etcd"
   [ -x "$BIN/server" ] && mv "$BIN/server" "$BIN/etcd"
-  true
+  echo "build.sh: kubernetes, helm and etcd built in $(( $(date +%s) - start )) s" >&2
 )
-echo "build.sh: kubernetes, helm and etcd built in $(( $(date +%s) - start )) s" >&2
 start=$(date +%s)
-(
+have_coredns || (
   cd "$src/coredns"
+  rm -f tools.go go.sum "$BIN/coredns.slim"
   cat >go.mod <<GOMOD
 module dragonfly.local/coredns-build
 
@@ -105,10 +110,32 @@ go 1.24
 
 require github.com/coredns/coredns $COREDNS_VERSION
 GOMOD
-  printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/coredns/coredns"\n' >tools.go
-  go mod tidy -e >&2 2>"$src/coredns/tidy.log" || true
-  go build -trimpath -ldflags "-s -w" -o "$BIN/coredns" github.com/coredns/coredns >&2
+  # The plugins of up.sh's Corefile, and nothing else.
+  cat >main.go <<'GO'
+package main
+
+import (
+	_ "github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loop"
+	_ "github.com/coredns/coredns/plugin/ready"
+	_ "github.com/coredns/coredns/plugin/reload"
 )
-echo "build.sh: coredns built in $(( $(date +%s) - start )) s" >&2
+
+func main() { coremain.Run() }
+GO
+  go mod tidy -e >&2 2>"$src/coredns/tidy.log" || true
+  go build -trimpath -ldflags "-s -w" -o "$BIN/coredns" . >&2
+  plugins=$("$BIN/coredns" -plugins)
+  for p in cache errors health kubernetes loop ready reload; do
+    grep -q "dns.$p\$" <<<"$plugins" || { echo "build.sh: coredns lacks the $p plugin" >&2; exit 1; }
+  done
+  touch "$BIN/coredns.slim"
+  echo "build.sh: coredns (slim) built in $(( $(date +%s) - start )) s" >&2
+)
 have_all || { echo "build.sh: missing binaries in $BIN" >&2; ls "$BIN" >&2; exit 1; }
 echo "$BIN"

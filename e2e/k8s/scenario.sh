@@ -190,7 +190,9 @@ install() {
   case $mode in
     manifests)
       kc apply -f "$root/manifests/00-namespace.yaml" -f "$root/manifests/01-crds.yaml" >/dev/null
-      kc wait --for=condition=Established crd --all --timeout=60s >/dev/null
+      # A CRD created a moment ago may have no status yet, which `kubectl
+      # wait` reports as an error rather than waiting: retry it, bounded.
+      wait_for 60 "the CRDs to be Established" kubectl wait --for=condition=Established crd --all --timeout=5s
       kc apply -f "$root/manifests/02-rbac.yaml" -f "$root/manifests/03-operator.yaml" >/dev/null
       rollout deploy/dragonfly-operator "$NSP" 180s
       registry_ca_secret
