@@ -132,7 +132,7 @@ GO
   go build -trimpath -ldflags "-s -w" -o "$BIN/coredns" . >&2
   plugins=$("$BIN/coredns" -plugins)
   for p in cache errors health kubernetes loop ready reload; do
-    grep -q "dns.$p\$" <<<"$plugins" || { echo "build.sh: coredns lacks the $p plugin" >&2; exit 1; }
+    grep -Eq "^(dns\.)?$p\$" <<<"$plugins" || { echo "build.sh: coredns lacks the $p plugin" >&2; exit 1; }
   done
   touch "$BIN/coredns.slim"
   echo "build.sh: coredns (slim) built in $(( $(date +%s) - start )) s" >&2

@@ -603,6 +603,48 @@ done
 kc -n "$NSP" delete dfc zero-size --wait --timeout=120s >/dev/null
 note "ok: deleted without getting stuck"
 
+# --- 7b. a pull that went around the mirror shows up on its node ----------
+# kubelet reports a pull of a mirrored image (a Pulled event, made here as
+# kubelet writes it) that started after node 1's dfdaemon was up and after
+# its mirror last saw containerd: the operator must name node 1.
+node1=$(node_name 1)
+pod1=$(kc -n "$NSP" get pods -l app.kubernetes.io/component=dfdaemon --field-selector "spec.nodeName=$node1" -o jsonpath='{.items[0].metadata.name}')
+started=$(date -d "$(kc -n "$NSP" get pod "$pod1" -o jsonpath='{.status.containerStatuses[?(@.name=="dfdaemon")].state.running.startedAt}')" +%s)
+stamp=$(kc -n "$NSP" get pod "$pod1" -o jsonpath='{.metadata.annotations.p2p\.dragonfly\.dev/node-report}' | jq -r '.lastMirroredPull // empty')
+stamp=$([ -n "$stamp" ] && date -d "$stamp" +%s || echo 0)
+# The pull must start 30 s after the dfdaemon and 3 s after the stamp, and
+# be 120 s old (the report's lag) when the operator looks.
+earliest=$(( (started + 30 > stamp + 3 ? started + 30 : stamp + 3) + 1 + 122 ))
+wait=$((earliest - $(date +%s)))
+[ "$wait" -gt 0 ] && { note "  waiting ${wait} s so the injected pull is settled"; sleep "$wait"; }
+finished=$(date -u -d "@$(($(date +%s) - 121))" +%Y-%m-%dT%H:%M:%SZ)
+kc -n e2e apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Event
+metadata: {name: e2e-bypass, namespace: e2e}
+involvedObject: {kind: Pod, name: bypass-probe, namespace: e2e, apiVersion: v1}
+reason: Pulled
+type: Normal
+message: 'Successfully pulled image "$REGISTRY/e2e/app-$mode:v1" in 1s (1s including waiting). Image size: 1 bytes.'
+source: {component: kubelet, host: $node1}
+firstTimestamp: "$finished"
+lastTimestamp: "$finished"
+count: 1
+YAML
+bypass_listed() {
+  kubectl -n "$NSP" annotate pod "$pod1" e2e/poke="$(date +%s%N)" --overwrite >/dev/null
+  kubectl -n "$NSP" get dfc "$DFC" -o json | jq -e --arg n "$node1" \
+    '[.status.nodeProblems[]? | select(.node == $n) | .problems[] | select(.code == "PullsBypassMirror")] | length > 0' >/dev/null
+}
+wait_for 150 "node 1's bypass in status.nodeProblems" bypass_listed
+note "ok: a pull around the mirror is named: $(kc -n "$NSP" get dfc "$DFC" -o json | jq -r --arg n "$node1" '.status.nodeProblems[] | select(.node == $n) | .problems[0].message' | cut -c1-220)"
+note "  Degraded: $(kc -n "$NSP" get dfc "$DFC" -o jsonpath='{.status.conditions[?(@.type=="Degraded")].status} {.status.conditions[?(@.type=="Degraded")].reason}')"
+kc -n e2e delete event e2e-bypass >/dev/null
+bypass_gone() { ! bypass_listed; }
+wait_for 150 "node 1's bypass to clear" bypass_gone
+kc -n "$NSP" annotate pod "$pod1" e2e/poke- >/dev/null
+note "ok: it clears once kubelet's record of it is gone"
+
 # --- 8. upgrade rolls the data plane (helm) ---------------------------------
 if [ "$mode" = helm ]; then
   helm upgrade dragonfly "$root/charts/dragonfly" --namespace "$NSP" --reuse-values \

@@ -102,6 +102,9 @@ pub struct Context {
     /// ConfigMap (`node_agents::CONFIGMAP`) lives (None: not maintained).
     pub node_agents_namespace: Option<String>,
     failures: Mutex<HashMap<String, u32>>,
+    /// kubelet's recent pulls (its `Pulled` events), read at most once a
+    /// minute whatever the number of reconciles.
+    pulls: Mutex<Option<(std::time::Instant, Arc<Vec<crate::bypass::Pull>>)>>,
 }
 
 impl Context {
@@ -119,6 +122,7 @@ impl Context {
             tls: None,
             node_agents_namespace: None,
             failures: Mutex::default(),
+            pulls: Mutex::default(),
         }
     }
 
@@ -400,13 +404,14 @@ async fn observe_workloads(
     ));
     let pods = pods.list(&lp).await?.items;
     let runtimes = node_runtimes(ctx, &pods).await?;
-    let nodes = pods
+    let mut nodes: Vec<(String, nodes::NodeState)> = pods
         .iter()
         .filter_map(|pod| {
             let node = pod.spec.as_ref()?.node_name.as_deref()?;
             nodes::read_report(pod, runtimes.get(node).map(String::as_str))
         })
         .collect();
+    mark_bypassing_nodes(ctx, bctx, &pods, &mut nodes).await;
     Ok(status::Observed {
         scheduler: existing
             .typed::<Deployment>("Deployment", &bctx.object_name(Component::Scheduler)),
@@ -415,6 +420,89 @@ async fn observe_workloads(
         dfdaemon: existing.typed::<DaemonSet>("DaemonSet", &bctx.object_name(Component::Dfdaemon)),
         nodes,
     })
+}
+
+/// Nodes whose files are in place but whose latest pull of a mirrored image
+/// went around the mirror get a `PullsBypassMirror` problem. Best effort:
+/// without kubelet's events (RBAC, API errors) nothing is marked.
+async fn mark_bypassing_nodes(
+    ctx: &Context,
+    bctx: &build::Ctx<'_>,
+    pods: &[Pod],
+    nodes: &mut [(String, nodes::NodeState)],
+) {
+    use nodes::NodeState;
+    if !nodes
+        .iter()
+        .any(|(_, s)| matches!(s, NodeState::Configured | NodeState::InUse))
+    {
+        return;
+    }
+    let Some(pulls) = recent_pulls(ctx).await else {
+        return;
+    };
+    let registries = bctx.dfc.spec.effective_registries();
+    let now = (ctx.clock)().0;
+    for pod in pods {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        let Some(view) = nodes::mirror_view(pod, node) else {
+            continue;
+        };
+        let Some(pull) = crate::bypass::bypassed(&pulls, &view, &registries, now) else {
+            continue;
+        };
+        let Some(slot) = nodes.iter_mut().find(|(n, _)| n == node) else {
+            continue;
+        };
+        if matches!(slot.1, NodeState::Configured | NodeState::InUse) {
+            let since = view
+                .last_mirrored
+                .map_or_else(|| "never".to_string(), |t| format!("last at {t}"));
+            slot.1 = NodeState::Problems(vec![crate::crd::ProblemReport {
+                code: "PullsBypassMirror".into(),
+                message: format!(
+                    "kubelet pulled {} at {} but containerd did not come through this node's mirror ({since}): \
+                     check containerd's config_path and the hosts.toml files (dfdaemon containerd check)",
+                    pull.image, pull.finished
+                ),
+            }]);
+        }
+    }
+}
+
+/// kubelet's `Pulled` events in the whole cluster, cached for a minute.
+async fn recent_pulls(ctx: &Context) -> Option<Arc<Vec<crate::bypass::Pull>>> {
+    const EVERY: Duration = Duration::from_secs(60);
+    const MAX_EVENTS: u32 = 5000;
+    if let Ok(cached) = ctx.pulls.lock() {
+        if let Some((at, pulls)) = cached.as_ref() {
+            if at.elapsed() < EVERY {
+                return Some(pulls.clone());
+            }
+        }
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(ctx.client.clone());
+    let lp = ListParams::default()
+        .fields("reason=Pulled,involvedObject.kind=Pod")
+        .limit(MAX_EVENTS);
+    let pulls = match events.list(&lp).await {
+        Ok(list) => Arc::new(
+            list.items
+                .iter()
+                .filter_map(crate::bypass::parse)
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => {
+            warn!(%e, "cannot list kubelet's Pulled events; pulls that bypass the mirror are not detected");
+            Arc::new(Vec::new())
+        }
+    };
+    if let Ok(mut cached) = ctx.pulls.lock() {
+        *cached = Some((std::time::Instant::now(), pulls.clone()));
+    }
+    Some(pulls)
 }
 
 /// Each node's containerRuntimeVersion, read only when some report has

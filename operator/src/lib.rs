@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod availability;
 pub mod build;
+pub mod bypass;
 pub mod ca_bundles;
 pub mod certs;
 pub mod cluster_ca;

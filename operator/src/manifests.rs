@@ -280,6 +280,8 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         // Read node reports; `get`/`patch` also let it grant dfdaemon's Role (no escalation).
         rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+        // kubelet's Pulled events: pulls that went around the mirror.
+        rule(&[""], &["events"], &["list"]),
         // Cleanup: a terminating namespace cannot get the cleanup DaemonSet.
         rule(&[""], &["namespaces"], &["get"]),
         // The issuer: which pod and node a member's token belongs to.

@@ -76,6 +76,36 @@ pub fn read_report(pod: &Pod, runtime: Option<&str>) -> Option<(String, NodeStat
     Some((node, state))
 }
 
+/// When this dfdaemon's container started and when its mirror last saw
+/// containerd, for `bypass::bypassed`; None while it is not running.
+pub fn mirror_view<'a>(pod: &Pod, node: &'a str) -> Option<crate::bypass::NodeView<'a>> {
+    let started = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "dfdaemon")?
+        .state
+        .as_ref()?
+        .running
+        .as_ref()?
+        .started_at
+        .as_ref()?
+        .0;
+    let last_mirrored = pod
+        .annotations()
+        .get(ANNOTATION)
+        .and_then(|raw| serde_json::from_str::<NodeReport>(raw).ok())
+        .and_then(|r| r.last_mirrored_pull)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+    Some(crate::bypass::NodeView {
+        node,
+        since: started,
+        last_mirrored,
+    })
+}
+
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
