@@ -249,7 +249,7 @@ run_in() {
   if cross "$a"; then
     env -i PATH=/usr/local/bin:/bin HOME=/tmp "qemu-${QEMU[$a]}-static" -L "$r" "$r$1" "${@:2}"
   elif [ "$(id -u)" = 0 ]; then
-    env -i PATH=/usr/local/bin:/bin HOME=/tmp chroot "$r" "$@"
+    env -i PATH=/usr/local/bin:/bin HOME=/tmp "$(command -v chroot)" "$r" "$@"
   else
     "$r$1" "${@:2}"
   fi
