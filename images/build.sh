@@ -17,7 +17,7 @@
 # TAG names an image index with one manifest per architecture (platform
 # linux/ARCH). Labels and annotations: org.opencontainers.image.{source,
 # version,revision,created,...}; created is SOURCE_DATE_EPOCH (default: the
-# commit's time), so the same commit builds the same layers.
+# commit's time): the same binaries give the same layers and digests.
 #
 # Usage: images/build.sh [OPTIONS]
 #   --arch LIST          architectures, comma-separated (amd64,arm64; default both)
@@ -34,7 +34,7 @@
 #                        --version and a small functional check
 #   --smoke-only BIN     no images: build only BIN (dfget, dfdaemon,
 #                        dragonfly-scheduler, dragonfly-operator) for each
-#                        --arch and smoke it (the cheap check for CI)
+#                        --arch and smoke it (one binary, no image)
 #   --no-build           use the binaries already in the target directory
 #   --no-install         do not install packages or the Rust target
 # Environment: CARGO_TARGET_DIR (default ./target), SOURCE_DATE_EPOCH,
