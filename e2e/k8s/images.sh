@@ -5,8 +5,8 @@
 #   pause            a static pause program (pause.c)
 #   coredns          the CoreDNS binary built by build.sh
 #   dragonfly-p2p/dragonfly, dragonfly-p2p/dragonfly-operator
-#                    the project's release binaries, the shared libraries
-#                    they link and busybox (the cleanup pod runs `sleep`)
+#                    the product images, built by images/build.sh (amd64
+#                    only here) from the binaries up.sh built
 # Usage: images.sh system REGISTRY(host:port) K8S_BIN TAG [TAG...]
 #        images.sh app REGISTRY REPO TAG MIB [USER:PASS]
 #   a test image: busybox plus two layers of MIB MiB of random bytes each in
@@ -57,17 +57,6 @@ busybox_root() {
   echo 'hosts: files dns' >"$d/etc/nsswitch.conf"
 }
 
-# libs DIR BINARY...: the shared libraries the binaries link, at their paths.
-libs() {
-  local d=$1
-  shift
-  local lib
-  for lib in $(ldd "$@" 2>/dev/null | awk '/=>/ {print $3} /^[ \t]*\/lib/ {print $1}' | sort -u); do
-    mkdir -p "$d$(dirname "$lib")"
-    cp -L "$lib" "$d$lib"
-  done
-}
-
 if [ "$what" = app ]; then
   repo=$1 tag=$2 mib=$3
   PUSH_CREDS=${4:-}
@@ -99,19 +88,15 @@ layer "$work/coredns" "$work/coredns.tar"
 image coredns v1 '["/coredns"]' "$work/coredns.tar"
 
 echo "images.sh: dragonfly ${tags[*]}" >&2
-# PROFILE=debug reuses the test command's debug build (stripped, so the
-# image stays small); release is the default for people trying it.
-rel="$root/target/${PROFILE:-release}"
-bins=(dfdaemon dfget dragonfly-scheduler dragonfly-operator)
-mkdir -p "$work/df"
-busybox_root "$work/df"
-for b in "${bins[@]}"; do strip -o "$work/df/usr/local/bin/$b" "$rel/$b"; done
-libs "$work/df" "${bins[@]/#/$rel/}"
-mkdir -p "$work/df/etc/ssl/certs"
-cp /etc/ssl/certs/ca-certificates.crt "$work/df/etc/ssl/certs/" 2>/dev/null || true
-layer "$work/df" "$work/df.tar"
-for t in "${tags[@]}"; do
-  image dragonfly-p2p/dragonfly "$t" '["/usr/local/bin/dfdaemon"]' "$work/df.tar"
-  image dragonfly-p2p/dragonfly-operator "$t" '["/usr/local/bin/dragonfly-operator"]' "$work/df.tar"
-done
-
+# The product images as they ship (images/build.sh), amd64 only (the
+# cluster's nodes), from the binaries up.sh built: PROFILE=debug reuses the
+# test command's debug build (stripped, so the image stays small). The
+# data-plane image runs as root here (DATA_PLANE_USER, default 0:0) while
+# the operator's dfdaemon, seed-peer and cleanup pods set no runAsUser:
+# dfdaemon edits the node's root-owned containerd files. The shipped
+# default is 65532:65532.
+tag_args=()
+for t in "${tags[@]}"; do tag_args+=(--tag "$t"); done
+"$root/images/build.sh" --arch amd64 --profile "${PROFILE:-release}" --no-build "${tag_args[@]}" \
+  --out "$work/images" --data-plane-user "${DATA_PLANE_USER:-0:0}" \
+  --push "$registry/dragonfly-p2p" --insecure
