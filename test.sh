@@ -7,6 +7,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 step() { printf '\n== %s\n' "$*"; }
 
+# The tests are not about disk watermarks (node-agent/tests/disk_watermark.rs
+# sets its own on a tmpfs): dfdaemons started by them cache whatever the
+# machine's disk looks like (filesystems with large reservations look full).
+export DFDAEMON_GC_HIGH_WATERMARK=99 DFDAEMON_GC_LOW_WATERMARK=98
+
 step "toolchain"
 cargo --version
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

@@ -139,6 +139,14 @@ registry_ca_secret() {
   kc -n "$NSP" create secret generic e2e-registry-ca --from-file=ca.crt="$TLS_REGISTRY_CA" \
     --dry-run=client -o yaml | kc apply -f - >/dev/null
 }
+# The local cluster's disk is the machine's, whose free space the tests do
+# not control (and which may look nearly full where a large share is
+# reserved): the cache keeps caching up to 98 %, above which kubelet's 1 %
+# eviction threshold (up.sh) still leaves room. The watermarks themselves
+# are tested on a small tmpfs (node-agent/tests/disk_watermark.rs).
+GC_HIGH=98 GC_LOW=95
+WATERMARK_VALUES=(--set "cluster.spec.dfdaemon.gcHighWatermark=$GC_HIGH" --set "cluster.spec.dfdaemon.gcLowWatermark=$GC_LOW"
+  --set "cluster.spec.dfdaemon.kubeletEvictionThreshold=1")
 REGISTRY_CONFIGS="[{\"host\":\"$TLS_REGISTRY\",\"caBundle\":{\"secretRef\":{\"name\":\"e2e-registry-ca\",\"key\":\"ca.crt\"}}}]"
 # The chart as of the last commit that changed it before this version (the
 # helm install starts from it and upgrades, as a user would).
@@ -161,7 +169,7 @@ file_schemas() {
 install_previous_then_upgrade() {
   local prev="$K8S_RUN/prev-chart" want i
   local values=(--set "cluster.spec.registries={http://$REGISTRY,http://$PRIVATE_REGISTRY,$TLS_REGISTRY}"
-    --set-json "cluster.spec.registryConfigs=$REGISTRY_CONFIGS")
+    --set-json "cluster.spec.registryConfigs=$REGISTRY_CONFIGS" "${WATERMARK_VALUES[@]}")
   rm -rf "$prev" && mkdir -p "$prev"
   git -C "$root" archive "$PREV_CHART_REF" charts/dragonfly | tar -x -C "$prev" ||
     die "cannot extract the previous chart ($PREV_CHART_REF)"
@@ -198,6 +206,8 @@ install() {
       registry_ca_secret
       # The sample cluster, mirroring the local registries instead of docker.io.
       sed -e "s|^  - docker.io|  - http://$REGISTRY\n  - http://$PRIVATE_REGISTRY\n  - $TLS_REGISTRY\n  registryConfigs: $REGISTRY_CONFIGS|" \
+        -e "s|^    gcHighWatermark: .*|    gcHighWatermark: $GC_HIGH|" -e "s|^    gcLowWatermark: .*|    gcLowWatermark: $GC_LOW|" \
+        -e "s|^    kubeletEvictionThreshold: .*|    kubeletEvictionThreshold: 1|" \
         "$root/manifests/04-dragonflycluster.yaml" | kc apply -f - >/dev/null
       ;;
     helm)

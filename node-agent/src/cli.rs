@@ -23,10 +23,10 @@ pub struct RunArgs {
     pub cache_size: Option<ByteSize>,
     /// GC starts when the cache passes this percentage of --cache-size or
     /// its filesystem this percentage used (1-99, default 90).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    #[arg(long, env = "DFDAEMON_GC_HIGH_WATERMARK", value_parser = clap::value_parser!(u8).range(1..=99))]
     pub gc_high_watermark: Option<u8>,
     /// GC stops once both are at or below this percentage (default 70).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    #[arg(long, env = "DFDAEMON_GC_LOW_WATERMARK", value_parser = clap::value_parser!(u8).range(1..=99))]
     pub gc_low_watermark: Option<u8>,
     /// Evict tasks not accessed for this long, e.g. 24h (0s: never).
     #[arg(long)]

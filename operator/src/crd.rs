@@ -467,6 +467,13 @@ pub struct DfdaemonSpec {
     /// Cached tasks not accessed for this long are evicted, e.g. `24h`; `0s` keeps them.
     #[serde(default = "default_task_ttl")]
     pub task_ttl: String,
+    /// kubelet's hard eviction threshold on the nodes, as a percentage of
+    /// the filesystem available (`nodefs.available`, kubelet's default 10):
+    /// a node whose cache shares kubelet's disk and whose high watermark
+    /// would leave less free reports a problem.
+    #[serde(default = "default_kubelet_eviction_threshold")]
+    #[schemars(range(min = 1, max = 99))]
+    pub kubelet_eviction_threshold: i32,
     /// Concurrent uploads to other peers.
     #[serde(default = "default_upload_limit")]
     #[schemars(range(min = 1, max = 10000))]
@@ -506,6 +513,7 @@ impl Default for DfdaemonSpec {
             gc_high_watermark: default_gc_high_watermark(),
             gc_low_watermark: default_gc_low_watermark(),
             task_ttl: default_task_ttl(),
+            kubelet_eviction_threshold: default_kubelet_eviction_threshold(),
             upload_limit: default_upload_limit(),
             upload_rate: None,
             labels: BTreeMap::new(),
@@ -662,6 +670,10 @@ fn default_gc_high_watermark() -> i32 {
 fn default_gc_low_watermark() -> i32 {
     70
 }
+fn default_kubelet_eviction_threshold() -> i32 {
+    10
+}
+
 fn default_task_ttl() -> String {
     "24h".into()
 }

@@ -115,6 +115,13 @@ pub async fn serve(mirror: &Arc<Mirror>, ctx: &Ctx, name: &str, digest: &str) ->
     };
     let Some(specs) = ranges else {
         let stall = mirror.daemon.config.stall_timeout;
+        // The first piece before the status line: a download that cannot
+        // start (the origin refuses, the cache cannot store a byte) answers
+        // 5xx and containerd moves on to the registry, instead of a 200
+        // whose body ends after 0 bytes and fails the pull.
+        if let Err(resp) = await_first_pieces(&task, &[(0, length)], stall).await {
+            return resp;
+        }
         let counting = count_whole_blob(mirror.clone(), task.clone(), source, length, on_bytes());
         let stream = crate::reader::stream_range(task, 0, length, stall, counting);
         return body_response(

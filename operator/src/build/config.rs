@@ -88,6 +88,7 @@ fn dfdaemon_settings(
         // directory (other pods' secrets live there): kubelet writes each
         // pod's /etc/hosts under its own pods directory.
         settings["kubelet_root_dir"] = "/etc/hosts".into();
+        settings["kubelet_eviction_threshold"] = d.kubelet_eviction_threshold.into();
         // Explicit, not left to dfdaemon's default: a dfdaemon stopped by
         // SIGTERM (uninstall, or a terminating namespace where the cleanup
         // DaemonSet cannot be created) puts the node's hosts.toml back itself.
