@@ -154,7 +154,9 @@ PREV_CHART_REF=${PREV_CHART_REF:-45f8e773f0571edd2e01e5566186980963ad96c2}
 CRDS=(dragonflyclusters.p2p.dragonfly.dev preheats.p2p.dragonfly.dev)
 # Each CRD's name and its versions' schemas, keys sorted: served (by name)
 # or from files.
-schemas_of() { jq -S '[(.items // [.])[] | {name: .metadata.name, versions: [.spec.versions[] | {name, schema}]}] | sort_by(.name)'; }
+# Slurped: `kubectl get` prints one List, `kubectl create --dry-run` one
+# object per file.
+schemas_of() { jq -S -s '[.[] | (.items // [.])[] | {name: .metadata.name, versions: [.spec.versions[] | {name, schema}]}] | sort_by(.name)'; }
 served_schemas() { timeout 30 kubectl get crd "$@" -o json | schemas_of; }
 file_schemas() {
   local f args=()
