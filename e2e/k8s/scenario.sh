@@ -171,7 +171,7 @@ file_schemas() {
 install_previous_then_upgrade() {
   local prev="$K8S_RUN/prev-chart" want i
   local values=(--set "cluster.spec.registries={http://$REGISTRY,http://$PRIVATE_REGISTRY,$TLS_REGISTRY}"
-    --set-json "cluster.spec.registryConfigs=$REGISTRY_CONFIGS" "${WATERMARK_VALUES[@]}")
+    --set-json "cluster.spec.registryConfigs=$REGISTRY_CONFIGS")
   rm -rf "$prev" && mkdir -p "$prev"
   git -C "$root" archive "$PREV_CHART_REF" charts/dragonfly | tar -x -C "$prev" ||
     die "cannot extract the previous chart ($PREV_CHART_REF)"
@@ -184,7 +184,11 @@ install_previous_then_upgrade() {
   fi
   timeout 30 kubectl patch crd "${CRDS[0]}" --type=json \
     -p '[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/description","value":"stale (e2e)"}]' >/dev/null
-  helm upgrade dragonfly "$root/charts/dragonfly" --namespace "$NSP" "${values[@]}" --wait --timeout 5m >&2
+  # Fields the previous CRD did not have are given only now: given at
+  # install they would have been pruned, and Helm's three-way merge would
+  # not send them again (the very reason the operator keeps CRDs current).
+  helm upgrade dragonfly "$root/charts/dragonfly" --namespace "$NSP" "${values[@]}" "${WATERMARK_VALUES[@]}" \
+    --wait --timeout 5m >&2
   for ((i = 0; i < 60; i++)); do
     [ "$(served_schemas "${CRDS[@]}")" = "$want" ] && break
     sleep 2
@@ -194,6 +198,8 @@ install_previous_then_upgrade() {
     die "helm upgrade from the previous chart left the served CRDs stale"
   fi
   note "ok: helm upgrade from the previous chart: the served CRDs are this version's"
+  check "a field new in this CRD, set by the upgrade, is kept (gcHighWatermark)" \
+    test "$(kc -n "$NSP" get dfc "$DFC" -o jsonpath='{.spec.dfdaemon.gcHighWatermark}')" = "$GC_HIGH"
 }
 
 install() {
