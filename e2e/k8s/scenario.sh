@@ -198,6 +198,11 @@ install_previous_then_upgrade() {
     die "helm upgrade from the previous chart left the served CRDs stale"
   fi
   note "ok: helm upgrade from the previous chart: the served CRDs are this version's"
+  # That upgrade sent the new fields while the old CRD was still served
+  # (the new operator updates it only once it runs), which pruned them: a
+  # second upgrade, now against the current CRD, keeps them (README).
+  helm upgrade dragonfly "$root/charts/dragonfly" --namespace "$NSP" "${values[@]}" "${WATERMARK_VALUES[@]}" \
+    --wait --timeout 5m >&2
   check "a field new in this CRD, set by the upgrade, is kept (gcHighWatermark)" \
     test "$(kc -n "$NSP" get dfc "$DFC" -o jsonpath='{.spec.dfdaemon.gcHighWatermark}')" = "$GC_HIGH"
 }
