@@ -132,6 +132,15 @@ check_app_content() { # NAME EXPECTED-SUMS
   done
 }
 rollout() { kc -n "$2" rollout status "$1" --timeout="${3:-300s}" >&2; }
+# Ready means the cluster serves (one scheduler and seed peer, all but the
+# tolerated dfdaemons); the figures below also need every replica up, as a
+# rolled-out cluster has them.
+fully_ready() {
+  local c
+  for c in Ready SchedulerReady SeedPeersReady DaemonsReady; do
+    kubectl -n "$NSP" get dfc "$DFC" -o jsonpath="{.status.conditions[?(@.type==\"$c\")].status}" | grep -qx True || return 1
+  done
+}
 
 # The TLS registry's CA, as an admin gives it: a Secret the cluster names.
 registry_ca_secret() {
@@ -273,7 +282,7 @@ kc create namespace e2e --dry-run=client -o yaml | kc apply -f - >/dev/null
 seed_volumes
 t=$(date +%s)
 install
-wait_for 600 "DragonflyCluster Ready" sh -c "kubectl -n $NSP get dfc $DFC -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True" ||
+wait_for 600 "DragonflyCluster Ready (every replica)" fully_ready ||
   { kc -n "$NSP" get dfc,pods -o wide >&2; kc -n "$NSP" describe dfc "$DFC" | tail -30 >&2; die "cluster not Ready"; }
 note "install ($mode): Ready in $(($(date +%s) - t)) s"
 kc -n "$NSP" get dfc -o wide | tee -a "$REPORT" >&2
@@ -495,7 +504,7 @@ deploy_app drain "$REGISTRY/e2e/drain-$mode:v1" "" $((NODES - 1))
 rollout deploy/drain e2e 300s
 check "pulls complete on the other nodes with $drained drained" check_app_content drain "$DRAIN_SUMS"
 kc uncordon "$drained" >/dev/null
-wait_for 300 "DragonflyCluster Ready after the faults" sh -c "kubectl -n $NSP get dfc $DFC -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
+wait_for 300 "DragonflyCluster Ready after the faults (every replica)" fully_ready
 note "ok: Ready again after the faults"
 
 # --- 5b. fail-open: a node whose dfdaemon is frozen or killed --------------
@@ -551,7 +560,7 @@ for ((n = 1; n <= NODES; n++)); do
   fail_open STOP "$n"
   fail_open KILL "$n"
 done
-wait_for 300 "DragonflyCluster Ready after fail-open" sh -c "kubectl -n $NSP get dfc $DFC -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
+wait_for 300 "DragonflyCluster Ready after fail-open (every replica)" fully_ready
 
 # --- 6. two operator replicas, one leader ------------------------------------
 holders=""
@@ -688,7 +697,7 @@ if [ "$mode" = helm ]; then
     "[ \$(kubectl -n $NSP get pods -l app.kubernetes.io/component=dfdaemon -o jsonpath='{range .items[*]}{.spec.containers[0].image}{\"\\n\"}{end}' | grep -c ':$TAG-next\$') = $NODES ]"
   rollout ds/dragonfly-dfdaemon "$NSP" 300s
   note "ok: helm upgrade rolled the dfdaemons to $TAG-next"
-  wait_for 300 "DragonflyCluster Ready after the upgrade" sh -c "kubectl -n $NSP get dfc $DFC -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
+  wait_for 300 "DragonflyCluster Ready after the upgrade (every replica)" fully_ready
 fi
 
 # --- 9. uninstall restores every node --------------------------------------
