@@ -456,7 +456,8 @@ pub struct DfdaemonSpec {
     /// GC starts when the cache passes this percentage of `cacheSize`, or
     /// the filesystem holding it this percentage used (other writers
     /// included). Keep it below 100 minus kubelet's eviction threshold
-    /// (`nodefs.available<10%`) when the cache shares kubelet's disk.
+    /// (`nodefs.available<10%`) when the cache shares kubelet's disk. Seed
+    /// peers' volumes use the same watermarks.
     #[serde(default = "default_gc_high_watermark")]
     #[schemars(range(min = 1, max = 99))]
     pub gc_high_watermark: i32,

@@ -74,15 +74,16 @@ fn dfdaemon_settings(
     if !seed && !d.labels.is_empty() {
         settings["labels"] = json!(d.labels);
     }
+    // Node caches share the node's disk with kubelet and containerd; seed
+    // volumes may share a disk too (hostPath, local volumes): one setting.
+    settings["gc_high_watermark"] = d.gc_high_watermark.into();
+    settings["gc_low_watermark"] = d.gc_low_watermark.into();
     if seed {
         // A seed's volume is its own and what it holds is often preheated
         // for later pulls: the quota's LRU decides, not age.
         settings["task_ttl"] = "0s".into();
     }
     if !seed {
-        // Node caches share the node's disk with kubelet and containerd.
-        settings["gc_high_watermark"] = d.gc_high_watermark.into();
-        settings["gc_low_watermark"] = d.gc_low_watermark.into();
         settings["task_ttl"] = d.task_ttl.as_str().into();
         // kubelet's filesystem as seen from the pod without mounting its
         // directory (other pods' secrets live there): kubelet writes each
