@@ -364,6 +364,14 @@ as_node_agent() { # OWN-POD TARGET-POD MERGE-PATCH: prints "STATUS BODY"
     "https://$CP_IP:6443/api/v1/namespaces/$NSP/pods/$2")
   echo "$(echo "$body" | tail -n 1) $(echo "$body" | sed '$d' | jq -r '.message // empty' 2>/dev/null)"
 }
+# The policy holds only the agents the operator lists in its parameter
+# ConfigMap: after an upgrade from a chart without it, the new operator's
+# first reconcile writes it (until then the policy is open, threat model 31).
+agents_listed() {
+  kubectl -n "$NSP" get configmap dragonfly-node-agents -o json 2>/dev/null |
+    jq -e --arg k "$NSP.$DFC" '.data[$k] // empty | length > 0' >/dev/null
+}
+wait_for 120 "the operator to list its node agents for the policy" agents_listed
 agent=$(dfdaemon_pods | sed -n 1p)
 operator_pod=$(kc -n "$NSP" get lease dragonfly-operator-leader -o jsonpath='{.spec.holderIdentity}')
 annotate='{"metadata":{"annotations":{"e2e.dragonfly.dev/probe":"1"}}}'
