@@ -53,6 +53,17 @@ registry_blob_bytes() { # LOGNAME FROM REPO
     awk '{b[$1] += $2} END {for (d in b) print d, b[d]}' | sort
 }
 log_lines() { wc -l <"$K8S_RUN/logs/$1.log"; }
+# "who:bytes" per client that read a blob since FROM, named after the pod or
+# node that has the address now (a replaced pod shows as its address).
+blob_readers() { # LOGNAME FROM REPO DIGEST
+  local names
+  names=$(kc get pods -A -o jsonpath='{range .items[*]}{.status.podIP} {.metadata.name}{"\n"}{end}' 2>/dev/null
+    kc get nodes -o jsonpath='{range .items[*]}{.status.addresses[?(@.type=="InternalIP")].address} {.metadata.name}{"\n"}{end}' 2>/dev/null)
+  tail -n +"$2" "$K8S_RUN/logs/$1.log" | grep 'response completed' | grep "http.request.method=GET" |
+    grep "blobs/$4\"" | sed -E 's/.*remoteaddr="([^":]+):[0-9]+".*written=([0-9]+).*/\1 \2/' |
+    awk -v names="$names" 'BEGIN {n = split(names, l, "\n"); for (i = 1; i <= n; i++) {split(l[i], f, " "); if (f[1] != "") who[f[1]] = f[2]}}
+      {b[$1] += $2} END {for (a in b) printf "%s:%d ", (a in who ? who[a] : a), b[a]}'
+}
 # Layer and config digests and sizes of an image: "digest size" lines.
 image_blobs() { # REGISTRY REPO TAG [USER:PASS]
   local auth=() scheme=http
@@ -86,8 +97,12 @@ check_blobs_once() { # LOGNAME FROM REGISTRY REPO TAG [AUTH]
     fi
     [ "$got" = "$size" ] || ok=1
     note "  $4:$5 blob ${d:7:12} size $size served $got"
+    # Who read it more than once: pod IPs (seed peers, dfdaemons) or node
+    # IPs (containerd going around its mirror).
+    if [ "$got" -gt "$size" ]; then note "    readers: $(blob_readers "$1" "$2" "$4" "$d")"; fi
   done <<<"$expect"
-  note "  $4:$5 registry blob bytes $total_served for $total bytes of blobs ($(awk -v a="$total_served" -v b="$total" 'BEGIN {printf "%.2f", a / b}')x)"
+  LAST_RATIO=$(awk -v a="$total_served" -v b="$total" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')
+  note "  $4:$5 registry blob bytes $total_served for $total bytes of blobs (${LAST_RATIO}x)"
   return $ok
 }
 dfdaemon_pods() { kc -n "$NSP" get pods -l app.kubernetes.io/component=dfdaemon -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'; }
@@ -135,10 +150,18 @@ rollout() { kc -n "$2" rollout status "$1" --timeout="${3:-300s}" >&2; }
 # Ready means the cluster serves (one scheduler and seed peer, all but the
 # tolerated dfdaemons); the figures below also need every replica up, as a
 # rolled-out cluster has them.
+# Every member must also announce to every scheduler replica: a host that
+# still resolves an older scheduler set (it re-resolves at each heartbeat
+# for two minutes after a change) routes a task to another owner, whose seed
+# then fetches the blob a second time.
 fully_ready() {
-  local c
+  local c want pod
   for c in Ready SchedulerReady SeedPeersReady DaemonsReady; do
     kubectl -n "$NSP" get dfc "$DFC" -o jsonpath="{.status.conditions[?(@.type==\"$c\")].status}" | grep -qx True || return 1
+  done
+  want=$(kc -n "$NSP" get deploy "$DFC-scheduler" -o jsonpath='{.status.readyReplicas}')
+  for pod in $(kc -n "$NSP" get pods -l 'app.kubernetes.io/component in (dfdaemon,seed-peer)' -o jsonpath='{.items[*].metadata.name}'); do
+    [ "$(pod_metric "$pod" dfdaemon_schedulers_resolved dfdaemon_schedulers_resolved)" = "$want" ] || return 1
   done
 }
 
@@ -697,14 +720,29 @@ poke_until "node 1's bypass to clear" bypass_gone
 kc -n "$NSP" annotate pod "$pod1" e2e/poke- >/dev/null
 note "ok: it clears once kubelet's record of it is gone"
 
-# --- 8. upgrade rolls the data plane (helm) ---------------------------------
+# --- 8. upgrade rolls the data plane while pods pull (helm) ----------------
+# A new image is pulled on every node once the DaemonSet has begun to roll:
+# no pull may fail, and the registry should serve the image about once.
 if [ "$mode" = helm ]; then
+  UPGRADE_SUMS=$("$here/images.sh" app "$REGISTRY" "e2e/upgrade-$mode" v1 24)
+  from=$(log_lines registry)
   helm upgrade dragonfly "$root/charts/dragonfly" --namespace "$NSP" --reuse-values \
-    --set image.tag="$TAG-next" --set dataPlane.image.tag="$TAG-next" --wait --timeout 5m >&2
+    --set image.tag="$TAG-next" --set dataPlane.image.tag="$TAG-next" --wait --timeout 5m >&2 &
+  upgrade_pid=$!
+  rolling() { [ "$(kubectl -n "$NSP" get pods -l app.kubernetes.io/component=dfdaemon -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | grep -c ":$TAG-next\$")" -ge 1 ]; }
+  wait_for 120 "the first dfdaemon on $TAG-next" rolling || { kill "$upgrade_pid" 2>/dev/null; die "the upgrade did not start rolling"; }
+  deploy_app upgrade "$REGISTRY/e2e/upgrade-$mode:v1"
+  rollout deploy/upgrade e2e 400s
+  wait "$upgrade_pid" || die "helm upgrade failed"
   wait_for 300 "dfdaemons on $TAG-next" sh -c \
     "[ \$(kubectl -n $NSP get pods -l app.kubernetes.io/component=dfdaemon -o jsonpath='{range .items[*]}{.spec.containers[0].image}{\"\\n\"}{end}' | grep -c ':$TAG-next\$') = $NODES ]"
   rollout ds/dragonfly-dfdaemon "$NSP" 300s
   note "ok: helm upgrade rolled the dfdaemons to $TAG-next"
+  check "pulls during the rolling upgrade read back the pushed bytes" check_app_content upgrade "$UPGRADE_SUMS"
+  failed=$(kc -n e2e get events --field-selector reason=Failed -o jsonpath='{range .items[*]}{.involvedObject.name}{"\n"}{end}' | grep -c '^upgrade-' || true)
+  check "no pull failed during the upgrade (kubelet Failed events: $failed)" test "$failed" = 0
+  check_blobs_once registry "$from" "$REGISTRY" "e2e/upgrade-$mode" v1 || true
+  note "  rolling upgrade under load: registry served ${LAST_RATIO}x the image"
   wait_for 300 "DragonflyCluster Ready after the upgrade (every replica)" fully_ready
 fi
 

@@ -7,15 +7,31 @@ use std::time::Duration;
 
 use crate::daemon::Daemon;
 
+/// How often the scheduler names are re-resolved while the set is settled.
+const SETTLED_REFRESH: Duration = Duration::from_secs(30);
+/// How long after a change (or start) the names are re-resolved at every
+/// heartbeat: during a rollout, hosts that see different scheduler sets route
+/// one task to two owners, and each may start its own seed download.
+const UNSETTLED_WINDOW: Duration = Duration::from_secs(120);
+
 pub async fn run(daemon: Arc<Daemon>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let interval = daemon.config.heartbeat_interval;
     let mut dns_refresh = tokio::time::Instant::now();
+    let mut last_change = tokio::time::Instant::now();
     loop {
-        if dns_refresh.elapsed() >= Duration::from_secs(30)
+        let unsettled = last_change.elapsed() < UNSETTLED_WINDOW;
+        if unsettled
+            || dns_refresh.elapsed() >= SETTLED_REFRESH
             || daemon.schedulers.addresses().is_empty()
         {
-            daemon.schedulers.refresh().await;
+            if daemon.schedulers.refresh().await {
+                last_change = tokio::time::Instant::now();
+            }
             dns_refresh = tokio::time::Instant::now();
+            daemon
+                .metrics
+                .schedulers_resolved
+                .set(daemon.schedulers.addresses().len() as i64);
         }
         announce_once(&daemon).await;
         tokio::select! {

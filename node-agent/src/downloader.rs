@@ -78,7 +78,15 @@ enum PeerOutcome {
     /// Lazy run: every wanted piece is stored and nothing more was asked.
     Partial,
     BackToSource(&'static str),
+    /// The scheduler sends this download to a seed (e.g. one that restarted
+    /// and knows no holder yet): the seed fetches once for everyone, or
+    /// already holds the task.
+    TriggerSeed(proto::Parent),
 }
+
+/// Seeds a download may be sent to after its first plan: enough to move
+/// past one seed that fails, bounded so no answer loops forever.
+const MAX_LATE_SEED_TRIGGERS: u32 = 2;
 
 fn plan_from(resp: proto::ScheduleResponse) -> Plan {
     match proto::Decision::try_from(resp.decision) {
@@ -157,6 +165,7 @@ pub async fn download(
             Plan::Source
         }
     };
+    let mut late_seed_triggers = 0;
     loop {
         match plan {
             Plan::Source => {
@@ -204,6 +213,15 @@ pub async fn download(
                         })
                 }
                 PeerOutcome::Partial => return Ok(RunEnd::Partial),
+                PeerOutcome::TriggerSeed(seed) if late_seed_triggers < MAX_LATE_SEED_TRIGGERS => {
+                    late_seed_triggers += 1;
+                    tracing::info!("the scheduler hands the rest of the task to a seed");
+                    plan = Plan::TriggerSeed(seed);
+                }
+                PeerOutcome::TriggerSeed(_) => {
+                    tracing::warn!("seeds were tried already; going to the origin");
+                    plan = Plan::Source;
+                }
                 PeerOutcome::BackToSource(why) => {
                     tracing::warn!(
                         reason = why,
@@ -644,13 +662,25 @@ async fn drain<F>(
 where
     F: std::future::Future<Output = PieceResult>,
 {
+    drain_then(ctx, reporter, inflight, PeerOutcome::BackToSource(why)).await
+}
+
+async fn drain_then<F>(
+    ctx: &DownloadContext,
+    reporter: &PieceReporter,
+    inflight: &mut FuturesUnordered<F>,
+    outcome: PeerOutcome,
+) -> Result<PeerOutcome, TaskFailure>
+where
+    F: std::future::Future<Output = PieceResult>,
+{
     let deadline = Instant::now() + DRAIN_GRACE;
     while let Ok(Some((_, _, result))) = tokio::time::timeout_at(deadline, inflight.next()).await {
         if let Ok(fetched) = result {
             accept_piece(ctx, reporter, fetched).await?;
         }
     }
-    Ok(PeerOutcome::BackToSource(why))
+    Ok(outcome)
 }
 
 async fn from_peers(
@@ -752,6 +782,9 @@ async fn from_peers(
                         }
                         ctx.metrics.failure(error.metric_label());
                         let reply = report_parent_failure(ctx, task, &parent, &error).await;
+                        if let Some(Plan::TriggerSeed(seed)) = reply {
+                            return drain_then(ctx, reporter, &mut inflight, PeerOutcome::TriggerSeed(seed)).await;
+                        }
                         if let Some(why) = exchange.after_report(answer, reply_of(reply)) {
                             return drain(ctx, reporter, &mut inflight, why).await;
                         }
@@ -767,6 +800,9 @@ async fn from_peers(
             }
             Some(plan) = OptionFuture::from(listing.as_mut()), if listing.is_some() => {
                 listing = None;
+                if let Some(Plan::TriggerSeed(seed)) = plan {
+                    return drain_then(ctx, reporter, &mut inflight, PeerOutcome::TriggerSeed(seed)).await;
+                }
                 match exchange.on_parent_list(reply_of(plan), Instant::now()) {
                     ListOutcome::Merged => {}
                     ListOutcome::Leave(why) => return drain(ctx, reporter, &mut inflight, why).await,

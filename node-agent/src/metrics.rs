@@ -58,6 +58,8 @@ pub struct Metrics {
     /// the origin one read.
     pub origin_requests: Family<TaskLabel, Counter>,
     pub origin_task_bytes: Family<TaskLabel, Counter>,
+    /// Scheduler replicas this host currently resolves and announces to.
+    pub schedulers_resolved: Gauge,
     pub mirror: crate::mirror::metrics::MirrorMetrics,
 }
 
@@ -147,8 +149,15 @@ impl Metrics {
             "Tasks evicted by garbage collection",
             evictions.clone(),
         );
+        let schedulers_resolved = Gauge::default();
+        registry.register(
+            "schedulers_resolved",
+            "Scheduler replicas this host resolves and announces to",
+            schedulers_resolved.clone(),
+        );
         let mirror = crate::mirror::metrics::MirrorMetrics::register(&mut registry);
         Metrics {
+            schedulers_resolved,
             mirror,
             registry,
             bytes,

@@ -50,7 +50,12 @@ pub struct SchedulerPool {
     lost: AtomicBool,
     /// Mutual TLS to schedulers (which must show a scheduler certificate).
     tls: Option<identity::MemberTls>,
+    /// When a failed call last re-resolved the names.
+    failure_refresh: Mutex<Option<std::time::Instant>>,
 }
+
+/// Least time between two re-resolutions caused by unreachable schedulers.
+const FAILURE_REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 impl SchedulerPool {
     /// `targets` are `host:port` entries; names are resolved to every address.
@@ -62,6 +67,7 @@ impl SchedulerPool {
             host: RwLock::new(None),
             lost: AtomicBool::new(false),
             tls,
+            failure_refresh: Mutex::new(None),
         })
     }
 
@@ -78,8 +84,9 @@ impl SchedulerPool {
     }
 
     /// Re-resolves every target. Keeps the previous list if resolution fails
-    /// entirely (a DNS hiccup must not forget every scheduler).
-    pub async fn refresh(&self) {
+    /// entirely (a DNS hiccup must not forget every scheduler). Returns
+    /// whether the list changed.
+    pub async fn refresh(&self) -> bool {
         let mut addrs = Vec::new();
         for target in &self.targets {
             match tokio::net::lookup_host(target.as_str()).await {
@@ -89,9 +96,32 @@ impl SchedulerPool {
         }
         addrs.sort();
         addrs.dedup();
-        if !addrs.is_empty() {
-            *self.resolved.write().unwrap_or_else(|e| e.into_inner()) = addrs;
+        if addrs.is_empty() {
+            return false;
         }
+        let mut resolved = self.resolved.write().unwrap_or_else(|e| e.into_inner());
+        if *resolved == addrs {
+            return false;
+        }
+        tracing::info!(schedulers = ?addrs, "scheduler set changed");
+        *resolved = addrs;
+        true
+    }
+
+    /// Re-resolves after a scheduler was unreachable, at most every
+    /// `FAILURE_REFRESH_EVERY`; returns whether the set changed.
+    async fn refresh_after_failure(&self) -> bool {
+        {
+            let mut last = self
+                .failure_refresh
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < FAILURE_REFRESH_EVERY) {
+                return false;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.refresh().await
     }
 
     /// True while no scheduler answers (as of the last call): the swarm's
@@ -128,7 +158,10 @@ impl SchedulerPool {
 
     /// Runs `rpc` against the scheduler that owns `task_id`, trying the next
     /// ones in ranking order when it is unreachable. An unknown-host answer
-    /// (scheduler restarted) triggers an announce and one retry.
+    /// (scheduler restarted) triggers an announce and one retry. When a
+    /// scheduler is unreachable the names are re-resolved at once (at most
+    /// every few seconds): a replaced replica has a new address, and hosts
+    /// that still rank the old set would route its tasks to another owner.
     pub async fn call<T, F, Fut>(&self, task_id: &str, rpc: F) -> Result<T, SchedulerError>
     where
         F: Fn(SchedulerClient<Channel>) -> Fut,
@@ -140,28 +173,41 @@ impl SchedulerPool {
         if self.addresses().is_empty() {
             self.refresh().await;
         }
-        let addrs = self.addresses();
         let mut last_error = String::from("no address resolved");
-        for addr in hashring::rank(task_id, &addrs) {
-            let client = self.client(addr)?;
-            let answer = rpc(client.clone()).await;
-            if !matches!(&answer, Err(status) if is_transport_failure(status)) {
-                self.lost.store(false, Ordering::Relaxed);
+        for _pass in 0..2 {
+            let addrs = self.addresses();
+            let mut saw_failure = false;
+            for addr in hashring::rank(task_id, &addrs) {
+                let client = self.client(addr)?;
+                let answer = rpc(client.clone()).await;
+                if !matches!(&answer, Err(status) if is_transport_failure(status)) {
+                    self.lost.store(false, Ordering::Relaxed);
+                }
+                match answer {
+                    Ok(resp) => {
+                        if saw_failure {
+                            self.refresh_after_failure().await;
+                        }
+                        return Ok(resp.into_inner());
+                    }
+                    Err(status) if status.code() == Code::FailedPrecondition => {
+                        self.announce_to(addr).await.ok();
+                        return rpc(client)
+                            .await
+                            .map(|r| r.into_inner())
+                            .map_err(SchedulerError::Refused);
+                    }
+                    Err(status) if is_transport_failure(&status) => {
+                        tracing::debug!(scheduler = %addr, error = %status, "scheduler unreachable, trying next");
+                        last_error = format!("{addr}: {}", status.message());
+                        saw_failure = true;
+                    }
+                    Err(status) => return Err(SchedulerError::Refused(status)),
+                }
             }
-            match answer {
-                Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) if status.code() == Code::FailedPrecondition => {
-                    self.announce_to(addr).await.ok();
-                    return rpc(client)
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(SchedulerError::Refused);
-                }
-                Err(status) if is_transport_failure(&status) => {
-                    tracing::debug!(scheduler = %addr, error = %status, "scheduler unreachable, trying next");
-                    last_error = format!("{addr}: {}", status.message());
-                }
-                Err(status) => return Err(SchedulerError::Refused(status)),
+            // Every scheduler failed: try again only if the set changed.
+            if !self.refresh_after_failure().await {
+                break;
             }
         }
         self.lost.store(true, Ordering::Relaxed);

@@ -402,6 +402,7 @@ impl State {
         // it says, whatever was reported before.
         peer.bitmap = bitmap;
         peer.complete = false;
+        peer.no_seed = req.no_seed;
 
         let source = live_source(&self.hosts, task, now);
         let parents = rank_parents(
@@ -434,15 +435,7 @@ impl State {
             .flatten()
         {
             elect(task, &seed.id, now, &self.metrics);
-            ScheduleResponse {
-                decision: Decision::TriggerSeed as i32,
-                parents: vec![Parent {
-                    host: Some(seed),
-                    is_source: true,
-                    ..Default::default()
-                }],
-                shape: Some(task.shape),
-            }
+            trigger_seed(task, seed)
         } else {
             elect(task, &req.host_id, now, &self.metrics);
             back_to_source(task)
@@ -467,13 +460,14 @@ impl State {
             .host
             .labels
             .clone();
+        let requester_is_seed = self.hosts.alive(host_id, now).is_some_and(|e| e.is_seed());
         let charge = self.check_room(task_id, host_id, 0)?;
         self.admit(task_id, host_id, charge, now);
         let Some(task) = self.tasks.get_mut(task_id) else {
             return Err(ScheduleError::InvalidArgument("task vanished".into()));
         };
         task.last_active = now;
-        task.peer_or_insert(host_id, now);
+        let no_seed = task.peer_or_insert(host_id, now).no_seed;
 
         let source = live_source(&self.hosts, task, now);
         if source.as_deref() == Some(host_id) {
@@ -494,8 +488,21 @@ impl State {
                 // unelected (see register_peer).
                 return Ok(back_to_source(task));
             }
-            // Nobody has what this peer lacks and nobody is fetching it:
-            // this peer becomes the source (heals a dead source).
+            // Nobody has what this peer lacks and nobody is fetching it (a
+            // dead source, or a scheduler that restarted and has not yet
+            // heard from the holders): a seed takes over, as for a new task,
+            // so the origin is read once however many children ask; it may
+            // well hold the task already. Without a seed this peer becomes
+            // the source.
+            if !no_seed && !requester_is_seed {
+                if let Some(seed) = pick_seed(&self.hosts, &self.quarantine, task, host_id, now) {
+                    info!(task_id = %task.id, seed = %seed.id, "no holder known: a seed takes the task over");
+                    elect(task, &seed.id, now, &self.metrics);
+                    let response = trigger_seed(task, seed);
+                    give(task, host_id, &response.parents, now);
+                    return Ok(response);
+                }
+            }
             elect(task, host_id, now, &self.metrics);
             return Ok(back_to_source(task));
         }
@@ -986,6 +993,19 @@ fn live_source(hosts: &Hosts, task: &mut Task, now: Instant) -> Option<String> {
 /// A live seed to fetch the task for the requester, chosen by rendezvous
 /// hash so tasks spread over seeds. Seeds that failed as this task's source
 /// lately are passed over.
+/// The answer that hands a task to `seed` (already elected its source).
+fn trigger_seed(task: &Task, seed: Host) -> ScheduleResponse {
+    ScheduleResponse {
+        decision: Decision::TriggerSeed as i32,
+        parents: vec![Parent {
+            host: Some(seed),
+            is_source: true,
+            ..Default::default()
+        }],
+        shape: Some(task.shape),
+    }
+}
+
 fn pick_seed(
     hosts: &Hosts,
     quarantine: &Quarantine,
@@ -1837,12 +1857,34 @@ mod tests {
         announce(&mut s, "a", HostType::Normal, t0);
         announce(&mut s, "b", HostType::Normal, t0);
         let first = parent_ids(&register(&mut s, "t", "a", t0))[0].clone();
-        fail_parent(&mut s, "t", "a", &first, FailureReason::Connect, t0);
+        // The child that found the seed unreachable is handed the other one.
+        let r = fail_parent(&mut s, "t", "a", &first, FailureReason::Connect, t0);
+        assert_eq!(r.decision(), Decision::TriggerSeed);
+        let second = parent_ids(&r)[0].clone();
+        assert_ne!(second, first);
         s.leave_task("t", "a", t0).unwrap();
 
+        // A later child finds that seed fetching (or done) as the source.
         let r = register(&mut s, "t", "b", t0);
+        assert_eq!(r.decision(), Decision::FromPeers);
+        assert_eq!(parent_ids(&r), vec![second]);
+    }
+
+    /// A scheduler that restarted knows the task but none of its holders
+    /// yet (they report at their next heartbeat): a child asking for
+    /// parents is sent to a seed, not made a second reader of the origin.
+    #[test]
+    fn a_child_without_known_holders_is_sent_to_a_seed() {
+        let t0 = Instant::now();
+        let mut s = state();
+        announce(&mut s, "seed", HostType::Seed, t0);
+        announce(&mut s, "a", HostType::Normal, t0);
+        let r = s.get_parents("t", "a", t0).unwrap();
         assert_eq!(r.decision(), Decision::TriggerSeed);
-        assert_ne!(parent_ids(&r)[0], first);
+        assert_eq!(parent_ids(&r), vec!["seed".to_string()]);
+        // The seed asking in turn fetches it itself.
+        let r = s.get_parents("t", "seed", t0 + secs(1)).unwrap();
+        assert_eq!(r.decision(), Decision::BackToSource);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Peer {
     /// Last time the peer registered or reported; used to drop peers whose
     /// host never announced.
     pub updated: Instant,
+    /// Registered with `no_seed`: its download is never handed to a seed.
+    pub no_seed: bool,
     /// Parent host id → blocked until.
     blocked: HashMap<String, Instant>,
     /// Parent host id → when the scheduler last handed it to this peer:
@@ -49,6 +51,7 @@ impl Peer {
             bitmap: Bitmap::default(),
             complete: false,
             updated: now,
+            no_seed: false,
             blocked: HashMap::new(),
             given: HashMap::new(),
         }
