@@ -32,6 +32,8 @@ struct UpstreamState {
     upstream: Upstream,
     last_used: Instant,
     broken: Option<Broken>,
+    /// When the upstream last answered (below 500).
+    last_success: Option<Instant>,
 }
 
 /// A request refused without asking the upstream.
@@ -51,6 +53,7 @@ pub async fn probe(clients: &super::upstream::Clients, health: &MirrorHealth, up
     let Ok(client) = clients.for_upstream(upstream) else {
         return;
     };
+    let started = Instant::now();
     match client
         .get(upstream.url("/v2/"))
         .timeout(PROBE_TIMEOUT)
@@ -58,8 +61,12 @@ pub async fn probe(clients: &super::upstream::Clients, health: &MirrorHealth, up
         .await
     {
         Ok(resp) if !resp.status().is_server_error() => health.succeeded(upstream),
-        Ok(resp) => health.failed(upstream, format!("re-check answered {}", resp.status())),
-        Err(e) => health.failed(upstream, format!("re-check failed: {e}")),
+        Ok(resp) => health.failed_since(
+            upstream,
+            started,
+            format!("re-check answered {}", resp.status()),
+        ),
+        Err(e) => health.failed_since(upstream, started, format!("re-check failed: {e}")),
     }
 }
 
@@ -106,6 +113,7 @@ impl MirrorHealth {
             upstream: upstream.clone(),
             last_used: Instant::now(),
             broken: None,
+            last_success: None,
         });
         if used {
             state.last_used = Instant::now();
@@ -116,16 +124,29 @@ impl MirrorHealth {
     /// The upstream answered (below 500).
     pub fn succeeded(&self, upstream: &Upstream) {
         self.with_state(upstream, false, |s| {
+            s.last_success = Some(Instant::now());
             if s.broken.take().is_some() {
                 tracing::info!(upstream = %upstream.url(""), "upstream reachable again");
             }
         });
     }
 
-    /// The upstream (or the mirror's path through it) failed.
+    /// The upstream (or the mirror's path through it) failed just now.
     pub fn failed(&self, upstream: &Upstream, reason: impl Into<String>) {
+        self.failed_since(upstream, Instant::now(), reason);
+    }
+
+    /// A request sent at `started` failed. It does not count when the
+    /// upstream answered another request since: a request stuck through an
+    /// outage fails after the upstream came back, and must not mark it
+    /// unavailable again (every pull would be refused for another while).
+    pub fn failed_since(&self, upstream: &Upstream, started: Instant, reason: impl Into<String>) {
         let reason = reason.into();
         self.with_state(upstream, false, |s| {
+            if s.last_success.is_some_and(|ok| ok > started) {
+                tracing::debug!(upstream = %upstream.url(""), %reason, "a failure older than the last answer; not counted");
+                return;
+            }
             if s.broken.is_none() {
                 tracing::warn!(upstream = %upstream.url(""), %reason, "upstream marked unavailable");
             }
@@ -235,6 +256,21 @@ mod tests {
         health.succeeded(&upstream());
         assert!(health.fail_fast(&upstream()).is_none());
         assert!(health.problems().is_empty());
+    }
+
+    /// A request stuck through an outage fails after the upstream came
+    /// back: the mirror must not refuse the next pulls because of it.
+    #[test]
+    fn a_failure_older_than_the_last_answer_does_not_count() {
+        let health = MirrorHealth::default();
+        let stuck_since = Instant::now();
+        health.failed(&upstream(), "connection refused");
+        health.succeeded(&upstream());
+        health.failed_since(&upstream(), stuck_since, "timed out");
+        assert!(health.fail_fast(&upstream()).is_none());
+        // A failure sent after the answer still counts.
+        health.failed_since(&upstream(), Instant::now(), "refused again");
+        assert!(health.fail_fast(&upstream()).is_some());
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub async fn send_within(
     }
     let client = mirror.clients.for_upstream(&ctx.upstream)?;
     let request = client.request(method, &url).headers(headers);
+    let started = std::time::Instant::now();
     let result = match tokio::time::timeout(timeout, request.send()).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(ProxyError::Request(e)),
@@ -125,8 +126,12 @@ pub async fn send_within(
     };
     match &result {
         Ok(resp) if !resp.status().is_server_error() => health.succeeded(&ctx.upstream),
-        Ok(resp) => health.failed(&ctx.upstream, format!("answered {}", resp.status())),
-        Err(e) => health.failed(&ctx.upstream, e.to_string()),
+        Ok(resp) => health.failed_since(
+            &ctx.upstream,
+            started,
+            format!("answered {}", resp.status()),
+        ),
+        Err(e) => health.failed_since(&ctx.upstream, started, e.to_string()),
     }
     result
 }
