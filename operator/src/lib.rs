@@ -8,6 +8,7 @@ pub mod apply;
 pub mod availability;
 pub mod build;
 pub mod bypass;
+pub mod causes;
 pub mod ca_bundles;
 pub mod certs;
 pub mod cluster_ca;
