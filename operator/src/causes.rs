@@ -262,7 +262,7 @@ fn cause_of(pod: &Pod) -> Option<PodCause> {
                     rank: 1,
                     reason: "ImagePullBackOff",
                     key: image.clone(),
-                    text: with_detail(format!("cannot pull image {image:?}"), &msg),
+                    text: with_detail(format!("cannot pull image {image:?}"), pull_error(&msg)),
                 }
             }
             Some("CrashLoopBackOff") => {
@@ -304,6 +304,21 @@ fn cause_of(pod: &Pod) -> Option<PodCause> {
         }
     }
     found
+}
+
+/// The registry's answer in a pull's waiting message: kubelet alternates
+/// `ErrImagePull: <error>` and `Back-off pulling image "<image>": <error>`
+/// (older kubelets: no error after the back-off); one text for both keeps
+/// the status from changing at every retry.
+fn pull_error(msg: &str) -> &str {
+    let rest = match msg.strip_prefix("Back-off pulling image \"") {
+        Some(r) => match r.split_once("\": ") {
+            Some((_, err)) => err,
+            None => "",
+        },
+        None => msg,
+    };
+    rest.strip_prefix("ErrImagePull: ").unwrap_or(rest)
 }
 
 /// The image a container was given, from its spec (a waiting container's
@@ -447,6 +462,20 @@ mod tests {
             c.message
         );
         assert!(c.message.contains("not found"), "{}", c.message);
+    }
+
+    #[test]
+    fn a_pull_and_its_back_off_say_the_same() {
+        let err = "rpc error: code = NotFound desc = failed to pull and unpack image \"r/x:nope\": not found";
+        assert_eq!(pull_error(err), err);
+        assert_eq!(pull_error(&format!("ErrImagePull: {err}")), err);
+        assert_eq!(
+            pull_error(&format!(
+                "Back-off pulling image \"r/x:nope\": ErrImagePull: {err}"
+            )),
+            err
+        );
+        assert_eq!(pull_error("Back-off pulling image \"r/x:nope\""), "");
     }
 
     #[test]
@@ -647,7 +676,7 @@ mod tests {
             events: vec![failed_create(
                 "DaemonSet",
                 "dragonfly-dfdaemon",
-                "Error creating: pods \"dragonfly-dfdaemon-4xk9z\" is forbidden: violates PodSecurity \"baseline:latest\": \
+                "Error creating: pods \"dragonfly-dfdaemon-\" is forbidden: violates PodSecurity \"baseline:latest\": \
                  host namespaces (hostNetwork=true), hostPath volumes (volumes \"containerd-config\", \"run\"), hostPort (container \"dfdaemon\" uses hostPorts 65001, 65002)",
             )],
             ..Evidence::new(daemonset())
@@ -656,7 +685,7 @@ mod tests {
         assert_eq!(c.reason, "FailedCreate");
         assert!(
             c.message.starts_with(
-                "DaemonSet dragonfly-dfdaemon cannot create pods: pods \"dragonfly-dfdaemon-4xk9z\" is forbidden: violates PodSecurity \"baseline:latest\""
+                "DaemonSet dragonfly-dfdaemon cannot create pods: pods \"dragonfly-dfdaemon-\" is forbidden: violates PodSecurity \"baseline:latest\""
             ),
             "{}",
             c.message
@@ -671,7 +700,7 @@ mod tests {
                 failed_create(
                     "ReplicaSet",
                     "dragonfly-scheduler-7c9d8f6b5",
-                    "Error creating: pods \"dragonfly-scheduler-7c9d8f6b5-q2w3e\" is forbidden: exceeded quota: tiny, requested: cpu=100m, used: cpu=0, limited: cpu=10m",
+                    "Error creating: pods \"dragonfly-scheduler-7c9d8f6b5-\" is forbidden: exceeded quota: tiny, requested: cpu=100m, used: cpu=0, limited: cpu=10m",
                 ),
                 // Another cluster's Deployment whose name starts with ours.
                 failed_create(
@@ -686,7 +715,7 @@ mod tests {
         assert_eq!(c.reason, "FailedCreate");
         assert_eq!(
             c.message,
-            "ReplicaSet dragonfly-scheduler-7c9d8f6b5 cannot create pods: pods \"dragonfly-scheduler-7c9d8f6b5-q2w3e\" is forbidden: \
+            "ReplicaSet dragonfly-scheduler-7c9d8f6b5 cannot create pods: pods \"dragonfly-scheduler-7c9d8f6b5-\" is forbidden: \
              exceeded quota: tiny, requested: cpu=100m, used: cpu=0, limited: cpu=10m"
         );
     }

@@ -835,7 +835,7 @@ mod tests {
             "spec": {"nodeName": node, "containers": [{"name": "dfdaemon", "image": "dragonfly:nope"}]},
             "status": {"containerStatuses": [{
                 "name": "dfdaemon", "image": "dragonfly:nope", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"dragonfly:nope\""}}}]}
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"dragonfly:nope\": ErrImagePull: dragonfly:nope: not found"}}}]}
         }))
         .expect("pod fixture")
     }
@@ -873,7 +873,7 @@ mod tests {
         assert_eq!(
             daemons.message,
             "0/2 dfdaemons ready: pod dragonfly-dfdaemon-a on node n1 and 1 more: cannot pull image \"dragonfly:nope\": \
-             Back-off pulling image \"dragonfly:nope\""
+             dragonfly:nope: not found"
         );
         let ready = cond(&s, READY);
         assert_eq!(
