@@ -122,8 +122,9 @@ fn plain_statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
     let (claims, volumes) = match ctx.seed_storage {
         SeedStorage::Claims => (Some(vec![data_claim(ctx)]), vec![config_volume]),
         // Limited to the volume size the spec asks for, not to cacheSize:
-        // the cache may pass its quota until GC runs, and kubelet evicts a
-        // pod whose emptyDir passes its limit.
+        // the quota counts cached pieces only, kubelet counts every file in
+        // the volume and evicts the pod past the limit; storage.size is the
+        // headroom the spec already gives the cache on a claim.
         SeedStorage::Ephemeral => (
             None,
             vec![
