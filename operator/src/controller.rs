@@ -276,7 +276,9 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
         .with_tls(ctx.tls_plan())
         .with_operator_namespace(std::env::var("POD_NAMESPACE").ok());
     let mut existing = apply::observe(&ctx.client, &ns, &bctx.name).await?;
-    let storage = seed_storage(ctx, &bctx, &existing).await;
+    let storage = seed_storage(ctx, &bctx, &existing)
+        .instrument(info_span!("seed_storage"))
+        .await;
     let bctx = bctx.with_seed_storage(storage.storage);
     if storage.replace {
         replace_seed_peers(ctx, &bctx, &mut existing, &storage).await?;
