@@ -6,10 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{
+    Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -19,9 +22,11 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::apply::{self, ApplyError, Change, Existing, Verb};
 use crate::build::{self, BuildError, Component, LABEL_COMPONENT, LABEL_INSTANCE, MANAGER};
 use crate::ca_bundles;
+use crate::causes::{Creator, Evidence};
 use crate::crd::{DefaultImage, DragonflyCluster, DragonflyClusterStatus};
 use crate::metrics::Metrics;
 use crate::nodes;
+use crate::seed_storage::{self, SeedStorage};
 use crate::status::{self, READY};
 use crate::validate::{validate, validate_name};
 
@@ -270,13 +275,21 @@ async fn reconcile_one(dfc: &DragonflyCluster, ctx: &Context) -> Result<Action, 
         .with_ca_bundle_digests(ca_bundle_digests)
         .with_tls(ctx.tls_plan())
         .with_operator_namespace(std::env::var("POD_NAMESPACE").ok());
-    let desired = build::desired_objects(&bctx)?;
     let mut existing = apply::observe(&ctx.client, &ns, &bctx.name).await?;
+    let storage = seed_storage(ctx, &bctx, &existing)
+        .instrument(info_span!("seed_storage"))
+        .await;
+    let bctx = bctx.with_seed_storage(storage.storage);
+    if storage.replace {
+        replace_seed_peers(ctx, &bctx, &mut existing, &storage).await?;
+    }
+    let desired = build::desired_objects(&bctx)?;
     let plan = apply::plan(desired, &existing, dfc.uid().as_deref().unwrap_or_default());
     let done = apply::execute(&ctx.client, &ns, plan, &mut existing).await;
     publish_changes(ctx, dfc, &done.changes).await;
+    warn_on_ephemeral_seed_cache(ctx, &bctx, &done.changes, &storage).await;
 
-    let observed = observe_workloads(ctx, &bctx, &existing).await;
+    let observed = observe_workloads(ctx, &bctx, &existing, storage.why).await;
     if !done.failures.is_empty() {
         let new = match observed {
             Ok(o) => status::derive(
@@ -395,6 +408,7 @@ async fn observe_workloads(
     ctx: &Context,
     bctx: &build::Ctx<'_>,
     existing: &Existing,
+    seed_cache_ephemeral: Option<String>,
 ) -> Result<status::Observed, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &bctx.namespace);
     let lp = ListParams::default().labels(&format!(
@@ -412,14 +426,306 @@ async fn observe_workloads(
         })
         .collect();
     mark_bypassing_nodes(ctx, bctx, &pods, &mut nodes).await;
-    Ok(status::Observed {
+    let mut observed = status::Observed {
         scheduler: existing
             .typed::<Deployment>("Deployment", &bctx.object_name(Component::Scheduler)),
         seed_peer: existing
             .typed::<StatefulSet>("StatefulSet", &bctx.object_name(Component::SeedPeer)),
         dfdaemon: existing.typed::<DaemonSet>("DaemonSet", &bctx.object_name(Component::Dfdaemon)),
         nodes,
-    })
+        seed_cache_ephemeral,
+        ..status::Observed::default()
+    };
+    // Only what is not ready is explained: a ready cluster costs no call.
+    let unready = status::unready(&bctx.dfc.spec, &observed);
+    if unready.scheduler {
+        observed.scheduler_evidence =
+            Some(gather_evidence(ctx, bctx, Component::Scheduler, None).await);
+    }
+    if unready.seed_peer {
+        observed.seed_peer_evidence =
+            Some(gather_evidence(ctx, bctx, Component::SeedPeer, None).await);
+    }
+    if unready.dfdaemon {
+        observed.dfdaemon_evidence =
+            Some(gather_evidence(ctx, bctx, Component::Dfdaemon, Some(pods)).await);
+    }
+    Ok(observed)
+}
+
+/// Bounds on what explaining one component may read.
+const MAX_EVIDENCE_PODS: u32 = 200;
+const MAX_EVIDENCE_EVENTS: u32 = 100;
+const MAX_EVIDENCE_CLAIMS: u32 = 100;
+/// Pending claims whose events are read (the line names one, counts the rest).
+const MAX_CLAIMS_EXPLAINED: usize = 3;
+
+/// What the cluster says about a component that is not ready: its pods
+/// (the dfdaemon's are already listed), its creator's `FailedCreate`
+/// events and, for seed peers, their claims and what was said about the
+/// Pending ones. Best effort: a list that fails only leaves a cause unnamed.
+async fn gather_evidence(
+    ctx: &Context,
+    bctx: &build::Ctx<'_>,
+    component: Component,
+    pods: Option<Vec<Pod>>,
+) -> Evidence {
+    let name = bctx.object_name(component);
+    let creator = match component {
+        Component::Scheduler => Creator::ReplicaSetsOf(name),
+        Component::SeedPeer => Creator::Named {
+            kind: "StatefulSet",
+            name,
+        },
+        _ => Creator::Named {
+            kind: "DaemonSet",
+            name,
+        },
+    };
+    let span = info_span!("explain", component = component.as_str());
+    async move {
+        let ns = &bctx.namespace;
+        let labels = format!(
+            "{LABEL_INSTANCE}={},{LABEL_COMPONENT}={}",
+            bctx.name,
+            component.as_str()
+        );
+        let mut ev = Evidence::new(creator.clone());
+        ev.pods = match pods {
+            Some(p) => p,
+            None => {
+                let lp = ListParams::default()
+                    .labels(&labels)
+                    .limit(MAX_EVIDENCE_PODS);
+                list_or_warn(&Api::namespaced(ctx.client.clone(), ns), &lp, "pods").await
+            }
+        };
+        // A Deployment's ReplicaSets are `<deployment>-<hash>`, which no
+        // field selector matches: all ReplicaSet failures, filtered by name.
+        let fields = match &creator {
+            Creator::Named { kind, name } => {
+                format!("involvedObject.kind={kind},involvedObject.name={name},reason=FailedCreate")
+            }
+            Creator::ReplicaSetsOf(_) => {
+                "involvedObject.kind=ReplicaSet,reason=FailedCreate".into()
+            }
+        };
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(ctx.client.clone(), ns);
+        let lp = ListParams::default()
+            .fields(&fields)
+            .limit(MAX_EVIDENCE_EVENTS);
+        ev.events = list_or_warn(&events, &lp, "events").await;
+        if component == Component::SeedPeer {
+            let lp = ListParams::default()
+                .labels(&labels)
+                .limit(MAX_EVIDENCE_CLAIMS);
+            ev.claims = list_or_warn(&Api::namespaced(ctx.client.clone(), ns), &lp, "claims").await;
+            let mut pending: Vec<String> = ev
+                .claims
+                .iter()
+                .filter(|c| seed_storage::any_pending(std::slice::from_ref(*c)))
+                .filter_map(|c| c.metadata.name.clone())
+                .collect();
+            pending.sort();
+            for claim in pending.into_iter().take(MAX_CLAIMS_EXPLAINED) {
+                let lp = ListParams::default()
+                    .fields(&format!(
+                        "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={claim}"
+                    ))
+                    .limit(MAX_EVIDENCE_EVENTS);
+                ev.events
+                    .extend(list_or_warn(&events, &lp, "claim events").await);
+            }
+        }
+        ev
+    }
+    .instrument(span)
+    .await
+}
+
+/// A list for explaining, or nothing (logged) when it fails.
+async fn list_or_warn<K>(api: &Api<K>, lp: &ListParams, what: &str) -> Vec<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.list(lp).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            warn!(%e, what, "cannot list; the cause stays unnamed");
+            Vec::new()
+        }
+    }
+}
+
+/// Bound on the StorageClasses and PersistentVolumes one check reads.
+const MAX_STORAGE_CLASSES: u32 = 200;
+const MAX_VOLUMES: u32 = 500;
+
+/// Where the seed peers keep their cache (`seed_storage`). Reads the
+/// cluster's storage only while that can change the answer: no
+/// StatefulSet yet, one on an emptyDir, or one whose claims are Pending.
+async fn seed_storage(
+    ctx: &Context,
+    bctx: &build::Ctx<'_>,
+    existing: &Existing,
+) -> seed_storage::Decision {
+    let spec = &bctx.dfc.spec.seed_peer;
+    let sts: Option<StatefulSet> =
+        existing.typed("StatefulSet", &bctx.object_name(Component::SeedPeer));
+    let current = sts.as_ref().map(seed_storage::current);
+    if !spec.enabled {
+        return seed_storage::decide(current, false, None);
+    }
+    let mut pending = false;
+    if current == Some(SeedStorage::Claims) {
+        let ready = sts
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        if ready >= spec.replicas {
+            return seed_storage::decide(current, false, None);
+        }
+        let lp = ListParams::default()
+            .labels(&format!(
+                "{LABEL_INSTANCE}={},{LABEL_COMPONENT}={}",
+                bctx.name,
+                Component::SeedPeer.as_str()
+            ))
+            .limit(MAX_EVIDENCE_CLAIMS);
+        let claims: Vec<PersistentVolumeClaim> = list_or_warn(
+            &Api::namespaced(ctx.client.clone(), &bctx.namespace),
+            &lp,
+            "seed peer claims",
+        )
+        .await;
+        pending = seed_storage::any_pending(&claims);
+        if !pending {
+            return seed_storage::decide(current, false, None);
+        }
+    }
+    let check = match storage_check(ctx, &spec.storage, spec.replicas).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!(error = %e, "cannot tell whether seed peer claims can bind; keeping their storage as it is");
+            None
+        }
+    };
+    seed_storage::decide(current, pending, check.as_ref())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StorageCheckError {
+    #[error("cannot list StorageClasses: {0}")]
+    Classes(#[source] kube::Error),
+    #[error("cannot list PersistentVolumes: {0}")]
+    Volumes(#[source] kube::Error),
+    #[error("more than {MAX_VOLUMES} PersistentVolumes; not read further")]
+    TooManyVolumes,
+}
+
+/// Whether the seed peers' claims can bind: the StorageClasses first, the
+/// PersistentVolumes only when no class settles it.
+async fn storage_check(
+    ctx: &Context,
+    storage: &crate::crd::StorageSpec,
+    replicas: i32,
+) -> Result<Result<(), String>, StorageCheckError> {
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    let classes = classes
+        .list(&ListParams::default().limit(MAX_STORAGE_CLASSES))
+        .await
+        .map_err(StorageCheckError::Classes)?
+        .items;
+    if seed_storage::class_available(storage, &classes) {
+        return Ok(Ok(()));
+    }
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let list = volumes
+        .list(&ListParams::default().limit(MAX_VOLUMES))
+        .await
+        .map_err(StorageCheckError::Volumes)?;
+    let verdict = seed_storage::claims_can_bind(storage, replicas, &classes, &list.items);
+    // A partial list proves nothing missing: only a complete one may make
+    // the cache ephemeral.
+    if verdict.is_err()
+        && list
+            .metadata
+            .continue_
+            .as_deref()
+            .is_some_and(|c| !c.is_empty())
+    {
+        return Err(StorageCheckError::TooManyVolumes);
+    }
+    Ok(verdict)
+}
+
+/// `volumeClaimTemplates` are immutable: the seed peers' StatefulSet is
+/// deleted (its pods and, by its retention policy, its claims with it)
+/// and the apply that follows creates it with the new storage.
+async fn replace_seed_peers(
+    ctx: &Context,
+    bctx: &build::Ctx<'_>,
+    existing: &mut Existing,
+    storage: &seed_storage::Decision,
+) -> Result<(), Error> {
+    let name = bctx.object_name(Component::SeedPeer);
+    let ar = ApiResource::erase::<StatefulSet>(&());
+    apply::delete(&ctx.client, &bctx.namespace, &ar, &name).await?;
+    existing.objects.remove(&(ar.kind.clone(), name.clone()));
+    let note = match storage.storage {
+        SeedStorage::Claims => format!(
+            "StatefulSet {name} recreated with a PersistentVolumeClaim per seed peer: storage for them now exists"
+        ),
+        SeedStorage::Ephemeral => format!(
+            "StatefulSet {name} recreated with an emptyDir cache: its claims cannot bind"
+        ),
+    };
+    info!(%note, "replacing the seed peers' StatefulSet");
+    let related = ObjectReference {
+        api_version: Some(ar.api_version.clone()),
+        kind: Some(ar.kind.clone()),
+        name: Some(name),
+        namespace: Some(bctx.namespace.clone()),
+        ..ObjectReference::default()
+    };
+    publish_about(
+        ctx,
+        bctx.dfc,
+        EventType::Normal,
+        "SeedStorageChanged",
+        "Reconciling",
+        Some(note),
+        Some(related),
+    )
+    .await;
+    Ok(())
+}
+
+/// A Warning when the seed peers' StatefulSet was just created on an
+/// emptyDir: the condition keeps saying it, the event says it once.
+async fn warn_on_ephemeral_seed_cache(
+    ctx: &Context,
+    bctx: &build::Ctx<'_>,
+    changes: &[Change],
+    storage: &seed_storage::Decision,
+) {
+    let name = bctx.object_name(Component::SeedPeer);
+    let created = changes
+        .iter()
+        .any(|c| c.kind == "StatefulSet" && c.name == name && c.verb == Verb::Created);
+    if let (true, Some(why)) = (created, &storage.why) {
+        publish(
+            ctx,
+            bctx.dfc,
+            EventType::Warning,
+            "EphemeralSeedCache",
+            "Reconciling",
+            Some(why.clone()),
+        )
+        .await;
+    }
 }
 
 /// Nodes whose files are in place but whose latest pull of a mirrored image

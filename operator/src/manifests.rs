@@ -280,8 +280,17 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         // Read node reports; `get`/`patch` also let it grant dfdaemon's Role (no escalation).
         rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
-        // kubelet's Pulled events: pulls that went around the mirror.
+        // kubelet's Pulled events: pulls that went around the mirror; and
+        // FailedCreate and claim events, which say why a component is not ready.
         rule(&[""], &["events"], &["list"]),
+        // A seed peer that is not ready: its claims. Whether claims can bind
+        // at all (else seed peers cache in an emptyDir): classes and volumes.
+        rule(
+            &[""],
+            &["persistentvolumeclaims", "persistentvolumes"],
+            &["list"],
+        ),
+        rule(&["storage.k8s.io"], &["storageclasses"], &["list"]),
         // Cleanup: a terminating namespace cannot get the cleanup DaemonSet.
         rule(&[""], &["namespaces"], &["get"]),
         // The issuer: which pod and node a member's token belongs to.

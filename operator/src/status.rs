@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::availability::{self, Workload};
+use crate::causes::{self, Evidence};
 use crate::crd::{ComponentStatus, DragonflyClusterSpec, DragonflyClusterStatus, NodeProblem};
 use crate::nodes::NodeState;
 use crate::validate::SpecProblem;
@@ -32,6 +33,13 @@ pub struct Observed {
     pub dfdaemon: Option<DaemonSet>,
     /// One entry per dfdaemon pod that has a node.
     pub nodes: Vec<(String, NodeState)>,
+    /// What the cluster says about a component that is not ready, gathered
+    /// only then (see [`unready`]); `None` otherwise.
+    pub scheduler_evidence: Option<Evidence>,
+    pub seed_peer_evidence: Option<Evidence>,
+    pub dfdaemon_evidence: Option<Evidence>,
+    /// Why the seed peers keep their cache in an emptyDir, when they do.
+    pub seed_cache_ephemeral: Option<String>,
 }
 
 struct Cond {
@@ -39,6 +47,44 @@ struct Cond {
     ok: bool,
     reason: String,
     message: String,
+    /// The reason came from what the cluster says (`causes`).
+    caused: bool,
+}
+
+/// Which components are not ready, so the controller gathers evidence
+/// about those only: a ready cluster costs no extra API call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unready {
+    pub scheduler: bool,
+    pub seed_peer: bool,
+    pub dfdaemon: bool,
+}
+
+pub fn unready(spec: &DragonflyClusterSpec, observed: &Observed) -> Unready {
+    let (_, sched, _) = deployment_state(spec.scheduler.replicas, observed.scheduler.as_ref());
+    let seed = spec.seed_peer.enabled
+        && !statefulset_state(spec.seed_peer.replicas, observed.seed_peer.as_ref())
+            .1
+            .ok;
+    let (_, daemon, _) = daemonset_state(observed.dfdaemon.as_ref());
+    Unready {
+        scheduler: !sched.ok,
+        seed_peer: seed,
+        dfdaemon: !daemon.ok,
+    }
+}
+
+/// A component condition that is not ok takes the cause's reason and adds
+/// its line to the message; with no cause found it stays as it was.
+fn explain(cond: &mut Cond, evidence: Option<&Evidence>, want: i32) {
+    if cond.ok {
+        return;
+    }
+    if let Some(c) = evidence.and_then(|e| causes::find(e, want)) {
+        cond.reason = c.reason.into();
+        cond.message = format!("{}: {}", cond.message, c.message);
+        cond.caused = true;
+    }
 }
 
 pub fn derive(
@@ -54,13 +100,29 @@ pub fn derive(
         ..DragonflyClusterStatus::default()
     };
 
-    let (sched, sched_cond, sched_w) =
+    let (sched, mut sched_cond, sched_w) =
         deployment_state(spec.scheduler.replicas, observed.scheduler.as_ref());
+    explain(
+        &mut sched_cond,
+        observed.scheduler_evidence.as_ref(),
+        spec.scheduler.replicas,
+    );
     status.scheduler = Some(sched);
 
     let (seed_cond, seed_w) = if spec.seed_peer.enabled {
-        let (seed, cond, w) =
+        let (seed, mut cond, w) =
             statefulset_state(spec.seed_peer.replicas, observed.seed_peer.as_ref());
+        explain(
+            &mut cond,
+            observed.seed_peer_evidence.as_ref(),
+            spec.seed_peer.replicas,
+        );
+        if let Some(why) = &observed.seed_cache_ephemeral {
+            if cond.ok {
+                cond.reason = "EphemeralCache".into();
+            }
+            cond.message = clip(&format!("{}; {why}", cond.message));
+        }
         status.seed_peer = Some(seed);
         (cond, Some(w))
     } else {
@@ -69,11 +131,17 @@ pub fn derive(
             ok: true,
             reason: "Disabled".into(),
             message: "seed peers are disabled; regular nodes fetch from the origin".into(),
+            caused: false,
         };
         (cond, None)
     };
 
-    let (daemons, daemon_cond, daemon_w) = daemonset_state(observed.dfdaemon.as_ref());
+    let (daemons, mut daemon_cond, daemon_w) = daemonset_state(observed.dfdaemon.as_ref());
+    explain(
+        &mut daemon_cond,
+        observed.dfdaemon_evidence.as_ref(),
+        daemon_w.want,
+    );
     status.dfdaemon = Some(daemons);
 
     let nodes_cond = nodes_state(&observed.nodes, &mut status);
@@ -95,40 +163,60 @@ pub fn derive(
         ok: v.holds,
         reason: v.reason.into(),
         message: v.message,
+        caused: false,
     });
 
     // Ready summarises Available: the cluster serves. Every component
-    // condition beside it still says what is short.
+    // condition beside it still says what is short, and why when the
+    // cluster says (the first cause is Ready's reason: `kubectl get dfc`
+    // shows it).
     let serving = [&sched_cond, &seed_cond, &daemon_cond];
     let not_ready: Vec<&&Cond> = serving.iter().filter(|c| !c.ok).collect();
+    let first_cause = not_ready.iter().find(|c| c.caused);
     let ready_cond = match (available.ok, not_ready.first()) {
         (true, None) => Cond {
             type_: READY,
             ok: true,
             reason: "AllComponentsReady".into(),
             message: "schedulers, seed peers and dfdaemons are ready".into(),
+            caused: false,
         },
-        (true, Some(_)) => Cond {
-            type_: READY,
-            ok: true,
-            reason: "Available".into(),
-            message: available.message.clone(),
-        },
+        (true, Some(_)) => {
+            let mut message = available.message.clone();
+            for c in not_ready.iter().filter(|c| c.caused) {
+                message.push_str("; ");
+                message.push_str(&c.message);
+            }
+            Cond {
+                type_: READY,
+                ok: true,
+                reason: "Available".into(),
+                message: clip(&message),
+                caused: false,
+            }
+        }
         (false, None) => Cond {
             type_: READY,
             ok: false,
             reason: available.reason.clone(),
             message: available.message.clone(),
+            caused: false,
         },
         (false, Some(first)) => Cond {
             type_: READY,
             ok: false,
-            reason: format!("{}False", first.type_),
-            message: not_ready
-                .iter()
-                .map(|c| c.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
+            reason: match first_cause {
+                Some(c) => c.reason.clone(),
+                None => format!("{}False", first.type_),
+            },
+            message: clip(
+                &not_ready
+                    .iter()
+                    .map(|c| c.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            caused: first_cause.is_some(),
         },
     };
 
@@ -182,6 +270,7 @@ pub fn blocked(
             ok: false,
             reason: reason.into(),
             message,
+            caused: false,
         },
         generation,
         now,
@@ -215,6 +304,7 @@ pub fn apply_failed(
             ok: false,
             reason: "ApplyFailed".into(),
             message: clip(&message),
+            caused: false,
         },
         generation,
         now,
@@ -290,6 +380,7 @@ fn replica_cond(
             ok,
             reason: reason.into(),
             message,
+            caused: false,
         },
         Workload {
             what,
@@ -345,6 +436,7 @@ fn daemonset_state(ds: Option<&DaemonSet>) -> (ComponentStatus, Cond, Workload) 
             ok,
             reason: reason.into(),
             message,
+            caused: false,
         },
         Workload {
             what: "dfdaemon",
@@ -409,6 +501,7 @@ fn nodes_state(nodes: &[(String, NodeState)], status: &mut DragonflyClusterStatu
                 problems.len(),
                 sample.join("; ")
             ),
+            caused: false,
         }
     } else if nodes.is_empty() {
         Cond {
@@ -416,6 +509,7 @@ fn nodes_state(nodes: &[(String, NodeState)], status: &mut DragonflyClusterStatu
             ok: false,
             reason: "NoNodes".into(),
             message: "no dfdaemon is running yet".into(),
+            caused: false,
         }
     } else if pending > 0 {
         Cond {
@@ -426,6 +520,7 @@ fn nodes_state(nodes: &[(String, NodeState)], status: &mut DragonflyClusterStatu
                 "{configured}/{} nodes reported their mirror configuration",
                 nodes.len()
             ),
+            caused: false,
         }
     } else {
         Cond {
@@ -433,6 +528,7 @@ fn nodes_state(nodes: &[(String, NodeState)], status: &mut DragonflyClusterStatu
             ok: true,
             reason: "AllNodesConfigured".into(),
             message: nodes_in_use_message(configured, &not_yet_used),
+            caused: false,
         }
     };
     problems.truncate(MAX_NODE_PROBLEMS);
@@ -533,6 +629,7 @@ mod tests {
                 ("a".into(), NodeState::Configured),
                 ("b".into(), NodeState::Configured),
             ],
+            ..Observed::default()
         }
     }
 
@@ -729,5 +826,177 @@ mod tests {
         assert_eq!(c.last_transition_time, t(20));
         // The component conditions still describe the workloads.
         assert_eq!(cond(&st, SCHEDULER_READY).status, "True");
+    }
+
+    /// A dfdaemon pod whose image tag does not exist, as kubelet reports it.
+    fn pulling_pod(name: &str, node: &str) -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "dfdaemon", "image": "dragonfly:nope"}]},
+            "status": {"containerStatuses": [{
+                "name": "dfdaemon", "image": "dragonfly:nope", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"dragonfly:nope\": ErrImagePull: dragonfly:nope: not found"}}}]}
+        }))
+        .expect("pod fixture")
+    }
+
+    fn daemons_unready(obs: &mut Observed, ready: i32) {
+        if let Some(ds) = obs.dfdaemon.as_mut().and_then(|d| d.status.as_mut()) {
+            ds.number_ready = ready;
+        }
+    }
+
+    fn dfdaemon_evidence(pods: Vec<k8s_openapi::api::core::v1::Pod>) -> Evidence {
+        Evidence {
+            pods,
+            ..Evidence::new(causes::Creator::Named {
+                kind: "DaemonSet",
+                name: "dragonfly-dfdaemon".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_cause_is_the_component_reason_and_readys() {
+        let mut obs = healthy();
+        daemons_unready(&mut obs, 0);
+        obs.dfdaemon_evidence = Some(dfdaemon_evidence(vec![
+            pulling_pod("dragonfly-dfdaemon-a", "n1"),
+            pulling_pod("dragonfly-dfdaemon-b", "n2"),
+        ]));
+        let s = derive(&DragonflyClusterSpec::default(), Some(1), &obs, None, &t(1));
+        let daemons = cond(&s, DAEMONS_READY);
+        assert_eq!(
+            (daemons.status.as_str(), daemons.reason.as_str()),
+            ("False", "ImagePullBackOff")
+        );
+        assert_eq!(
+            daemons.message,
+            "0/2 dfdaemons ready: pod dragonfly-dfdaemon-a on node n1 and 1 more: cannot pull image \"dragonfly:nope\": \
+             dragonfly:nope: not found"
+        );
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ImagePullBackOff")
+        );
+        assert!(
+            ready.message.contains("cannot pull image"),
+            "{}",
+            ready.message
+        );
+        // Available keeps its own reasons.
+        assert_eq!(cond(&s, AVAILABLE).reason, "DaemonsUnavailable");
+        // The same world gives the same status: no write on the next pass.
+        let again = derive(
+            &DragonflyClusterSpec::default(),
+            Some(1),
+            &obs,
+            Some(&s),
+            &t(2),
+        );
+        assert_eq!(s, again);
+    }
+
+    #[test]
+    fn the_first_component_with_a_cause_names_readys_reason() {
+        let mut obs = healthy();
+        // The scheduler is short with nothing said; the dfdaemons have a cause.
+        if let Some(st) = obs.scheduler.as_mut().and_then(|d| d.status.as_mut()) {
+            st.ready_replicas = Some(0);
+        }
+        obs.scheduler_evidence = Some(Evidence::new(causes::Creator::ReplicaSetsOf(
+            "dragonfly-scheduler".into(),
+        )));
+        daemons_unready(&mut obs, 0);
+        obs.dfdaemon_evidence = Some(dfdaemon_evidence(vec![pulling_pod("d", "n1")]));
+        let s = derive(&DragonflyClusterSpec::default(), Some(1), &obs, None, &t(1));
+        assert_eq!(cond(&s, SCHEDULER_READY).reason, "ReplicasNotReady");
+        assert_eq!(cond(&s, READY).reason, "ImagePullBackOff");
+        assert!(
+            cond(&s, READY)
+                .message
+                .starts_with("0/3 scheduler replicas ready; 0/2 dfdaemons ready: pod d"),
+            "{}",
+            cond(&s, READY).message
+        );
+    }
+
+    #[test]
+    fn no_cause_found_keeps_the_counts_reason() {
+        let mut obs = healthy();
+        if let Some(st) = obs.seed_peer.as_mut().and_then(|d| d.status.as_mut()) {
+            st.ready_replicas = Some(0);
+        }
+        obs.seed_peer_evidence = Some(Evidence::new(causes::Creator::Named {
+            kind: "StatefulSet",
+            name: "dragonfly-seed-peer".into(),
+        }));
+        let s = derive(&DragonflyClusterSpec::default(), Some(1), &obs, None, &t(1));
+        let seeds = cond(&s, SEED_PEERS_READY);
+        assert_eq!(
+            (seeds.reason.as_str(), seeds.message.as_str()),
+            ("ReplicasNotReady", "0/2 seed peer replicas ready")
+        );
+        assert_eq!(cond(&s, READY).reason, "SeedPeersReadyFalse");
+    }
+
+    #[test]
+    fn a_tolerated_cause_shows_in_readys_message_not_its_reason() {
+        let mut obs = healthy();
+        if let Some(ds) = obs.dfdaemon.as_mut().and_then(|d| d.status.as_mut()) {
+            ds.desired_number_scheduled = 40;
+            ds.updated_number_scheduled = Some(40);
+            ds.number_ready = 39;
+        }
+        obs.dfdaemon_evidence = Some(dfdaemon_evidence(vec![pulling_pod("d", "n7")]));
+        let s = derive(&DragonflyClusterSpec::default(), Some(1), &obs, None, &t(1));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Available")
+        );
+        assert!(
+            ready.message.contains("pod d on node n7"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
+    fn only_unready_components_are_explained() {
+        let spec = DragonflyClusterSpec::default();
+        assert_eq!(unready(&spec, &healthy()), Unready::default());
+        let mut obs = healthy();
+        daemons_unready(&mut obs, 1);
+        assert_eq!(
+            unready(&spec, &obs),
+            Unready {
+                dfdaemon: true,
+                ..Unready::default()
+            }
+        );
+        let none = unready(&spec, &Observed::default());
+        assert!(none.scheduler && none.seed_peer && none.dfdaemon);
+        let mut off = DragonflyClusterSpec::default();
+        off.seed_peer.enabled = false;
+        assert!(!unready(&off, &Observed::default()).seed_peer);
+    }
+
+    #[test]
+    fn an_ephemeral_seed_cache_is_said_while_ready() {
+        let mut obs = healthy();
+        obs.seed_cache_ephemeral = Some("seed peers cache in an emptyDir: no StorageClass".into());
+        let s = derive(&DragonflyClusterSpec::default(), Some(1), &obs, None, &t(1));
+        let seeds = cond(&s, SEED_PEERS_READY);
+        assert_eq!(
+            (seeds.status.as_str(), seeds.reason.as_str()),
+            ("True", "EphemeralCache")
+        );
+        assert_eq!(
+            seeds.message,
+            "2/2 seed peer replicas ready; seed peers cache in an emptyDir: no StorageClass"
+        );
+        assert_eq!(cond(&s, READY).status, "True");
     }
 }

@@ -28,6 +28,7 @@ use crate::crd::{DefaultImage, DragonflyCluster};
 
 pub use cleanup::cleanup_daemonset;
 pub use dfdaemon::DFDAEMON_CONFIG_MOUNT;
+pub use seed_peer::SeedStorage;
 pub use tls::{ca_configmap_name, TlsPlan, TLS_DIR};
 
 pub const MANAGER: &str = "dragonfly-operator";
@@ -89,6 +90,8 @@ pub struct Ctx<'a> {
     /// operator read it; part of the pods' config hash, so new content
     /// rolls them.
     ca_bundle_digests: BTreeMap<String, String>,
+    /// Where the seed peers' cache lives.
+    seed_storage: SeedStorage,
 }
 
 impl<'a> Ctx<'a> {
@@ -108,12 +111,19 @@ impl<'a> Ctx<'a> {
             tls: None,
             operator_namespace: None,
             ca_bundle_digests: BTreeMap::new(),
+            seed_storage: SeedStorage::default(),
         })
     }
 
     /// The namespace of the operator's pods.
     pub fn with_operator_namespace(mut self, namespace: Option<String>) -> Self {
         self.operator_namespace = namespace;
+        self
+    }
+
+    /// Where the seed peers keep their cache (see `crate::seed_storage`).
+    pub fn with_seed_storage(mut self, storage: SeedStorage) -> Self {
+        self.seed_storage = storage;
         self
     }
 

@@ -7,8 +7,9 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
-    PodTemplateSpec, Service, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -23,6 +24,16 @@ use super::{env_from_field, http_probe, linux_node_selector, Component, Ctx, CON
 const C: Component = Component::SeedPeer;
 pub const DATA_MOUNT: &str = "/var/lib/dragonfly";
 const CONFIG_DIR: &str = "/etc/dragonfly";
+
+/// Where the seed peers' cache lives (`crate::seed_storage` decides).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SeedStorage {
+    /// A PersistentVolumeClaim per seed peer (`spec.seedPeer.storage`).
+    #[default]
+    Claims,
+    /// An emptyDir, where claims could never bind.
+    Ephemeral,
+}
 
 pub fn statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
     let mut set = plain_statefulset(ctx, config_hash);
@@ -100,25 +111,34 @@ fn plain_statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
         ..Container::default()
     };
 
-    let pvc = PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some("data".into()),
-            labels: Some(ctx.selector(C)),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: s.storage.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(s.storage.size.clone()),
-                )])),
-                ..VolumeResourceRequirements::default()
-            }),
-            ..PersistentVolumeClaimSpec::default()
+    let config_volume = Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: ctx.object_name(C),
+            ..ConfigMapVolumeSource::default()
         }),
-        ..PersistentVolumeClaim::default()
+        ..Volume::default()
+    };
+    let (claims, volumes) = match ctx.seed_storage {
+        SeedStorage::Claims => (Some(vec![data_claim(ctx)]), vec![config_volume]),
+        // Limited to the volume size the spec asks for, not to cacheSize:
+        // the quota counts cached pieces only, kubelet counts every file in
+        // the volume and evicts the pod past the limit; storage.size is the
+        // headroom the spec already gives the cache on a claim.
+        SeedStorage::Ephemeral => (
+            None,
+            vec![
+                Volume {
+                    name: "data".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity(s.storage.size.clone())),
+                        ..EmptyDirVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                config_volume,
+            ],
+        ),
     };
 
     StatefulSet {
@@ -139,7 +159,7 @@ fn plain_statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
                     when_scaled: Some("Delete".into()),
                 },
             ),
-            volume_claim_templates: Some(vec![pvc]),
+            volume_claim_templates: claims,
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(ctx.labels(C)),
@@ -160,20 +180,38 @@ fn plain_statefulset(ctx: &Ctx, config_hash: &str) -> StatefulSet {
                     termination_grace_period_seconds: Some(30),
                     // A fixed non-root user; fsGroup makes the data volume its.
                     security_context: Some(non_root_pod()),
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: ctx.object_name(C),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
+    }
+}
+
+/// The claim template: one volume per seed peer.
+fn data_claim(ctx: &Ctx) -> PersistentVolumeClaim {
+    let s = &ctx.dfc.spec.seed_peer;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            labels: Some(ctx.selector(C)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: s.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(s.storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
     }
 }
 

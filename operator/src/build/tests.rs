@@ -1112,3 +1112,38 @@ fn pod_settings_reach_every_component_and_operator_keys_win() {
     let v = serde_json::to_value(&dep.object).expect("json");
     assert!(v["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_object());
 }
+
+#[test]
+fn seed_peers_without_storage_cache_in_a_bounded_emptydir() {
+    let dfc = fixture("default");
+    let ctx = ctx_of(&dfc).with_seed_storage(SeedStorage::Ephemeral);
+    let objects = desired_objects(&ctx).expect("build");
+    let specs = pod_specs(&objects);
+    let (_, pod, claims) = specs
+        .iter()
+        .find(|(id, _, _)| id.starts_with("StatefulSet/"))
+        .expect("the seed peers");
+    assert!(claims.is_empty(), "no claim template: {claims:?}");
+    let data = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "data")
+        .and_then(|v| v.empty_dir.as_ref())
+        .expect("data is an emptyDir");
+    // The volume size the spec asks for (above cacheSize, as for a claim).
+    assert_eq!(
+        data.size_limit.as_ref().map(|q| q.0.as_str()),
+        Some(dfc.spec.seed_peer.storage.size.as_str())
+    );
+    let mounted = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == "data" && m.mount_path == seed_peer::DATA_MOUNT);
+    assert!(mounted);
+    // Everything else is what the claims variant builds.
+    let with_claims = desired_objects(&ctx_of(&dfc)).expect("build");
+    let names = |o: &[Desired]| o.iter().map(|d| d.name()).collect::<Vec<_>>();
+    assert_eq!(names(&objects), names(&with_claims));
+}

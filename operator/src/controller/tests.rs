@@ -66,6 +66,26 @@ fn apps(kind: &str, name: &str) -> String {
 /// A fake cluster holding `dfc`, with a client and context on it; returns
 /// the cluster as stored (with its resourceVersion), as a watch would deliver it.
 fn setup(dfc: &DragonflyCluster, now: i64) -> (FakeApi, Arc<Context>, DragonflyCluster) {
+    let (fake, ctx, dfc) = setup_without_storage(dfc, now);
+    fake.insert(STANDARD_CLASS, default_storage_class());
+    (fake, ctx, dfc)
+}
+
+const STANDARD_CLASS: &str = "/apis/storage.k8s.io/v1/storageclasses/standard";
+
+/// The cluster's default StorageClass, as most clusters have one.
+fn default_storage_class() -> Value {
+    json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+           "metadata": {"name": "standard",
+                        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+           "provisioner": "rancher.io/local-path"})
+}
+
+/// Like `setup`, on a cluster with no StorageClass at all.
+fn setup_without_storage(
+    dfc: &DragonflyCluster,
+    now: i64,
+) -> (FakeApi, Arc<Context>, DragonflyCluster) {
     let (client, fake) = FakeApi::start();
     fake.insert(NS_PATH, namespace("Active"));
     fake.insert(DFC_PATH, serde_json::to_value(dfc).expect("json"));
@@ -319,6 +339,22 @@ async fn ready_workloads_and_node_reports_make_ready() {
         fake.mutations(),
         ["PATCH dragonflyclusters/dragonfly/status"]
     );
+    // A ready cluster is not explained: no claim, StorageClass or
+    // namespaced event is read.
+    let reads: Vec<String> = fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "GET")
+        .filter(|c| {
+            c.path.contains("persistentvolume")
+                || c.path.contains("storageclasses")
+                || c.path.ends_with(&format!("/namespaces/{NS}/events"))
+                || (c.path.ends_with(&format!("/namespaces/{NS}/pods"))
+                    && !c.query.contains("dfdaemon"))
+        })
+        .map(|c| format!("{} {}", c.short(), c.query))
+        .collect();
+    assert_eq!(reads, Vec::<String>::new());
     assert_eq!(fake.event_reasons(), ["Ready"]);
     let dfc = stored(&fake);
     assert_eq!(condition(&dfc, READY).0, "True");
@@ -815,4 +851,181 @@ async fn the_node_agent_policy_lists_the_cluster_while_it_exists() {
         cm["data"].get("dragonfly-system.dragonfly").is_none(),
         "{cm}"
     );
+}
+
+/// A dfdaemon pod kubelet cannot start: its image tag does not exist.
+fn pulling_dfdaemon_pod(name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": NS,
+                        "labels": {"app.kubernetes.io/instance": "dragonfly", "app.kubernetes.io/component": "dfdaemon"}},
+           "spec": {"nodeName": node, "containers": [{"name": "dfdaemon", "image": "dragonfly-p2p/dragonfly:nope",
+                    "env": [{"name": "SECRET", "value": "do-not-copy-me"}]}]},
+           "status": {"phase": "Pending",
+                      "conditions": [{"type": "Ready", "status": "False"}],
+                      "containerStatuses": [{"name": "dfdaemon", "image": "dragonfly-p2p/dragonfly:nope", "imageID": "",
+                          "ready": false, "restartCount": 0,
+                          "state": {"waiting": {"reason": "ErrImagePull",
+                              "message": "failed to pull and unpack image \"docker.io/dragonfly-p2p/dragonfly:nope\": not found"}}}]}})
+}
+
+#[tokio::test]
+async fn an_image_pull_failure_is_the_reason_kubectl_get_shows() {
+    let (fake, ctx, dfc) = created().await;
+    fake.set_status(
+        &apps("daemonsets", "dragonfly-dfdaemon"),
+        json!({"observedGeneration": 1, "desiredNumberScheduled": 2, "numberReady": 0, "updatedNumberScheduled": 2,
+               "currentNumberScheduled": 2, "numberMisscheduled": 0}),
+    );
+    fake.insert(
+        &core("pods", "dragonfly-dfdaemon-a"),
+        pulling_dfdaemon_pod("dragonfly-dfdaemon-a", "node-a"),
+    );
+    fake.insert(
+        &core("pods", "dragonfly-dfdaemon-b"),
+        pulling_dfdaemon_pod("dragonfly-dfdaemon-b", "node-b"),
+    );
+    run(&dfc, &ctx).await.expect("reconcile");
+    let dfc = stored(&fake);
+    let (st, reason, message) = condition(&dfc, status::DAEMONS_READY);
+    assert_eq!(
+        (st.as_str(), reason.as_str()),
+        ("False", "ImagePullBackOff")
+    );
+    assert!(
+        message.starts_with(
+            "0/2 dfdaemons ready: pod dragonfly-dfdaemon-a on node node-a and 1 more: cannot pull image \"dragonfly-p2p/dragonfly:nope\""
+        ),
+        "{message}"
+    );
+    // The REASON column (Ready's reason) names it too, though the
+    // scheduler, first in line, has nothing to say yet.
+    assert_eq!(condition(&dfc, READY).1, "ImagePullBackOff");
+    let whole = serde_json::to_string(&dfc.status).expect("json");
+    assert!(!whole.contains("do-not-copy-me"));
+    // The DaemonSet's FailedCreate events were asked for by field selector.
+    assert!(fake
+        .calls()
+        .iter()
+        .any(|c| c.path.ends_with(&format!("/namespaces/{NS}/events"))
+            && c.query.contains("FailedCreate")));
+}
+
+#[tokio::test]
+async fn a_pod_security_rejection_names_the_daemonset() {
+    let (fake, ctx, dfc) = created().await;
+    fake.set_status(
+        &apps("daemonsets", "dragonfly-dfdaemon"),
+        json!({"observedGeneration": 1, "desiredNumberScheduled": 3, "numberReady": 0, "updatedNumberScheduled": 0,
+               "currentNumberScheduled": 0, "numberMisscheduled": 0}),
+    );
+    fake.insert(
+        &format!("/api/v1/namespaces/{NS}/events/dragonfly-dfdaemon.1"),
+        json!({"apiVersion": "v1", "kind": "Event",
+               "metadata": {"name": "dragonfly-dfdaemon.1", "namespace": NS},
+               "involvedObject": {"kind": "DaemonSet", "name": "dragonfly-dfdaemon", "namespace": NS},
+               "reason": "FailedCreate", "type": "Warning",
+               "message": "Error creating: pods \"dragonfly-dfdaemon-x\" is forbidden: violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true)"}),
+    );
+    run(&dfc, &ctx).await.expect("reconcile");
+    let (_, reason, message) = condition(&stored(&fake), status::DAEMONS_READY);
+    assert_eq!(reason, "FailedCreate");
+    assert!(
+        message.contains("DaemonSet dragonfly-dfdaemon cannot create pods: pods \"dragonfly-dfdaemon-x\" is forbidden: violates PodSecurity"),
+        "{message}"
+    );
+}
+
+fn statefulset_of(fake: &FakeApi) -> Value {
+    fake.object(&apps("statefulsets", "dragonfly-seed-peer"))
+        .expect("StatefulSet stored")
+}
+
+#[tokio::test]
+async fn without_storage_seed_peers_cache_in_an_emptydir_and_say_so() {
+    let (fake, ctx, dfc) = setup_without_storage(&fixture("default"), 1000);
+    run(&dfc, &ctx).await.expect("reconcile");
+    let sts = statefulset_of(&fake);
+    assert_eq!(sts["spec"].get("volumeClaimTemplates"), None);
+    let data = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "data").cloned())
+        .expect("a data volume");
+    assert_eq!(data["emptyDir"]["sizeLimit"], "50Gi");
+    assert!(fake
+        .event_reasons()
+        .contains(&"EphemeralSeedCache".to_string()));
+    let (_, _, message) = condition(&stored(&fake), status::SEED_PEERS_READY);
+    assert!(
+        message.contains("no default StorageClass") && message.contains(seed_storage::FIELD),
+        "{message}"
+    );
+
+    // A default StorageClass appears: the set is recreated with claims.
+    let dfc = stored(&fake);
+    fake.insert(STANDARD_CLASS, default_storage_class());
+    fake.clear_calls();
+    run(&dfc, &ctx).await.expect("reconcile");
+    let writes = fake.writes();
+    let deleted = writes
+        .iter()
+        .position(|w| w == "DELETE statefulsets/dragonfly-seed-peer");
+    let applied = writes
+        .iter()
+        .position(|w| w == "PATCH statefulsets/dragonfly-seed-peer");
+    assert!(deleted.is_some() && deleted < applied, "{writes:?}");
+    assert!(statefulset_of(&fake)["spec"]["volumeClaimTemplates"].is_array());
+    assert!(fake
+        .event_reasons()
+        .contains(&"SeedStorageChanged".to_string()));
+    let (_, _, message) = condition(&stored(&fake), status::SEED_PEERS_READY);
+    assert!(!message.contains("emptyDir"), "{message}");
+}
+
+#[tokio::test]
+async fn pending_claims_with_no_storage_are_replaced_by_an_emptydir() {
+    let (fake, ctx, dfc) = created().await;
+    assert!(statefulset_of(&fake)["spec"]["volumeClaimTemplates"].is_array());
+    // The default class goes away before the claims were bound.
+    fake.remove(STANDARD_CLASS);
+    for i in 0..2 {
+        let name = format!("data-dragonfly-seed-peer-{i}");
+        fake.insert(
+            &core("persistentvolumeclaims", &name),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": name, "namespace": NS,
+                                "labels": {"app.kubernetes.io/name": "dragonfly", "app.kubernetes.io/instance": "dragonfly",
+                                           "app.kubernetes.io/component": "seed-peer"}},
+                   "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}}},
+                   "status": {"phase": "Pending"}}),
+        );
+    }
+    run(&dfc, &ctx).await.expect("reconcile");
+    let writes = fake.writes();
+    assert!(
+        writes.contains(&"DELETE statefulsets/dragonfly-seed-peer".to_string()),
+        "{writes:?}"
+    );
+    assert_eq!(
+        statefulset_of(&fake)["spec"].get("volumeClaimTemplates"),
+        None
+    );
+    let reasons = fake.event_reasons();
+    assert!(
+        reasons.contains(&"EphemeralSeedCache".to_string()),
+        "{reasons:?}"
+    );
+
+    // On an emptyDir the check runs at each reconcile; once storage
+    // exists the set goes back to claims, ready or not.
+    let dfc = stored(&fake);
+    fake.set_status(
+        &apps("statefulsets", "dragonfly-seed-peer"),
+        json!({"observedGeneration": 1, "readyReplicas": 2, "updatedReplicas": 2}),
+    );
+    fake.insert(STANDARD_CLASS, default_storage_class());
+    fake.clear_calls();
+    run(&dfc, &ctx).await.expect("reconcile");
+    assert!(fake
+        .writes()
+        .contains(&"DELETE statefulsets/dragonfly-seed-peer".to_string()));
 }
