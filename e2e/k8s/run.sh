@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The Kubernetes end-to-end suite on the local cluster: up.sh, the scenario
 # installed with `kubectl apply -f manifests/` and then with `helm install`,
-# down.sh (always). Exits non-zero on any failure; the last line is a
-# one-line summary. Needs root.
-#   MODES="manifests helm" (default) picks the install paths to run.
+# then the README's quick start as written (quickstart.sh), down.sh
+# (always). Exits non-zero on any failure; the last line is a one-line
+# summary. Needs root.
+#   MODES="manifests helm quickstart" (default) picks what to run.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
-MODES=${MODES:-manifests helm}
+MODES=${MODES:-manifests helm quickstart}
 t0=$(date +%s)
 result="FAILED (cluster did not come up)"
 summary() { echo "k8s e2e: $result; nodes=$NODES; ${times:-}; $(($(date +%s) - t0)) s in all"; }
@@ -33,7 +34,9 @@ export_line=$("$here/up.sh" | tail -1) || exit 1
 eval "$export_line"
 times=$(cat "$K8S_RUN/up-times")
 for mode in $MODES; do
-  if ! "$here/scenario.sh" "$mode"; then
+  script="$here/scenario.sh"
+  [ "$mode" = quickstart ] && script="$here/quickstart.sh"
+  if ! "$script" "$mode"; then
     result="FAILED in the $mode scenario (see above)"
     exit 1
   fi

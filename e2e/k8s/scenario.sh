@@ -665,6 +665,13 @@ done
 kc -n "$NSP" delete dfc zero-size --wait --timeout=120s >/dev/null
 note "ok: deleted without getting stuck"
 
+# --- 7a. a not-ready component says why (manifests) ------------------------
+if [ "$mode" = manifests ]; then
+  # shellcheck source=causes.sh
+  . "$here/causes.sh"
+  causes_scenario
+fi
+
 # --- 7b. a pull that went around the mirror shows up on its node ----------
 # kubelet reports a pull of a mirrored image (a Pulled event, made here as
 # kubelet writes it) that started after node 1's dfdaemon was up and after
