@@ -398,6 +398,10 @@ wait_for 120 "the operator to list its node agents for the policy" agents_listed
 agent=$(dfdaemon_pods | sed -n 1p)
 operator_pod=$(kc -n "$NSP" get lease dragonfly-operator-leader -o jsonpath='{.spec.holderIdentity}')
 annotate='{"metadata":{"annotations":{"e2e.dragonfly.dev/probe":"1"}}}'
+# The API server loads a new policy, binding and parameter through its
+# informers: a fresh install or upgrade takes effect within seconds.
+policy_holds() { case "$(as_node_agent "$agent" "$operator_pod" "$annotate")" in 2*) return 1 ;; esac; }
+wait_for 30 "the admission policy to hold the node agent" policy_holds || true
 own=$(as_node_agent "$agent" "$agent" "$annotate")
 check "the node agent may annotate its own pod ($own)" test "${own%% *}" = 200
 other=$(as_node_agent "$agent" "$operator_pod" "$annotate")
