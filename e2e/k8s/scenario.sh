@@ -103,6 +103,16 @@ check_blobs_once() { # LOGNAME FROM REGISTRY REPO TAG [AUTH]
   done <<<"$expect"
   LAST_RATIO=$(awk -v a="$total_served" -v b="$total" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')
   note "  $4:$5 registry blob bytes $total_served for $total bytes of blobs (${LAST_RATIO}x)"
+  # The share containerd fetched itself, around its mirror (from a node's
+  # address: its dfdaemon was down or refused), against what the swarm
+  # (seed peers and dfdaemons, from pod addresses) fetched.
+  local direct
+  direct=$(tail -n +"$2" "$K8S_RUN/logs/$1.log" | grep 'response completed' | grep "http.request.method=GET" |
+    grep "/v2/$4/blobs/" | grep -E 'remoteaddr="10\.99\.0\.[0-9]+:' | grep -o 'http.response.written=[0-9]*' |
+    awk -F= '{s += $2} END {print s + 0}')
+  if [ "$direct" -gt 0 ]; then
+    note "  $4:$5 of which containerd fetched $direct directly (fail-open around a node's mirror); the swarm $((total_served - direct)) ($(awk -v a="$((total_served - direct))" -v b="$total" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')x)"
+  fi
   return $ok
 }
 dfdaemon_pods() { kc -n "$NSP" get pods -l app.kubernetes.io/component=dfdaemon -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'; }
