@@ -103,7 +103,8 @@ if a != b:
 PY
 
 step "chart CRD hook"
-python3 - "$WORK/render-default.yaml" "$WORK/render-options.yaml" manifests/02-rbac.yaml <<'PY' || fail "chart CRD hook"
+render --set crds.upgradeHook=false > "$WORK/no-crd-hook.yaml" || fail "helm template (crds.upgradeHook=false)"
+python3 - "$WORK/render-default.yaml" "$WORK/render-options.yaml" manifests/02-rbac.yaml "$WORK/no-crd-hook.yaml" <<'PY' || fail "chart CRD hook"
 import sys, yaml
 docs = lambda p: [d for d in yaml.safe_load_all(open(p)) if d]
 ann = lambda d: d["metadata"].get("annotations") or {}
@@ -143,9 +144,10 @@ operator_pod = next(d for d in docs(sys.argv[1]) if d["kind"] == "Deployment")["
 if c["image"] != operator_pod["containers"][0]["image"] or c["securityContext"] != operator_pod["containers"][0]["securityContext"] \
         or pod["securityContext"] != operator_pod["securityContext"]:
     sys.exit("hook Job: image or securityContext differ from the operator's")
-# crds.manage=false (options render) leaves CRDs alone: no hook.
-if any("pre-upgrade" in ann(d).get("helm.sh/hook", "") for d in docs(sys.argv[2])):
-    sys.exit("CRD hook rendered with crds.manage=false")
+# crds.manage=false (options render) leaves CRDs alone, and the value turns it off.
+for path, what in ((sys.argv[2], "crds.manage=false"), (sys.argv[4], "crds.upgradeHook=false")):
+    if any("pre-upgrade" in ann(d).get("helm.sh/hook", "") for d in docs(path)):
+        sys.exit(f"CRD hook rendered with {what}")
 PY
 
 step "chart admission policy equals manifests"
