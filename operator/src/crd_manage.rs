@@ -7,6 +7,12 @@
 //! only): a missing one is logged and left to the chart or manifests. A CRD
 //! written by a newer operator is left alone, so a replica of the previous
 //! version restarting mid-rollout cannot take fields away.
+//!
+//! `establish` is the strict variant the chart's pre-install/pre-upgrade
+//! hook runs (`dragonfly-operator crd --apply`): it creates, fails on any
+//! error and waits until every CRD is Established.
+
+pub mod establish;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
@@ -101,6 +107,19 @@ pub fn apply_body(desired: &CustomResourceDefinition, ours: &str) -> Value {
     })
 }
 
+/// Server-side applies `desired` (forced: this field manager owns every
+/// field of the CRD, whoever wrote it before); creates it when missing.
+pub async fn apply(
+    api: &Api<CustomResourceDefinition>,
+    desired: &CustomResourceDefinition,
+    name: &str,
+    ours: &str,
+) -> kube::Result<CustomResourceDefinition> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(name, &pp, &Patch::Apply(apply_body(desired, ours)))
+        .await
+}
+
 /// Brings every served CRD up to this version. Never fails the start: a
 /// CRD that cannot be read or written is logged (with what to do) and the
 /// operator runs with the one that is served.
@@ -125,18 +144,12 @@ pub async fn ensure_current(client: &Client) {
             Decision::Newer(v) => {
                 warn!(crd = %name, served = %v, ours, "CRD applied by a newer operator; leaving it");
             }
-            Decision::Apply => {
-                let pp = PatchParams::apply(FIELD_MANAGER).force();
-                match api
-                    .patch(&name, &pp, &Patch::Apply(apply_body(&desired, ours)))
-                    .await
-                {
-                    Ok(_) => info!(crd = %name, version = ours, "CRD updated"),
-                    Err(e) => {
-                        error!(crd = %name, error = %e, "cannot update the CRD; running with the served one (RBAC: patch on customresourcedefinitions by name, or run with --manage-crds=false)")
-                    }
+            Decision::Apply => match apply(&api, &desired, &name, ours).await {
+                Ok(_) => info!(crd = %name, version = ours, "CRD updated"),
+                Err(e) => {
+                    error!(crd = %name, error = %e, "cannot update the CRD; running with the served one (RBAC: patch on customresourcedefinitions by name, or run with --manage-crds=false)")
                 }
-            }
+            },
         }
     }
 }

@@ -1,8 +1,9 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use dragonfly_operator::{certs, crdgen, manifests, preheat, run, uninstall};
+use dragonfly_operator::{certs, crd_manage, crdgen, manifests, preheat, run, uninstall};
 
 #[derive(Parser)]
 #[command(
@@ -22,11 +23,23 @@ struct Cli {
 enum Command {
     /// Run the controller.
     Run(run::RunArgs),
-    /// Print the CustomResourceDefinitions as YAML.
+    /// Print the CustomResourceDefinitions as YAML, write them to files, or
+    /// apply them to the cluster.
     Crd {
         /// Write one file per CRD (`<plural>.yaml`) into this directory instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "apply")]
         out_dir: Option<PathBuf>,
+        /// Server-side apply them to the cluster instead (field manager
+        /// dragonfly-operator, forced; created where missing, left alone
+        /// where a newer operator applied them), wait until each is
+        /// Established and print one line per CRD (Helm pre-install and
+        /// pre-upgrade hook).
+        #[arg(long)]
+        apply: bool,
+        /// With --apply: fail unless every CRD is Established within this
+        /// many seconds.
+        #[arg(long, default_value_t = 60, requires = "apply")]
+        timeout_seconds: u64,
     },
     /// Write the `kubectl apply -f` install manifests into a directory.
     Manifests {
@@ -76,8 +89,21 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Crd { out_dir: None } => print!("{}", crdgen::crds_yaml()?),
-        Command::Crd { out_dir: Some(dir) } => {
+        Command::Crd {
+            apply: true,
+            timeout_seconds,
+            ..
+        } => {
+            init_tracing(cli.log_json);
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(crd_manage::establish::run(Duration::from_secs(
+                timeout_seconds,
+            )))?;
+        }
+        Command::Crd { out_dir: None, .. } => print!("{}", crdgen::crds_yaml()?),
+        Command::Crd {
+            out_dir: Some(dir), ..
+        } => {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             for (name, text) in crdgen::crd_files()? {

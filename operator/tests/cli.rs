@@ -1,6 +1,6 @@
-//! The binary as users meet it: printed CRDs match `crds/`, `run` against
-//! an unreachable API server and `preheat-local` on bad input end with a
-//! clear error, not a panic.
+//! The binary as users meet it: printed CRDs match `crds/`, `run` and
+//! `crd --apply` against an unreachable API server and `preheat-local` on
+//! bad input end with a clear error, not a panic.
 
 use std::io::Read;
 use std::path::Path;
@@ -135,17 +135,59 @@ fn preheat_local_rejects_bad_input_with_a_status() {
     assert!(err.contains("expected PEER_URL,MIRROR_URL"), "{err}");
 }
 
-#[test]
-fn run_against_nowhere_fails_clearly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("config");
-    // Port 1 on loopback: nothing listens, the connection is refused at once.
+/// A kubeconfig for port 1 on loopback: nothing listens, the connection is
+/// refused at once.
+fn kubeconfig_to_nowhere(dir: &Path) -> std::path::PathBuf {
+    let kubeconfig = dir.join("config");
     std::fs::write(
         &kubeconfig,
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:1\"}\n\
          contexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\nusers:\n- name: u\n  user: {token: x}\n",
     )
     .expect("write kubeconfig");
+    kubeconfig
+}
+
+#[test]
+fn crd_apply_against_nowhere_fails_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out, err) = run_bounded(
+        Command::new(BIN)
+            .args(["crd", "--apply", "--timeout-seconds", "10"])
+            .env("KUBECONFIG", kubeconfig_to_nowhere(dir.path()))
+            .env_remove("KUBERNETES_SERVICE_HOST"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("error: cannot bring the CRDs up to date at https://127.0.0.1:1/: cannot read CRD dragonflyclusters.p2p.dragonfly.dev: "),
+        "{err}"
+    );
+    // Not a permission problem: no RBAC advice.
+    assert!(!err.contains("RBAC"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.is_empty(), "nothing reported as applied: {out}");
+}
+
+#[test]
+fn crd_apply_takes_no_out_dir_and_a_timeout_only_with_apply() {
+    for args in [
+        &["crd", "--apply", "--out-dir", "x"][..],
+        &["crd", "--timeout-seconds", "5"][..],
+    ] {
+        let (code, _, err) = run_bounded(Command::new(BIN).args(args), Duration::from_secs(30));
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot be used with") || err.contains("required"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn run_against_nowhere_fails_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kubeconfig_to_nowhere(dir.path());
     let (code, _, err) = run_bounded(
         Command::new(BIN)
             .args(["run", "--admin-listen", "127.0.0.1:0"])
