@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use super::upstream::Upstream;
 
-/// An upstream that failed is refused at once for this long before a
-/// background re-check may clear it (the ping's own re-check may be sooner).
-const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// An upstream that failed is refused at once for this long; then the next
+/// request re-checks it (the ping's own re-check may be sooner). Short: a
+/// registry that restarts is back within seconds, and every pull refused
+/// meanwhile goes around the mirror.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// A range read that could not be served promptly counts against the ping
 /// this long, unless a read is served promptly after it.
 const STALL_MEMORY: Duration = Duration::from_secs(10);

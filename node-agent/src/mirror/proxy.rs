@@ -103,18 +103,20 @@ pub async fn send_within(
     let url = ctx.upstream.url(path);
     mirror.daemon.destinations.check(&url)?;
     if let Some(refusal) = health.fail_fast(&ctx.upstream) {
-        if refusal.recheck {
-            let (clients, health, upstream) = (
-                mirror.clients.clone(),
-                mirror.daemon.mirror_health.clone(),
-                ctx.upstream.clone(),
-            );
-            tokio::spawn(async move { super::health::probe(&clients, &health, &upstream).await });
+        // Once per retry window one request re-checks the upstream itself
+        // (bounded by the probe's timeout) and goes ahead if it answers:
+        // refusing it while the upstream is back would send containerd
+        // around the mirror for the whole image.
+        let recovered = refusal.recheck && {
+            super::health::probe(&mirror.clients, health, &ctx.upstream).await;
+            !health.is_broken(&ctx.upstream)
+        };
+        if !recovered {
+            return Err(ProxyError::FailingFast(
+                ctx.upstream.url(""),
+                refusal.reason,
+            ));
         }
-        return Err(ProxyError::FailingFast(
-            ctx.upstream.url(""),
-            refusal.reason,
-        ));
     }
     let client = mirror.clients.for_upstream(&ctx.upstream)?;
     let request = client.request(method, &url).headers(headers);
