@@ -33,6 +33,8 @@ trap finish EXIT
 export_line=$("$here/up.sh" | tail -1) || exit 1
 eval "$export_line"
 times=$(cat "$K8S_RUN/up-times")
+FIRST_MODE=${MODES%% *}
+export FIRST_MODE
 for mode in $MODES; do
   script="$here/scenario.sh"
   [ "$mode" = quickstart ] && script="$here/quickstart.sh"
