@@ -17,16 +17,12 @@ const UNSETTLED_WINDOW: Duration = Duration::from_secs(120);
 pub async fn run(daemon: Arc<Daemon>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let interval = daemon.config.heartbeat_interval;
     let mut dns_refresh = tokio::time::Instant::now();
-    let mut last_change = tokio::time::Instant::now();
     loop {
-        let unsettled = last_change.elapsed() < UNSETTLED_WINDOW;
-        if unsettled
+        if daemon.schedulers.changed_within(UNSETTLED_WINDOW)
             || dns_refresh.elapsed() >= SETTLED_REFRESH
             || daemon.schedulers.addresses().is_empty()
         {
-            if daemon.schedulers.refresh().await {
-                last_change = tokio::time::Instant::now();
-            }
+            daemon.schedulers.refresh().await;
             dns_refresh = tokio::time::Instant::now();
             daemon
                 .metrics

@@ -52,6 +52,8 @@ pub struct SchedulerPool {
     tls: Option<identity::MemberTls>,
     /// When a failed call last re-resolved the names.
     failure_refresh: Mutex<Option<std::time::Instant>>,
+    /// When the resolved set last changed (or the pool was made).
+    last_change: Mutex<std::time::Instant>,
 }
 
 /// Least time between two re-resolutions caused by unreachable schedulers.
@@ -68,6 +70,7 @@ impl SchedulerPool {
             lost: AtomicBool::new(false),
             tls,
             failure_refresh: Mutex::new(None),
+            last_change: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -105,7 +108,17 @@ impl SchedulerPool {
         }
         tracing::info!(schedulers = ?addrs, "scheduler set changed");
         *resolved = addrs;
+        *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         true
+    }
+
+    /// Whether the resolved set changed (or the pool was made) within `window`.
+    pub fn changed_within(&self, window: Duration) -> bool {
+        self.last_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < window
     }
 
     /// Re-resolves after a scheduler was unreachable, at most every

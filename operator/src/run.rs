@@ -320,15 +320,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A client and one real API call, each bounded, so a bad kubeconfig or an
-/// unreachable API server ends in a clear message.
-async fn connect() -> anyhow::Result<Client> {
+/// A client for the inferred configuration (in-cluster or kubeconfig) and
+/// the API server's URL, for messages.
+pub async fn client() -> anyhow::Result<(Client, String)> {
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration found (in-cluster service account or kubeconfig)")?;
-    let url = config.cluster_url.clone();
+    let url = config.cluster_url.to_string();
     let client = Client::try_from(config)
         .with_context(|| format!("cannot build a Kubernetes client for {url}"))?;
+    Ok((client, url))
+}
+
+/// A client and one real API call, each bounded, so a bad kubeconfig or an
+/// unreachable API server ends in a clear message.
+async fn connect() -> anyhow::Result<Client> {
+    let (client, url) = client().await?;
     let api: Api<DragonflyCluster> = Api::all(client.clone());
     match tokio::time::timeout(Duration::from_secs(15), api.list(&ListParams::default().limit(1))).await {
         Err(_) => bail!("Kubernetes API at {url} did not answer within 15s"),

@@ -216,12 +216,7 @@ async fn wait_established(
 /// The subcommand: connect, apply, one line per CRD on stdout.
 pub async fn run(timeout: Duration) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration found (in-cluster service account or kubeconfig)")?;
-    let url = config.cluster_url.clone();
-    let client = Client::try_from(config)
-        .with_context(|| format!("cannot build a Kubernetes client for {url}"))?;
+    let (client, url) = crate::run::client().await?;
     apply_and_wait(&client, Timing::new(timeout), &mut |name, outcome| {
         println!("customresourcedefinition/{name} {outcome}")
     })
